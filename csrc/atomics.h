@@ -1,0 +1,88 @@
+/*
+ * The handful of atomic operations slot.c needs, on GCC/Clang builtins or
+ * MSVC intrinsics.  Internal to the C core; not part of the public API.
+ */
+#ifndef FASTSHM_ATOMICS_H
+#define FASTSHM_ATOMICS_H
+
+#include <stdint.h>
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#include <windows.h>
+/* x86-64 and ARM64 MSVC: aligned 32/64-bit loads and stores are atomic.
+ * Interlocked* are full barriers; plain volatile accesses with
+ * /volatile:iso need explicit barriers, so loads and stores below are
+ * bracketed with compiler barriers and MemoryBarrier() where ordering
+ * matters. */
+#define FSHM_RELAXED 0
+#define FSHM_ACQUIRE 1
+#define FSHM_RELEASE 2
+#define FSHM_SEQ_CST 3
+static __inline uint64_t fshm_load64(const uint64_t *p, int order)
+{
+    uint64_t v = *(const volatile uint64_t *)p;
+    if (order != FSHM_RELAXED) MemoryBarrier();
+    return v;
+}
+static __inline uint32_t fshm_load32(const uint32_t *p, int order)
+{
+    uint32_t v = *(const volatile uint32_t *)p;
+    if (order != FSHM_RELAXED) MemoryBarrier();
+    return v;
+}
+static __inline void fshm_store64(uint64_t *p, uint64_t v, int order)
+{
+    if (order != FSHM_RELAXED) MemoryBarrier();
+    *(volatile uint64_t *)p = v;
+    if (order == FSHM_SEQ_CST) MemoryBarrier();
+}
+static __inline void fshm_store32(uint32_t *p, uint32_t v, int order)
+{
+    if (order != FSHM_RELAXED) MemoryBarrier();
+    *(volatile uint32_t *)p = v;
+    if (order == FSHM_SEQ_CST) MemoryBarrier();
+}
+static __inline int fshm_cas64(uint64_t *p, uint64_t *expected, uint64_t desired)
+{
+    uint64_t seen = (uint64_t)_InterlockedCompareExchange64(
+        (volatile __int64 *)p, (__int64)desired, (__int64)*expected);
+    if (seen == *expected) return 1;
+    *expected = seen;
+    return 0;
+}
+static __inline uint32_t fshm_add32(uint32_t *p, int32_t d)
+{
+    return (uint32_t)_InterlockedExchangeAdd((volatile long *)p, (long)d);
+}
+#define fshm_fence(order) MemoryBarrier()
+#define fshm_cpu_relax() YieldProcessor()
+
+#else /* GCC, Clang, MinGW */
+
+#define FSHM_RELAXED __ATOMIC_RELAXED
+#define FSHM_ACQUIRE __ATOMIC_ACQUIRE
+#define FSHM_RELEASE __ATOMIC_RELEASE
+#define FSHM_SEQ_CST __ATOMIC_SEQ_CST
+#define fshm_load64(p, order) __atomic_load_n((p), (order))
+#define fshm_load32(p, order) __atomic_load_n((p), (order))
+#define fshm_store64(p, v, order) __atomic_store_n((p), (v), (order))
+#define fshm_store32(p, v, order) __atomic_store_n((p), (v), (order))
+/* Compare-and-swap with acquire on success (the winner then reads what the
+ * previous owner wrote) and relaxed on failure (the loser only retries). */
+#define fshm_cas64(p, expected, desired)                                   \
+    __atomic_compare_exchange_n((p), (expected), (desired), 0,             \
+                                __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
+#define fshm_add32(p, d) __atomic_fetch_add((p), (d), __ATOMIC_SEQ_CST)
+#define fshm_fence(order) __atomic_thread_fence(order)
+#if defined(__x86_64__) || defined(__i386__)
+#define fshm_cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define fshm_cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define fshm_cpu_relax() __asm__ __volatile__("" ::: "memory")
+#endif
+
+#endif
+
+#endif /* FASTSHM_ATOMICS_H */

@@ -1,0 +1,142 @@
+/*
+ * fastshm: named shared memory with a framed, tear-free message slot.
+ *
+ * Plain C, usable from any C program.  Two layers:
+ *
+ *   mapping  fshm_map_open / fshm_unmap / fshm_unlink: a named region of
+ *            shared memory (shm_open + mmap on POSIX, CreateFileMappingW +
+ *            MapViewOfFile on Windows).
+ *   segment  fshm_seg_*: the message format of docs/FORMAT.md laid over a
+ *            mapping: a header and two payload slots, one message at a time,
+ *            never torn, safe against a writer that dies at any instant.
+ *
+ * Every function that can fail returns 0 on success, a positive errno value
+ * for a system error (Windows errors are translated to the same errno
+ * values), or one of the negative FSHM_E* codes below.  Nothing prints.
+ */
+#ifndef FASTSHM_H
+#define FASTSHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FSHM_MAGIC 0x4D485346u       /* the bytes "FSHM" read little-endian */
+#define FSHM_VERSION 1
+#define FSHM_HEADER_SIZE 128
+#define FSHM_SLOT_HEADER_SIZE 64
+#define FSHM_ALIGN 64
+
+/* How fshm_map_open / fshm_seg_open find or make the name. */
+#define FSHM_ATTACH 0                /* the name must exist */
+#define FSHM_CREATE 1                /* the name must not exist */
+#define FSHM_OPEN_OR_CREATE 2        /* attach, or create when missing */
+#define FSHM_HOW_MASK 3
+/* Or-ed into `how`: commit the memory of a new object now (posix_fallocate
+ * on Linux), so a full /dev/shm is an ENOSPC here rather than a SIGBUS at
+ * the first write. */
+#define FSHM_RESERVE 4
+
+/* Library error codes (negative; system errors are positive errno values). */
+#define FSHM_EFORMAT (-1)    /* not a fastshm segment, or its header is corrupt */
+#define FSHM_ETOOBIG (-2)    /* message larger than the slot capacity */
+#define FSHM_ESMALL (-3)     /* destination too small; *n says what is needed */
+#define FSHM_ETIMEOUT (-4)   /* wait ran out of time */
+#define FSHM_ENOTREADY (-5)  /* segment exists but its creator never finished it */
+#define FSHM_EEMPTY (-6)     /* the name exists with size 0 */
+#define FSHM_EAGAIN (-7)     /* a read raced with writers; try again */
+#define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
+
+typedef struct fshm_map {
+    void *base;       /* start of the mapping, NULL when not mapped */
+    size_t size;      /* bytes mapped */
+    int created;      /* 1 when this call created the name */
+} fshm_map;
+
+/* A segment opened on a mapping.  The geometry is read and checked once,
+ * when the segment is opened, and cached here: no later change of the shared
+ * header can make an operation reach outside the mapping. */
+typedef struct fshm_seg {
+    unsigned char *base;
+    size_t size;
+    uint64_t capacity;   /* payload bytes per slot */
+    uint64_t stride;     /* bytes from one slot to the next */
+} fshm_seg;
+
+/* Where the current message lies, as seen at fshm_read_begin. */
+typedef struct fshm_read {
+    size_t offset;       /* of the payload, from base */
+    size_t length;
+    uint64_t seq;        /* store number of the message; 0: nothing stored */
+    uint64_t token;      /* the slot sequence word seen at the start */
+} fshm_read;
+
+/* ---- mapping layer (map_posix.c / map_win32.c) ---- */
+
+/* Open `name` (UTF-8, without the leading '/' POSIX uses) as `how` says.
+ * `size` is used when creating; attaching maps the whole existing object.
+ * `mode` is the permission bits of a new POSIX object (ignored on Windows). */
+int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
+                  unsigned mode);
+int fshm_unmap(void *base, size_t size);
+int fshm_unlink(const char *name);
+/* Longest name the platform accepts, in bytes. */
+size_t fshm_name_max(void);
+
+/* Identity of the calling process for the writer lock, and whether the
+ * process a lock word names is gone (1), alive (0), or unknown (-1, for
+ * instance another pid namespace). */
+uint64_t fshm_self_id(void);
+int fshm_owner_dead(uint64_t owner);
+/* Futex-style primitives (a shared futex on Linux, polling elsewhere). */
+int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
+void fshm_futex_wake(uint32_t *addr, int all);
+void fshm_sleep_ns(int64_t ns);
+int64_t fshm_monotonic_ns(void);
+
+/* ---- segment layer (slot.c) ---- */
+
+/* Mapping bytes needed for a segment of `capacity`; 0 if that overflows. */
+size_t fshm_seg_size_for(uint64_t capacity);
+/* Lay a fresh header over base (the mapping must be zero-filled) and publish
+ * it.  The magic is written last so openers never see half a header. */
+int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity);
+/* Check an existing header and fill s.  FSHM_ENOTREADY when the magic is not
+ * there yet, FSHM_EFORMAT / FSHM_EVERSION when it is wrong. */
+int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
+/* Map and open a segment by name, creating and initialising it as `how`
+ * says.  An opener that finds the segment still being made by another
+ * process waits up to about a second for it. On success *m holds the
+ * mapping, to be released with fshm_unmap(m->base, m->size). */
+int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
+                  uint64_t capacity, unsigned mode);
+
+/* Store n bytes as the next message.  Refused with FSHM_ETOOBIG before a
+ * byte is written when n exceeds the capacity.  *seq gets its number. */
+int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
+/* Copy the current message into dst (dst_cap bytes).  *n gets its length,
+ * *seq its number.  FSHM_ESMALL (nothing copied) when dst_cap < *n. */
+int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
+              uint64_t *seq);
+/* The two halves of a load done by the caller (zero-copy readers): begin
+ * says where the current message lies, the caller reads it, end says whether
+ * what was read is consistent (0) or raced with writers (FSHM_EAGAIN). */
+int fshm_read_begin(const fshm_seg *s, fshm_read *r);
+int fshm_read_end(const fshm_seg *s, const fshm_read *r);
+/* Number of stores published so far. */
+uint64_t fshm_seq(const fshm_seg *s);
+/* Block until a store newer than `after` is published; *seq gets the newest
+ * number.  timeout_ns < 0 waits forever; FSHM_ETIMEOUT when it ran out,
+ * EINTR when a signal arrived (the caller decides whether to wait again). */
+int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
+              uint64_t *seq);
+/* The writer lock word: 0 when free. */
+uint64_t fshm_lock_owner(const fshm_seg *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FASTSHM_H */

@@ -1,0 +1,262 @@
+/*
+ * The mapping layer on POSIX: shm_open / ftruncate / fstat / mmap, and the
+ * process and futex primitives slot.c builds on.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE
+#endif
+#include "fastshm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+#ifndef NAME_MAX
+#define NAME_MAX 255
+#endif
+
+size_t fshm_name_max(void)
+{
+#ifdef __APPLE__
+    return 30; /* PSHMNAMLEN is 31, and the leading '/' counts */
+#else
+    return NAME_MAX;
+#endif
+}
+
+/* "/name" into buf; EINVAL / ENAMETOOLONG for names POSIX cannot hold. */
+static int posix_name(char *buf, size_t bufsize, const char *name)
+{
+    size_t len;
+    if (name == NULL || name[0] == '\0' || strchr(name, '/') != NULL)
+        return EINVAL;
+    len = strlen(name);
+    if (len > fshm_name_max() || len + 2 > bufsize)
+        return ENAMETOOLONG;
+    buf[0] = '/';
+    memcpy(buf + 1, name, len + 1);
+    return 0;
+}
+
+int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
+                  unsigned mode)
+{
+    char path[NAME_MAX + 2];
+    struct stat st;
+    int fd = -1, rc, created = 0, tries, reserve = how & FSHM_RESERVE;
+    void *base;
+
+    m->base = NULL;
+    m->size = 0;
+    m->created = 0;
+    if ((rc = posix_name(path, sizeof path, name)) != 0)
+        return rc;
+    how &= ~FSHM_RESERVE;
+    if (how != FSHM_ATTACH && how != FSHM_CREATE && how != FSHM_OPEN_OR_CREATE)
+        return EINVAL;
+    if (how != FSHM_ATTACH && (size == 0 || (off_t)size < 0))
+        return EINVAL;
+
+    /* Open-or-create: the name can vanish between a failed O_EXCL and the
+     * attach (another process deleted it), so go round a few times. */
+    for (tries = 0; fd < 0; tries++) {
+        if (how != FSHM_ATTACH) {
+            fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, (mode_t)mode);
+            if (fd >= 0) {
+                created = 1;
+                break;
+            }
+            if (errno != EEXIST || how == FSHM_CREATE)
+                return errno;
+        }
+        fd = shm_open(path, O_RDWR, 0);
+        if (fd < 0 && (errno != ENOENT || how == FSHM_ATTACH || tries >= 100))
+            return errno;
+    }
+
+    if (created) {
+        /* shm_open's mode passes through the umask; the caller asked for
+         * exactly `mode`. */
+        if (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)size) != 0)
+            goto fail;
+#ifdef __linux__
+        if (reserve && (rc = posix_fallocate(fd, 0, (off_t)size)) != 0) {
+            errno = rc;
+            goto fail;
+        }
+#else
+        (void)reserve;
+#endif
+    } else {
+        if (fstat(fd, &st) != 0)
+            goto fail;
+        if (st.st_size == 0) {
+            close(fd);
+            return FSHM_EEMPTY;
+        }
+        size = (size_t)st.st_size;
+    }
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        goto fail;
+    /* The mapping keeps the object alive; the descriptor is not needed. */
+    close(fd);
+    m->base = base;
+    m->size = size;
+    m->created = created;
+    return 0;
+
+fail:
+    rc = errno;
+    if (created)
+        shm_unlink(path);
+    close(fd);
+    return rc;
+}
+
+int fshm_unmap(void *base, size_t size)
+{
+    if (base == NULL)
+        return 0;
+    return munmap(base, size) == 0 ? 0 : errno;
+}
+
+int fshm_unlink(const char *name)
+{
+    char path[NAME_MAX + 2];
+    int rc = posix_name(path, sizeof path, name);
+    if (rc != 0)
+        return rc;
+    return shm_unlink(path) == 0 ? 0 : errno;
+}
+
+/* ---- processes ---- */
+
+/* The lock word holds the owner's pid in its low half and a tag of its pid
+ * namespace in the high half (Linux; 0 elsewhere), so a writer never judges
+ * the liveness of a pid that belongs to another namespace. */
+static uint64_t cached_id;
+
+static void forget_id(void)
+{
+    cached_id = 0;
+}
+
+static uint64_t namespace_tag(void)
+{
+#ifdef __linux__
+    struct stat st;
+    if (stat("/proc/self/ns/pid", &st) == 0)
+        return (uint64_t)(uint32_t)st.st_ino;
+#endif
+    return 0;
+}
+
+static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
+
+static void install_fork_hook(void)
+{
+    /* A forked child has a pid of its own. */
+    (void)pthread_atfork(NULL, NULL, forget_id);
+}
+
+uint64_t fshm_self_id(void)
+{
+    uint64_t id = __atomic_load_n(&cached_id, __ATOMIC_RELAXED);
+    if (id == 0) {
+        (void)pthread_once(&fork_hook_once, install_fork_hook);
+        id = (namespace_tag() << 32) | (uint32_t)getpid();
+        __atomic_store_n(&cached_id, id, __ATOMIC_RELAXED);
+    }
+    return id;
+}
+
+int fshm_owner_dead(uint64_t owner)
+{
+    pid_t pid = (pid_t)(uint32_t)owner;
+    if (pid <= 0)
+        return -1;
+    if ((owner >> 32) != (fshm_self_id() >> 32))
+        return -1;
+    if (kill(pid, 0) == 0 || errno == EPERM)
+        return 0;
+    return errno == ESRCH ? 1 : -1;
+}
+
+/* ---- time and futex ---- */
+
+int64_t fshm_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+void fshm_sleep_ns(int64_t ns)
+{
+    struct timespec ts;
+    if (ns <= 0) {
+        sched_yield();
+        return;
+    }
+    ts.tv_sec = (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    nanosleep(&ts, NULL);
+}
+
+#ifdef __linux__
+int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000LL);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000LL);
+        tsp = &ts;
+    }
+    /* A shared futex (no FUTEX_PRIVATE_FLAG): the word lives in a mapping
+     * other processes share, and the kernel keys it by the page. */
+    if (syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, NULL, 0) == 0)
+        return 0;
+    return errno == EINTR ? EINTR : 0;
+}
+
+void fshm_futex_wake(uint32_t *addr, int all)
+{
+    syscall(SYS_futex, addr, FUTEX_WAKE, all ? INT32_MAX : 1, NULL, NULL, 0);
+}
+#else
+/* No shared futex: poll the word with a growing sleep, at most 1 ms. */
+int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+{
+    int64_t slept = 0, step = 20000;
+    while (__atomic_load_n(addr, __ATOMIC_ACQUIRE) == expected) {
+        if (timeout_ns >= 0 && slept >= timeout_ns)
+            return 0;
+        fshm_sleep_ns(step);
+        slept += step;
+        if (step < 1000000)
+            step *= 2;
+    }
+    return 0;
+}
+
+void fshm_futex_wake(uint32_t *addr, int all)
+{
+    (void)addr;
+    (void)all;
+}
+#endif

@@ -1,0 +1,391 @@
+/*
+ * The message format of docs/FORMAT.md: a 128-byte header and two payload
+ * slots.  A store writes the slot that is not current and then publishes it
+ * by advancing the header's store counter; the counter's lowest bit names
+ * the current slot, so one atomic store publishes both the message and its
+ * number.  Readers never wait for writers: a slot carries a sequence word
+ * (odd while being written) and a reader re-checks it after its copy.
+ */
+#include "fastshm.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <string.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "fastshm's format is little-endian; big-endian hosts are not supported"
+#endif
+
+/* Header offsets (docs/FORMAT.md). */
+#define H_MAGIC 0
+#define H_VERSION 4
+#define H_HEADER_SIZE 6
+#define H_CAPACITY 8
+#define H_SEQ 16
+#define H_NOTIFY 24
+#define H_WAITERS 28
+#define H_LOCK 64
+#define H_LOCK_WAKE 72
+#define H_LOCK_WAITERS 76
+/* Slot header offsets. */
+#define S_SEQ 0
+#define S_LENGTH 8
+
+#define U64(base, off) ((uint64_t *)((unsigned char *)(base) + (off)))
+#define U32(base, off) ((uint32_t *)((unsigned char *)(base) + (off)))
+#define U16(base, off) ((uint16_t *)((unsigned char *)(base) + (off)))
+
+/* How long fshm_wait spins before it sleeps, and how long one sleep of a
+ * writer waiting for the lock lasts before it checks the owner is alive. */
+#define WAIT_SPIN_NS 50000
+#define LOCK_SPINS 200
+#define LOCK_SLEEP_NS 2000000
+/* How long an opener waits for another process to finish creating. */
+#define OPEN_READY_NS 1000000000LL
+
+size_t fshm_seg_size_for(uint64_t capacity)
+{
+    uint64_t rounded, stride, total;
+    if (capacity == 0 || capacity > (UINT64_MAX >> 2))
+        return 0;
+    rounded = (capacity + (FSHM_ALIGN - 1)) & ~(uint64_t)(FSHM_ALIGN - 1);
+    stride = FSHM_SLOT_HEADER_SIZE + rounded;
+    total = FSHM_HEADER_SIZE + 2 * stride;
+    if (total > (uint64_t)SIZE_MAX)
+        return 0;
+    return (size_t)total;
+}
+
+static unsigned char *slot_at(const fshm_seg *s, uint64_t seq)
+{
+    return s->base + FSHM_HEADER_SIZE + (size_t)((seq & 1) * s->stride);
+}
+
+static void fill_seg(fshm_seg *s, void *base, size_t size, uint64_t capacity)
+{
+    s->base = (unsigned char *)base;
+    s->size = size;
+    s->capacity = capacity;
+    s->stride = FSHM_SLOT_HEADER_SIZE +
+                ((capacity + (FSHM_ALIGN - 1)) & ~(uint64_t)(FSHM_ALIGN - 1));
+}
+
+int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity)
+{
+    size_t need = fshm_seg_size_for(capacity);
+    if (base == NULL || need == 0 || need > size)
+        return EINVAL;
+    *U16(base, H_VERSION) = FSHM_VERSION;
+    *U16(base, H_HEADER_SIZE) = FSHM_HEADER_SIZE;
+    *U64(base, H_CAPACITY) = capacity;
+    /* Release: an opener that reads the magic with acquire (fshm_seg_attach)
+     * sees every header field written above. */
+    fshm_store32(U32(base, H_MAGIC), FSHM_MAGIC, FSHM_RELEASE);
+    fill_seg(s, base, size, capacity);
+    return 0;
+}
+
+int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
+{
+    uint32_t magic;
+    uint64_t capacity;
+    size_t need;
+    if (base == NULL || size < FSHM_HEADER_SIZE)
+        return FSHM_EFORMAT;
+    /* Acquire: pairs with the creator's release of the magic in
+     * fshm_seg_init, so the fields read below are the creator's. */
+    magic = fshm_load32(U32(base, H_MAGIC), FSHM_ACQUIRE);
+    if (magic == 0)
+        return FSHM_ENOTREADY;
+    if (magic != FSHM_MAGIC)
+        return FSHM_EFORMAT;
+    if (*U16(base, H_VERSION) != FSHM_VERSION)
+        return FSHM_EVERSION;
+    if (*U16(base, H_HEADER_SIZE) != FSHM_HEADER_SIZE)
+        return FSHM_EFORMAT;
+    capacity = *U64(base, H_CAPACITY);
+    need = fshm_seg_size_for(capacity);
+    if (need == 0 || need > size)
+        return FSHM_EFORMAT;
+    fill_seg(s, base, size, capacity);
+    return 0;
+}
+
+int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
+                  uint64_t capacity, unsigned mode)
+{
+    size_t need = 0;
+    int64_t deadline = fshm_monotonic_ns() + OPEN_READY_NS;
+    int64_t backoff = 20000;
+    int rc;
+
+    if (how != FSHM_ATTACH) {
+        need = fshm_seg_size_for(capacity);
+        if (need == 0)
+            return EINVAL;
+    }
+    for (;;) {
+        rc = fshm_map_open(m, name, how | FSHM_RESERVE, need, mode);
+        if (rc == 0 && m->created) {
+            rc = fshm_seg_init(s, m->base, m->size, capacity);
+            if (rc != 0) {
+                fshm_unmap(m->base, m->size);
+                fshm_unlink(name);
+                m->base = NULL;
+            }
+            return rc;
+        }
+        if (rc == 0) {
+            rc = fshm_seg_attach(s, m->base, m->size);
+            if (rc == 0)
+                return 0;
+            fshm_unmap(m->base, m->size);
+            m->base = NULL;
+        }
+        /* Another process has made the name but not yet sized or
+         * initialised it: wait for it, a bounded time. */
+        if (rc != FSHM_ENOTREADY && rc != FSHM_EEMPTY)
+            return rc;
+        if (fshm_monotonic_ns() >= deadline)
+            return FSHM_ENOTREADY;
+        fshm_sleep_ns(backoff);
+        if (backoff < 10000000)
+            backoff *= 2;
+    }
+}
+
+/* ---- the writer lock ---- */
+
+static void lock_acquire(const fshm_seg *s)
+{
+    uint64_t *lock = U64(s->base, H_LOCK);
+    uint32_t *wake = U32(s->base, H_LOCK_WAKE);
+    uint32_t *waiters = U32(s->base, H_LOCK_WAITERS);
+    uint64_t me = fshm_self_id();
+    unsigned spins = 0;
+
+    for (;;) {
+        uint64_t owner = 0;
+        uint32_t v;
+        /* Acquire on success: this writer sees the previous writer's slot
+         * bytes and counter (released in lock_release). */
+        if (fshm_cas64(lock, &owner, me))
+            return;
+        if (spins < LOCK_SPINS) {
+            spins++;
+            fshm_cpu_relax();
+            continue;
+        }
+        if (fshm_owner_dead(owner) == 1) {
+            /* The owner died holding the lock.  It can only have been
+             * writing the slot that is not current, so taking over loses
+             * nothing that was published. */
+            if (fshm_cas64(lock, &owner, me))
+                return;
+            continue;
+        }
+        fshm_add32(waiters, 1);
+        /* Seq_cst: pairs with lock_release's increment of wake and load of
+         * waiters, so either it sees this waiter or this waiter sees the
+         * lock free or wake moved. */
+        v = fshm_load32(wake, FSHM_SEQ_CST);
+        if (fshm_load64(lock, FSHM_SEQ_CST) != 0)
+            fshm_futex_wait(wake, v, LOCK_SLEEP_NS);
+        fshm_add32(waiters, -1);
+    }
+}
+
+static void lock_release(const fshm_seg *s)
+{
+    /* Release: the next writer's acquiring CAS sees our slot and counter. */
+    fshm_store64(U64(s->base, H_LOCK), 0, FSHM_RELEASE);
+    fshm_add32(U32(s->base, H_LOCK_WAKE), 1);
+    if (fshm_load32(U32(s->base, H_LOCK_WAITERS), FSHM_SEQ_CST) != 0)
+        fshm_futex_wake(U32(s->base, H_LOCK_WAKE), 0);
+}
+
+uint64_t fshm_lock_owner(const fshm_seg *s)
+{
+    return fshm_load64(U64(s->base, H_LOCK), FSHM_RELAXED);
+}
+
+/* ---- store and load ---- */
+
+int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+{
+    unsigned char *slot;
+    uint64_t next;
+
+    if ((uint64_t)n > s->capacity)
+        return FSHM_ETOOBIG;
+    if (n > 0 && src == NULL)
+        return EINVAL;
+    lock_acquire(s);
+    /* Relaxed is enough: the lock's acquire already ordered us after the
+     * previous writer's store of the counter. */
+    next = fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED) + 1;
+    slot = slot_at(s, next);
+    fshm_store64(U64(slot, S_SEQ), 2 * next - 1, FSHM_RELAXED);
+    /* Release fence: a reader that sees any byte written below also sees
+     * the odd slot word, so its re-check in fshm_read_end fails. */
+    fshm_fence(FSHM_RELEASE);
+    fshm_store64(U64(slot, S_LENGTH), (uint64_t)n, FSHM_RELAXED);
+    if (n > 0)
+        memcpy(slot + FSHM_SLOT_HEADER_SIZE, src, n);
+    /* Release: a reader that sees the even slot word sees the whole
+     * payload and its length. */
+    fshm_store64(U64(slot, S_SEQ), 2 * next, FSHM_RELEASE);
+    /* Release: publishes the message; readers load the counter with
+     * acquire and find the slot it names complete. */
+    fshm_store64(U64(s->base, H_SEQ), next, FSHM_RELEASE);
+    /* Seq_cst increment, then seq_cst load of the waiter count: pairs with
+     * fshm_wait, which registers itself before it reads the counter, so a
+     * sleeping waiter is always woken. */
+    fshm_add32(U32(s->base, H_NOTIFY), 1);
+    if (fshm_load32(U32(s->base, H_WAITERS), FSHM_SEQ_CST) != 0)
+        fshm_futex_wake(U32(s->base, H_NOTIFY), 1);
+    lock_release(s);
+    if (seq != NULL)
+        *seq = next;
+    return 0;
+}
+
+int fshm_read_begin(const fshm_seg *s, fshm_read *r)
+{
+    unsigned attempts = 0;
+    for (;;) {
+        /* Acquire: pairs with the writer's publishing store; the slot the
+         * counter names is complete. */
+        uint64_t seq = fshm_load64(U64(s->base, H_SEQ), FSHM_ACQUIRE);
+        unsigned char *slot;
+        uint64_t token, length;
+        if (seq == 0) {
+            r->offset = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE;
+            r->length = 0;
+            r->seq = 0;
+            r->token = 0;
+            return 0;
+        }
+        slot = slot_at(s, seq);
+        /* Acquire: pairs with the writer's release of the even slot word;
+         * the length read next belongs to that message. */
+        token = fshm_load64(U64(slot, S_SEQ), FSHM_ACQUIRE);
+        length = fshm_load64(U64(slot, S_LENGTH), FSHM_RELAXED);
+        if (token == 2 * seq && length <= s->capacity) {
+            r->offset = (size_t)(slot - s->base) + FSHM_SLOT_HEADER_SIZE;
+            r->length = (size_t)length;
+            r->seq = seq;
+            r->token = token;
+            return 0;
+        }
+        /* Writers never touch the current slot, so a counter that has not
+         * moved while its slot looks wrong means a corrupt header. */
+        fshm_fence(FSHM_ACQUIRE);
+        if (fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED) == seq)
+            return FSHM_EFORMAT;
+        if (++attempts > 64)
+            fshm_sleep_ns(0);
+        else
+            fshm_cpu_relax();
+    }
+}
+
+int fshm_read_end(const fshm_seg *s, const fshm_read *r)
+{
+    if (r->seq == 0)
+        return 0;
+    /* Acquire fence: the caller's reads of the payload happen before this
+     * re-check of the slot word (the reader half of the seqlock). */
+    fshm_fence(FSHM_ACQUIRE);
+    if (fshm_load64(U64(slot_at(s, r->seq), S_SEQ), FSHM_RELAXED) != r->token)
+        return FSHM_EAGAIN;
+    return 0;
+}
+
+int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
+              uint64_t *seq)
+{
+    fshm_read r;
+    for (;;) {
+        int rc = fshm_read_begin(s, &r);
+        if (rc != 0)
+            return rc;
+        if (r.length > dst_cap) {
+            if (fshm_read_end(s, &r) != 0)
+                continue;
+            *n = r.length;
+            if (seq != NULL)
+                *seq = r.seq;
+            return FSHM_ESMALL;
+        }
+        if (r.length > 0)
+            memcpy(dst, s->base + r.offset, r.length);
+        if (fshm_read_end(s, &r) == 0) {
+            *n = r.length;
+            if (seq != NULL)
+                *seq = r.seq;
+            return 0;
+        }
+    }
+}
+
+uint64_t fshm_seq(const fshm_seg *s)
+{
+    /* Acquire: a caller that then loads sees that message or a newer one. */
+    return fshm_load64(U64(s->base, H_SEQ), FSHM_ACQUIRE);
+}
+
+/* ---- waiting for the next store ---- */
+
+int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
+              uint64_t *seq)
+{
+    uint64_t *counter = U64(s->base, H_SEQ);
+    uint32_t *notify = U32(s->base, H_NOTIFY);
+    uint32_t *waiters = U32(s->base, H_WAITERS);
+    int64_t start = fshm_monotonic_ns();
+    int64_t deadline = timeout_ns < 0 ? INT64_MAX : start + timeout_ns;
+    unsigned spins = 0;
+    int rc = 0;
+    uint64_t now_seq;
+
+    /* Spin first: a store that comes within a few tens of microseconds is
+     * seen without a system call on either side. */
+    for (;;) {
+        now_seq = fshm_load64(counter, FSHM_ACQUIRE);
+        if (now_seq > after) {
+            *seq = now_seq;
+            return 0;
+        }
+        if ((++spins & 63) == 0) {
+            int64_t now = fshm_monotonic_ns();
+            if (now - start >= WAIT_SPIN_NS || now >= deadline)
+                break;
+        }
+        fshm_cpu_relax();
+    }
+
+    fshm_add32(waiters, 1);
+    for (;;) {
+        int64_t now;
+        /* Seq_cst, after registering: pairs with fshm_store's increment of
+         * notify and load of waiters (a Dekker pair), so a store either
+         * sees this waiter and wakes it, or is seen here. */
+        uint32_t v = fshm_load32(notify, FSHM_SEQ_CST);
+        now_seq = fshm_load64(counter, FSHM_SEQ_CST);
+        if (now_seq > after)
+            break;
+        now = fshm_monotonic_ns();
+        if (now >= deadline) {
+            rc = FSHM_ETIMEOUT;
+            break;
+        }
+        rc = fshm_futex_wait(notify, v, timeout_ns < 0 ? -1 : deadline - now);
+        if (rc == EINTR)
+            break;
+        rc = 0;
+    }
+    fshm_add32(waiters, -1);
+    *seq = now_seq;
+    return rc;
+}

@@ -1,0 +1,132 @@
+"""What both backends share: the byte layout, argument checks, constants."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from typing import Union
+
+# How a name is opened (the same numbers as csrc/fastshm.h).
+ATTACH = 0
+CREATE = 1
+OPEN_OR_CREATE = 2
+
+# The byte layout of docs/FORMAT.md.
+MAGIC = 0x4D485346
+VERSION = 1
+HEADER_SIZE = 128
+SLOT_HEADER_SIZE = 64
+ALIGN = 64
+H_MAGIC = 0
+H_VERSION = 4
+H_HEADER_SIZE = 6
+H_CAPACITY = 8
+H_SEQ = 16
+H_NOTIFY = 24
+H_WAITERS = 28
+H_LOCK = 64
+S_SEQ = 0
+S_LENGTH = 8
+
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+SLOT_WORDS = struct.Struct("<QQ")  # slot sequence word, length
+HEAD = struct.Struct("<IHHQ")  # magic, version, header size, capacity
+
+WINDOWS = sys.platform == "win32"
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+
+def seg_size_for(capacity: int) -> int:
+    """Mapping bytes a segment of ``capacity`` needs; 0 when it overflows."""
+    if capacity <= 0 or capacity > (1 << 62) - 1:
+        return 0
+    return HEADER_SIZE + 2 * stride_for(capacity)
+
+
+def stride_for(capacity: int) -> int:
+    return SLOT_HEADER_SIZE + ((capacity + ALIGN - 1) & ~(ALIGN - 1))
+
+
+def check_name(name: object, name_max: int) -> str:
+    """The name as the platform will see it, or a ValueError / TypeError
+    that says what is wrong with it. A leading '/' is accepted and dropped,
+    as multiprocessing.shared_memory does on POSIX."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if not WINDOWS and name.startswith("/"):
+        name = name[1:]
+    if not name:
+        raise ValueError("name must not be empty")
+    if "\0" in name:
+        raise ValueError(f"name must not contain a NUL character: {name!r}")
+    if not WINDOWS and "/" in name:
+        raise ValueError(
+            f"name must not contain '/' after its first character: {name!r}"
+        )
+    if WINDOWS:
+        rest = name.split("\\", 1)[1] if name.startswith(("Local\\", "Global\\")) else name
+        if "\\" in rest:
+            raise ValueError(
+                f"name may contain '\\' only after a Local or Global prefix: {name!r}"
+            )
+    try:
+        n = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"name is not encodable as UTF-8: {name!r}") from None
+    if n > name_max:
+        raise ValueError(
+            f"name is {n} bytes long; this platform allows at most {name_max}: {name!r}"
+        )
+    return name
+
+
+def check_size(size: object, what: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+    if size <= 0:
+        raise ValueError(f"{what} must be a positive number of bytes, got {size}")
+    if seg_size_for(size) == 0 or seg_size_for(size) > sys.maxsize:
+        raise ValueError(f"{what} of {size} bytes is too large for this platform")
+    return size
+
+
+def check_mode(mode: object) -> int:
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise TypeError(f"mode must be an int such as 0o600, not {type(mode).__name__}")
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be permission bits between 0 and 0o777, got {oct(mode)}")
+    return mode
+
+
+def as_bytes_view(data: object) -> BytesLike:
+    """bytes stay as they are, str becomes UTF-8, any other C-contiguous
+    buffer becomes a byte-wise memoryview over the same memory."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    try:
+        mv = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"can only store bytes-like objects or str, not {type(data).__name__}"
+        ) from None
+    if not mv.c_contiguous:
+        raise ValueError("can only store a C-contiguous buffer; copy it first")
+    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
+
+
+def writable_view(buffer: object) -> memoryview:
+    try:
+        mv = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"load_into needs a writable bytes-like object, not {type(buffer).__name__}"
+        ) from None
+    if mv.readonly:
+        raise TypeError("load_into needs a writable buffer; this one is read-only")
+    if not mv.c_contiguous:
+        raise ValueError("load_into needs a C-contiguous buffer")
+    return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv

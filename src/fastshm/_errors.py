@@ -1,0 +1,55 @@
+"""fastshm's exceptions and the translation of C error codes into them."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn, Optional
+
+
+class FormatError(ValueError):
+    """The named object is not a fastshm segment, or its header is corrupt."""
+
+
+# Library error codes returned by the C core (csrc/fastshm.h); the python
+# backend uses the same numbers so both raise through ``raise_for``.
+EFORMAT = -1
+ETOOBIG = -2
+ESMALL = -3
+ETIMEOUT = -4
+ENOTREADY = -5
+EEMPTY = -6
+EAGAIN = -7
+EVERSION = -8
+
+
+def os_error(code: int, name: Optional[str]) -> OSError:
+    """OSError for errno ``code``; the constructor picks the subclass
+    (FileExistsError, FileNotFoundError, PermissionError, ...)."""
+    return OSError(code, os.strerror(code), name)
+
+
+def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
+    if code > 0:
+        raise os_error(code, name)
+    if code == EFORMAT:
+        raise FormatError(
+            f"{name!r} is not a fastshm segment, or its header is corrupt"
+            f"{': ' + detail if detail else ''}; open it with fastshm.SharedMemory "
+            "to look at the raw bytes, or delete it"
+        )
+    if code == EVERSION:
+        raise FormatError(
+            f"{name!r} is a fastshm segment of a format version this fastshm does "
+            "not know; upgrade fastshm or open it with the version that made it"
+        )
+    if code == ENOTREADY:
+        raise FormatError(
+            f"{name!r} exists but its creator did not finish initialising it within "
+            "1 s (it may have died while creating it, or the name belongs to "
+            f"another program); remove it with `fastshm delete {name}`"
+        )
+    if code == EEMPTY:
+        raise ValueError(f"cannot attach to {name!r}: it exists but has size 0")
+    if code == ETIMEOUT:
+        raise TimeoutError(f"no new message in {name!r} before the timeout")
+    raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")
