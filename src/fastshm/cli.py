@@ -1,0 +1,284 @@
+"""The ``fastshm`` command: the original program's menu, and one-shot
+store / load / delete / info / list for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+from typing import BinaryIO, List, Optional, TextIO
+
+from . import _common as C
+from ._errors import FormatError
+from .segment import Segment
+
+DEFAULT_NAME = "richong_Shared_Mem"
+DEFAULT_SIZE = 1024
+SHM_DIR = "/dev/shm"
+
+
+class _Usage(Exception):
+    """An expected error: one line on stderr, exit status 1."""
+
+
+def _size(text: str) -> int:
+    try:
+        return C.check_size(int(text, 0))
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _open(args: argparse.Namespace, create: Optional[bool] = None) -> Segment:
+    size = getattr(args, "size", None) or DEFAULT_SIZE
+    return Segment(args.name, size, create=create, backend=args.backend)
+
+
+def _show(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+# ---- the menu ----
+
+
+def cmd_menu(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+    seg = _open(args)
+    if seg.created:
+        out.write(f"Created shared memory {seg.name!r} ({seg.capacity} bytes)\n")
+    else:
+        out.write(f"Found shared memory {seg.name!r} ({seg.capacity} bytes)\n")
+    try:
+        while True:
+            out.write("Select 1. store  2. load  3. delete  q. quit\n> ")
+            out.flush()
+            line = stdin.readline()
+            if not line:  # end of input: leave the segment as it is
+                out.write("\n")
+                return 0
+            choice = line.strip()
+            if choice == "1":
+                out.write("Input store string: ")
+                out.flush()
+                text = stdin.readline()
+                if not text:
+                    out.write("\n")
+                    return 0
+                try:
+                    seq = seg.store(text.rstrip("\r\n"))
+                except ValueError as e:
+                    out.write(f"Not stored: {e}\n")
+                else:
+                    out.write(f"Stored message #{seq}\n")
+            elif choice == "2":
+                data = seg.load()
+                out.write(f"Load Shared Data: {_show(data)}\n")
+            elif choice == "3":
+                seg.delete()
+                out.write(f"Deleted {seg.name!r}\n")
+                return 0
+            elif choice in ("q", "quit", "exit"):
+                return 0
+            elif choice:
+                out.write(f"Select only 1, 2, 3 or q (got {choice!r}).\n")
+    finally:
+        seg.close()
+
+
+# ---- one-shot commands ----
+
+
+def cmd_store(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
+    data: bytes = stdin.read() if args.text == "-" else os.fsencode(args.text)
+    with _open(args) as seg:
+        if len(data) > seg.capacity:
+            raise _Usage(
+                f"message of {len(data)} bytes does not fit {seg.name!r} "
+                f"(capacity {seg.capacity} bytes); nothing was stored"
+            )
+        seq = seg.store(data)
+        out.write(f"stored message #{seq} ({len(data)} bytes) in {seg.name!r}\n")
+    return 0
+
+
+def cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
+    with _open(args, create=False) as seg:
+        if not args.follow:
+            data = seg.load()
+            out.write(data)
+            if out.isatty() and not data.endswith(b"\n"):
+                out.write(b"\n")
+            return 0
+        if seg.seq:
+            out.write(seg.load() + b"\n")
+            out.flush()
+        for data in seg.messages(timeout=args.timeout):
+            out.write(data + b"\n")
+            out.flush()
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
+    Segment(args.name, create=False, backend=args.backend).delete()
+    out.write(f"deleted {args.name!r}\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, create=False) as seg:
+        h = seg._handle()
+        owner = h.lock_owner()
+        rows = [
+            ("name", seg.name),
+            ("capacity", f"{seg.capacity} bytes"),
+            ("length", f"{len(seg)} bytes"),
+            ("stores", str(seg.seq)),
+            ("format", f"fastshm version {C.VERSION}"),
+            ("mapped", f"{h.size} bytes"),
+            ("writer", f"pid {owner & 0xFFFFFFFF} storing now" if owner else "none"),
+            ("backend", seg.backend),
+        ]
+    path = os.path.join(SHM_DIR, args.name.lstrip("/"))
+    if os.path.exists(path):
+        st = os.stat(path)
+        rows.append(("mode", f"{st.st_mode & 0o777:#o}, uid {st.st_uid}"))
+    for key, value in rows:
+        out.write(f"{key:<9} {value}\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    if not os.path.isdir(SHM_DIR):
+        raise _Usage(f"listing needs {SHM_DIR}, which this platform does not have")
+    found = 0
+    for entry in sorted(os.listdir(SHM_DIR)):
+        path = os.path.join(SHM_DIR, entry)
+        try:
+            size = os.stat(path).st_size
+            with open(path, "rb") as f:
+                head = f.read(C.HEADER_SIZE)
+        except OSError:
+            continue
+        if len(head) >= 24 and C.HEAD.unpack_from(head, 0)[0] == C.MAGIC:
+            _, version, _, capacity = C.HEAD.unpack_from(head, 0)
+            seq = C.U64.unpack_from(head, C.H_SEQ)[0]
+            if not found:
+                out.write(f"{'NAME':<32} {'CAPACITY':>12} {'STORES':>10} {'MAPPED':>12}\n")
+            out.write(f"{entry:<32} {capacity:>12} {seq:>10} {size:>12}\n")
+            found += 1
+        elif args.all:
+            out.write(f"{entry:<32} {'(raw)':>12} {'-':>10} {size:>12}\n")
+            found += 1
+    if not found:
+        out.write("no fastshm segments\n")
+    return 0
+
+
+_DEMO_CHILD = """
+import sys
+from fastshm import Segment
+seg = Segment(sys.argv[1], create=False, backend=sys.argv[2])
+seq = seg.store("12345")
+print(f"P1 (pid {__import__('os').getpid()}) stored '12345' as message #{seq}", flush=True)
+seg.close()
+"""
+
+
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    name = f"fastshm_demo_{secrets.token_hex(4)}"
+    seg = Segment(name, 1024, create=True, backend=args.backend)
+    try:
+        out.write(f"P2 (pid {os.getpid()}) created {name!r} ({seg.backend} backend) "
+                  "and waits for a message\n")
+        out.flush()
+        child = subprocess.Popen([sys.executable, "-c", _DEMO_CHILD, name, seg.backend])
+        try:
+            seg.wait(timeout=30)
+        finally:
+            child.wait(timeout=30)
+        out.write(f"P2 (pid {os.getpid()}) loaded {seg.load_str()!r}\n")
+    finally:
+        seg.delete()
+    out.write(f"deleted {name!r}\n")
+    return 0 if child.returncode == 0 else 1
+
+
+# ---- entry point ----
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastshm",
+        description="Named shared memory between processes: store a message in one, "
+        "load it in any other.",
+    )
+    p.add_argument("--backend", choices=("auto", "native", "python"), default=None,
+                   help="which implementation to use (default: FASTSHM_BACKEND or auto)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("menu", help="the interactive menu: 1. store  2. load  3. delete")
+    m.add_argument("name", nargs="?", default=DEFAULT_NAME, help=f"default {DEFAULT_NAME}")
+    m.add_argument("--size", type=_size, default=DEFAULT_SIZE,
+                   help="capacity in bytes when creating (default 1024)")
+
+    s = sub.add_parser("store", help="store TEXT (or stdin with -) as the message of NAME, "
+                                     "creating NAME if needed")
+    s.add_argument("name")
+    s.add_argument("text", help="the message; - reads the bytes of standard input")
+    s.add_argument("--size", type=_size, default=DEFAULT_SIZE,
+                   help="capacity in bytes when creating (default 1024)")
+
+    lo = sub.add_parser("load", help="write the message of NAME to standard output")
+    lo.add_argument("name")
+    lo.add_argument("-f", "--follow", action="store_true",
+                    help="then print every new message, one per line, until interrupted")
+    lo.add_argument("--timeout", type=float, default=None,
+                    help="with --follow: stop after this many seconds without a message")
+
+    d = sub.add_parser("delete", help="remove NAME")
+    d.add_argument("name")
+
+    i = sub.add_parser("info", help="capacity, length, stores so far, format of NAME")
+    i.add_argument("name")
+
+    li = sub.add_parser("list", help=f"the fastshm segments in {SHM_DIR}")
+    li.add_argument("-a", "--all", action="store_true", help="also list raw shared memory")
+
+    sub.add_parser("demo", help="a child process stores '12345'; this one waits and loads it")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "menu":
+            return cmd_menu(args, sys.stdin, sys.stdout)
+        if args.command == "store":
+            return cmd_store(args, sys.stdin.buffer, sys.stdout)
+        if args.command == "load":
+            return cmd_load(args, sys.stdout.buffer)
+        if args.command == "delete":
+            return cmd_delete(args, sys.stdout)
+        if args.command == "info":
+            return cmd_info(args, sys.stdout)
+        if args.command == "list":
+            return cmd_list(args, sys.stdout)
+        return cmd_demo(args, sys.stdout)
+    except KeyboardInterrupt:
+        return 130
+    except FileNotFoundError as e:
+        return _fail(f"no segment named {e.filename!r}; store to it first "
+                     "(fastshm store NAME TEXT creates it)")
+    except FileExistsError as e:
+        return _fail(f"a segment named {e.filename!r} already exists")
+    except PermissionError as e:
+        return _fail(f"no permission to open {e.filename!r}; it belongs to another user")
+    except (FormatError, ValueError, TypeError, TimeoutError, OSError, _Usage) as e:
+        return _fail(str(e))
+    except ImportError as e:
+        return _fail(str(e))
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"fastshm: error: {message}\n")
+    return 1

@@ -1,0 +1,112 @@
+"""Fixtures shared by the whole suite.
+
+Every test that takes ``backend`` runs once per importable backend; names
+are random and every segment a test makes is unlinked afterwards, and the
+session fails if anything is left in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from typing import Callable, Iterator, List
+
+import pytest
+
+import fastshm
+from fastshm import _backend
+
+BACKENDS = ["native", "python"] if _backend.native_error() is None else ["python"]
+SHM_DIR = "/dev/shm"
+PREFIX = "fshmtest_"
+
+
+def make_name(tag: str = "") -> str:
+    """A fresh random segment name, recognisable as the suite's."""
+    return f"{PREFIX}{tag}{secrets.token_hex(6)}"
+
+
+def shm_entries() -> List[str]:
+    if not os.path.isdir(SHM_DIR):
+        return []
+    return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(PREFIX))
+
+
+def unlink_quietly(name: str) -> None:
+    try:
+        _backend.resolve("python").unlink(name)
+    except OSError:
+        pass
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn, by name."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def other_backend(backend: str) -> str:
+    """The other backend (the same one when only one is importable)."""
+    others = [b for b in BACKENDS if b != backend]
+    return others[0] if others else backend
+
+
+@pytest.fixture
+def shm_name() -> Iterator[Callable[..., str]]:
+    """A factory of fresh names; whatever it named is unlinked afterwards."""
+    made: List[str] = []
+
+    def factory(tag: str = "") -> str:
+        name = make_name(tag)
+        made.append(name)
+        return name
+
+    yield factory
+    for name in made:
+        unlink_quietly(name)
+
+
+@pytest.fixture
+def name(shm_name: Callable[..., str]) -> str:
+    """One fresh name, unlinked after the test."""
+    return shm_name()
+
+
+def run_python(code: str, *args: str, timeout: float = 60, env: dict | None = None,
+               check: bool = True, **kw: object) -> subprocess.CompletedProcess:
+    """Run ``code`` in a separate Python process, bounded by ``timeout``."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, timeout=timeout,
+        env=full_env, **kw,  # type: ignore[arg-type]
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"child exited with {proc.returncode}\nstdout: {proc.stdout!r}\n"
+            f"stderr: {proc.stderr.decode(errors='replace')}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """Fail the session if any test leaves a segment of its own in /dev/shm."""
+    before = set(shm_entries())
+    yield
+    left = sorted(set(shm_entries()) - before)
+    for entry in left:
+        unlink_quietly(entry)
+    assert not left, f"tests left segments behind in {SHM_DIR}: {left}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    err = _backend.native_error()
+    return (
+        f"fastshm {fastshm.__version__}: default backend {fastshm.backend}; "
+        f"testing backends {BACKENDS}" + (f" (native unavailable: {err})" if err else "")
+    )
