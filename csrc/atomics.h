@@ -60,6 +60,12 @@ static __inline uint32_t fshm_add32(uint32_t *p, int32_t d)
 
 #else /* GCC, Clang, MinGW */
 
+/* The format's 64-bit words are shared between processes: an atomics
+ * library that emulates them with a lock private to one process would be
+ * silently wrong. */
+_Static_assert(__atomic_always_lock_free(8, 0),
+               "fastshm needs lock-free 64-bit atomics on this target");
+
 #define FSHM_RELAXED __ATOMIC_RELAXED
 #define FSHM_ACQUIRE __ATOMIC_ACQUIRE
 #define FSHM_RELEASE __ATOMIC_RELEASE

@@ -115,10 +115,13 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode);
 
 /* Store n bytes as the next message.  Refused with FSHM_ETOOBIG before a
- * byte is written when n exceeds the capacity.  *seq gets its number. */
+ * byte is written when n exceeds the capacity.  *seq gets its number.
+ * EINTR when a signal arrived while waiting for another writer: nothing was
+ * stored, call again. */
 int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
 /* Copy the current message into dst (dst_cap bytes).  *n gets its length,
- * *seq its number.  FSHM_ESMALL (nothing copied) when dst_cap < *n. */
+ * *seq its number.  FSHM_ESMALL when dst_cap < *n: dst is untouched, unless
+ * an earlier attempt's copy raced with writers and was retried. */
 int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
               uint64_t *seq);
 /* The two halves of a load done by the caller (zero-copy readers): begin

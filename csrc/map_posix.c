@@ -7,6 +7,7 @@
 #endif
 #include "fastshm.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -108,6 +109,10 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
             close(fd);
             return FSHM_EEMPTY;
         }
+        if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+            close(fd);
+            return EFBIG;
+        }
         size = (size_t)st.st_size;
     }
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -185,6 +190,40 @@ uint64_t fshm_self_id(void)
     return id;
 }
 
+#ifdef __linux__
+/* A process killed but not yet reaped by its parent still answers kill(0):
+ * it is a zombie, state Z (or X) in /proc/PID/stat.  Its threads are gone
+ * too unless only the main thread exited, which /proc/PID/task tells. */
+static int is_zombie(pid_t pid)
+{
+    char path[64], buf[512], *p;
+    FILE *f;
+    size_t n;
+    int threads = 0;
+    DIR *d;
+    struct dirent *e;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return 0;
+    n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name may hold spaces and parentheses: the state follows
+     * the last ')'. */
+    if ((p = strrchr(buf, ')')) == NULL || p[1] != ' ' || (p[2] != 'Z' && p[2] != 'X'))
+        return 0;
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    if ((d = opendir(path)) == NULL)
+        return 1;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            threads++;
+    closedir(d);
+    return threads <= 1;
+}
+#endif
+
 int fshm_owner_dead(uint64_t owner)
 {
     pid_t pid = (pid_t)(uint32_t)owner;
@@ -192,8 +231,13 @@ int fshm_owner_dead(uint64_t owner)
         return -1;
     if ((owner >> 32) != (fshm_self_id() >> 32))
         return -1;
-    if (kill(pid, 0) == 0 || errno == EPERM)
+    if (kill(pid, 0) == 0 || errno == EPERM) {
+#ifdef __linux__
+        if (is_zombie(pid))
+            return 1;
+#endif
         return 0;
+    }
     return errno == ESRCH ? 1 : -1;
 }
 
@@ -231,7 +275,11 @@ int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
      * other processes share, and the kernel keys it by the page. */
     if (syscall(SYS_futex, addr, FUTEX_WAIT, expected, tsp, NULL, 0) == 0)
         return 0;
-    return errno == EINTR ? EINTR : 0;
+    if (errno == EINTR)
+        return EINTR;
+    if (errno != EAGAIN && errno != ETIMEDOUT)
+        fshm_sleep_ns(1000000); /* no usable futex: never spin on the error */
+    return 0;
 }
 
 void fshm_futex_wake(uint32_t *addr, int all)

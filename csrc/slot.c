@@ -38,6 +38,10 @@
 /* How long fshm_wait spins before it sleeps, and how long one sleep of a
  * writer waiting for the lock lasts before it checks the owner is alive. */
 #define WAIT_SPIN_NS 50000
+/* The longest a waiter sleeps before it looks at the counter again: a writer
+ * killed between publishing a message and bumping the notify word leaves no
+ * wake-up behind, and this bounds how late the waiter notices. */
+#define WAIT_SLEEP_MAX_NS 100000000LL
 #define LOCK_SPINS 200
 #define LOCK_SLEEP_NS 2000000
 /* How long an opener waits for another process to finish creating. */
@@ -103,7 +107,9 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
         return FSHM_EVERSION;
     if (*U16(base, H_HEADER_SIZE) != FSHM_HEADER_SIZE)
         return FSHM_EFORMAT;
-    capacity = *U64(base, H_CAPACITY);
+    /* Read once: a process scribbling over the header cannot make the
+     * value checked below differ from the value kept. */
+    capacity = fshm_load64(U64(base, H_CAPACITY), FSHM_RELAXED);
     need = fshm_seg_size_for(capacity);
     if (need == 0 || need > size)
         return FSHM_EFORMAT;
@@ -156,7 +162,9 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
 
 /* ---- the writer lock ---- */
 
-static void lock_acquire(const fshm_seg *s)
+/* 0 once this process holds the lock; EINTR when a signal arrived while it
+ * slept (the caller lets its handler run, then tries again). */
+static int lock_acquire(const fshm_seg *s)
 {
     uint64_t *lock = U64(s->base, H_LOCK);
     uint32_t *wake = U32(s->base, H_LOCK_WAKE);
@@ -169,8 +177,9 @@ static void lock_acquire(const fshm_seg *s)
         uint32_t v;
         /* Acquire on success: this writer sees the previous writer's slot
          * bytes and counter (released in lock_release). */
+        int rc = 0;
         if (fshm_cas64(lock, &owner, me))
-            return;
+            return 0;
         if (spins < LOCK_SPINS) {
             spins++;
             fshm_cpu_relax();
@@ -181,7 +190,7 @@ static void lock_acquire(const fshm_seg *s)
              * writing the slot that is not current, so taking over loses
              * nothing that was published. */
             if (fshm_cas64(lock, &owner, me))
-                return;
+                return 0;
             continue;
         }
         fshm_add32(waiters, 1);
@@ -190,8 +199,10 @@ static void lock_acquire(const fshm_seg *s)
          * lock free or wake moved. */
         v = fshm_load32(wake, FSHM_SEQ_CST);
         if (fshm_load64(lock, FSHM_SEQ_CST) != 0)
-            fshm_futex_wait(wake, v, LOCK_SLEEP_NS);
+            rc = fshm_futex_wait(wake, v, LOCK_SLEEP_NS);
         fshm_add32(waiters, -1);
+        if (rc == EINTR)
+            return EINTR;
     }
 }
 
@@ -220,12 +231,16 @@ int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
         return FSHM_ETOOBIG;
     if (n > 0 && src == NULL)
         return EINVAL;
-    lock_acquire(s);
+    if (lock_acquire(s) != 0)
+        return EINTR;
     /* Relaxed is enough: the lock's acquire already ordered us after the
      * previous writer's store of the counter. */
     next = fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED) + 1;
     slot = slot_at(s, next);
-    fshm_store64(U64(slot, S_SEQ), 2 * next - 1, FSHM_RELAXED);
+    /* Release (free on x86 and ARMv8): a reader that sees this odd word also
+     * sees the counter that made it possible, so its corruption check in
+     * fshm_read_begin finds the counter moved and retries. */
+    fshm_store64(U64(slot, S_SEQ), 2 * next - 1, FSHM_RELEASE);
     /* Release fence: a reader that sees any byte written below also sees
      * the odd slot word, so its re-check in fshm_read_end fails. */
     fshm_fence(FSHM_RELEASE);
@@ -344,7 +359,8 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
     uint32_t *notify = U32(s->base, H_NOTIFY);
     uint32_t *waiters = U32(s->base, H_WAITERS);
     int64_t start = fshm_monotonic_ns();
-    int64_t deadline = timeout_ns < 0 ? INT64_MAX : start + timeout_ns;
+    int64_t deadline = (timeout_ns < 0 || timeout_ns > INT64_MAX - start)
+                           ? INT64_MAX : start + timeout_ns;
     unsigned spins = 0;
     int rc = 0;
     uint64_t now_seq;
@@ -380,7 +396,8 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
             rc = FSHM_ETIMEOUT;
             break;
         }
-        rc = fshm_futex_wait(notify, v, timeout_ns < 0 ? -1 : deadline - now);
+        rc = fshm_futex_wait(notify, v, deadline - now < WAIT_SLEEP_MAX_NS
+                                            ? deadline - now : WAIT_SLEEP_MAX_NS);
         if (rc == EINTR)
             break;
         rc = 0;
