@@ -20,7 +20,8 @@ from fastshm import _backend
 
 BACKENDS = ["native", "python"] if _backend.native_error() is None else ["python"]
 SHM_DIR = "/dev/shm"
-PREFIX = "fshmtest_"
+# Per session, so suites running side by side never judge each other's names.
+PREFIX = f"fshmtest{os.getpid()}_"
 
 
 def make_name(tag: str = "") -> str:
