@@ -138,6 +138,10 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
               uint64_t *seq);
 /* The writer lock word: 0 when free. */
 uint64_t fshm_lock_owner(const fshm_seg *s);
+/* Free a lock held by `owner`, for a writer that is gone but whose death
+ * fshm_owner_dead cannot see (another pid namespace, a reused pid).  Only
+ * when the word still holds `owner`; FSHM_EAGAIN otherwise. */
+int fshm_break_lock(const fshm_seg *s, uint64_t owner);
 
 #ifdef __cplusplus
 }

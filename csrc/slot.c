@@ -44,6 +44,8 @@
 #define WAIT_SLEEP_MAX_NS 100000000LL
 #define LOCK_SPINS 200
 #define LOCK_SLEEP_NS 2000000
+/* The largest store number: its slot word, 2 * seq, must not wrap. */
+#define SEQ_MAX (UINT64_MAX >> 1)
 /* How long an opener waits for another process to finish creating. */
 #define OPEN_READY_NS 1000000000LL
 
@@ -220,6 +222,17 @@ uint64_t fshm_lock_owner(const fshm_seg *s)
     return fshm_load64(U64(s->base, H_LOCK), FSHM_RELAXED);
 }
 
+int fshm_break_lock(const fshm_seg *s, uint64_t owner)
+{
+    /* Only the owner the caller judged gone: if the word moved meanwhile, a
+     * live writer has it now and must keep it. */
+    if (owner == 0 || !fshm_cas64(U64(s->base, H_LOCK), &owner, 0))
+        return FSHM_EAGAIN;
+    fshm_add32(U32(s->base, H_LOCK_WAKE), 1);
+    fshm_futex_wake(U32(s->base, H_LOCK_WAKE), 1);
+    return 0;
+}
+
 /* ---- store and load ---- */
 
 int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
@@ -235,7 +248,14 @@ int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
         return EINTR;
     /* Relaxed is enough: the lock's acquire already ordered us after the
      * previous writer's store of the counter. */
-    next = fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED) + 1;
+    next = fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED);
+    /* A counter this high is a corrupt header (2^63 stores take millennia):
+     * 2 * next would wrap, and the counter with it, back to "nothing
+     * stored". */
+    if (next++ >= SEQ_MAX) {
+        lock_release(s);
+        return FSHM_EFORMAT;
+    }
     slot = slot_at(s, next);
     /* Release (free on x86 and ARMv8): a reader that sees this odd word also
      * sees the counter that made it possible, so its corruption check in
@@ -281,6 +301,8 @@ int fshm_read_begin(const fshm_seg *s, fshm_read *r)
             r->token = 0;
             return 0;
         }
+        if (seq > SEQ_MAX)
+            return FSHM_EFORMAT;
         slot = slot_at(s, seq);
         /* Acquire: pairs with the writer's release of the even slot word;
          * the length read next belongs to that message. */

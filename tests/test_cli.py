@@ -195,3 +195,39 @@ def test_python_dash_m_and_console_script_agree(name: str,
         pytest.skip("the fastshm console script is not installed next to this Python")
     subprocess.run([exe, "store", name, "via script"], check=True, timeout=60)
     assert cli("load", name, backend="auto").stdout == b"via script"
+
+
+def _set_lock(name: str, owner: int) -> None:
+    from fastshm import SharedMemory
+
+    shm = SharedMemory(name)
+    assert shm.buf is not None
+    shm.buf[64:72] = owner.to_bytes(8, "little")
+    shm.close()
+
+
+def _own_tag() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino & 0xFFFFFFFF
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="needs Linux /proc")
+def test_unlock(backend: str, name: str) -> None:
+    cli("store", name, "kept", backend=backend)
+    assert b"is not locked" in cli("unlock", name, backend=backend).stdout
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)
+    _set_lock(name, gone.pid | _own_tag() << 32)
+    proc = cli("unlock", name, backend=backend)
+    assert proc.returncode == 0 and f"held by pid {gone.pid}".encode() in proc.stdout
+    assert cli("store", name, "after", backend=backend, timeout=30).returncode == 0
+
+    _set_lock(name, os.getpid() | _own_tag() << 32)  # this test process: alive
+    assert_clean_error(cli("unlock", name, backend=backend), "alive", "left alone")
+
+    foreign = 1 | ((_own_tag() ^ 0x5A5A) << 32)  # same pid, another namespace's tag
+    _set_lock(name, foreign)
+    assert_clean_error(cli("unlock", name, backend=backend), "another pid namespace", "--force")
+    assert cli("unlock", name, "--force", backend=backend).returncode == 0
+    assert cli("store", name, "free", backend=backend, timeout=30).returncode == 0
+    assert cli("load", name, backend=backend).stdout == b"free"

@@ -22,6 +22,31 @@ NAME_MAX: int = lib.fshm_name_max()
 # A blocking wait returns to Python this often, so Ctrl-C and other signal
 # handlers run promptly while the GIL is released in between.
 _WAIT_SLICE_NS = 50_000_000
+_EINTR = errno.EINTR
+
+
+# Out-parameters and a small bounce buffer for the hot path, reused instead of
+# allocated per call.  A call pops one from the pool and puts it back when it
+# has read its results, so two threads (or a signal handler that stores from
+# inside another store) never share one; the pool grows to the number of
+# calls in flight at once.
+_SCRATCH_SIZE = 4096
+
+
+class _Scratch:
+    __slots__ = ("words", "n", "seq", "read", "buf", "fbuf")
+
+    def __init__(self) -> None:
+        # n and seq point into words, which owns their memory.
+        self.words = words = ffi.new("uint64_t[2]")
+        self.n = ffi.cast("size_t *", words)
+        self.seq = words + 1
+        self.read = ffi.new("fshm_read *")
+        self.buf = ffi.new("unsigned char[]", _SCRATCH_SIZE)
+        self.fbuf = ffi.buffer(self.buf)
+
+
+_pool: list = []
 
 
 def _mapping_view(base: Any, size: int) -> memoryview:
@@ -64,7 +89,7 @@ class RawMapping:
 class SegmentHandle:
     """An open fastshm segment: the C ``fshm_seg`` and its mapping."""
 
-    __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created")
+    __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created", "_big")
 
     def __init__(self, name: str, how: int, capacity: int, mode: int) -> None:
         seg = ffi.new("fshm_seg *")
@@ -78,10 +103,20 @@ class SegmentHandle:
         self.created = bool(m.created)
         self.capacity = int(seg.capacity)
         self._mv = _mapping_view(m.base, self.size)
+        self._big = False
 
     def store(self, data: C.BytesLike) -> int:
-        seq = ffi.new("uint64_t *")
-        rc = lib.fshm_store(self._seg, ffi.from_buffer(data), len(data), seq)
+        try:  # inline rather than a helper call: this is the hot path
+            sc = _pool.pop()
+        except IndexError:
+            sc = _Scratch()
+        # bytes go to C as they are; cffi takes their pointer without a copy.
+        src = data if type(data) is bytes else ffi.from_buffer(data)
+        rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
+        while rc == _EINTR:  # a signal came while waiting for another writer; its handler ran
+            rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
+        seq = sc.seq[0]
+        _pool.append(sc)
         if rc:
             if rc == ETOOBIG:
                 raise ValueError(
@@ -89,55 +124,91 @@ class SegmentHandle:
                     f"whose capacity is {self.capacity} bytes"
                 )
             raise_for(rc, self.name)
-        return int(seq[0])
+        return seq  # type: ignore[no-any-return]
 
     def load(self) -> Tuple[bytes, int]:
+        # A small message: one C call copies it into the scratch buffer under
+        # the seqlock, and the bytes object is made from there.  A large one
+        # is copied once, straight from the mapping into the new bytes, and
+        # the next load goes that way at once (_big).
+        try:  # inline rather than a helper call: this is the hot path
+            sc = _pool.pop()
+        except IndexError:
+            sc = _Scratch()
         seg = self._seg
-        r = ffi.new("fshm_read *")
+        if not self._big:
+            rc = lib.fshm_load(seg, sc.buf, _SCRATCH_SIZE, sc.n, sc.seq)
+            if rc == 0:
+                out = (sc.fbuf[0 : sc.n[0]], sc.seq[0])
+                _pool.append(sc)
+                return out
+            if rc != ESMALL:
+                _pool.append(sc)
+                raise_for(rc, self.name, "the current slot is inconsistent")
+        r = sc.read
         while True:
             rc = lib.fshm_read_begin(seg, r)
             if rc:
+                _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
             off = r.offset
-            data = self._mv[off : off + r.length].tobytes()
+            n = r.length
+            data = self._mv[off : off + n].tobytes()
             if lib.fshm_read_end(seg, r) == 0:
-                return data, int(r.seq)
+                seq = r.seq
+                _pool.append(sc)
+                self._big = n > _SCRATCH_SIZE
+                return data, seq
 
     def load_into(self, dst: memoryview) -> Tuple[int, int]:
-        n = ffi.new("size_t *")
-        seq = ffi.new("uint64_t *")
-        rc = lib.fshm_load(self._seg, ffi.from_buffer(dst), dst.nbytes, n, seq)
+        try:  # inline rather than a helper call: this is the hot path
+            sc = _pool.pop()
+        except IndexError:
+            sc = _Scratch()
+        cap = len(dst)  # dst is a byte-format view: its length is its size
+        rc = lib.fshm_load(self._seg, ffi.from_buffer(dst), cap, sc.n, sc.seq)
+        n, seq = sc.n[0], sc.seq[0]
+        _pool.append(sc)
         if rc:
             if rc == ESMALL:
                 raise ValueError(
-                    f"buffer of {dst.nbytes} bytes is too small for the current "
-                    f"message of {n[0]} bytes; nothing was copied"
+                    f"buffer of {cap} bytes is too small for the current "
+                    f"message of {n} bytes; nothing was copied"
                 )
             raise_for(rc, self.name, "the current slot is inconsistent")
-        return int(n[0]), int(seq[0])
+        return n, seq
 
     def view(self) -> Tuple[memoryview, int]:
-        r = ffi.new("fshm_read *")
+        try:  # inline rather than a helper call: this is the hot path
+            sc = _pool.pop()
+        except IndexError:
+            sc = _Scratch()
+        r = sc.read
+        seg = self._seg
         while True:
-            rc = lib.fshm_read_begin(self._seg, r)
+            rc = lib.fshm_read_begin(seg, r)
             if rc:
+                _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
-            if lib.fshm_read_end(self._seg, r) == 0:
+            if lib.fshm_read_end(seg, r) == 0:
                 off = r.offset
-                return self._mv[off : off + r.length].toreadonly(), int(r.seq)
+                out = self._mv[off : off + r.length].toreadonly(), r.seq
+                _pool.append(sc)
+                return out
 
     def seq(self) -> int:
         return int(lib.fshm_seq(self._seg))
 
     def length(self) -> int:
-        r = ffi.new("fshm_read *")
-        rc = lib.fshm_read_begin(self._seg, r)
-        if rc:
-            raise_for(rc, self.name, "the current slot is inconsistent")
-        return int(r.length)
+        # Through view(): a length read without the seqlock's re-check could
+        # belong to a message still being written.
+        return self.view()[0].nbytes
 
     def lock_owner(self) -> int:
         return int(lib.fshm_lock_owner(self._seg))
+
+    def break_lock(self, owner: int) -> bool:
+        return lib.fshm_break_lock(self._seg, owner) == 0  # type: ignore[no-any-return]
 
     def wait(self, after: int, timeout: Optional[float]) -> Optional[int]:
         """The newest seq once it is greater than ``after``; None when

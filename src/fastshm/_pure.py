@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Optional, Tuple
 
 from . import _common as C
@@ -47,6 +48,8 @@ else:
 _READY_WAIT_S = 1.0
 _WAIT_SPIN_S = 50e-6
 _WAIT_SLEEP_MAX_S = 0.002
+# The largest store number (as SEQ_MAX in slot.c): its slot word, 2 * seq, fits 64 bits.
+_SEQ_MAX = (1 << 63) - 1
 
 # ---- process identity for the writer lock (the same word the C core uses) ----
 
@@ -79,15 +82,53 @@ def owner_dead(owner: int) -> int:
     pid = owner & 0xFFFFFFFF
     if pid == 0 or (owner >> 32) != (self_id() >> 32):
         return -1
-    if C.WINDOWS:
-        return -1
+    if sys.platform == "win32":  # spelled so that type checkers follow it
+        return _owner_dead_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return 1
     except PermissionError:
         return 0
-    return 0
+    return 1 if _is_zombie(pid) else 0
+
+
+if sys.platform == "win32":
+
+    def _owner_dead_windows(pid: int) -> int:
+        """As fshm_owner_dead in map_win32.c: a process object is signalled once
+        its process has exited (the exit code alone could be STILL_ACTIVE)."""
+        query_limited_information, synchronize = 0x1000, 0x00100000
+        try:
+            h = _winapi.OpenProcess(query_limited_information | synchronize, False, pid)
+        except OSError as e:
+            # ERROR_INVALID_PARAMETER: no process has that id; ERROR_ACCESS_DENIED:
+            # one does, owned by someone we may not inspect.
+            return {87: 1, 5: 0}.get(getattr(e, "winerror", 0) or 0, -1)
+        try:
+            waited = _winapi.WaitForSingleObject(h, 0)
+        finally:
+            _winapi.CloseHandle(h)
+        if waited == _winapi.WAIT_OBJECT_0:
+            return 1
+        return 0 if waited == _winapi.WAIT_TIMEOUT else -1
+
+
+def _is_zombie(pid: int) -> bool:
+    """Killed but not yet reaped by its parent: kill(0) still succeeds, but
+    /proc says Z (or X) and no thread of it is left (as in map_posix.c)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    if state not in (b"Z", b"X"):
+        return False
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) <= 1
+    except OSError:
+        return True
 
 
 # ---- futex wake through ctypes, so native waiters see python stores at once ----
@@ -98,6 +139,10 @@ try:
     import ctypes
 
     _libc = ctypes.CDLL(None, use_errno=True)
+    # syscall() is variadic: give each argument its C type, or the address
+    # would be passed as a truncated int.
+    _syscall = _libc.syscall
+    _syscall.restype = ctypes.c_long
     _SYS_futex = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine, 0)
     if not _SYS_futex:
         raise ImportError
@@ -113,13 +158,25 @@ def _futex_anchor(mm: mmap.mmap) -> Any:
 
 def _futex_wake(anchor: Any, offset: int) -> None:
     if anchor is not None:
-        _libc.syscall(_SYS_futex, ctypes.addressof(anchor) + offset, 1, 0x7FFFFFFF, None, None, 0)
+        _syscall(
+            ctypes.c_long(_SYS_futex), ctypes.c_void_p(ctypes.addressof(anchor) + offset),
+            ctypes.c_int(1), ctypes.c_int(0x7FFFFFFF), None, None, ctypes.c_int(0),
+        )
+
+
+def _put(mm: mmap.mmap, offset: int, st: Any, value: int) -> None:
+    """Write one shared word in a single copy.  ``Struct.pack_into`` zero-fills
+    its target before packing, so another process could read 0 in a published
+    counter, slot word or lock word; a slice assignment is one memcpy."""
+    mm[offset : offset + st.size] = st.pack(value)
 
 
 # ---- the mapping layer ----
 
 
-def _open_posix(name: str, how: int, size: int, mode: int) -> Tuple[int, int, bool]:
+def _open_posix(
+    name: str, how: int, size: int, mode: int, reserve: bool = False
+) -> Tuple[int, int, bool]:
     path = "/" + name
     for tries in range(101):
         if how != C.ATTACH:
@@ -134,6 +191,10 @@ def _open_posix(name: str, how: int, size: int, mode: int) -> Tuple[int, int, bo
                 try:
                     os.fchmod(fd, mode)
                     os.ftruncate(fd, size)
+                    # As FSHM_RESERVE in map_posix.c: a full /dev/shm is an
+                    # ENOSPC now rather than a SIGBUS at the first write.
+                    if reserve and sys.platform.startswith("linux"):
+                        os.posix_fallocate(fd, 0, size)
                 except OSError as e:
                     os.close(fd)
                     _posixshmem.shm_unlink(path)
@@ -186,12 +247,14 @@ def _open_windows(name: str, how: int, size: int) -> Tuple[mmap.mmap, int, bool]
     return mmap.mmap(-1, size, tagname=name), size, False
 
 
-def _map(name: str, how: int, size: int, mode: int) -> Tuple[mmap.mmap, int, bool, int]:
+def _map(
+    name: str, how: int, size: int, mode: int, reserve: bool = False
+) -> Tuple[mmap.mmap, int, bool, int]:
     """(mapping, size, created, fd); fd is -1 where there is none."""
     if C.WINDOWS:
         mm, size, created = _open_windows(name, how, size)
         return mm, size, created, -1
-    fd, size, created = _open_posix(name, how, size, mode)
+    fd, size, created = _open_posix(name, how, size, mode, reserve)
     try:
         mm = mmap.mmap(fd, size)
     except OSError as e:
@@ -226,6 +289,29 @@ class RawMapping:
 
 # ---- the segment ----
 
+# flock belongs to an open file description, which a forked child shares with
+# its parent: without a description of its own, a child's store would not
+# exclude its parent's.  So every child reopens the descriptors it inherited.
+_open_handles: "weakref.WeakSet[SegmentHandle]" = weakref.WeakSet()
+
+
+def _reopen_after_fork() -> None:
+    for h in list(_open_handles):
+        h._tlock = threading.Lock()
+        try:
+            fd = os.open(f"/proc/self/fd/{h._fd}", os.O_RDWR)
+        except OSError:
+            try:
+                fd = _posixshmem.shm_open("/" + h.name, os.O_RDWR, mode=0)
+            except OSError:
+                fd = -1  # unlinked since: nobody new can open it to race us
+        os.close(h._fd)
+        h._fd = fd
+
+
+if hasattr(os, "register_at_fork") and not C.WINDOWS:
+    os.register_at_fork(after_in_child=_reopen_after_fork)
+
 
 def _attach(mm: mmap.mmap, size: int) -> int:
     """The segment's capacity, after the same checks as fshm_seg_attach."""
@@ -249,7 +335,7 @@ class SegmentHandle:
 
     __slots__ = (
         "name", "_mm", "_mv", "_fd", "_anchor", "_tlock",
-        "capacity", "size", "created", "_stride",
+        "capacity", "size", "created", "_stride", "__weakref__",
     )
 
     def __init__(self, name: str, how: int, capacity: int, mode: int) -> None:
@@ -258,19 +344,11 @@ class SegmentHandle:
         backoff = 20e-6
         while True:
             try:
-                mm, size, created, fd = _map(name, how, need, mode)
+                mm, size, created, fd = _map(name, how, need, mode, reserve=True)
             except ValueError:  # size 0: its creator has not sized it yet
                 code = EEMPTY
             else:
                 if created:
-                    if fd >= 0 and hasattr(os, "posix_fallocate"):
-                        try:
-                            os.posix_fallocate(fd, 0, size)
-                        except OSError as e:
-                            mm.close()
-                            os.close(fd)
-                            unlink(name)
-                            raise os_error(e.errno, name) from None
                     C.HEAD.pack_into(mm, 0, 0, C.VERSION, C.HEADER_SIZE, capacity)
                     # The magic last: an opener that sees it sees the rest.
                     C.U32.pack_into(mm, C.H_MAGIC, C.MAGIC)
@@ -292,6 +370,8 @@ class SegmentHandle:
         self._fd = fd
         self._anchor = _futex_anchor(mm)
         self._tlock = threading.Lock()
+        if fd >= 0:
+            _open_handles.add(self)
         self.capacity = code
         self.size = size
         self.created = created
@@ -309,20 +389,28 @@ class SegmentHandle:
 
     def _lock(self) -> None:
         self._tlock.acquire()
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        mm = self._mm
-        # A native writer holds the word with a CAS; wait for it, or take
-        # the word over when its owner is dead.
-        while True:
-            owner = C.U64.unpack_from(mm, C.H_LOCK)[0]
-            if owner == 0 or owner_dead(owner) == 1:
-                break
-            time.sleep(20e-6)
-        C.U64.pack_into(mm, C.H_LOCK, self_id())
+        flocked = False
+        try:
+            if self._fd >= 0:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                flocked = True
+            mm = self._mm
+            # A native writer holds the word with a CAS; wait for it, or take
+            # the word over when its owner is dead.
+            while True:
+                owner = C.U64.unpack_from(mm, C.H_LOCK)[0]
+                if owner == 0 or owner_dead(owner) == 1:
+                    break
+                time.sleep(20e-6)
+            _put(mm, C.H_LOCK, C.U64, self_id())
+        except BaseException:  # e.g. Ctrl-C while waiting: hold nothing
+            if flocked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._tlock.release()
+            raise
 
     def _unlock(self) -> None:
-        C.U64.pack_into(self._mm, C.H_LOCK, 0)
+        _put(self._mm, C.H_LOCK, C.U64, 0)
         if self._fd >= 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._tlock.release()
@@ -340,15 +428,19 @@ class SegmentHandle:
         self._lock()
         try:
             nxt = C.U64.unpack_from(mm, C.H_SEQ)[0] + 1
+            if nxt > _SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
+                raise_for(EFORMAT, self.name, "the store counter is out of range")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
-            C.U64.pack_into(mm, off + C.S_SEQ, 2 * nxt - 1)
-            C.U64.pack_into(mm, off + C.S_LENGTH, n)
+            _put(mm, off + C.S_SEQ, C.U64, 2 * nxt - 1)
+            _put(mm, off + C.S_LENGTH, C.U64, n)
             start = off + C.SLOT_HEADER_SIZE
-            mm[start : start + n] = data
-            C.U64.pack_into(mm, off + C.S_SEQ, 2 * nxt)
-            C.U64.pack_into(mm, C.H_SEQ, nxt)
+            # Through the memoryview: PyPy's mmap slice assignment takes
+            # bytes only, a memoryview slice takes any byte buffer.
+            self._mv[start : start + n] = data
+            _put(mm, off + C.S_SEQ, C.U64, 2 * nxt)
+            _put(mm, C.H_SEQ, C.U64, nxt)
             notify = C.U32.unpack_from(mm, C.H_NOTIFY)[0]
-            C.U32.pack_into(mm, C.H_NOTIFY, (notify + 1) & 0xFFFFFFFF)
+            _put(mm, C.H_NOTIFY, C.U32, (notify + 1) & 0xFFFFFFFF)
             if C.U32.unpack_from(mm, C.H_WAITERS)[0]:
                 _futex_wake(self._anchor, C.H_NOTIFY)
         finally:
@@ -407,10 +499,21 @@ class SegmentHandle:
         return C.U64.unpack_from(self._mm, C.H_SEQ)[0]
 
     def length(self) -> int:
-        return self._begin()[1]
+        # Through view(): a length read without the seqlock's re-check could
+        # belong to a message still being written.
+        return self.view()[0].nbytes
 
     def lock_owner(self) -> int:
-        return C.U64.unpack_from(self._mm, C.H_LOCK)[0]
+        return C.U64.unpack_from(self._mm, C.H_LOCK)[0]  # type: ignore[no-any-return]
+
+    def break_lock(self, owner: int) -> bool:
+        # Without a compare-and-swap there is a window between the check and
+        # the write; the caller has judged the owner gone, and a new writer
+        # would have to arrive within it.
+        if owner == 0 or self.lock_owner() != owner:
+            return False
+        _put(self._mm, C.H_LOCK, C.U64, 0)
+        return True
 
     def wait(self, after: int, timeout: Optional[float]) -> Optional[int]:
         mm = self._mm

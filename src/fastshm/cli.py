@@ -12,6 +12,7 @@ from typing import BinaryIO, List, Optional, TextIO
 
 from . import _common as C
 from ._errors import FormatError
+from ._backend import resolve
 from .segment import Segment
 
 DEFAULT_NAME = "richong_Shared_Mem"
@@ -147,6 +148,30 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_unlock(args: argparse.Namespace, out: TextIO) -> int:
+    with _open(args, create=False) as seg:
+        h = seg._handle()
+        owner = h.lock_owner()
+        if not owner:
+            out.write(f"{seg.name!r} is not locked\n")
+            return 0
+        pid = owner & 0xFFFFFFFF
+        judged = resolve(seg.backend).owner_dead(owner)
+        if judged == 0:
+            raise _Usage(f"{seg.name!r} is locked by pid {pid}, which is alive: "
+                         "it is storing, or stopped; the lock was left alone")
+        if judged < 0 and not args.force:
+            raise _Usage(
+                f"{seg.name!r} is locked by pid {pid} of another pid namespace, whose "
+                "liveness cannot be checked from here; if that process is gone, run "
+                f"`fastshm unlock {seg.name} --force`"
+            )
+        if not h.break_lock(owner):
+            raise _Usage(f"the lock of {seg.name!r} changed hands meanwhile; left alone")
+        out.write(f"unlocked {seg.name!r} (was held by pid {pid})\n")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     if not os.path.isdir(SHM_DIR):
         raise _Usage(f"listing needs {SHM_DIR}, which this platform does not have")
@@ -241,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="capacity, length, stores so far, format of NAME")
     i.add_argument("name")
 
+    u = sub.add_parser("unlock", help="free the writer lock of NAME when its holder is gone")
+    u.add_argument("name")
+    u.add_argument("--force", action="store_true",
+                   help="also when the holder's liveness cannot be checked "
+                        "(another pid namespace)")
+
     li = sub.add_parser("list", help=f"the fastshm segments in {SHM_DIR}")
     li.add_argument("-a", "--all", action="store_true", help="also list raw shared memory")
 
@@ -263,6 +294,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_info(args, sys.stdout)
         if args.command == "list":
             return cmd_list(args, sys.stdout)
+        if args.command == "unlock":
+            return cmd_unlock(args, sys.stdout)
         return cmd_demo(args, sys.stdout)
     except KeyboardInterrupt:
         return 130

@@ -110,14 +110,22 @@ class Segment:
         """Store ``data`` (bytes-like, or str as UTF-8) as the new message and
         return its number.  A message larger than :attr:`capacity` raises
         ValueError and leaves the current message as it was."""
-        seq: int = self._handle().store(C.as_bytes_view(data))
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        if type(data) is not bytes:
+            data = C.as_bytes_view(data)
+        seq: int = h.store(data)
         self._last_seq = seq
         return seq
 
     def load(self) -> bytes:
         """The current message, copied once into a new bytes object
         (``b""`` when nothing has been stored yet)."""
-        data, self._last_seq = self._handle().load()
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        data, self._last_seq = h.load()
         return data  # type: ignore[no-any-return]
 
     def load_str(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -128,8 +136,12 @@ class Segment:
         """Copy the current message into ``buffer`` (any writable, contiguous
         bytes-like object) and return its length. Allocates nothing. A buffer
         too small raises ValueError and is left untouched."""
-        dst = C.writable_view(buffer)
-        n, self._last_seq = self._handle().load_into(dst)
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        # A bytearray is always a writable, contiguous run of bytes: no checks.
+        dst = memoryview(buffer) if type(buffer) is bytearray else C.writable_view(buffer)
+        n, self._last_seq = h.load_into(dst)
         return n  # type: ignore[no-any-return]
 
     def view(self) -> memoryview:
