@@ -8,6 +8,11 @@
 #include <stdint.h>
 
 #if defined(_MSC_VER) && !defined(__clang__)
+/* The loads and stores below are plain 64-bit accesses, atomic only on a
+ * 64-bit target (32-bit x86 splits them in two). */
+#if !defined(_M_X64) && !defined(_M_ARM64)
+#error "fastshm needs a 64-bit target (x64 or ARM64) when built with MSVC"
+#endif
 #include <intrin.h>
 #include <windows.h>
 /* x86-64 and ARM64 MSVC: aligned 32/64-bit loads and stores are atomic.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import pickle
-import tracemalloc
 from typing import Any, Callable
 
 import pytest
@@ -177,6 +176,8 @@ def test_load_into_too_small_leaves_buffer(backend: str, name: str) -> None:
 
 
 def test_load_into_allocates_no_copy(backend: str, name: str) -> None:
+    # PyPy has no tracemalloc (no _tracemalloc module).
+    tracemalloc = pytest.importorskip("tracemalloc")
     size = 64 * 1024
     with fastshm.Segment(name, size, backend=backend) as seg:
         seg.store(b"z" * size)

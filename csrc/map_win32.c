@@ -1,0 +1,351 @@
+/*
+ * The mapping layer on Windows: a page-file backed section made with
+ * CreateFileMappingW and mapped with MapViewOfFile, and the process and
+ * wait primitives slot.c builds on.
+ *
+ * Lifetime differs from POSIX: a named section lives exactly as long as some
+ * process holds a handle or a view of it, and nothing can remove the name
+ * early.  fshm_unlink is therefore a successful no-op; the name disappears
+ * when the last process unmaps it (or exits).
+ *
+ * Each view keeps its section handle open until it is unmapped.  Windows
+ * would keep the name alive through the view alone, but Wine drops a name
+ * with the last handle even while views remain, and the tests run there.
+ */
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+
+#include "fastshm.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Kernel object names are counted UTF-16 strings of at most 32767 units;
+ * a UTF-8 name of this many bytes never needs more units than that. */
+#define WIN_NAME_MAX 32767
+
+size_t fshm_name_max(void)
+{
+    return WIN_NAME_MAX;
+}
+
+/* Windows error codes as the errno values map_posix.c returns for the same
+ * situation, so Python raises the same exception on every platform. */
+static int win_errno(DWORD err)
+{
+    switch (err) {
+    case ERROR_FILE_NOT_FOUND:
+    case ERROR_PATH_NOT_FOUND:
+        return ENOENT;
+    case ERROR_ALREADY_EXISTS:
+    case ERROR_FILE_EXISTS:
+        return EEXIST;
+    case ERROR_ACCESS_DENIED:
+    case ERROR_PRIVILEGE_NOT_HELD:
+        return EACCES;
+    case ERROR_INVALID_NAME:
+    case ERROR_INVALID_PARAMETER:
+    case ERROR_BAD_PATHNAME:
+        return EINVAL;
+    case ERROR_FILENAME_EXCED_RANGE:
+        return ENAMETOOLONG;
+    case ERROR_NOT_ENOUGH_MEMORY:
+    case ERROR_OUTOFMEMORY:
+    case ERROR_COMMITMENT_LIMIT:
+        return ENOMEM;
+    default:
+        return EIO;
+    }
+}
+
+/* The UTF-16 form of a UTF-8 name, in *out (free() it), or an errno value.
+ * A backslash is allowed only as the separator of a Local\ or Global\
+ * prefix, as for POSIX names and '/': anything else would name a kernel
+ * namespace directory. */
+static int wide_name(const char *name, wchar_t **out)
+{
+    const char *rest = name;
+    size_t len;
+    int units;
+    wchar_t *w;
+
+    *out = NULL;
+    if (name == NULL || name[0] == '\0')
+        return EINVAL;
+    len = strlen(name);
+    if (len > WIN_NAME_MAX)
+        return ENAMETOOLONG;
+    if (strncmp(name, "Local\\", 6) == 0)
+        rest = name + 6;
+    else if (strncmp(name, "Global\\", 7) == 0)
+        rest = name + 7;
+    if (rest[0] == '\0' || strchr(rest, '\\') != NULL)
+        return EINVAL;
+    units = MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, name, -1, NULL, 0);
+    if (units <= 0)
+        return EINVAL; /* not valid UTF-8 */
+    w = (wchar_t *)malloc((size_t)units * sizeof(wchar_t));
+    if (w == NULL)
+        return ENOMEM;
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, name, -1, w, units) != units) {
+        free(w);
+        return EINVAL;
+    }
+    *out = w;
+    return 0;
+}
+
+/* The section handle of every view this process has mapped, closed by
+ * fshm_unmap.  A list: a process maps a handful of segments, not thousands. */
+typedef struct view_handle {
+    void *base;
+    HANDLE handle;
+    struct view_handle *next;
+} view_handle;
+
+static SRWLOCK views_lock = SRWLOCK_INIT;
+static view_handle *views;
+
+static int remember_view(void *base, HANDLE handle)
+{
+    view_handle *v = (view_handle *)malloc(sizeof *v);
+    if (v == NULL)
+        return ENOMEM;
+    v->base = base;
+    v->handle = handle;
+    AcquireSRWLockExclusive(&views_lock);
+    v->next = views;
+    views = v;
+    ReleaseSRWLockExclusive(&views_lock);
+    return 0;
+}
+
+static HANDLE forget_view(void *base)
+{
+    view_handle **p, *v;
+    HANDLE handle = NULL;
+    AcquireSRWLockExclusive(&views_lock);
+    for (p = &views; (v = *p) != NULL; p = &v->next) {
+        if (v->base == base) {
+            *p = v->next;
+            handle = v->handle;
+            free(v);
+            break;
+        }
+    }
+    ReleaseSRWLockExclusive(&views_lock);
+    return handle;
+}
+
+int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
+                  unsigned mode)
+{
+    wchar_t *wname;
+    HANDLE h;
+    void *base;
+    int rc, created = 0;
+    unsigned long long size64 = (unsigned long long)size;
+    MEMORY_BASIC_INFORMATION mbi;
+
+    (void)mode; /* the default security descriptor: this session's user */
+    m->base = NULL;
+    m->size = 0;
+    m->created = 0;
+    /* FSHM_RESERVE needs nothing here: a page-file backed section without
+     * SEC_RESERVE is committed when it is created, so a full page file is
+     * an ENOMEM from CreateFileMappingW, never a fault at the first write. */
+    how &= ~FSHM_RESERVE;
+    if (how != FSHM_ATTACH && how != FSHM_CREATE && how != FSHM_OPEN_OR_CREATE)
+        return EINVAL;
+    if (how != FSHM_ATTACH && size == 0)
+        return EINVAL;
+    if ((rc = wide_name(name, &wname)) != 0)
+        return rc;
+
+    if (how == FSHM_ATTACH) {
+        h = OpenFileMappingW(FILE_MAP_ALL_ACCESS, FALSE, wname);
+        if (h == NULL) {
+            DWORD err = GetLastError();
+            free(wname);
+            /* The name belongs to an object of another kind (an event, a
+             * mutex): there is no mapping of that name. */
+            return err == ERROR_INVALID_HANDLE ? ENOENT : win_errno(err);
+        }
+    } else {
+        /* One call creates or opens, atomically: no window in which the
+         * name can vanish between a failed create and an open. */
+        h = CreateFileMappingW(INVALID_HANDLE_VALUE, NULL, PAGE_READWRITE,
+                               (DWORD)(size64 >> 32), (DWORD)(size64 & 0xFFFFFFFFu),
+                               wname);
+        if (h == NULL) {
+            DWORD err = GetLastError();
+            free(wname);
+            /* The name is taken by an object of another kind. */
+            return err == ERROR_INVALID_HANDLE ? EEXIST : win_errno(err);
+        }
+        if (GetLastError() == ERROR_ALREADY_EXISTS) {
+            if (how == FSHM_CREATE) {
+                CloseHandle(h);
+                free(wname);
+                return EEXIST;
+            }
+        } else {
+            created = 1;
+        }
+    }
+    free(wname);
+
+    /* An existing section keeps the size it was made with, whatever size
+     * this call asked for: map all of it and ask how long the view is. */
+    base = MapViewOfFile(h, FILE_MAP_ALL_ACCESS, 0, 0, created ? size : 0);
+    if (base == NULL) {
+        rc = win_errno(GetLastError());
+        CloseHandle(h);
+        return rc;
+    }
+    if (!created) {
+        if (VirtualQuery(base, &mbi, sizeof mbi) == 0) {
+            rc = win_errno(GetLastError());
+            UnmapViewOfFile(base);
+            CloseHandle(h);
+            return rc;
+        }
+        /* Page-rounded; the exact capacity comes from the segment header. */
+        size = (size_t)mbi.RegionSize;
+    }
+    if ((rc = remember_view(base, h)) != 0) {
+        UnmapViewOfFile(base);
+        CloseHandle(h);
+        return rc;
+    }
+    m->base = base;
+    m->size = size;
+    m->created = created;
+    return 0;
+}
+
+int fshm_unmap(void *base, size_t size)
+{
+    HANDLE h;
+    (void)size;
+    if (base == NULL)
+        return 0;
+    if (!UnmapViewOfFile(base))
+        return win_errno(GetLastError());
+    h = forget_view(base);
+    if (h != NULL)
+        CloseHandle(h);
+    return 0;
+}
+
+int fshm_unlink(const char *name)
+{
+    /* Nothing removes a section's name while a handle or view is open, and
+     * the name goes with the last of them.  Validate it all the same, so a
+     * bad name is the same error on every platform. */
+    wchar_t *wname;
+    int rc = wide_name(name, &wname);
+    free(wname);
+    return rc;
+}
+
+/* ---- processes ---- */
+
+uint64_t fshm_self_id(void)
+{
+    /* One pid space on Windows: the namespace tag (high half) is 0. */
+    return (uint64_t)GetCurrentProcessId();
+}
+
+int fshm_owner_dead(uint64_t owner)
+{
+    DWORD pid = (DWORD)(uint32_t)owner, code = 0, err, waited;
+    HANDLE h;
+    int dead = -1;
+
+    if (pid == 0 || (owner >> 32) != 0)
+        return -1;
+    h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE, FALSE, pid);
+    if (h == NULL) {
+        err = GetLastError();
+        /* No process has that id any more. */
+        if (err == ERROR_INVALID_PARAMETER)
+            return 1;
+        /* It exists but belongs to someone we may not inspect. */
+        if (err == ERROR_ACCESS_DENIED)
+            return 0;
+        return -1;
+    }
+    /* A process object outlives the process while handles to it are open;
+     * it is signalled once the process has exited.  The exit code alone is
+     * not enough: a process may exit with the value of STILL_ACTIVE. */
+    waited = WaitForSingleObject(h, 0);
+    if (waited == WAIT_OBJECT_0)
+        dead = 1;
+    else if (waited == WAIT_TIMEOUT)
+        dead = 0;
+    else if (GetExitCodeProcess(h, &code))
+        dead = code == STILL_ACTIVE ? 0 : 1;
+    CloseHandle(h);
+    return dead;
+}
+
+/* ---- time and waiting ---- */
+
+int64_t fshm_monotonic_ns(void)
+{
+    static LONGLONG freq; /* constant after boot; racing first calls agree */
+    LARGE_INTEGER now, f;
+    if (freq == 0) {
+        QueryPerformanceFrequency(&f);
+        freq = f.QuadPart;
+    }
+    QueryPerformanceCounter(&now);
+    /* Split so that counter * 1e9 cannot overflow. */
+    return (int64_t)((now.QuadPart / freq) * 1000000000LL +
+                     (now.QuadPart % freq) * 1000000000LL / freq);
+}
+
+void fshm_sleep_ns(int64_t ns)
+{
+    /* Sleep() counts whole milliseconds and often rounds up to a timer tick
+     * (up to 15.6 ms); below half a millisecond yielding the processor
+     * keeps the short back-off steps short. */
+    if (ns < 500000) {
+        SwitchToThread();
+        return;
+    }
+    Sleep((DWORD)((ns + 999999) / 1000000));
+}
+
+/* Windows has no futex that works across processes (WaitOnAddress is
+ * per-process), so waiting is polling with a growing sleep, at most 1 ms,
+ * as map_posix.c does off Linux.  A named event per segment would let a
+ * waiter sleep until woken; that is not done yet. */
+int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+{
+    int64_t step = 20000, now = fshm_monotonic_ns();
+    int64_t deadline = timeout_ns < 0 || timeout_ns > INT64_MAX - now
+                           ? INT64_MAX : now + timeout_ns;
+
+    while (fshm_load32(addr, FSHM_ACQUIRE) == expected) {
+        now = fshm_monotonic_ns();
+        if (now >= deadline)
+            return 0;
+        fshm_sleep_ns(step < deadline - now ? step : deadline - now);
+        if (step < 1000000)
+            step *= 2;
+    }
+    return 0;
+}
+
+void fshm_futex_wake(uint32_t *addr, int all)
+{
+    /* Pollers see the changed word on their own. */
+    (void)addr;
+    (void)all;
+}

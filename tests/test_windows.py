@@ -1,0 +1,466 @@
+"""fastshm's Windows C core (csrc/map_win32.c), cross-compiled with
+MinGW-w64 and run under Wine.
+
+The programs are csrc/tests/win32/fshm_check.c (a command-line driver of the
+C API) and csrc/tests/win32/original.c (a plain Win32 program that shares
+memory the way the program fastshm grew from does).  Every Wine process of a
+module runs in one temporary WINEPREFIX, so they share one wineserver and see
+each other's named objects, as processes of one Windows session do.
+
+fshm_check.c is also built for this host with the native compiler, and the
+error cases must give the same codes on both.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import make_name
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+WIN32_TESTS = CSRC / "tests" / "win32"
+CORE = [CSRC / "slot.c", CSRC / "map_win32.c"]
+
+MINGW = os.environ.get("FSHM_MINGW_CC") or shutil.which("x86_64-w64-mingw32-gcc")
+# Debian's wine64 package installs its loader outside PATH; the wine package
+# adds the /usr/bin/wine wrapper.
+WINE = (
+    os.environ.get("FSHM_WINE")
+    or shutil.which("wine")
+    or shutil.which("wine64")
+    or next((p for p in ("/usr/lib/wine/wine64",) if os.access(p, os.X_OK)), None)
+)
+WINESERVER = shutil.which("wineserver") or next(
+    (p for p in (os.path.join(os.path.dirname(WINE or "/"), "wineserver"),
+                 "/usr/lib/wine/wineserver") if os.access(p, os.X_OK)),
+    None,
+)
+
+# A generous bound for one Wine process; the first one in a prefix may
+# also have to bring up the wineserver.
+RUN_TIMEOUT = 120
+BOOT_TIMEOUT = 600
+STRESS_SECONDS = 3.0
+
+# CI that installed the toolchain sets this, so a missing tool fails the run
+# instead of skipping the tests.
+REQUIRE_WINE = os.environ.get("FSHM_REQUIRE_WINE") == "1"
+
+needs_wine = pytest.mark.skipif(
+    (MINGW is None or WINE is None) and not REQUIRE_WINE,
+    reason="the Windows core is tested under Wine with MinGW-w64: install the Debian "
+    "packages gcc-mingw-w64-x86-64 and wine64 (missing: "
+    + ", ".join(n for n, p in (("x86_64-w64-mingw32-gcc", MINGW), ("wine", WINE)) if p is None)
+    + ")",
+)
+
+
+def parse(out: str) -> dict[str, str]:
+    """The space-separated key=value fields of a program's output; a key
+    seen twice keeps every value, joined by '|'."""
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        for field in line.strip().split(" "):
+            key, sep, value = field.partition("=")
+            if sep:
+                result[key] = f"{result[key]}|{value}" if key in result else value
+    return result
+
+
+def parse_lines(out: str) -> dict[str, str]:
+    """key=value per line, the value being the rest of the line (text with
+    spaces); a key seen twice keeps every value, joined by '|'."""
+    result: dict[str, str] = {}
+    for line in out.splitlines():
+        key, sep, value = line.rstrip("\r").partition("=")
+        if sep:
+            result[key] = f"{result[key]}|{value}" if key in result else value
+    return result
+
+
+# ---- building ----
+
+
+def compile_c(cc: str, out: Path, sources: list[Path], *flags: str) -> Path:
+    proc = subprocess.run(
+        [cc, "-O2", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}", *map(str, sources),
+         "-o", str(out), *flags],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+    )
+    assert proc.returncode == 0, f"{cc} failed:\n{proc.stderr}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def build_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="fshm-win32-build-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def win_exes(build_dir: Path) -> dict[str, Path]:
+    assert MINGW is not None, "FSHM_REQUIRE_WINE=1 but x86_64-w64-mingw32-gcc is missing"
+    # Static: the programs need no MinGW DLLs inside the Wine prefix.
+    return {
+        "check": compile_c(MINGW, build_dir / "fshm_check.exe",
+                           [*CORE, WIN32_TESTS / "fshm_check.c"], "-static"),
+        "original": compile_c(MINGW, build_dir / "original.exe",
+                              [WIN32_TESTS / "original.c"], "-static"),
+    }
+
+
+@pytest.fixture(scope="module")
+def msvc_atomics_check(build_dir: Path) -> Path:
+    """fshm_check.exe with slot.c built on atomics.h's MSVC branch (volatile
+    accesses, MemoryBarrier, Interlocked*), which MSVC wheels use: GCC
+    compiles it when told it is MSVC, and MinGW's headers provide the
+    intrinsics.  Only slot.c is built so: told the same, MinGW's headers
+    would define their inline helpers in every file."""
+    assert MINGW is not None
+    obj = build_dir / "slot_msvc_atomics.o"
+    proc = subprocess.run(
+        [MINGW, "-O2", "-Wall", "-Wextra", "-Werror", "-D_MSC_VER=1930", f"-I{CSRC}", "-c",
+         str(CSRC / "slot.c"), "-o", str(obj)],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"this MinGW cannot build atomics.h's MSVC branch: {proc.stderr[-500:]}")
+    return compile_c(MINGW, build_dir / "fshm_check_msvc_atomics.exe",
+                     [obj, CSRC / "map_win32.c", WIN32_TESTS / "fshm_check.c"], "-static")
+
+
+@pytest.fixture(scope="module")
+def posix_check(build_dir: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or os.name != "posix":
+        pytest.skip("no native C compiler to build the POSIX twin of fshm_check.c")
+    libs = ["-lrt", "-lpthread"] if os.uname().sysname == "Linux" else ["-lpthread"]
+    return compile_c(cc, build_dir / "fshm_check",
+                     [CSRC / "slot.c", CSRC / "map_posix.c", WIN32_TESTS / "fshm_check.c"],
+                     *libs)
+
+
+# ---- Wine ----
+
+
+class Wine:
+    """Runs Windows programs in one prefix (one wineserver)."""
+
+    def __init__(self, prefix: Path) -> None:
+        assert WINE is not None, "FSHM_REQUIRE_WINE=1 but wine is missing"
+        self.env = dict(os.environ)
+        self.env.update(
+            WINEPREFIX=str(prefix),
+            WINEDEBUG="-all",
+            # No Mono or Gecko: nothing here needs them, and asking for them
+            # would stall a headless run.
+            WINEDLLOVERRIDES="mscoree,mshtml=",
+        )
+        self.env.pop("DISPLAY", None)
+        self.env.pop("WAYLAND_DISPLAY", None)
+
+    def run(self, exe: Path, *args: str, timeout: float = RUN_TIMEOUT) -> dict[str, str]:
+        proc = subprocess.run(
+            [WINE, str(exe), *args], env=self.env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        out = parse_lines(proc.stdout)
+        out["returncode"] = str(proc.returncode)
+        out["stdout"] = proc.stdout
+        return out
+
+    def start(self, exe: Path, *args: str) -> Held:
+        return Held([WINE, str(exe), *args], self.env)
+
+    def keep_server(self) -> subprocess.Popen | None:
+        """A persistent wineserver for the prefix, so it is not restarted for
+        every process of the module (it would exit 3 s after the last)."""
+        if WINESERVER is None:
+            return None
+        return subprocess.Popen([WINESERVER, "--persistent", "--foreground"], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_server(self, server: subprocess.Popen | None) -> None:
+        if WINESERVER is not None:
+            subprocess.run([WINESERVER, "--kill"], env=self.env, timeout=RUN_TIMEOUT,
+                           capture_output=True, check=False)
+        if server is not None:
+            try:
+                server.wait(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=RUN_TIMEOUT)
+
+
+class Held:
+    """A program that keeps running until a line on its stdin, read line by
+    line with a deadline so nothing can hang."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\r\n"))
+        self.lines.put(None)
+
+    def wait_for(self, key: str, timeout: float = RUN_TIMEOUT) -> dict[str, str]:
+        """Everything printed up to and including the line `key=...`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AssertionError(f"no {key}= within {timeout}s; got {self.seen}")
+            if line is None:
+                raise AssertionError(
+                    f"exited ({self.proc.wait(timeout=RUN_TIMEOUT)}) before {key}=; "
+                    f"got {self.seen}"
+                )
+            self.seen.append(line)
+            if line.startswith(key + "="):
+                return parse_lines("\n".join(self.seen))
+
+    def finish(self, timeout: float = RUN_TIMEOUT) -> dict[str, str]:
+        """Tell it to go on, wait for its exit, and return all it printed."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        while True:
+            try:
+                # Briefly: whatever it printed is in the pipe by now.
+                line = self.lines.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+        out = parse_lines("\n".join(self.seen))
+        out["returncode"] = str(self.proc.returncode)
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=RUN_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def wine(win_exes: dict[str, Path]) -> Iterator[Wine]:
+    """A fresh prefix, booted once for the module (the first boot of a
+    prefix takes several seconds; every later process starts quickly)."""
+    assert WINE is not None, "FSHM_REQUIRE_WINE=1 but wine is missing"
+    prefix = Path(tempfile.mkdtemp(prefix="fshm-wine-"))
+    w = Wine(prefix)
+    server = None
+    try:
+        server = w.keep_server()
+        assert WINE is not None
+        # Output to a file, not a pipe: the services wineboot starts inherit
+        # it and live as long as the wineserver, so a pipe would never close.
+        with open(prefix / "wineboot.log", "w+") as log:
+            boot = subprocess.run([WINE, "wineboot", "-i"], env=w.env, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=log, timeout=BOOT_TIMEOUT, check=False)
+            log.seek(0)
+            assert boot.returncode == 0, f"wineboot failed: {log.read()[-2000:]}"
+        yield w
+    finally:
+        w.stop_server(server)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+@pytest.fixture
+def held() -> Iterator[list[Held]]:
+    """Held programs of a test, killed if the test left them running."""
+    procs: list[Held] = []
+    yield procs
+    for p in procs:
+        p.kill()
+
+
+# ---- the tests ----
+
+
+@needs_wine
+def test_original_scenario_across_two_wine_processes(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """P1 open-or-creates richong_Shared_Mem (1024) and stores 12345; P2 finds
+    it and loads 12345, then deletes it; the name is gone once both closed."""
+    exe = win_exes["check"]
+    # The original program's fixed name; it lives only in this prefix.
+    name = "richong_Shared_Mem"
+    p1 = wine.start(exe, "hold", name, "1024", "12345")
+    held.append(p1)
+    first = p1.wait_for("ready")
+    assert (first["open"], first["created"], first["store"]) == ("OK", "1", "OK")
+
+    p2 = wine.run(exe, "find", name, "1024")
+    assert p2["returncode"] == "0", p2["stdout"]
+    assert p2["created"] == "0"
+    assert p2["message"] == "12345"
+    # Delete on Windows: close the view; unlink succeeds and removes nothing.
+    assert (p2["unmap"], p2["unlink"]) == ("OK", "OK")
+
+    # P1 still holds it, so the name outlives P2's delete.
+    still = wine.run(exe, "attach", name)
+    assert (still["attach"], still["message"]) == ("OK", "12345")
+
+    assert p1.finish()["returncode"] == "0"
+    gone = wine.run(exe, "attach", name)
+    assert gone["attach"] == "ENOENT", gone["stdout"]
+
+
+@needs_wine
+@pytest.mark.parametrize("first", ["original", "fastshm"])
+def test_raw_interop_with_a_program_written_the_original_way(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held], first: str
+) -> None:
+    """A plain Win32 program (OpenFileMapping / CreateFileMapping /
+    MapViewOfFile / strcpy) and fastshm's raw mapping share the memory."""
+    name = make_name("raw")
+    programs = {
+        "original": (win_exes["original"],),
+        "fastshm": (win_exes["check"], "raw"),
+    }
+    second = "fastshm" if first == "original" else "original"
+    a = wine.start(*programs[first], name, f"written by {first}")
+    held.append(a)
+    got_a = a.wait_for("wrote")
+    assert got_a["created"] == "1"
+    assert got_a["read"] == ""
+
+    b = wine.run(*programs[second], name, f"written by {second}")
+    assert b["returncode"] == "0", b["stdout"]
+    assert b["created"] == "0"
+    # What b found, then (b's stdin is empty, so it goes on at once) what it
+    # wrote itself.
+    assert b["read"] == f"written by {first}|written by {second}"
+
+    final = a.finish()
+    assert final["returncode"] == "0"
+    assert final["read"].split("|")[-1] == f"written by {second}"
+
+
+@needs_wine
+def test_error_codes_match_posix(
+    wine: Wine, win_exes: dict[str, Path], posix_check: Path
+) -> None:
+    """Create-existing, attach-missing, over-capacity store (message kept)
+    and a corrupt header: the same codes from map_win32.c as map_posix.c."""
+    on_windows = wine.run(win_exes["check"], "errors", make_name("err"))
+    name = make_name("err")
+    try:
+        posix = subprocess.run([str(posix_check), "errors", name], capture_output=True,
+                               text=True, timeout=RUN_TIMEOUT, check=False)
+    finally:
+        for suffix in ("", "_missing", "_corrupt"):
+            try:
+                os.unlink(f"/dev/shm/{name}{suffix}")
+            except OSError:
+                pass
+    expected = {
+        "create": "OK",
+        "store": "OK",
+        "create_existing": "EEXIST",
+        "attach_missing": "ENOENT",
+        "raw_attach_missing": "ENOENT",
+        "empty_name": "EINVAL",
+        "store_too_big": "FSHM_ETOOBIG",
+        "after_too_big": "previous seq=1",
+        "load_small": "FSHM_ESMALL",
+        "corrupt_header": "FSHM_EFORMAT",
+        "all_as_expected": "1",
+    }
+    assert {k: on_windows.get(k) for k in expected} == expected, on_windows["stdout"]
+    assert on_windows["returncode"] == "0"
+    assert posix.returncode == 0, posix.stdout
+    assert posix.stdout.replace("\r", "") == on_windows["stdout"].replace("\r", "")
+
+
+@needs_wine
+def test_dead_writer_lock_is_taken_over(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A writer that exited holding the lock (OpenProcess /
+    WaitForSingleObject see it gone) does not block the next writer."""
+    exe = win_exes["check"]
+    name = make_name("lock")
+    holder = wine.start(exe, "hold", name, "64", "first")
+    held.append(holder)
+    assert holder.wait_for("ready")["store"] == "OK"
+
+    taker = wine.run(exe, "take-lock", name)
+    assert taker["returncode"] == "0", taker["stdout"]
+    dead_owner = taker["owner"]
+
+    store = wine.run(exe, "store", name, "second")
+    assert store["returncode"] == "0", store["stdout"]
+    got = parse(store["stdout"])
+    assert (got["owner_before"], got["dead"]) == (dead_owner, "1")
+    assert (store["store"], got["seq"], got["owner_after"]) == ("OK", "2", "0")
+
+    # A live owner is reported alive: the holder's own id is a live process.
+    check = wine.run(exe, "attach", name)
+    assert check["message"] == "second"
+    assert holder.finish()["returncode"] == "0"
+
+
+@needs_wine
+@pytest.mark.parametrize("atomics", ["gcc", "msvc"])
+def test_stress_one_writer_two_readers_no_torn_reads(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held],
+    request: pytest.FixtureRequest, atomics: str,
+) -> None:
+    """Random-length checksummed messages stored as fast as one Wine process
+    can while two others load them: every load is one whole message, and
+    numbers never go backwards.  Once with each branch of atomics.h."""
+    exe = win_exes["check"] if atomics == "gcc" else request.getfixturevalue(
+        "msvc_atomics_check")
+    name = make_name("stress")
+    # The writer outlasts the readers by a margin that covers their start.
+    writer = wine.start(exe, "writer", name, "4096", str(STRESS_SECONDS + 3))
+    held.append(writer)
+    assert writer.wait_for("ready")["open"] == "OK"
+    readers = [wine.start(exe, "reader", name, str(STRESS_SECONDS)) for _ in range(2)]
+    held.extend(readers)
+    results = [r.finish(timeout=RUN_TIMEOUT) for r in readers]
+    w = writer.finish(timeout=RUN_TIMEOUT)
+    assert w["returncode"] == "0" and w["store"] == "OK", w
+    stores = int(w["stores"])
+    for r in results:
+        got = parse(r["loads"] and "loads=" + r["loads"])
+        assert r["attach"] == "OK" and r["load"] == "OK", r
+        assert got["torn"] == "0", r
+        # The readers really ran alongside the writer.
+        assert int(got["changes"]) >= 2, r
+        assert int(got["loads"]) >= int(got["changes"])
+        assert r["returncode"] == "0"
+    assert stores >= 2
