@@ -230,7 +230,7 @@ class Held:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.kill()
-                raise AssertionError(f"no {key}= within {timeout}s; got {self.seen}")
+                raise AssertionError(f"no {key}= within {timeout}s; got {self.seen}") from None
             if line is None:
                 raise AssertionError(
                     f"exited ({self.proc.wait(timeout=RUN_TIMEOUT)}) before {key}=; "

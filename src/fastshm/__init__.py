@@ -18,6 +18,6 @@ backend: str = _default_backend.name
 
 #: What the default backend can do ("futex": wait() sleeps in the kernel;
 #: "atomic_lock": writers take the lock word with a compare-and-swap).
-features: frozenset = _default_backend.features
+features: "frozenset[str]" = _default_backend.features
 
 __all__ = ["Segment", "SharedMemory", "FormatError", "backend", "features", "__version__"]

@@ -16,10 +16,13 @@ _loaded: Dict[str, ModuleType] = {}
 def _import(name: str) -> ModuleType:
     if name not in _loaded:
         if name == "native":
-            from . import _native as mod
+            from . import _native
+
+            _loaded[name] = _native
         else:
-            from . import _pure as mod
-        _loaded[name] = mod
+            from . import _pure
+
+            _loaded[name] = _pure
     return _loaded[name]
 
 

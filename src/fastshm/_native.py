@@ -16,7 +16,9 @@ from ._errors import ESMALL, ETIMEOUT, ETOOBIG, raise_for
 from ._fastshm import ffi, lib
 
 name = "native"
-features = frozenset({"atomic_lock", "futex"} if sys.platform.startswith("linux") else {"atomic_lock"})
+features = frozenset(
+    {"atomic_lock", "futex"} if sys.platform.startswith("linux") else {"atomic_lock"}
+)
 NAME_MAX: int = lib.fshm_name_max()
 
 # A blocking wait returns to Python this often, so Ctrl-C and other signal
@@ -46,7 +48,7 @@ class _Scratch:
         self.fbuf = ffi.buffer(self.buf)
 
 
-_pool: list = []
+_pool: "list[_Scratch]" = []
 
 
 def _mapping_view(base: Any, size: int) -> memoryview:

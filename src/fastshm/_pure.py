@@ -32,7 +32,7 @@ from ._errors import (
 )
 
 name = "python"
-features: frozenset = frozenset()
+features: "frozenset[str]" = frozenset()
 
 if C.WINDOWS:
     import _winapi
@@ -186,7 +186,7 @@ def _open_posix(
                 if how == C.CREATE:
                     raise os_error(errno.EEXIST, name) from None
             except OSError as e:
-                raise os_error(e.errno, name) from None
+                raise os_error(e.errno or errno.EIO, name) from None
             else:
                 try:
                     os.fchmod(fd, mode)
@@ -198,7 +198,7 @@ def _open_posix(
                 except OSError as e:
                     os.close(fd)
                     _posixshmem.shm_unlink(path)
-                    raise os_error(e.errno, name) from None
+                    raise os_error(e.errno or errno.EIO, name) from None
                 return fd, size, True
         try:
             fd = _posixshmem.shm_open(path, os.O_RDWR, mode=0)
@@ -207,7 +207,7 @@ def _open_posix(
                 raise os_error(errno.ENOENT, name) from None
             continue
         except OSError as e:
-            raise os_error(e.errno, name) from None
+            raise os_error(e.errno or errno.EIO, name) from None
         st_size = os.fstat(fd).st_size
         if st_size == 0:
             os.close(fd)
@@ -219,6 +219,8 @@ def _open_posix(
 def _open_windows(name: str, how: int, size: int) -> Tuple[mmap.mmap, int, bool]:
     # The stdlib's own way (multiprocessing.shared_memory): reserve or find
     # the name with _winapi, then let mmap map it by tag name.
+    if sys.platform != "win32":  # also tells type checkers elsewhere to skip the rest
+        raise OSError(errno.ENOSYS, "Windows named mappings exist only on Windows")
     if how != C.ATTACH:
         h = _winapi.CreateFileMapping(
             _winapi.INVALID_HANDLE_VALUE, _winapi.NULL, _winapi.PAGE_READWRITE,
@@ -261,7 +263,7 @@ def _map(
         os.close(fd)
         if created:
             _posixshmem.shm_unlink("/" + name)
-        raise os_error(e.errno, name) from None
+        raise os_error(e.errno or errno.EIO, name) from None
     return mm, size, created, fd
 
 
@@ -271,7 +273,7 @@ def unlink(name: str) -> None:
     try:
         _posixshmem.shm_unlink("/" + name)
     except OSError as e:
-        raise os_error(e.errno, name) from None
+        raise os_error(e.errno or errno.EIO, name) from None
 
 
 class RawMapping:
@@ -317,6 +319,7 @@ def _attach(mm: mmap.mmap, size: int) -> int:
     """The segment's capacity, after the same checks as fshm_seg_attach."""
     if size < C.HEADER_SIZE:
         return EFORMAT
+    capacity: int
     magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
     if magic == 0:
         return ENOTREADY
@@ -427,7 +430,7 @@ class SegmentHandle:
         mm = self._mm
         self._lock()
         try:
-            nxt = C.U64.unpack_from(mm, C.H_SEQ)[0] + 1
+            nxt: int = C.U64.unpack_from(mm, C.H_SEQ)[0] + 1
             if nxt > _SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
                 raise_for(EFORMAT, self.name, "the store counter is out of range")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
@@ -465,7 +468,8 @@ class SegmentHandle:
     def _end(self, offset: int, seq: int, token: int) -> bool:
         if seq == 0:
             return True
-        return C.U64.unpack_from(self._mm, offset - C.SLOT_HEADER_SIZE)[0] == token
+        now: int = C.U64.unpack_from(self._mm, offset - C.SLOT_HEADER_SIZE)[0]
+        return now == token
 
     def load(self) -> Tuple[bytes, int]:
         mm = self._mm
@@ -496,7 +500,8 @@ class SegmentHandle:
                 return self._mv[off : off + length].toreadonly(), seq
 
     def seq(self) -> int:
-        return C.U64.unpack_from(self._mm, C.H_SEQ)[0]
+        seq: int = C.U64.unpack_from(self._mm, C.H_SEQ)[0]
+        return seq
 
     def length(self) -> int:
         # Through view(): a length read without the seqlock's re-check could
@@ -520,6 +525,7 @@ class SegmentHandle:
         unpack = C.U64.unpack_from
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        seq: int
         while time.monotonic() - start < _WAIT_SPIN_S:
             seq = unpack(mm, C.H_SEQ)[0]
             if seq > after:

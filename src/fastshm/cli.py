@@ -11,8 +11,8 @@ import sys
 from typing import BinaryIO, List, Optional, TextIO
 
 from . import _common as C
-from ._errors import FormatError
 from ._backend import resolve
+from ._errors import FormatError
 from .segment import Segment
 
 DEFAULT_NAME = "richong_Shared_Mem"

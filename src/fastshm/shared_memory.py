@@ -82,7 +82,7 @@ class SharedMemory:
             name = C.check_name(name, impl.NAME_MAX)
             self._map = impl.RawMapping(name, how, size, mode)
         self._name = name
-        self._backend = impl.name
+        self._backend: str = impl.name
         self._size = self._map.size
         self._created = self._map.created
         self._buf = self._map.buf
@@ -111,7 +111,8 @@ class SharedMemory:
     @property
     def name(self) -> str:
         "The block's name, without the leading '/' POSIX adds."
-        return self._name  # type: ignore[return-value]
+        assert self._name is not None  # set by every constructor
+        return self._name
 
     @property
     def size(self) -> int:
@@ -125,6 +126,7 @@ class SharedMemory:
 
     @property
     def backend(self) -> str:
+        "``\"native\"`` or ``\"python\"``: which backend this object uses."
         return self._backend
 
     def close(self) -> None:
