@@ -33,6 +33,8 @@ _EINTR = errno.EINTR
 # inside another store) never share one; the pool grows to the number of
 # calls in flight at once.
 _SCRATCH_SIZE = 4096
+# Offset of slot 0's payload; slot 1's is one stride further.
+_PAYLOAD = C.HEADER_SIZE + C.SLOT_HEADER_SIZE
 
 
 class _Scratch:
@@ -91,7 +93,7 @@ class RawMapping:
 class SegmentHandle:
     """An open fastshm segment: the C ``fshm_seg`` and its mapping."""
 
-    __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created", "_big")
+    __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created", "_big", "_stride")
 
     def __init__(self, name: str, how: int, capacity: int, mode: int) -> None:
         seg = ffi.new("fshm_seg *")
@@ -106,6 +108,7 @@ class SegmentHandle:
         self.capacity = int(seg.capacity)
         self._mv = _mapping_view(m.base, self.size)
         self._big = False
+        self._stride = int(seg.stride)
 
     def store(self, data: C.BytesLike) -> int:
         try:  # inline rather than a helper call: this is the hot path
@@ -185,18 +188,16 @@ class SegmentHandle:
             sc = _pool.pop()
         except IndexError:
             sc = _Scratch()
-        r = sc.read
-        seg = self._seg
-        while True:
-            rc = lib.fshm_read_begin(seg, r)
-            if rc:
-                _pool.append(sc)
-                raise_for(rc, self.name, "the current slot is inconsistent")
-            if lib.fshm_read_end(seg, r) == 0:
-                off = r.offset
-                out = self._mv[off : off + r.length].toreadonly(), r.seq
-                _pool.append(sc)
-                return out
+        # One C call: a load into no room at all copies nothing and reports
+        # the current message's length and number, checked by the seqlock;
+        # its slot follows from the number (docs/FORMAT.md).
+        rc = lib.fshm_load(self._seg, ffi.NULL, 0, sc.n, sc.seq)
+        n, seq = sc.n[0], sc.seq[0]
+        _pool.append(sc)
+        if rc and rc != ESMALL:
+            raise_for(rc, self.name, "the current slot is inconsistent")
+        off = _PAYLOAD + (seq & 1) * self._stride
+        return self._mv[off : off + n].toreadonly(), seq
 
     def seq(self) -> int:
         return int(lib.fshm_seq(self._seg))

@@ -150,7 +150,10 @@ class Segment:
         store after it (stores alternate between two slots); compare
         :attr:`seq` with :attr:`last_seq` to know whether it is still the
         current message, or use :meth:`load` for a copy that cannot change."""
-        mv, self._last_seq = self._handle().view()
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        mv, self._last_seq = h.view()
         return mv  # type: ignore[no-any-return]
 
     def wait(self, timeout: Optional[float] = None, *, after: Optional[int] = None) -> int:
