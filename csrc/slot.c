@@ -388,7 +388,10 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
     uint64_t now_seq;
 
     /* Spin first: a store that comes within a few tens of microseconds is
-     * seen without a system call on either side. */
+     * seen without a system call on the writer's side.  Every 64 rounds the
+     * spinner yields its core, in case the writer is waiting for one: with
+     * more runnable processes than cores, a pure spin would hold the core the
+     * writer needs for the whole spin. */
     for (;;) {
         now_seq = fshm_load64(counter, FSHM_ACQUIRE);
         if (now_seq > after) {
@@ -399,6 +402,7 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
             int64_t now = fshm_monotonic_ns();
             if (now - start >= WAIT_SPIN_NS || now >= deadline)
                 break;
+            fshm_sleep_ns(0);
         }
         fshm_cpu_relax();
     }
