@@ -337,7 +337,8 @@ def markdown(
             "",
             f"## 1920×1080×3 frames to two consumers ({fr[0]['seconds']:.0f} s each)",
             "",
-            "The producer sends as fast as it can; fastshm consumers take the newest "
+            "The producer sends at most 240 frames/s, as a camera would (a channel that "
+            "blocks it makes it drop frames); fastshm consumers take the newest "
             "frame (load_into a ready numpy array), Pipe consumers recv_bytes_into one, "
             "Queue consumers get a pickled array.",
             "",
