@@ -165,7 +165,9 @@ class Segment:
         h = self._handle()
         if after is None:
             after = self._last_seq
-        elif isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        elif isinstance(after, bool) or not isinstance(after, int):
+            raise TypeError(f"after must be an int message number, not {after!r}")
+        elif after < 0:
             raise ValueError(f"after must be a message number >= 0, not {after!r}")
         if timeout is not None:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
