@@ -199,9 +199,11 @@ def test_load_into_non_buffer(seg: fastshm.Segment, buf: Any) -> None:
     assert_unchanged(seg)
 
 
-@pytest.mark.parametrize("after", [-1, True, "1", 1.0])
-def test_bad_wait_after(seg: fastshm.Segment, after: Any) -> None:
-    with pytest.raises(ValueError, match="after"):
+@pytest.mark.parametrize("after, error", [
+    (-1, ValueError), (True, TypeError), ("1", TypeError), (1.0, TypeError),
+])
+def test_bad_wait_after(seg: fastshm.Segment, after: Any, error: type) -> None:
+    with pytest.raises(error, match="after"):
         seg.wait(0, after=after)
     assert_unchanged(seg)
 
