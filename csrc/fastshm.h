@@ -91,7 +91,8 @@ size_t fshm_name_max(void);
  * instance another pid namespace). */
 uint64_t fshm_self_id(void);
 int fshm_owner_dead(uint64_t owner);
-/* Futex-style primitives (a shared futex on Linux, polling elsewhere). */
+/* Futex-style primitives: a shared futex on Linux, the segment's named
+ * semaphores on Windows (for the header's wake words), polling elsewhere. */
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
 void fshm_futex_wake(uint32_t *addr, int all);
 void fshm_sleep_ns(int64_t ns);

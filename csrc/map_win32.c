@@ -100,23 +100,28 @@ static int wide_name(const char *name, wchar_t **out)
 }
 
 /* The section handle of every view this process has mapped, closed by
- * fshm_unmap.  A list: a process maps a handful of segments, not thousands. */
+ * fshm_unmap, and the two named semaphores its waiters sleep on, made on
+ * first use.  A list: a process maps a handful of segments, not thousands. */
 typedef struct view_handle {
     void *base;
     HANDLE handle;
+    wchar_t *wname;  /* the section's name, for its semaphores' names */
+    HANDLE sem[2];   /* message waiters, writers waiting for the lock */
     struct view_handle *next;
 } view_handle;
 
 static SRWLOCK views_lock = SRWLOCK_INIT;
 static view_handle *views;
 
-static int remember_view(void *base, HANDLE handle)
+static int remember_view(void *base, HANDLE handle, wchar_t *wname)
 {
     view_handle *v = (view_handle *)malloc(sizeof *v);
     if (v == NULL)
         return ENOMEM;
     v->base = base;
     v->handle = handle;
+    v->wname = wname;
+    v->sem[0] = v->sem[1] = NULL;
     AcquireSRWLockExclusive(&views_lock);
     v->next = views;
     views = v;
@@ -133,6 +138,11 @@ static HANDLE forget_view(void *base)
         if (v->base == base) {
             *p = v->next;
             handle = v->handle;
+            if (v->sem[0] != NULL)
+                CloseHandle(v->sem[0]);
+            if (v->sem[1] != NULL)
+                CloseHandle(v->sem[1]);
+            free(v->wname);
             free(v);
             break;
         }
@@ -197,7 +207,6 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
             created = 1;
         }
     }
-    free(wname);
 
     /* An existing section keeps the size it was made with, whatever size
      * this call asked for: map all of it and ask how long the view is. */
@@ -205,6 +214,7 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     if (base == NULL) {
         rc = win_errno(GetLastError());
         CloseHandle(h);
+        free(wname);
         return rc;
     }
     if (!created) {
@@ -212,14 +222,16 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
             rc = win_errno(GetLastError());
             UnmapViewOfFile(base);
             CloseHandle(h);
+            free(wname);
             return rc;
         }
         /* Page-rounded; the exact capacity comes from the segment header. */
         size = (size_t)mbi.RegionSize;
     }
-    if ((rc = remember_view(base, h)) != 0) {
+    if ((rc = remember_view(base, h, wname)) != 0) {
         UnmapViewOfFile(base);
         CloseHandle(h);
+        free(wname);
         return rc;
     }
     m->base = base;
@@ -323,10 +335,55 @@ void fshm_sleep_ns(int64_t ns)
 }
 
 /* Windows has no futex that works across processes (WaitOnAddress is
- * per-process), so waiting is polling with a growing sleep, at most 1 ms,
- * as map_posix.c does off Linux.  A named event per segment would let a
- * waiter sleep until woken; that is not done yet. */
-int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+ * per-process).  Each segment gets two named semaphores instead, made on
+ * first use: NAME.fastshm-wake for waiters of the next message (the notify
+ * word, header offset 24) and NAME.fastshm-lock for writers waiting for the
+ * lock (offset 72).  In the header, the word after each of these counts its
+ * sleepers (docs/FORMAT.md), and a waker releases the semaphore once per
+ * sleeper.  A sleeper registers before it reads the word it sleeps on, so a
+ * release it has not waited for yet stays in the count and its wait returns
+ * at once: no wake-up is lost.  A sleeper that timed out leaves a count
+ * behind, which only makes a later wait return early to re-check. */
+#define NOTIFY_OFFSET 24
+#define LOCK_WAKE_OFFSET 72
+
+static HANDLE wake_semaphore(uint32_t *addr)
+{
+    static const wchar_t *suffix[2] = {L".fastshm-wake", L".fastshm-lock"};
+    view_handle *v;
+    HANDLE sem = NULL;
+
+    AcquireSRWLockExclusive(&views_lock);
+    for (v = views; v != NULL; v = v->next) {
+        uintptr_t off = (uintptr_t)addr - (uintptr_t)v->base;
+        int which;
+        if ((uintptr_t)addr < (uintptr_t)v->base ||
+            (off != NOTIFY_OFFSET && off != LOCK_WAKE_OFFSET))
+            continue;
+        which = off == LOCK_WAKE_OFFSET;
+        if (v->sem[which] == NULL) {
+            size_t len = wcslen(v->wname);
+            wchar_t *n = (wchar_t *)malloc((len + 16) * sizeof(wchar_t));
+            if (n != NULL) {
+                memcpy(n, v->wname, len * sizeof(wchar_t));
+                memcpy(n + len, suffix[which], (wcslen(suffix[which]) + 1) * sizeof(wchar_t));
+                /* Opens the semaphore when another process made it first.
+                 * NULL when the name is taken by another kind of object:
+                 * waiting then falls back to polling. */
+                v->sem[which] = CreateSemaphoreW(NULL, 0, LONG_MAX, n);
+                free(n);
+            }
+        }
+        sem = v->sem[which];
+        break;
+    }
+    ReleaseSRWLockExclusive(&views_lock);
+    return sem;
+}
+
+/* Polling with a growing sleep, for a word that is not one of a mapped
+ * segment's wake words, or when its semaphore cannot be made. */
+static int poll_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
 {
     int64_t step = 20000, now = fshm_monotonic_ns();
     int64_t deadline = timeout_ns < 0 || timeout_ns > INT64_MAX - now
@@ -343,9 +400,33 @@ int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
     return 0;
 }
 
+int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
+{
+    HANDLE sem = wake_semaphore(addr);
+    DWORD ms;
+
+    if (sem == NULL)
+        return poll_wait(addr, expected, timeout_ns);
+    if (fshm_load32(addr, FSHM_ACQUIRE) != expected)
+        return 0;
+    if (timeout_ns < 0 || timeout_ns / 1000000 >= (int64_t)INFINITE)
+        ms = INFINITE;
+    else
+        ms = (DWORD)((timeout_ns + 999999) / 1000000);
+    /* Alertable waits are not used, so there is no EINTR here: the caller's
+     * own timeout slices bound how long a signal waits. */
+    WaitForSingleObject(sem, ms);
+    return 0;
+}
+
 void fshm_futex_wake(uint32_t *addr, int all)
 {
-    /* Pollers see the changed word on their own. */
-    (void)addr;
-    (void)all;
+    HANDLE sem = wake_semaphore(addr);
+    LONG sleepers;
+
+    if (sem == NULL)
+        return; /* pollers see the changed word on their own */
+    sleepers = (LONG)fshm_load32(addr + 1, FSHM_SEQ_CST);
+    if (sleepers > 0)
+        ReleaseSemaphore(sem, all ? sleepers : 1, NULL);
 }

@@ -434,6 +434,29 @@ def test_dead_writer_lock_is_taken_over(
 
 
 @needs_wine
+def test_a_store_wakes_a_sleeper_in_another_process(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A waiter sleeps on the segment's named semaphore with no timeout at
+    all; only the store of another Wine process can end that sleep."""
+    exe = win_exes["check"]
+    name = make_name("wake")
+    holder = wine.start(exe, "hold", name, "64", "first")
+    held.append(holder)
+    assert holder.wait_for("ready")["store"] == "OK"
+    sleeper = wine.start(exe, "sleeper", name)
+    held.append(sleeper)
+    assert sleeper.wait_for("sleeping")["seq"] == "1"
+
+    store = wine.run(exe, "store", name, "second")
+    assert store["returncode"] == "0", store["stdout"]
+    woke = sleeper.wait_for("woke")
+    assert (woke["woke_seq"], woke["semaphore"]) == ("2", "OK")
+    assert sleeper.finish()["returncode"] == "0"
+    assert holder.finish()["returncode"] == "0"
+
+
+@needs_wine
 @pytest.mark.parametrize("atomics", ["gcc", "msvc"])
 def test_stress_one_writer_two_readers_no_torn_reads(
     wine: Wine, win_exes: dict[str, Path], held: list[Held],

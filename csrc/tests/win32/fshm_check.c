@@ -17,10 +17,17 @@
  *   store NAME MSG           attach and store
  *   writer NAME CAP SECONDS  stress writer (creates NAME)
  *   reader NAME SECONDS      stress reader: checks every load it makes
+ *   sleeper NAME             register as a waiter and sleep on the notify
+ *                            word with no timeout until a store wakes it;
+ *                            report whether the wake semaphore exists
  */
 #include "fastshm.h"
+#include "atomics.h"
 
 #include <errno.h>
+#ifdef _WIN32
+#include <windows.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +256,47 @@ static int cmd_store(const char *name, const char *msg)
     return rc != 0;
 }
 
+/* The sleeping half of fshm_wait, done by hand so the sleep has no timeout
+ * at all: only a real wake-up from another process's store ends it (slot.c
+ * would re-check every 100 ms).  Offsets from docs/FORMAT.md. */
+static int cmd_sleeper(const char *name)
+{
+    fshm_seg s;
+    fshm_map m;
+    uint32_t *notify, *waiters, v;
+    int rc = fshm_seg_open(&s, &m, name, FSHM_ATTACH, 0, 0);
+    say("attach", code_name(rc));
+    if (rc != 0)
+        return 1;
+    notify = (uint32_t *)(s.base + 24);
+    waiters = (uint32_t *)(s.base + 28);
+    fshm_add32(waiters, 1);
+    v = fshm_load32(notify, FSHM_SEQ_CST);
+    printf("seq=%llu\n", (unsigned long long)fshm_seq(&s));
+    say("sleeping", "1");
+    while (fshm_load32(notify, FSHM_SEQ_CST) == v)
+        fshm_futex_wait(notify, v, -1);
+    fshm_add32(waiters, -1);
+    printf("woke_seq=%llu\n", (unsigned long long)fshm_seq(&s));
+#ifdef _WIN32
+    {
+        wchar_t wname[512];
+        HANDLE sem;
+        MultiByteToWideChar(CP_UTF8, 0, name, -1, wname, 480);
+        wcscat(wname, L".fastshm-wake");
+        sem = OpenSemaphoreW(SYNCHRONIZE, FALSE, wname);
+        say("semaphore", sem != NULL ? "OK" : "missing");
+        if (sem != NULL)
+            CloseHandle(sem);
+    }
+#else
+    say("semaphore", "none");
+#endif
+    say("woke", "1");
+    fshm_unmap(m.base, m.size);
+    return 0;
+}
+
 /* ---- stress: self-checking messages ----
  * [store number u64][length u64][payload...][FNV-1a of all before, u32];
  * payload byte i is a function of the number and i, so a message mixed from
@@ -394,6 +442,8 @@ int main(int argc, char **argv)
         return cmd_writer(argv[2], strtoull(argv[3], NULL, 10), atof(argv[4]));
     if (strcmp(cmd, "reader") == 0 && argc == 4)
         return cmd_reader(argv[2], atof(argv[3]));
+    if (strcmp(cmd, "sleeper") == 0 && argc == 3)
+        return cmd_sleeper(argv[2]);
     fprintf(stderr, "usage: see the comment at the top of fshm_check.c\n");
     return 2;
 }
