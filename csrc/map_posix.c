@@ -287,19 +287,12 @@ void fshm_futex_wake(uint32_t *addr, int all)
     syscall(SYS_futex, addr, FUTEX_WAKE, all ? INT32_MAX : 1, NULL, NULL, 0);
 }
 #else
-/* No shared futex: poll the word with a growing sleep, at most 1 ms. */
+#include "poll_wait.h"
+
+/* No shared futex: poll the word. */
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
 {
-    int64_t slept = 0, step = 20000;
-    while (__atomic_load_n(addr, __ATOMIC_ACQUIRE) == expected) {
-        if (timeout_ns >= 0 && slept >= timeout_ns)
-            return 0;
-        fshm_sleep_ns(step);
-        slept += step;
-        if (step < 1000000)
-            step *= 2;
-    }
-    return 0;
+    return fshm_poll_wait(addr, expected, timeout_ns);
 }
 
 void fshm_futex_wake(uint32_t *addr, int all)

@@ -19,6 +19,7 @@
 
 #include "fastshm.h"
 #include "atomics.h"
+#include "poll_wait.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -381,32 +382,13 @@ static HANDLE wake_semaphore(uint32_t *addr)
     return sem;
 }
 
-/* Polling with a growing sleep, for a word that is not one of a mapped
- * segment's wake words, or when its semaphore cannot be made. */
-static int poll_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
-{
-    int64_t step = 20000, now = fshm_monotonic_ns();
-    int64_t deadline = timeout_ns < 0 || timeout_ns > INT64_MAX - now
-                           ? INT64_MAX : now + timeout_ns;
-
-    while (fshm_load32(addr, FSHM_ACQUIRE) == expected) {
-        now = fshm_monotonic_ns();
-        if (now >= deadline)
-            return 0;
-        fshm_sleep_ns(step < deadline - now ? step : deadline - now);
-        if (step < 1000000)
-            step *= 2;
-    }
-    return 0;
-}
-
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)
 {
     HANDLE sem = wake_semaphore(addr);
     DWORD ms;
 
     if (sem == NULL)
-        return poll_wait(addr, expected, timeout_ns);
+        return fshm_poll_wait(addr, expected, timeout_ns); /* no semaphore */
     if (fshm_load32(addr, FSHM_ACQUIRE) != expected)
         return 0;
     if (timeout_ns < 0 || timeout_ns / 1000000 >= (int64_t)INFINITE)
