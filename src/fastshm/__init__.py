@@ -16,8 +16,9 @@ __version__ = "0.1.0"
 #: The default backend of this process: "native" (the C core) or "python".
 backend: str = _default_backend.name
 
-#: What the default backend can do ("futex": wait() sleeps in the kernel;
-#: "atomic_lock": writers take the lock word with a compare-and-swap).
+#: What the default backend can do ("futex": wait() sleeps on a Linux futex;
+#: "atomic_lock": writers take the lock word with a compare-and-swap;
+#: "file_lock": the python backend's writers exclude each other with flock).
 features: "frozenset[str]" = _default_backend.features
 
 __all__ = ["Segment", "SharedMemory", "FormatError", "backend", "features", "__version__"]

@@ -32,7 +32,9 @@ from ._errors import (
 )
 
 name = "python"
-features: "frozenset[str]" = frozenset()
+# "file_lock": writers exclude each other with flock (POSIX only; on Windows
+# the python backend has no writer lock at all).
+features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset({"file_lock"})
 
 if C.WINDOWS:
     import _winapi
