@@ -302,6 +302,8 @@ _open_handles: "weakref.WeakSet[SegmentHandle]" = weakref.WeakSet()
 def _reopen_after_fork() -> None:
     for h in list(_open_handles):
         h._tlock = threading.Lock()
+        if h._fd < 0:  # lost in an earlier fork: stays without one
+            continue
         try:
             fd = os.open(f"/proc/self/fd/{h._fd}", os.O_RDWR)
         except OSError:
@@ -401,11 +403,14 @@ class SegmentHandle:
                 flocked = True
             mm = self._mm
             # A native writer holds the word with a CAS; wait for it, or take
-            # the word over when its owner is dead.
+            # the word over when its owner is dead (asking the system about
+            # the owner only every 50th round: it costs system calls).
+            rounds = 0
             while True:
                 owner = C.U64.unpack_from(mm, C.H_LOCK)[0]
-                if owner == 0 or owner_dead(owner) == 1:
+                if owner == 0 or (rounds % 50 == 0 and owner_dead(owner) == 1):
                     break
+                rounds += 1
                 time.sleep(20e-6)
             _put(mm, C.H_LOCK, C.U64, self_id())
         except BaseException:  # e.g. Ctrl-C while waiting: hold nothing
