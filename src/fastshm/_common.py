@@ -87,7 +87,8 @@ def check_size(size: object, what: str = "size") -> int:
         raise TypeError(f"{what} must be an int, not {type(size).__name__}")
     if size <= 0:
         raise ValueError(f"{what} must be a positive number of bytes, got {size}")
-    if seg_size_for(size) == 0 or seg_size_for(size) > sys.maxsize:
+    need = seg_size_for(size)
+    if need == 0 or need > sys.maxsize:
         raise ValueError(f"{what} of {size} bytes is too large for this platform")
     return size
 

@@ -28,6 +28,21 @@ def os_error(code: int, name: Optional[str]) -> OSError:
     return OSError(code, os.strerror(code), name)
 
 
+def too_big(n: int, name: str, capacity: int) -> ValueError:
+    """A store of ``n`` bytes refused before a byte was written."""
+    return ValueError(
+        f"message of {n} bytes does not fit {name!r}, whose capacity is {capacity} bytes"
+    )
+
+
+def too_small(have: int, need: int) -> ValueError:
+    """load_into refused a buffer of ``have`` bytes for a ``need``-byte message."""
+    return ValueError(
+        f"buffer of {have} bytes is too small for the current message of "
+        f"{need} bytes; nothing was copied"
+    )
+
+
 def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
     if code > 0:
         raise os_error(code, name)

@@ -12,7 +12,7 @@ import time
 from typing import Any, Optional, Tuple
 
 from . import _common as C
-from ._errors import ESMALL, ETIMEOUT, ETOOBIG, raise_for
+from ._errors import ESMALL, ETIMEOUT, ETOOBIG, raise_for, too_big, too_small
 from ._fastshm import ffi, lib
 
 name = "native"
@@ -124,10 +124,7 @@ class SegmentHandle:
         _pool.append(sc)
         if rc:
             if rc == ETOOBIG:
-                raise ValueError(
-                    f"message of {len(data)} bytes does not fit {self.name!r}, "
-                    f"whose capacity is {self.capacity} bytes"
-                )
+                raise too_big(len(data), self.name, self.capacity)
             raise_for(rc, self.name)
         return seq  # type: ignore[no-any-return]
 
@@ -176,10 +173,7 @@ class SegmentHandle:
         _pool.append(sc)
         if rc:
             if rc == ESMALL:
-                raise ValueError(
-                    f"buffer of {cap} bytes is too small for the current "
-                    f"message of {n} bytes; nothing was copied"
-                )
+                raise too_small(cap, n)
             raise_for(rc, self.name, "the current slot is inconsistent")
         return n, seq
 
@@ -201,11 +195,6 @@ class SegmentHandle:
 
     def seq(self) -> int:
         return int(lib.fshm_seq(self._seg))
-
-    def length(self) -> int:
-        # Through view(): a length read without the seqlock's re-check could
-        # belong to a message still being written.
-        return self.view()[0].nbytes
 
     def lock_owner(self) -> int:
         return int(lib.fshm_lock_owner(self._seg))

@@ -29,6 +29,8 @@ from ._errors import (
     FormatError,
     os_error,
     raise_for,
+    too_big,
+    too_small,
 )
 
 name = "python"
@@ -430,10 +432,7 @@ class SegmentHandle:
     def store(self, data: C.BytesLike) -> int:
         n = len(data)
         if n > self.capacity:
-            raise ValueError(
-                f"message of {n} bytes does not fit {self.name!r}, "
-                f"whose capacity is {self.capacity} bytes"
-            )
+            raise too_big(n, self.name, self.capacity)
         mm = self._mm
         self._lock()
         try:
@@ -492,10 +491,7 @@ class SegmentHandle:
             if length > dst.nbytes:
                 if not self._end(off, seq, token):
                     continue
-                raise ValueError(
-                    f"buffer of {dst.nbytes} bytes is too small for the current "
-                    f"message of {length} bytes; nothing was copied"
-                )
+                raise too_small(dst.nbytes, length)
             dst[:length] = self._mv[off : off + length]
             if self._end(off, seq, token):
                 return length, seq
@@ -509,11 +505,6 @@ class SegmentHandle:
     def seq(self) -> int:
         seq: int = C.U64.unpack_from(self._mm, C.H_SEQ)[0]
         return seq
-
-    def length(self) -> int:
-        # Through view(): a length read without the seqlock's re-check could
-        # belong to a message still being written.
-        return self.view()[0].nbytes
 
     def lock_owner(self) -> int:
         return C.U64.unpack_from(self._mm, C.H_LOCK)[0]  # type: ignore[no-any-return]

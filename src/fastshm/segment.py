@@ -96,7 +96,9 @@ class Segment:
 
     def __len__(self) -> int:
         """Length in bytes of the current message."""
-        return self._handle().length()  # type: ignore[no-any-return]
+        # Through view(): a length read without the seqlock's re-check could
+        # belong to a message still being written.
+        return self._handle().view()[0].nbytes  # type: ignore[no-any-return]
 
     def _handle(self) -> Any:
         h = self._h
