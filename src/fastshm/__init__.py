@@ -6,19 +6,34 @@ other, never a torn message, ``wait`` for the next one without polling.
 ``multiprocessing.shared_memory.SharedMemory``.
 """
 
-from ._backend import _default as _default_backend
+from typing import Any
+
+from . import _backend
 from ._errors import FormatError
 from .segment import Segment
 from .shared_memory import SharedMemory
 
 __version__ = "0.1.0"
 
-#: The default backend of this process: "native" (the C core) or "python".
-backend: str = _default_backend.name
+__all__ = [
+    "Segment", "SharedMemory", "FormatError", "backend", "binding", "features", "__version__",
+]
 
-#: What the default backend can do ("futex": wait() sleeps on a Linux futex;
-#: "atomic_lock": writers take the lock word with a compare-and-swap;
-#: "file_lock": the python backend's writers exclude each other with flock).
-features: "frozenset[str]" = _default_backend.features
 
-__all__ = ["Segment", "SharedMemory", "FormatError", "backend", "features", "__version__"]
+def __getattr__(attr: str) -> Any:
+    # The default backend is chosen on first use, so a bad FASTSHM_BACKEND is
+    # a clear error there (and an explicit backend= still works), not at import.
+    if attr == "backend":
+        #: The default backend of this process: "native" (the C core) or "python".
+        return _backend.default().name
+    if attr == "binding":
+        #: How the default backend reaches the C core: "capi" (a CPython
+        #: extension), "cffi", or "python" (no C at all).
+        return _backend.default().binding
+    if attr == "features":
+        #: What the default backend can do ("capi" / "cffi": the binding;
+        #: "futex": wait() sleeps on a Linux futex; "atomic_lock": writers take
+        #: the lock word with a compare-and-swap; "file_lock": the python
+        #: backend's writers exclude each other with flock).
+        return _backend.default().features
+    raise AttributeError(f"module 'fastshm' has no attribute {attr!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import NoReturn, Optional
 
@@ -20,6 +21,43 @@ ENOTREADY = -5
 EEMPTY = -6
 EAGAIN = -7
 EVERSION = -8
+EOWNER = -9
+
+
+def owner_error(name: str, uid: int) -> PermissionError:
+    """Refusal to attach to a segment that another user made (name squatting)."""
+    who = _user_name(uid)
+    return PermissionError(
+        errno.EPERM,  # the object is there, but not to be trusted
+        f"{name!r} belongs to {who}, not to you (uid {_my_uid()}) or root; refusing to "
+        "attach, since its owner could read every message and truncate it under you. "
+        "If sharing with that user is intended, pass any_owner=True "
+        "(the command line: --any-owner)",
+        name,
+    )
+
+
+def read_only_error(name: str) -> PermissionError:
+    """A store through a handle that could open the segment only for reading."""
+    return PermissionError(
+        errno.EACCES,
+        f"{name!r} is open read-only (its permissions let you read but not write "
+        "it): load, view and wait work, store does not",
+        name,
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _my_uid() -> int:
+    return os.geteuid() if hasattr(os, "geteuid") else -1
 
 
 def os_error(code: int, name: Optional[str]) -> OSError:

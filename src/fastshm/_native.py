@@ -16,8 +16,10 @@ from ._errors import ESMALL, ETIMEOUT, ETOOBIG, raise_for, too_big, too_small
 from ._fastshm import ffi, lib
 
 name = "native"
+binding = "cffi"
 features = frozenset(
-    {"atomic_lock", "futex"} if sys.platform.startswith("linux") else {"atomic_lock"}
+    {"cffi", "atomic_lock", "futex"} if sys.platform.startswith("linux")
+    else {"cffi", "atomic_lock"}
 )
 NAME_MAX: int = lib.fshm_name_max()
 
@@ -80,7 +82,7 @@ class RawMapping:
 
     __slots__ = ("buf", "size", "created")
 
-    def __init__(self, name: str, how: int, size: int, mode: int) -> None:
+    def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
         m = ffi.new("fshm_map *")
         rc = lib.fshm_map_open(m, name.encode("utf-8"), how, size, mode)
         if rc:
@@ -95,7 +97,9 @@ class SegmentHandle:
 
     __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created", "_big", "_stride")
 
-    def __init__(self, name: str, how: int, capacity: int, mode: int) -> None:
+    def __init__(
+        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
+    ) -> None:
         seg = ffi.new("fshm_seg *")
         m = ffi.new("fshm_map *")
         rc = lib.fshm_seg_open(seg, m, name.encode("utf-8"), how, capacity, mode)

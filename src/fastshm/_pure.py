@@ -34,6 +34,7 @@ from ._errors import (
 )
 
 name = "python"
+binding = "python"
 # "file_lock": writers exclude each other with flock (POSIX only; on Windows
 # the python backend has no writer lock at all).
 features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset({"file_lock"})
@@ -285,7 +286,7 @@ class RawMapping:
 
     __slots__ = ("buf", "size", "created")
 
-    def __init__(self, name: str, how: int, size: int, mode: int) -> None:
+    def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
         mm, self.size, self.created, fd = _map(name, how, size, mode)
         if fd >= 0:
             os.close(fd)
@@ -347,7 +348,9 @@ class SegmentHandle:
         "capacity", "size", "created", "_stride", "__weakref__",
     )
 
-    def __init__(self, name: str, how: int, capacity: int, mode: int) -> None:
+    def __init__(
+        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
+    ) -> None:
         need = C.seg_size_for(capacity) if how != C.ATTACH else 0
         deadline = time.monotonic() + _READY_WAIT_S
         backoff = 20e-6

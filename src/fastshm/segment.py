@@ -36,6 +36,7 @@ class Segment:
         create: Optional[bool] = None,
         backend: Optional[str] = None,
         mode: int = 0o600,
+        any_owner: bool = False,
     ) -> None:
         self._h: Any = None
         impl = resolve(backend)
@@ -51,9 +52,13 @@ class Segment:
         if how != C.ATTACH:
             C.check_size(size)
         C.check_mode(mode)
+        if not isinstance(any_owner, bool):
+            raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
         self._name = name
         self._backend: str = impl.name
-        self._h = impl.SegmentHandle(name, how, size if how != C.ATTACH else 0, mode)
+        self._h = impl.SegmentHandle(
+            name, how, size if how != C.ATTACH else 0, mode, any_owner
+        )
         self._last_seq = 0
 
     # -- what it is --

@@ -53,12 +53,15 @@ class SharedMemory:
         track: bool = False,
         backend: Optional[str] = None,
         mode: int = 0o600,
+        any_owner: bool = False,
     ) -> None:
-        self._open(name, C.CREATE if create else C.ATTACH, size, track, backend, mode)
+        self._open(
+            name, C.CREATE if create else C.ATTACH, size, track, backend, mode, any_owner
+        )
 
     def _open(
         self, name: Optional[str], how: int, size: int, track: bool,
-        backend: Optional[str], mode: int,
+        backend: Optional[str], mode: int, any_owner: bool,
     ) -> None:
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"'size' must be an int, not {type(size).__name__}")
@@ -70,17 +73,19 @@ class SharedMemory:
             raise ValueError("'name' can only be None if create=True")
         impl = resolve(backend)
         C.check_mode(mode)
+        if not isinstance(any_owner, bool):
+            raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
         if name is None:
             while True:
                 name = _make_name()
                 try:
-                    self._map = impl.RawMapping(name, how, size, mode)
+                    self._map = impl.RawMapping(name, how, size, mode, any_owner)
                 except FileExistsError:
                     continue
                 break
         else:
             name = C.check_name(name, impl.NAME_MAX)
-            self._map = impl.RawMapping(name, how, size, mode)
+            self._map = impl.RawMapping(name, how, size, mode, any_owner)
         self._name = name
         self._backend: str = impl.name
         self._size = self._map.size
@@ -95,12 +100,12 @@ class SharedMemory:
     @classmethod
     def open_or_create(
         cls, name: str, size: int, *, track: bool = False,
-        backend: Optional[str] = None, mode: int = 0o600,
+        backend: Optional[str] = None, mode: int = 0o600, any_owner: bool = False,
     ) -> "SharedMemory":
         """Attach to ``name``, or create it with ``size`` bytes when it does
         not exist.  ``created`` tells which happened."""
         self = cls.__new__(cls)
-        self._open(name, C.OPEN_OR_CREATE, size, track, backend, mode)
+        self._open(name, C.OPEN_OR_CREATE, size, track, backend, mode, any_owner)
         return self
 
     @property
