@@ -39,6 +39,16 @@ extern "C" {
  * on Linux), so a full /dev/shm is an ENOSPC here rather than a SIGBUS at
  * the first write. */
 #define FSHM_RESERVE 4
+/* Or-ed into `how`: attach even when the object belongs to another user.
+ * Without it an object owned by neither the caller's effective uid nor root
+ * is refused with FSHM_EOWNER (POSIX; Windows has no such check): another
+ * user who made the name first could read every message and truncate the
+ * object under its readers. */
+#define FSHM_ANY_OWNER 8
+/* Or-ed into `how` by fshm_seg_open: a created object is sized and mapped,
+ * and its reservation (FSHM_RESERVE) is left to fshm_map_reserve, so the
+ * creator can mark the header as "being made by me" first. */
+#define FSHM_DEFER_RESERVE 16
 
 /* Library error codes (negative; system errors are positive errno values). */
 #define FSHM_EFORMAT (-1)    /* not a fastshm segment, or its header is corrupt */
@@ -49,11 +59,17 @@ extern "C" {
 #define FSHM_EEMPTY (-6)     /* the name exists with size 0 */
 #define FSHM_EAGAIN (-7)     /* a read raced with writers; try again */
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
+#define FSHM_EOWNER (-9)     /* the object belongs to another user; see FSHM_ANY_OWNER */
+#define FSHM_EBUSY (-10)     /* fshm_try_store: another writer holds the lock */
 
 typedef struct fshm_map {
     void *base;       /* start of the mapping, NULL when not mapped */
     size_t size;      /* bytes mapped */
     int created;      /* 1 when this call created the name */
+    int readonly;     /* 1 when mapped for reading only: write access was
+                         refused, so the object was opened read-only */
+    int64_t owner;    /* the object's owner uid (POSIX); -1 where unknown */
+    int fd;           /* FSHM_DEFER_RESERVE: open until fshm_map_reserve */
 } fshm_map;
 
 /* A segment opened on a mapping.  The geometry is read and checked once,
@@ -64,6 +80,8 @@ typedef struct fshm_seg {
     size_t size;
     uint64_t capacity;   /* payload bytes per slot */
     uint64_t stride;     /* bytes from one slot to the next */
+    int readonly;        /* mapped read-only: stores are refused (EACCES),
+                            waiters poll instead of registering */
 } fshm_seg;
 
 /* Where the current message lies, as seen at fshm_read_begin. */
@@ -81,6 +99,9 @@ typedef struct fshm_read {
  * `mode` is the permission bits of a new POSIX object (ignored on Windows). */
 int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
                   unsigned mode);
+/* Commit the memory of an object created with FSHM_DEFER_RESERVE, and close
+ * the descriptor kept for it.  0 when there is nothing to do. */
+int fshm_map_reserve(fshm_map *m);
 int fshm_unmap(void *base, size_t size);
 int fshm_unlink(const char *name);
 /* Longest name the platform accepts, in bytes. */
@@ -109,9 +130,11 @@ int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity);
  * there yet, FSHM_EFORMAT / FSHM_EVERSION when it is wrong. */
 int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
 /* Map and open a segment by name, creating and initialising it as `how`
- * says.  An opener that finds the segment still being made by another
- * process waits up to about a second for it. On success *m holds the
- * mapping, to be released with fshm_unmap(m->base, m->size). */
+ * says (FSHM_ANY_OWNER may be or-ed in).  An opener that finds the segment
+ * still being made waits for its creator as long as the creator is alive
+ * (it marks the header with its id while it reserves the memory), and about
+ * a second when it cannot tell.  On success *m holds the mapping, to be
+ * released with fshm_unmap(m->base, m->size). */
 int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode);
 
@@ -120,9 +143,17 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
  * EINTR when a signal arrived while waiting for another writer: nothing was
  * stored, call again. */
 int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
+/* fshm_store that never sleeps: FSHM_EBUSY when another writer holds the
+ * lock beyond a short spin (nothing stored).  For callers that must let go
+ * of something, such as a language runtime's global lock, before sleeping. */
+int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
 /* Copy the current message into dst (dst_cap bytes).  *n gets its length,
  * *seq its number.  FSHM_ESMALL when dst_cap < *n: dst is untouched, unless
- * an earlier attempt's copy raced with writers and was retried. */
+ * an earlier attempt's copy raced with writers and was retried.  A copy that
+ * writers spoil three times running is made under the writer lock, so a load
+ * finishes whatever the writers do (not for a read-only segment, which
+ * cannot take the lock: it keeps retrying).  EINTR when a signal arrived
+ * while it waited for that lock. */
 int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
               uint64_t *seq);
 /* The two halves of a load done by the caller (zero-copy readers): begin
@@ -130,6 +161,17 @@ int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
  * what was read is consistent (0) or raced with writers (FSHM_EAGAIN). */
 int fshm_read_begin(const fshm_seg *s, fshm_read *r);
 int fshm_read_end(const fshm_seg *s, const fshm_read *r);
+/* fshm_read_begin under the writer lock, for a reader that writers keep
+ * spoiling: no store of a writer that takes the lock word can move the
+ * message until fshm_read_unlock.  EINTR when a signal arrived while it
+ * waited, EACCES for a read-only segment. */
+int fshm_read_lock(const fshm_seg *s, fshm_read *r);
+void fshm_read_unlock(const fshm_seg *s);
+/* 1 while message number `seq` is still in place and untouched (0 counts as
+ * the empty message), 0 once a later store has begun to overwrite its slot:
+ * the seqlock's re-check for a zero-copy reader that used the bytes where
+ * they lie and asks afterwards whether they were intact. */
+int fshm_intact(const fshm_seg *s, uint64_t seq);
 /* Number of stores published so far. */
 uint64_t fshm_seq(const fshm_seg *s);
 /* Block until a store newer than `after` is published; *seq gets the newest
@@ -137,6 +179,18 @@ uint64_t fshm_seq(const fshm_seg *s);
  * EINTR when a signal arrived (the caller decides whether to wait again). */
 int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
               uint64_t *seq);
+/* fshm_wait spinning for spin_ns (0: none) before it sleeps, instead of
+ * the fixed 50 us. */
+int fshm_wait_spin(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
+                   int64_t spin_ns, uint64_t *seq);
+/* Adaptive spinning, as adaptive mutexes do it: the spin for a waiter's next
+ * wait, from the spin of its last one and how long that wait took to see a
+ * message (elapsed_ns < 0: it timed out).  A waiter whose messages come
+ * within FSHM_SPIN_MAX_NS learns to spin just past them and never sleeps; an
+ * idle one goes back to the short FSHM_SPIN_MIN_NS. */
+#define FSHM_SPIN_MIN_NS 50000
+#define FSHM_SPIN_MAX_NS 500000
+int64_t fshm_spin_next(int64_t spin_ns, int64_t elapsed_ns);
 /* The writer lock word: 0 when free. */
 uint64_t fshm_lock_owner(const fshm_seg *s);
 /* Free a lock held by `owner`, for a writer that is gone but whose death

@@ -39,6 +39,19 @@ size_t fshm_name_max(void)
 #endif
 }
 
+/* Commit the object's memory now (Linux), so a full /dev/shm is an ENOSPC
+ * here rather than a SIGBUS at the first write. */
+static int reserve_fd(int fd, size_t size)
+{
+#ifdef __linux__
+    return posix_fallocate(fd, 0, (off_t)size);
+#else
+    (void)fd;
+    (void)size;
+    return 0;
+#endif
+}
+
 /* "/name" into buf; EINVAL / ENAMETOOLONG for names POSIX cannot hold. */
 static int posix_name(char *buf, size_t bufsize, const char *name)
 {
@@ -58,15 +71,20 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
 {
     char path[NAME_MAX + 2];
     struct stat st;
-    int fd = -1, rc, created = 0, tries, reserve = how & FSHM_RESERVE;
+    int fd = -1, rc, created = 0, readonly = 0, tries;
+    int reserve = how & FSHM_RESERVE, defer = how & FSHM_DEFER_RESERVE;
+    int any_owner = how & FSHM_ANY_OWNER;
     void *base;
 
     m->base = NULL;
     m->size = 0;
     m->created = 0;
+    m->readonly = 0;
+    m->owner = -1;
+    m->fd = -1;
     if ((rc = posix_name(path, sizeof path, name)) != 0)
         return rc;
-    how &= ~FSHM_RESERVE;
+    how &= FSHM_HOW_MASK;
     if (how != FSHM_ATTACH && how != FSHM_CREATE && how != FSHM_OPEN_OR_CREATE)
         return EINVAL;
     if (how != FSHM_ATTACH && (size == 0 || (off_t)size < 0))
@@ -85,6 +103,12 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
                 return errno;
         }
         fd = shm_open(path, O_RDWR, 0);
+        if (fd < 0 && errno == EACCES) {
+            /* Readable but not writable for us (a 0644 segment of another
+             * user, our own 0400 one): readers can still load and wait. */
+            fd = shm_open(path, O_RDONLY, 0);
+            readonly = fd >= 0;
+        }
         if (fd < 0 && (errno != ENOENT || how == FSHM_ATTACH || tries >= 100))
             return errno;
     }
@@ -94,17 +118,21 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
          * exactly `mode`. */
         if (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)size) != 0)
             goto fail;
-#ifdef __linux__
-        if (reserve && (rc = posix_fallocate(fd, 0, (off_t)size)) != 0) {
+        m->owner = (int64_t)geteuid();
+        if (reserve && !defer && (rc = reserve_fd(fd, size)) != 0) {
             errno = rc;
             goto fail;
         }
-#else
-        (void)reserve;
-#endif
     } else {
         if (fstat(fd, &st) != 0)
             goto fail;
+        m->owner = (int64_t)st.st_uid;
+        /* Trust only our own objects and root's: anyone else could have made
+         * the name first to read our messages. */
+        if (!any_owner && st.st_uid != geteuid() && st.st_uid != 0) {
+            close(fd);
+            return FSHM_EOWNER;
+        }
         if (st.st_size == 0) {
             close(fd);
             return FSHM_EEMPTY;
@@ -115,14 +143,20 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
         }
         size = (size_t)st.st_size;
     }
-    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    base = mmap(NULL, size, readonly ? PROT_READ : PROT_READ | PROT_WRITE, MAP_SHARED,
+                fd, 0);
     if (base == MAP_FAILED)
         goto fail;
-    /* The mapping keeps the object alive; the descriptor is not needed. */
-    close(fd);
     m->base = base;
     m->size = size;
     m->created = created;
+    m->readonly = readonly;
+    if (created && reserve && defer) {
+        m->fd = fd; /* for fshm_map_reserve */
+    } else {
+        /* The mapping keeps the object alive; the descriptor is not needed. */
+        close(fd);
+    }
     return 0;
 
 fail:
@@ -130,6 +164,17 @@ fail:
     if (created)
         shm_unlink(path);
     close(fd);
+    return rc;
+}
+
+int fshm_map_reserve(fshm_map *m)
+{
+    int rc;
+    if (m->fd < 0)
+        return 0;
+    rc = reserve_fd(m->fd, m->size);
+    close(m->fd);
+    m->fd = -1;
     return rc;
 }
 

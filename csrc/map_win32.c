@@ -158,7 +158,8 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     wchar_t *wname;
     HANDLE h;
     void *base;
-    int rc, created = 0;
+    int rc, created = 0, readonly = 0;
+    DWORD access = FILE_MAP_ALL_ACCESS;
     unsigned long long size64 = (unsigned long long)size;
     MEMORY_BASIC_INFORMATION mbi;
 
@@ -166,10 +167,13 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     m->base = NULL;
     m->size = 0;
     m->created = 0;
+    m->readonly = 0;
+    m->owner = -1; /* sections have an ACL, not an owner uid: no owner check */
+    m->fd = -1;
     /* FSHM_RESERVE needs nothing here: a page-file backed section without
      * SEC_RESERVE is committed when it is created, so a full page file is
      * an ENOMEM from CreateFileMappingW, never a fault at the first write. */
-    how &= ~FSHM_RESERVE;
+    how &= FSHM_HOW_MASK;
     if (how != FSHM_ATTACH && how != FSHM_CREATE && how != FSHM_OPEN_OR_CREATE)
         return EINVAL;
     if (how != FSHM_ATTACH && size == 0)
@@ -179,6 +183,12 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
 
     if (how == FSHM_ATTACH) {
         h = OpenFileMappingW(FILE_MAP_ALL_ACCESS, FALSE, wname);
+        if (h == NULL && GetLastError() == ERROR_ACCESS_DENIED) {
+            /* Readable but not writable for us: readers can still load. */
+            h = OpenFileMappingW(FILE_MAP_READ, FALSE, wname);
+            readonly = h != NULL;
+            access = FILE_MAP_READ;
+        }
         if (h == NULL) {
             DWORD err = GetLastError();
             free(wname);
@@ -211,7 +221,7 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
 
     /* An existing section keeps the size it was made with, whatever size
      * this call asked for: map all of it and ask how long the view is. */
-    base = MapViewOfFile(h, FILE_MAP_ALL_ACCESS, 0, 0, created ? size : 0);
+    base = MapViewOfFile(h, access, 0, 0, created ? size : 0);
     if (base == NULL) {
         rc = win_errno(GetLastError());
         CloseHandle(h);
@@ -238,6 +248,13 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     m->base = base;
     m->size = size;
     m->created = created;
+    m->readonly = readonly;
+    return 0;
+}
+
+int fshm_map_reserve(fshm_map *m)
+{
+    (void)m; /* committed at creation (above) */
     return 0;
 }
 

@@ -37,7 +37,7 @@
 
 /* How long fshm_wait spins before it sleeps, and how long one sleep of a
  * writer waiting for the lock lasts before it checks the owner is alive. */
-#define WAIT_SPIN_NS 50000
+#define WAIT_SPIN_NS FSHM_SPIN_MIN_NS
 /* The longest a waiter sleeps before it looks at the counter again: a writer
  * killed between publishing a message and bumping the notify word leaves no
  * wake-up behind, and this bounds how late the waiter notices. */
@@ -46,8 +46,11 @@
 #define LOCK_SLEEP_NS 2000000
 /* The largest store number: its slot word, 2 * seq, must not wrap. */
 #define SEQ_MAX (UINT64_MAX >> 1)
-/* How long an opener waits for another process to finish creating. */
+/* How long an opener waits for another process to finish creating, when
+ * it cannot tell whether that process is alive. */
 #define OPEN_READY_NS 1000000000LL
+/* Lock-free attempts of a load before it copies under the writer lock. */
+#define LOAD_TRIES 3
 
 size_t fshm_seg_size_for(uint64_t capacity)
 {
@@ -74,6 +77,7 @@ static void fill_seg(fshm_seg *s, void *base, size_t size, uint64_t capacity)
     s->capacity = capacity;
     s->stride = FSHM_SLOT_HEADER_SIZE +
                 ((capacity + (FSHM_ALIGN - 1)) & ~(uint64_t)(FSHM_ALIGN - 1));
+    s->readonly = 0;
 }
 
 int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity)
@@ -84,6 +88,8 @@ int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity)
     *U16(base, H_VERSION) = FSHM_VERSION;
     *U16(base, H_HEADER_SIZE) = FSHM_HEADER_SIZE;
     *U64(base, H_CAPACITY) = capacity;
+    /* The creator's mark (fshm_seg_open) goes with the magic's arrival. */
+    fshm_store64(U64(base, H_LOCK), 0, FSHM_RELAXED);
     /* Release: an opener that reads the magic with acquire (fshm_seg_attach)
      * sees every header field written above. */
     fshm_store32(U32(base, H_MAGIC), FSHM_MAGIC, FSHM_RELEASE);
@@ -125,17 +131,25 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
     size_t need = 0;
     int64_t deadline = fshm_monotonic_ns() + OPEN_READY_NS;
     int64_t backoff = 20000;
-    int rc;
+    int flags = how & ~FSHM_HOW_MASK, rc;
 
+    how &= FSHM_HOW_MASK;
     if (how != FSHM_ATTACH) {
         need = fshm_seg_size_for(capacity);
         if (need == 0)
             return EINVAL;
     }
     for (;;) {
-        rc = fshm_map_open(m, name, how | FSHM_RESERVE, need, mode);
+        rc = fshm_map_open(m, name, how | flags | FSHM_RESERVE | FSHM_DEFER_RESERVE,
+                           need, mode);
         if (rc == 0 && m->created) {
-            rc = fshm_seg_init(s, m->base, m->size, capacity);
+            /* Reserving a large object takes a while (the kernel zeroes
+             * every page): the creator's id in the lock word, before the
+             * magic, tells openers meanwhile that it is alive and working. */
+            fshm_store64(U64(m->base, H_LOCK), fshm_self_id(), FSHM_RELEASE);
+            rc = fshm_map_reserve(m);
+            if (rc == 0)
+                rc = fshm_seg_init(s, m->base, m->size, capacity);
             if (rc != 0) {
                 fshm_unmap(m->base, m->size);
                 fshm_unlink(name);
@@ -145,8 +159,19 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
         }
         if (rc == 0) {
             rc = fshm_seg_attach(s, m->base, m->size);
-            if (rc == 0)
+            if (rc == 0) {
+                s->readonly = m->readonly;
                 return 0;
+            }
+            if (rc == FSHM_ENOTREADY) {
+                /* Its creator is still at work while it lives; once it is
+                 * dead, nobody will finish the header. */
+                int dead = fshm_owner_dead(fshm_load64(U64(m->base, H_LOCK), FSHM_ACQUIRE));
+                if (dead == 0)
+                    deadline = fshm_monotonic_ns() + OPEN_READY_NS;
+                else if (dead == 1)
+                    deadline = 0;
+            }
             fshm_unmap(m->base, m->size);
             m->base = NULL;
         }
@@ -165,8 +190,9 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
 /* ---- the writer lock ---- */
 
 /* 0 once this process holds the lock; EINTR when a signal arrived while it
- * slept (the caller lets its handler run, then tries again). */
-static int lock_acquire(const fshm_seg *s)
+ * slept (the caller lets its handler run, then tries again); with nonblock,
+ * FSHM_EBUSY instead of sleeping. */
+static int lock_acquire(const fshm_seg *s, int nonblock)
 {
     uint64_t *lock = U64(s->base, H_LOCK);
     uint32_t *wake = U32(s->base, H_LOCK_WAKE);
@@ -195,6 +221,8 @@ static int lock_acquire(const fshm_seg *s)
                 return 0;
             continue;
         }
+        if (nonblock)
+            return FSHM_EBUSY;
         fshm_add32(waiters, 1);
         /* Seq_cst: pairs with lock_release's increment of wake and load of
          * waiters, so either it sees this waiter or this waiter sees the
@@ -224,6 +252,8 @@ uint64_t fshm_lock_owner(const fshm_seg *s)
 
 int fshm_break_lock(const fshm_seg *s, uint64_t owner)
 {
+    if (s->readonly)
+        return EACCES;
     /* Only the owner the caller judged gone: if the word moved meanwhile, a
      * live writer has it now and must keep it. */
     if (owner == 0 || !fshm_cas64(U64(s->base, H_LOCK), &owner, 0))
@@ -235,17 +265,21 @@ int fshm_break_lock(const fshm_seg *s, uint64_t owner)
 
 /* ---- store and load ---- */
 
-int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
+                 int nonblock)
 {
     unsigned char *slot;
     uint64_t next;
+    int rc;
 
     if ((uint64_t)n > s->capacity)
         return FSHM_ETOOBIG;
     if (n > 0 && src == NULL)
         return EINVAL;
-    if (lock_acquire(s) != 0)
-        return EINTR;
+    if (s->readonly)
+        return EACCES;
+    if ((rc = lock_acquire(s, nonblock)) != 0)
+        return rc;
     /* Relaxed is enough: the lock's acquire already ordered us after the
      * previous writer's store of the counter. */
     next = fshm_load64(U64(s->base, H_SEQ), FSHM_RELAXED);
@@ -283,6 +317,16 @@ int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
     if (seq != NULL)
         *seq = next;
     return 0;
+}
+
+int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+{
+    return store(s, src, n, seq, 0);
+}
+
+int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+{
+    return store(s, src, n, seq, 1);
 }
 
 int fshm_read_begin(const fshm_seg *s, fshm_read *r)
@@ -339,16 +383,51 @@ int fshm_read_end(const fshm_seg *s, const fshm_read *r)
     return 0;
 }
 
+int fshm_read_lock(const fshm_seg *s, fshm_read *r)
+{
+    int rc;
+    if (s->readonly)
+        return EACCES;
+    if ((rc = lock_acquire(s, 0)) != 0)
+        return rc;
+    if ((rc = fshm_read_begin(s, r)) != 0)
+        lock_release(s);
+    return rc;
+}
+
+void fshm_read_unlock(const fshm_seg *s)
+{
+    lock_release(s);
+}
+
+int fshm_intact(const fshm_seg *s, uint64_t seq)
+{
+    if (seq == 0)
+        return 1;
+    if (seq > SEQ_MAX)
+        return 0;
+    /* Acquire fence: the caller's reads of the payload happen before this
+     * look at the slot word, which the next writer of the slot makes odd
+     * before it touches a byte (as in fshm_read_end). */
+    fshm_fence(FSHM_ACQUIRE);
+    return fshm_load64(U64(slot_at(s, seq), S_SEQ), FSHM_RELAXED) == 2 * seq;
+}
+
 int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
               uint64_t *seq)
 {
     fshm_read r;
+    unsigned tries = 0;
     for (;;) {
-        int rc = fshm_read_begin(s, &r);
+        int locked = ++tries > LOAD_TRIES && !s->readonly;
+        int rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
         if (rc != 0)
             return rc;
         if (r.length > dst_cap) {
-            if (fshm_read_end(s, &r) != 0)
+            rc = fshm_read_end(s, &r);
+            if (locked)
+                fshm_read_unlock(s);
+            if (rc != 0)
                 continue;
             *n = r.length;
             if (seq != NULL)
@@ -357,7 +436,12 @@ int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
         }
         if (r.length > 0)
             memcpy(dst, s->base + r.offset, r.length);
-        if (fshm_read_end(s, &r) == 0) {
+        /* Checked under the lock too: a python-backend writer claims the
+         * lock word without a compare-and-swap and may not have seen us. */
+        rc = fshm_read_end(s, &r);
+        if (locked)
+            fshm_read_unlock(s);
+        if (rc == 0) {
             *n = r.length;
             if (seq != NULL)
                 *seq = r.seq;
@@ -374,8 +458,48 @@ uint64_t fshm_seq(const fshm_seg *s)
 
 /* ---- waiting for the next store ---- */
 
+int64_t fshm_spin_next(int64_t spin_ns, int64_t elapsed_ns)
+{
+    /* Spin a little past the recent arrivals; forget them when they come
+     * later than spinning is worth (or not at all). */
+    int64_t target = elapsed_ns >= 0 && elapsed_ns <= FSHM_SPIN_MAX_NS
+                         ? elapsed_ns + elapsed_ns / 2 : FSHM_SPIN_MIN_NS;
+    if (spin_ns < FSHM_SPIN_MIN_NS || spin_ns > FSHM_SPIN_MAX_NS)
+        spin_ns = FSHM_SPIN_MIN_NS;
+    spin_ns += (target - spin_ns) / 4;
+    if (spin_ns < FSHM_SPIN_MIN_NS)
+        return FSHM_SPIN_MIN_NS;
+    return spin_ns > FSHM_SPIN_MAX_NS ? FSHM_SPIN_MAX_NS : spin_ns;
+}
+
+/* A read-only waiter cannot register in the header: it polls the counter
+ * with a growing sleep (20 us, doubling up to 1 ms). */
+static int poll_counter(const fshm_seg *s, uint64_t after, int64_t deadline,
+                        uint64_t *seq)
+{
+    int64_t step = 20000;
+    for (;;) {
+        int64_t now;
+        *seq = fshm_load64(U64(s->base, H_SEQ), FSHM_ACQUIRE);
+        if (*seq > after)
+            return 0;
+        now = fshm_monotonic_ns();
+        if (now >= deadline)
+            return FSHM_ETIMEOUT;
+        fshm_sleep_ns(step < deadline - now ? step : deadline - now);
+        if (step < 1000000)
+            step *= 2;
+    }
+}
+
 int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
               uint64_t *seq)
+{
+    return fshm_wait_spin(s, after, timeout_ns, WAIT_SPIN_NS, seq);
+}
+
+int fshm_wait_spin(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
+                   int64_t spin_ns, uint64_t *seq)
 {
     uint64_t *counter = U64(s->base, H_SEQ);
     uint32_t *notify = U32(s->base, H_NOTIFY);
@@ -400,13 +524,15 @@ int fshm_wait(const fshm_seg *s, uint64_t after, int64_t timeout_ns,
         }
         if ((++spins & 63) == 0) {
             int64_t now = fshm_monotonic_ns();
-            if (now - start >= WAIT_SPIN_NS || now >= deadline)
+            if (now - start >= spin_ns || now >= deadline)
                 break;
             fshm_sleep_ns(0);
         }
         fshm_cpu_relax();
     }
 
+    if (s->readonly)
+        return poll_counter(s, after, deadline, seq);
     fshm_add32(waiters, 1);
     for (;;) {
         int64_t now;

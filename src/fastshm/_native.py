@@ -12,7 +12,17 @@ import time
 from typing import Any, Optional, Tuple
 
 from . import _common as C
-from ._errors import ESMALL, ETIMEOUT, ETOOBIG, raise_for, too_big, too_small
+from ._errors import (
+    EOWNER,
+    ESMALL,
+    ETIMEOUT,
+    ETOOBIG,
+    owner_error,
+    raise_for,
+    read_only_error,
+    too_big,
+    too_small,
+)
 from ._fastshm import ffi, lib
 
 name = "native"
@@ -55,12 +65,24 @@ class _Scratch:
 _pool: "list[_Scratch]" = []
 
 
-def _mapping_view(base: Any, size: int) -> memoryview:
+def _mapping_view(base: Any, size: int, readonly: bool) -> memoryview:
     """A memoryview over the mapping that owns it: the mapping is unmapped
     only when this view and every slice or export of it are gone, so a view
     that outlives close() never touches unmapped memory."""
     owner = ffi.gc(ffi.cast("unsigned char *", base), lambda p: lib.fshm_unmap(p, size), size=size)
-    return memoryview(ffi.buffer(owner, size))
+    mv = memoryview(ffi.buffer(owner, size))
+    # A read-only mapping faults on a write: only a read-only view of it.
+    return mv.toreadonly() if readonly else mv
+
+
+def _how(how: int, any_owner: bool) -> int:
+    return how | lib.FSHM_ANY_OWNER if any_owner else how
+
+
+def _raise_open(rc: int, m: Any, name: str) -> None:
+    if rc == EOWNER:
+        raise owner_error(name, int(m.owner))
+    raise_for(rc, name)
 
 
 def unlink(name: str) -> None:
@@ -80,39 +102,45 @@ def owner_dead(owner: int) -> int:
 class RawMapping:
     """A named mapping without a header (fastshm.SharedMemory)."""
 
-    __slots__ = ("buf", "size", "created")
+    __slots__ = ("buf", "size", "created", "readonly")
 
     def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
         m = ffi.new("fshm_map *")
-        rc = lib.fshm_map_open(m, name.encode("utf-8"), how, size, mode)
+        rc = lib.fshm_map_open(m, name.encode("utf-8"), _how(how, any_owner), size, mode)
         if rc:
-            raise_for(rc, name)
+            _raise_open(rc, m, name)
         self.size = int(m.size)
         self.created = bool(m.created)
-        self.buf = _mapping_view(m.base, self.size)
+        self.readonly = bool(m.readonly)
+        self.buf = _mapping_view(m.base, self.size, self.readonly)
 
 
 class SegmentHandle:
     """An open fastshm segment: the C ``fshm_seg`` and its mapping."""
 
-    __slots__ = ("name", "_seg", "_mv", "capacity", "size", "created", "_big", "_stride")
+    __slots__ = (
+        "name", "_seg", "_mv", "capacity", "size", "created", "readonly", "_big", "_stride",
+        "_spin",
+    )
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
     ) -> None:
         seg = ffi.new("fshm_seg *")
         m = ffi.new("fshm_map *")
-        rc = lib.fshm_seg_open(seg, m, name.encode("utf-8"), how, capacity, mode)
+        rc = lib.fshm_seg_open(seg, m, name.encode("utf-8"), _how(how, any_owner), capacity, mode)
         if rc:
-            raise_for(rc, name)
+            _raise_open(rc, m, name)
         self.name = name
         self._seg = seg
         self.size = int(m.size)
         self.created = bool(m.created)
+        self.readonly = bool(m.readonly)
         self.capacity = int(seg.capacity)
-        self._mv = _mapping_view(m.base, self.size)
+        self._mv = _mapping_view(m.base, self.size, self.readonly)
         self._big = False
         self._stride = int(seg.stride)
+        self._spin = int(lib.FSHM_SPIN_MIN_NS)
 
     def store(self, data: C.BytesLike) -> int:
         try:  # inline rather than a helper call: this is the hot path
@@ -129,6 +157,8 @@ class SegmentHandle:
         if rc:
             if rc == ETOOBIG:
                 raise too_big(len(data), self.name, self.capacity)
+            if self.readonly:
+                raise read_only_error(self.name)
             raise_for(rc, self.name)
         return seq  # type: ignore[no-any-return]
 
@@ -144,6 +174,8 @@ class SegmentHandle:
         seg = self._seg
         if not self._big:
             rc = lib.fshm_load(seg, sc.buf, _SCRATCH_SIZE, sc.n, sc.seq)
+            while rc == _EINTR:  # a signal came while waiting for the writer lock
+                rc = lib.fshm_load(seg, sc.buf, _SCRATCH_SIZE, sc.n, sc.seq)
             if rc == 0:
                 out = (sc.fbuf[0 : sc.n[0]], sc.seq[0])
                 _pool.append(sc)
@@ -152,15 +184,27 @@ class SegmentHandle:
                 _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
         r = sc.read
+        tries = 0
         while True:
-            rc = lib.fshm_read_begin(seg, r)
+            # As fshm_load: after three copies spoiled by writers, copy under
+            # the writer lock (a read-only segment cannot take it).
+            tries += 1
+            locked = tries > 3 and not self.readonly
+            rc = lib.fshm_read_lock(seg, r) if locked else lib.fshm_read_begin(seg, r)
+            if rc == _EINTR:
+                continue
             if rc:
                 _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
             off = r.offset
             n = r.length
-            data = self._mv[off : off + n].tobytes()
-            if lib.fshm_read_end(seg, r) == 0:
+            try:
+                data = self._mv[off : off + n].tobytes()
+                rc = lib.fshm_read_end(seg, r)
+            finally:
+                if locked:
+                    lib.fshm_read_unlock(seg)
+            if rc == 0:
                 seq = r.seq
                 _pool.append(sc)
                 self._big = n > _SCRATCH_SIZE
@@ -172,7 +216,10 @@ class SegmentHandle:
         except IndexError:
             sc = _Scratch()
         cap = len(dst)  # dst is a byte-format view: its length is its size
-        rc = lib.fshm_load(self._seg, ffi.from_buffer(dst), cap, sc.n, sc.seq)
+        dst_c = ffi.from_buffer(dst)
+        rc = lib.fshm_load(self._seg, dst_c, cap, sc.n, sc.seq)
+        while rc == _EINTR:  # a signal came while waiting for the writer lock
+            rc = lib.fshm_load(self._seg, dst_c, cap, sc.n, sc.seq)
         n, seq = sc.n[0], sc.seq[0]
         _pool.append(sc)
         if rc:
@@ -200,6 +247,9 @@ class SegmentHandle:
     def seq(self) -> int:
         return int(lib.fshm_seq(self._seg))
 
+    def intact(self, seq: int) -> bool:
+        return bool(lib.fshm_intact(self._seg, seq))
+
     def lock_owner(self) -> int:
         return int(lib.fshm_lock_owner(self._seg))
 
@@ -209,8 +259,14 @@ class SegmentHandle:
     def wait(self, after: int, timeout: Optional[float]) -> Optional[int]:
         """The newest seq once it is greater than ``after``; None when
         ``timeout`` seconds passed first."""
+        seg = self._seg
+        now_seq = lib.fshm_seq(seg)
+        if now_seq > after:  # already there: no setup at all
+            return int(now_seq)
         seq = ffi.new("uint64_t *")
         deadline = None if timeout is None else time.monotonic() + timeout
+        start = lib.fshm_monotonic_ns()
+        spin = self._spin
         while True:
             slice_ns = _WAIT_SLICE_NS
             if deadline is not None:
@@ -219,11 +275,14 @@ class SegmentHandle:
                     slice_ns = 0
                 else:
                     slice_ns = min(slice_ns, int(left * 1e9))
-            rc = lib.fshm_wait(self._seg, after, slice_ns, seq)
+            rc = lib.fshm_wait_spin(seg, after, slice_ns, spin, seq)
+            spin = 0  # later slices of one wait: the spin is spent
             if rc == 0:
+                self._spin = lib.fshm_spin_next(self._spin, lib.fshm_monotonic_ns() - start)
                 return int(seq[0])
             if rc == ETIMEOUT:
                 if deadline is not None and time.monotonic() >= deadline:
+                    self._spin = lib.fshm_spin_next(self._spin, -1)
                     return None
             elif rc != errno.EINTR:  # EINTR: a signal, whose handler runs here
                 raise_for(rc, self.name)
