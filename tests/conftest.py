@@ -18,7 +18,15 @@ import pytest
 import fastshm
 from fastshm import _backend
 
-BACKENDS = ["native", "python"] if _backend.native_error() is None else ["python"]
+# Each route to the C core, and the python backend: "native" is the default
+# binding (the C-API one on CPython, cffi on PyPy); "native-cffi" runs the
+# suite through cffi on CPython too.
+if _backend.native_error() is not None:
+    BACKENDS = ["python"]
+elif _backend.capi_error() is None:
+    BACKENDS = ["native", "native-cffi", "python"]
+else:
+    BACKENDS = ["native", "python"]
 SHM_DIR = "/dev/shm"
 # Per session, so suites running side by side never judge each other's names.
 PREFIX = f"fshmtest{os.getpid()}_"
@@ -48,10 +56,16 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
+def backend_name(backend: str) -> str:
+    """What ``Segment.backend`` says for a ``backend=`` choice."""
+    return backend.split("-")[0]
+
+
 @pytest.fixture
 def other_backend(backend: str) -> str:
-    """The other backend (the same one when only one is importable)."""
-    others = [b for b in BACKENDS if b != backend]
+    """The other backend: python for either native binding, native for
+    python (the same one when only one is importable)."""
+    others = [b for b in BACKENDS if backend_name(b) != backend_name(backend)]
     return others[0] if others else backend
 
 

@@ -104,7 +104,7 @@ def test_killed_writer(backend: str, name: str) -> None:
             assert p.returncode == -signal.SIGKILL
             stores_seen += seg.seq - before
             # Was the writer inside a store, holding the lock, when it died?
-            owner = seg._h.lock_owner()
+            owner = seg._lock_owner()
             if owner & 0xFFFFFFFF == p.pid:
                 held += 1
             else:
@@ -117,7 +117,7 @@ def test_killed_writer(backend: str, name: str) -> None:
             # ... and a new writer gets the lock at once.
             marker = make_message(kill, 0, rnd.randint(HDR.size, 4096), pool, 0)
             seq = _store_bounded(seg, marker, timeout=1.0)
-            assert seg._h.lock_owner() == 0
+            assert seg._lock_owner() == 0
             assert seg.load() == marker and seg.last_seq == seq
     finally:
         seg.close()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import backend_name, run_python
 
 import fastshm
 
@@ -108,7 +108,9 @@ def test_open_or_create_race(backend: str, other_backend: str, name: str, tmp_pa
     assert {r["capacity"] for r in results} == {creator["capacity"]}
     assert {r["message"] for r in results} == {f"from the creator {creator['pid']}"}
     if mixed and other_backend != backend:
-        assert {r["backend"] for r in results} == {backend, other_backend}
+        assert {r["backend"] for r in results} == {
+            backend_name(backend), backend_name(other_backend)
+        }
     with fastshm.Segment(name, create=False, backend=backend) as seg:
         assert seg.seq == 1
         assert seg.capacity == creator["capacity"]

@@ -7,7 +7,7 @@ import pickle
 from typing import Any, Callable
 
 import pytest
-from conftest import run_python
+from conftest import backend_name, run_python
 
 import fastshm
 
@@ -18,7 +18,7 @@ def test_open_or_create_creates_then_attaches(backend: str, name: str) -> None:
     with fastshm.Segment(name, 100, backend=backend) as first:
         assert first.created is True
         assert first.capacity == 100
-        assert first.backend == backend
+        assert first.backend == backend_name(backend)
         assert first.name == name
         with fastshm.Segment(name, 100, backend=backend) as second:
             assert second.created is False
@@ -275,7 +275,7 @@ def test_closed_object_raises_value_error(backend: str, name: str, call: str) ->
         CLOSED_CALLS[call](seg)
     # Properties that need no mapping still answer.
     assert seg.name == name
-    assert seg.backend == backend
+    assert seg.backend == backend_name(backend)
     assert seg.last_seq == 1
     with fastshm.Segment(name, create=False, backend=backend) as other:
         assert other.load() == b"still here"
@@ -325,7 +325,7 @@ def test_pickle_reattaches_by_name(backend: str, name: str) -> None:
             assert isinstance(copy, fastshm.Segment)
             assert copy is not seg
             assert copy.name == name
-            assert copy.backend == backend
+            assert copy.backend == backend_name(backend)
             assert copy.created is False
             assert copy.capacity == 77
             assert copy.load() == b"pickled"
@@ -343,7 +343,7 @@ def test_pickle_in_child_process(backend: str, name: str) -> None:
             "seg.store(b'from the child')\n"
         )
         out = run_python(code, pickle.dumps(seg).hex(), timeout=30).stdout.decode()
-        assert out.strip() == f"{backend} from the parent"
+        assert out.strip() == f"{backend_name(backend)} from the parent"
         assert seg.load() == b"from the child"
         assert seg.seq == 2
 
@@ -365,7 +365,7 @@ def test_repr(backend: str, name: str) -> None:
     assert repr(name) in r
     assert "capacity=64" in r
     assert "seq=2" in r
-    assert f"backend={backend!r}" in r
+    assert f"backend={backend_name(backend)!r}" in r
     seg.close()
     r = repr(seg)
     assert repr(name) in r

@@ -9,7 +9,7 @@ from multiprocessing import shared_memory as stdlib_shm
 from typing import Any
 
 import pytest
-from conftest import SHM_DIR, run_python
+from conftest import SHM_DIR, backend_name, run_python
 
 import fastshm
 
@@ -27,7 +27,7 @@ def test_create_and_attach(backend: str, other_backend: str, name: str) -> None:
         assert a.name == name
         assert a.size == 100
         assert a.created is True
-        assert a.backend == backend
+        assert a.backend == backend_name(backend)
         assert a.buf is not None and len(a.buf) == 100
         assert not a.buf.readonly
         a.buf[:5] = b"hello"

@@ -246,7 +246,7 @@ def test_many_writers(backend_: str, name: str) -> None:
     try:
         # The lock serialised every store: the counter is their exact sum.
         assert seg.seq == stores
-        assert seg._h.lock_owner() == 0, "lock word left held after every writer exited"
+        assert seg._lock_owner() == 0, "lock word left held after every writer exited"
         check_message(seg.load())
     finally:
         seg.close()

@@ -1,14 +1,19 @@
-"""cffi builder for fastshm's C core (``setup.py``'s ``cffi_modules`` target).
+"""Build description of fastshm's two bindings of the C core.
 
-The C sources live in ``csrc/`` as plain C; this file only tells cffi which
-ones to compile and reads the declarations Python may call from
-``csrc/fastshm.cdef``.
+``ffibuilder`` is ``setup.py``'s ``cffi_modules`` target: the cffi binding
+(``fastshm._fastshm``; PyPy's, and the fallback).  ``ext_modules()`` is the
+C-API binding (``fastshm._cext``, from ``src/fastshm/_cext.c``), built for
+CPython only.  Both compile the same plain-C core in ``csrc/``; the
+declarations cffi may call are read from ``csrc/fastshm.cdef``.
 """
 
 import os
+import platform
 import sys
+from typing import List
 
 from cffi import FFI
+from setuptools import Extension
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _CSRC = os.path.join(_ROOT, "csrc")
@@ -42,6 +47,25 @@ ffibuilder.set_source(
     libraries=_LIBRARIES,
     extra_compile_args=_ARGS,
 )
+
+
+
+def ext_modules() -> List[Extension]:
+    """The C-API binding, on CPython (PyPy runs cffi code natively, and its
+    emulation of the C API is slow)."""
+    if platform.python_implementation() != "CPython":
+        return []
+    here = os.path.relpath(os.path.dirname(os.path.abspath(__file__)), os.getcwd())
+    return [
+        Extension(
+            "fastshm._cext",
+            sources=[os.path.join(here, "_cext.c")] + [_rel(s) for s in _SOURCES],
+            include_dirs=[_rel()],
+            libraries=_LIBRARIES,
+            extra_compile_args=_ARGS,
+        )
+    ]
+
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

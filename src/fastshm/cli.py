@@ -11,7 +11,7 @@ import sys
 from typing import BinaryIO, List, Optional, TextIO
 
 from . import _common as C
-from ._backend import resolve
+from ._backend import CHOICES, resolve
 from ._errors import FormatError
 from .segment import Segment
 
@@ -127,15 +127,14 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args, create=False) as seg:
-        h = seg._handle()
-        owner = h.lock_owner()
+        owner = seg._lock_owner()
         rows = [
             ("name", seg.name),
             ("capacity", f"{seg.capacity} bytes"),
             ("length", f"{len(seg)} bytes"),
             ("stores", str(seg.seq)),
             ("format", f"fastshm version {C.VERSION}"),
-            ("mapped", f"{h.size} bytes"),
+            ("mapped", f"{seg._mapped_size} bytes"),
             ("writer", f"pid {owner & 0xFFFFFFFF} storing now" if owner else "none"),
             ("backend", seg.backend),
         ]
@@ -150,8 +149,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_unlock(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args, create=False) as seg:
-        h = seg._handle()
-        owner = h.lock_owner()
+        owner = seg._lock_owner()
         if not owner:
             out.write(f"{seg.name!r} is not locked\n")
             return 0
@@ -166,7 +164,7 @@ def cmd_unlock(args: argparse.Namespace, out: TextIO) -> int:
                 "liveness cannot be checked from here; if that process is gone, run "
                 f"`fastshm unlock {seg.name} --force`"
             )
-        if not h.break_lock(owner):
+        if not seg._break_lock(owner):
             raise _Usage(f"the lock of {seg.name!r} changed hands meanwhile; left alone")
         out.write(f"unlocked {seg.name!r} (was held by pid {pid})\n")
     return 0
@@ -237,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Named shared memory between processes: store a message in one, "
         "load it in any other.",
     )
-    p.add_argument("--backend", choices=("auto", "native", "python"), default=None,
+    p.add_argument("--backend", choices=CHOICES, default=None,
                    help="which implementation to use (default: FASTSHM_BACKEND or auto)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -1,15 +1,66 @@
-"""Segment: a named, framed message slot (the menu: store, load, delete)."""
+"""Segment: a named, framed message slot (the menu: store, load, delete).
+
+``Segment(...)`` returns one of two classes, both subclasses of ``Segment``:
+on the native backend's C-API binding, a class whose hot methods (store,
+load, load_into, view, wait, seq, len) are C methods of
+``_cext.SegmentCore``, so a call goes from the caller straight into C; on the
+cffi binding and the python backend, ``_HandleSegment``, whose methods below
+call the backend's ``SegmentHandle``.  Both behave the same; the suite runs
+on each.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Tuple, Union
+import functools
+import math
+import operator
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union
 
 from . import _common as C
 from ._backend import resolve
 
+T = TypeVar("T")
+
+# The largest message number (as SEQ_MAX in slot.c).
+_SEQ_MAX = (1 << 63) - 1
+# A timeout longer than this many seconds is no timeout (31 years), as in _cext.c.
+_FOREVER_S = 1e9
+
 
 def _reattach(name: str, backend: str) -> "Segment":
     return Segment(name, create=False, backend=backend)
+
+
+def _seq_arg(value: object, what: str) -> int:
+    """A message number from any integer-like object but bool (0 <= n < 2**63)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int message number, not {value!r}")
+    try:
+        n = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an int message number, not {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{what} must be a message number >= 0, not {value!r}")
+    if n > _SEQ_MAX:
+        raise ValueError(f"{what} must be a message number below 2**63, not {value!r}")
+    return n
+
+
+def _timeout_arg(value: object) -> Optional[float]:
+    """Seconds to wait, None for no timeout (None, inf, or beyond 31 years)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"timeout must be a number of seconds or None, not {value!r}"
+            ) from None
+    secs = float(value) if not isinstance(value, int) or value < 2**1023 else math.inf
+    if not secs >= 0:  # negative, or NaN
+        raise ValueError(f"timeout must be >= 0 seconds, not {value!r}")
+    return None if secs > _FOREVER_S else secs
 
 
 class Segment:
@@ -19,17 +70,19 @@ class Segment:
     for ``size`` bytes when it does not exist yet (the original program's
     behaviour); ``create=True`` insists on creating it, ``create=False`` on
     finding it.  When it already exists, ``size`` is ignored and the capacity
-    comes from its header.
+    comes from its header.  An existing segment that belongs to another user
+    (not root) is refused with PermissionError unless ``any_owner=True``; one
+    that this user may read but not write opens read-only.
 
     Any process that opens the same name sees the same message.  A store
     never tears a message that another process is loading, and a writer that
     dies at any instant leaves the last complete message intact.
     """
 
-    __slots__ = ("_h", "_name", "_backend", "_last_seq", "__weakref__")
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         size: int = 1024,
         *,
@@ -37,8 +90,7 @@ class Segment:
         backend: Optional[str] = None,
         mode: int = 0o600,
         any_owner: bool = False,
-    ) -> None:
-        self._h: Any = None
+    ) -> "Segment":
         impl = resolve(backend)
         name = C.check_name(name, impl.NAME_MAX)
         if create is None:
@@ -50,66 +102,79 @@ class Segment:
         else:
             raise TypeError(f"create must be None, True or False, not {create!r}")
         if how != C.ATTACH:
-            C.check_size(size)
+            size = C.check_size(size)
         C.check_mode(mode)
         if not isinstance(any_owner, bool):
             raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
+        capacity = size if how != C.ATTACH else 0
+        core = getattr(impl, "SegmentCore", None)
+        if core is not None:
+            flags = impl.ANY_OWNER if any_owner else 0
+            return core.__new__(_native_class(core), name, how | flags, capacity, mode)  # type: ignore[no-any-return]
+        self = object.__new__(_HandleSegment)
         self._name = name
-        self._backend: str = impl.name
-        self._h = impl.SegmentHandle(
-            name, how, size if how != C.ATTACH else 0, mode, any_owner
-        )
+        self._backend = impl.name
         self._last_seq = 0
+        self._h = impl.SegmentHandle(name, how, capacity, mode, any_owner)
+        return self
 
-    # -- what it is --
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        if cls.__module__ != __name__:
+            raise TypeError(
+                "fastshm.Segment cannot be subclassed (Segment() picks the class that "
+                "fits its backend); hold a Segment in an attribute instead"
+            )
+        super().__init_subclass__(**kwargs)
+
+    # -- what it is (each subclass answers these its own way) --
 
     @property
     def name(self) -> str:
         """The segment's name, as other processes open it."""
-        return self._name
+        raise NotImplementedError
 
     @property
     def backend(self) -> str:
         """``"native"`` or ``"python"``: which backend this object uses."""
-        return self._backend
+        raise NotImplementedError
 
     @property
     def capacity(self) -> int:
         """The largest message, in bytes, the segment holds."""
-        return self._handle().capacity  # type: ignore[no-any-return]
+        raise NotImplementedError
 
     @property
     def created(self) -> bool:
         """Whether opening this object created the segment."""
-        return self._handle().created  # type: ignore[no-any-return]
+        raise NotImplementedError
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this object could open the segment for reading only (its
+        permissions let this user read but not write it): load, view and
+        wait work; store raises PermissionError."""
+        raise NotImplementedError
 
     @property
     def seq(self) -> int:
         """How many messages have been stored in the segment so far (by any
         process); the number of the current message."""
-        return self._handle().seq()  # type: ignore[no-any-return]
+        raise NotImplementedError
 
     @property
     def last_seq(self) -> int:
-        """Number of the newest message this object stored, loaded or waited
-        for (0 before any): what :meth:`wait` waits to move past."""
-        return self._last_seq
+        """Number of the newest message this object stored, loaded, viewed
+        or waited for (0 before any): what :meth:`wait` waits to move past."""
+        raise NotImplementedError
 
     @property
     def closed(self) -> bool:
-        return self._h is None
+        """Whether :meth:`close` was called."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         """Length in bytes of the current message."""
-        # Through view(): a length read without the seqlock's re-check could
-        # belong to a message still being written.
-        return self._handle().view()[0].nbytes  # type: ignore[no-any-return]
-
-    def _handle(self) -> Any:
-        h = self._h
-        if h is None:
-            raise ValueError(f"segment {self._name!r} is closed")
-        return h
+        raise NotImplementedError
 
     # -- the menu --
 
@@ -117,23 +182,12 @@ class Segment:
         """Store ``data`` (bytes-like, or str as UTF-8) as the new message and
         return its number.  A message larger than :attr:`capacity` raises
         ValueError and leaves the current message as it was."""
-        h = self._h
-        if h is None:
-            self._handle()  # raises the closed error
-        if type(data) is not bytes:
-            data = C.as_bytes_view(data)
-        seq: int = h.store(data)
-        self._last_seq = seq
-        return seq
+        raise NotImplementedError
 
     def load(self) -> bytes:
         """The current message, copied once into a new bytes object
         (``b""`` when nothing has been stored yet)."""
-        h = self._h
-        if h is None:
-            self._handle()  # raises the closed error
-        data, self._last_seq = h.load()
-        return data  # type: ignore[no-any-return]
+        raise NotImplementedError
 
     def load_str(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         """The current message decoded as text."""
@@ -142,52 +196,53 @@ class Segment:
     def load_into(self, buffer: Any) -> int:
         """Copy the current message into ``buffer`` (any writable, contiguous
         bytes-like object) and return its length. Allocates nothing. A buffer
-        too small raises ValueError and is left untouched."""
-        h = self._h
-        if h is None:
-            self._handle()  # raises the closed error
-        # A bytearray is always a writable, contiguous run of bytes: no checks.
-        dst = memoryview(buffer) if type(buffer) is bytearray else C.writable_view(buffer)
-        n, self._last_seq = h.load_into(dst)
-        return n  # type: ignore[no-any-return]
+        too small for the message raises ValueError; nothing of that message
+        is copied into it (though under concurrent stores an earlier, raced
+        attempt may have written part of an older one)."""
+        raise NotImplementedError
 
     def view(self) -> memoryview:
         """A read-only memoryview of the current message inside the shared
-        memory: no copy.  Its bytes are that message's until the second
-        store after it (stores alternate between two slots); compare
-        :attr:`seq` with :attr:`last_seq` to know whether it is still the
-        current message, or use :meth:`load` for a copy that cannot change."""
-        h = self._h
-        if h is None:
-            self._handle()  # raises the closed error
-        mv, self._last_seq = h.view()
-        return mv  # type: ignore[no-any-return]
+        memory: no copy; :attr:`last_seq` becomes its number.  Its bytes stay
+        that message's only until a later store starts to reuse its slot
+        (stores alternate between two slots), so after using them, ask
+        ``intact(seq)`` whether they were still whole — or let
+        :meth:`apply` do both — or use :meth:`load` for a copy that cannot
+        change."""
+        raise NotImplementedError
+
+    def intact(self, seq: int) -> bool:
+        """Whether message number ``seq`` is still in place, untouched by any
+        later store: call it *after* using a :meth:`view` of that message
+        (``seq = seg.last_seq`` right after ``view()``); True means every
+        byte read from the view until now was that message's.  The seqlock's
+        own re-check: the writer that will reuse the slot marks it before it
+        changes a byte."""
+        raise NotImplementedError
+
+    def apply(self, func: Callable[[memoryview], T]) -> T:
+        """Call ``func`` on a view of the current message, in place, and
+        return its result once it was computed from intact bytes: when a
+        store reused the slot meanwhile, ``func`` runs again on the newer
+        message; after three such races, on a copy.  ``func`` must not keep
+        the view (copy what it needs, e.g. ``numpy.frombuffer(v,
+        dtype).sum()`` or ``.copy()``)."""
+        for _ in range(3):
+            mv = self.view()
+            seq = self.last_seq
+            result = func(mv)
+            if self.intact(seq):
+                return result
+        return func(memoryview(self.load()).toreadonly())
 
     def wait(self, timeout: Optional[float] = None, *, after: Optional[int] = None) -> int:
         """Block until a message newer than ``after`` is stored, and return
         the newest message number.  ``after`` defaults to :attr:`last_seq`, so
         after storing a request, ``wait()`` waits for the reply, not for one's
-        own store.  Raises TimeoutError when ``timeout`` seconds pass first.
-        Other threads run while it blocks, and Ctrl-C interrupts it."""
-        h = self._handle()
-        if after is None:
-            after = self._last_seq
-        elif isinstance(after, bool) or not isinstance(after, int):
-            raise TypeError(f"after must be an int message number, not {after!r}")
-        elif after < 0:
-            raise ValueError(f"after must be a message number >= 0, not {after!r}")
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-            if timeout != timeout or timeout < 0:
-                raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
-        seq = h.wait(after, timeout)
-        if seq is None:
-            raise TimeoutError(
-                f"no message newer than #{after} in {self._name!r} within {timeout} s"
-            )
-        self._last_seq = seq
-        return seq  # type: ignore[no-any-return]
+        own store.  Raises TimeoutError when ``timeout`` seconds pass first
+        (None or ``math.inf``: no timeout).  Other threads run while it
+        blocks, and Ctrl-C interrupts it."""
+        raise NotImplementedError
 
     def messages(self, timeout: Optional[float] = None) -> Iterator[bytes]:
         """Yield each new message as it is stored, starting after
@@ -205,36 +260,162 @@ class Segment:
         """Close this object's access; the segment stays for other processes.
         Views handed out earlier stay valid until they are released.
         Closing twice is harmless."""
-        self._h = None
+        raise NotImplementedError
 
     def unlink(self) -> None:
         """Remove the name (POSIX) so no new process can open it; processes
         that have it open keep their mapping. On Windows this does nothing:
         the segment disappears with the last handle."""
-        resolve(self._backend).unlink(self._name)
+        resolve(self.backend).unlink(self.name)
 
     def delete(self) -> None:
         """Close and unlink: the menu's "3. delete"."""
         self.close()
         self.unlink()
 
+    # -- for `fastshm info` and `fastshm unlock` --
+
+    @property
+    def _mapped_size(self) -> int:
+        raise NotImplementedError
+
+    def _lock_owner(self) -> int:
+        raise NotImplementedError
+
+    def _break_lock(self, owner: int) -> bool:
+        raise NotImplementedError
+
     # -- Python protocols --
 
     def __enter__(self) -> "Segment":
-        self._handle()
+        if self.closed:
+            raise ValueError(f"segment {self.name!r} is closed")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
-        return (_reattach, (self._name, self._backend))
+        return (_reattach, (self.name, self.backend))
 
     def __repr__(self) -> str:
+        if self.closed:
+            return f"<Segment {self.name!r} closed>"
+        return (
+            f"Segment({self.name!r}, capacity={self.capacity}, seq={self.seq}, "
+            f"backend={self.backend!r})"
+        )
+
+
+class _HandleSegment(Segment):
+    """Segment over a backend's SegmentHandle: the python backend, and the
+    native backend through cffi."""
+
+    __slots__ = ("_h", "_name", "_backend", "_last_seq", "__weakref__")
+    _h: Any
+    _name: str
+    _backend: str
+    _last_seq: int
+
+    def _handle(self) -> Any:
         h = self._h
         if h is None:
-            return f"<Segment {self._name!r} closed>"
-        return (
-            f"Segment({self._name!r}, capacity={h.capacity}, seq={h.seq()}, "
-            f"backend={self._backend!r})"
-        )
+            raise ValueError(f"segment {self._name!r} is closed")
+        return h
+
+    name = property(lambda self: self._name, doc=Segment.name.__doc__)
+    backend = property(lambda self: self._backend, doc=Segment.backend.__doc__)
+    last_seq = property(lambda self: self._last_seq, doc=Segment.last_seq.__doc__)
+    closed = property(lambda self: self._h is None, doc=Segment.closed.__doc__)
+
+    @property
+    def capacity(self) -> int:
+        return self._handle().capacity  # type: ignore[no-any-return]
+
+    @property
+    def created(self) -> bool:
+        return self._handle().created  # type: ignore[no-any-return]
+
+    @property
+    def readonly(self) -> bool:
+        return self._handle().readonly  # type: ignore[no-any-return]
+
+    @property
+    def seq(self) -> int:
+        return self._handle().seq()  # type: ignore[no-any-return]
+
+    @property
+    def _mapped_size(self) -> int:
+        return self._handle().size  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        # Through view(): a length read without the seqlock's re-check could
+        # belong to a message still being written.
+        return self._handle().view()[0].nbytes  # type: ignore[no-any-return]
+
+    def store(self, data: Union[C.BytesLike, str]) -> int:
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        if type(data) is not bytes:
+            data = C.as_bytes_view(data)
+        seq: int = h.store(data)
+        self._last_seq = seq
+        return seq
+
+    def load(self) -> bytes:
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        data: bytes
+        data, self._last_seq = h.load()
+        return data
+
+    def load_into(self, buffer: Any) -> int:
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        # A bytearray is always a writable, contiguous run of bytes: no checks.
+        dst = memoryview(buffer) if type(buffer) is bytearray else C.writable_view(buffer)
+        n: int
+        n, self._last_seq = h.load_into(dst)
+        return n
+
+    def view(self) -> memoryview:
+        h = self._h
+        if h is None:
+            self._handle()  # raises the closed error
+        mv: memoryview
+        mv, self._last_seq = h.view()
+        return mv
+
+    def intact(self, seq: int) -> bool:
+        h = self._handle()
+        return h.intact(_seq_arg(seq, "seq"))  # type: ignore[no-any-return]
+
+    def wait(self, timeout: Optional[float] = None, *, after: Optional[int] = None) -> int:
+        h = self._handle()
+        after_n = self._last_seq if after is None else _seq_arg(after, "after")
+        seq: Optional[int] = h.wait(after_n, _timeout_arg(timeout))
+        if seq is None:
+            raise TimeoutError(
+                f"no message newer than #{after_n} in {self._name!r} within {timeout} s"
+            )
+        self._last_seq = seq
+        return seq
+
+    def close(self) -> None:
+        self._h = None
+
+    def _lock_owner(self) -> int:
+        return self._handle().lock_owner()  # type: ignore[no-any-return]
+
+    def _break_lock(self, owner: int) -> bool:
+        return self._handle().break_lock(owner)  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=None)
+def _native_class(core: type) -> type:
+    """Segment with the C-API binding's hot methods: they come first in the
+    method order, and Segment supplies the rest."""
+    return type("_NativeSegment", (core, Segment), {"__slots__": (), "__module__": __name__})

@@ -1,0 +1,937 @@
+/*
+ * fastshm._cext: the C-API binding of fastshm's C core, for CPython.
+ *
+ * Glue only: argument parsing, buffers, the GIL and errors.  The format and
+ * the system calls are csrc/ (slot.c, map_*.c), the same core the cffi
+ * binding (fastshm._fastshm) compiles; PyPy uses that one, where the C API
+ * is slow.
+ *
+ * Two types:
+ *   Mapping      owns a mapping and exports it as a buffer; it is unmapped
+ *                when the last memoryview over it is gone, so a view that
+ *                outlives close() never touches unmapped memory.
+ *   SegmentCore  the hot methods of fastshm.Segment (store, load, load_into,
+ *                view, wait, seq, len) as METH_FASTCALL C methods;
+ *                fastshm.segment makes the Segment class that subclasses it.
+ *
+ * Error messages come from fastshm._errors, the one place both bindings and
+ * the python backend take them from.
+ *
+ * The module needs the GIL (it declares nothing else): a free-threaded
+ * CPython re-enables the GIL when it imports it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "fastshm.h"
+
+/* Copies at least this long are made with the GIL released: below it,
+ * releasing and retaking the GIL costs more than other threads gain
+ * (benchmarks/gil_crossover.py measures the crossover). */
+#define GIL_RELEASE_BYTES (64 * 1024)
+/* A blocking wait comes back for Python's signal handlers this often. */
+#define WAIT_SLICE_NS 50000000LL
+/* Lock-free attempts of a load before it copies under the writer lock (as
+ * fshm_load does). */
+#define LOAD_TRIES 3
+/* A timeout longer than this many seconds is no timeout (31 years). */
+#define TIMEOUT_FOREVER_S 1e9
+/* Status codes of this file, apart from the core's: a Python exception is
+ * set; the copy must be made without the GIL. */
+#define PY_ERROR_SET (-1000)
+#define NEEDS_NO_GIL (-1001)
+
+/* fastshm._errors: raise_for, too_big, too_small, owner_error, read_only_error. */
+static PyObject *errors_module;
+
+/* Call fastshm._errors.<fn>(args...) and raise what it returns (or
+ * raises).  Always returns NULL. */
+static PyObject *raise_from(const char *fn, const char *fmt, ...)
+{
+    PyObject *f, *args, *exc;
+    va_list va;
+    f = PyObject_GetAttrString(errors_module, fn);
+    if (f == NULL)
+        return NULL;
+    va_start(va, fmt);
+    args = Py_VaBuildValue(fmt, va);
+    va_end(va);
+    if (args == NULL) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    exc = PyObject_CallObject(f, args);
+    Py_DECREF(f);
+    Py_DECREF(args);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *raise_code(int rc, PyObject *name, const char *detail)
+{
+    return raise_from("raise_for", "(iOs)", rc, name, detail);
+}
+
+/* ------------------------------------------------------------------ */
+/* Mapping                                                            */
+
+typedef struct {
+    PyObject_HEAD
+    void *base;
+    Py_ssize_t size;
+    int readonly;
+} MappingObject;
+
+static void mapping_dealloc(MappingObject *self)
+{
+    fshm_unmap(self->base, (size_t)self->size);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int mapping_getbuffer(MappingObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->base, self->size,
+                             self->readonly, flags);
+}
+
+static PyBufferProcs mapping_as_buffer = {
+    (getbufferproc)mapping_getbuffer,
+    NULL,
+};
+
+static PyObject *mapping_get_size(MappingObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSsize_t(self->size);
+}
+
+static PyObject *mapping_get_readonly(MappingObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->readonly);
+}
+
+static PyGetSetDef mapping_getset[] = {
+    {"size", (getter)mapping_get_size, NULL, "bytes mapped", NULL},
+    {"readonly", (getter)mapping_get_readonly, NULL, "mapped for reading only", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fastshm._cext.Mapping",
+    .tp_basicsize = sizeof(MappingObject),
+    .tp_dealloc = (destructor)mapping_dealloc,
+    .tp_as_buffer = &mapping_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A shared-memory mapping, unmapped when the last view of it is gone.",
+    .tp_getset = mapping_getset,
+};
+
+/* A Mapping owning *m, or NULL (and *m unmapped). */
+static PyObject *mapping_new(const fshm_map *m)
+{
+    MappingObject *self = PyObject_New(MappingObject, &MappingType);
+    if (self == NULL) {
+        fshm_unmap(m->base, m->size);
+        return NULL;
+    }
+    self->base = m->base;
+    self->size = (Py_ssize_t)m->size;
+    self->readonly = m->readonly;
+    return (PyObject *)self;
+}
+
+/* map_open(name, how, size, mode) -> (Mapping, created) */
+static PyObject *cext_map_open(PyObject *module, PyObject *args)
+{
+    PyObject *name, *mapping;
+    const char *cname;
+    int how, rc;
+    Py_ssize_t size;
+    unsigned int mode;
+    fshm_map m;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "UinI", &name, &how, &size, &mode))
+        return NULL;
+    if ((cname = PyUnicode_AsUTF8(name)) == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fshm_map_open(&m, cname, how, (size_t)size, mode);
+    Py_END_ALLOW_THREADS
+    if (rc == FSHM_EOWNER)
+        return raise_from("owner_error", "(OL)", name, (long long)m.owner);
+    if (rc != 0)
+        return raise_code(rc, name, "");
+    if ((mapping = mapping_new(&m)) == NULL)
+        return NULL;
+    return Py_BuildValue("(NO)", mapping, m.created ? Py_True : Py_False);
+}
+
+static PyObject *cext_unlink(PyObject *module, PyObject *name)
+{
+    const char *cname;
+    int rc;
+    (void)module;
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "name must be a str");
+        return NULL;
+    }
+    if ((cname = PyUnicode_AsUTF8(name)) == NULL)
+        return NULL;
+    rc = fshm_unlink(cname);
+    if (rc != 0)
+        return raise_code(rc, name, "");
+    Py_RETURN_NONE;
+}
+
+static PyObject *cext_self_id(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(fshm_self_id());
+}
+
+static PyObject *cext_owner_dead(PyObject *module, PyObject *owner)
+{
+    unsigned long long v = PyLong_AsUnsignedLongLong(owner);
+    (void)module;
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(fshm_owner_dead((uint64_t)v));
+}
+
+/* ------------------------------------------------------------------ */
+/* SegmentCore                                                        */
+
+typedef struct {
+    PyObject_HEAD
+    fshm_seg seg;          /* seg.base is NULL once closed */
+    PyObject *mapping;     /* the Mapping that owns seg.base; NULL once closed */
+    PyObject *slot_view[2];/* read-only memoryviews of the two payload areas */
+    PyObject *name;        /* str */
+    uint64_t last_seq;     /* newest message this object stored, loaded or awaited */
+    int64_t spin_ns;       /* adaptive wait spin (fshm_spin_next) */
+    int created;
+    PyObject *weakreflist;
+} SegmentObject;
+
+static PyTypeObject SegmentType;
+
+static void segment_clear(SegmentObject *self)
+{
+    self->seg.base = NULL;
+    Py_CLEAR(self->slot_view[0]);
+    Py_CLEAR(self->slot_view[1]);
+    Py_CLEAR(self->mapping);
+}
+
+static void segment_dealloc(SegmentObject *self)
+{
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    segment_clear(self);
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* A read-only memoryview of bytes [start, start + len) of the mapping. */
+static PyObject *readonly_view(PyObject *mapping, Py_ssize_t start, Py_ssize_t len)
+{
+    PyObject *whole, *part, *ro;
+    if ((whole = PyMemoryView_FromObject(mapping)) == NULL)
+        return NULL;
+    part = PySequence_GetSlice(whole, start, start + len);
+    Py_DECREF(whole);
+    if (part == NULL)
+        return NULL;
+    ro = PyObject_CallMethod(part, "toreadonly", NULL);
+    Py_DECREF(part);
+    return ro;
+}
+
+/* SegmentCore.__new__(cls, name, how, capacity, mode): open (or create) the
+ * segment; `how` may carry FSHM_ANY_OWNER. */
+static PyObject *segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *name;
+    const char *cname;
+    int how, rc, i;
+    unsigned long long capacity;
+    unsigned int mode;
+    fshm_seg seg;
+    fshm_map m;
+    SegmentObject *self;
+
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "SegmentCore takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "UiKI", &name, &how, &capacity, &mode))
+        return NULL;
+    if ((cname = PyUnicode_AsUTF8(name)) == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = fshm_seg_open(&seg, &m, cname, how, (uint64_t)capacity, mode);
+    Py_END_ALLOW_THREADS
+    if (rc == FSHM_EOWNER)
+        return raise_from("owner_error", "(OL)", name, (long long)m.owner);
+    if (rc != 0)
+        return raise_code(rc, name, "");
+    self = (SegmentObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        fshm_unmap(m.base, m.size);
+        return NULL;
+    }
+    self->seg = seg;
+    self->mapping = mapping_new(&m);
+    if (self->mapping == NULL) {
+        self->seg.base = NULL;
+        Py_DECREF(self);
+        return NULL;
+    }
+    for (i = 0; i < 2; i++) {
+        Py_ssize_t start = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE +
+                           (Py_ssize_t)(i * seg.stride);
+        self->slot_view[i] = readonly_view(self->mapping, start, (Py_ssize_t)seg.capacity);
+        if (self->slot_view[i] == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    Py_INCREF(name);
+    self->name = name;
+    self->created = m.created;
+    self->last_seq = 0;
+    self->spin_ns = FSHM_SPIN_MIN_NS;
+    return (PyObject *)self;
+}
+
+static int closed_error(SegmentObject *self)
+{
+    PyErr_Format(PyExc_ValueError, "segment %R is closed", self->name);
+    return -1;
+}
+
+#define SEG_OR_RAISE(self, s)                          \
+    do {                                               \
+        if ((self)->seg.base == NULL) {                \
+            closed_error(self);                        \
+            return NULL;                               \
+        }                                              \
+        (s) = (self)->seg;                             \
+    } while (0)
+
+/* -- store -- */
+
+static int store_without_gil(SegmentObject *self, const fshm_seg *s, const void *src,
+                             size_t n, uint64_t *seq)
+{
+    /* The mapping stays mapped while the GIL is released, even if another
+     * thread closes this object meanwhile. */
+    PyObject *keep = self->mapping;
+    int rc;
+    Py_INCREF(keep);
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_store(s, src, n, seq);
+        Py_END_ALLOW_THREADS
+        /* EINTR: a signal came while waiting for another writer: its
+         * handler runs now, and the store goes on unless it raised. */
+        if (rc != EINTR)
+            break;
+        if (PyErr_CheckSignals() != 0) {
+            rc = PY_ERROR_SET;
+            break;
+        }
+    }
+    Py_DECREF(keep);
+    return rc;
+}
+
+static PyObject *store_error(SegmentObject *self, int rc, Py_ssize_t n)
+{
+    if (rc == PY_ERROR_SET) /* a signal handler raised */
+        return NULL;
+    if (rc == FSHM_ETOOBIG)
+        return raise_from("too_big", "(nOK)", n, self->name,
+                          (unsigned long long)self->seg.capacity);
+    if (rc == EACCES && self->seg.readonly)
+        return raise_from("read_only_error", "(O)", self->name);
+    return raise_code(rc, self->name, "");
+}
+
+static PyObject *segment_store(SegmentObject *self, PyObject *data)
+{
+    fshm_seg s;
+    const char *src;
+    Py_ssize_t n;
+    Py_buffer view;
+    int rc, have_view = 0;
+    uint64_t seq = 0;
+
+    SEG_OR_RAISE(self, s);
+    if (PyBytes_CheckExact(data)) {
+        src = PyBytes_AS_STRING(data);
+        n = PyBytes_GET_SIZE(data);
+    } else if (PyUnicode_Check(data)) {
+        if ((src = PyUnicode_AsUTF8AndSize(data, &n)) == NULL)
+            return NULL;
+    } else {
+        if (PyObject_GetBuffer(data, &view, PyBUF_STRIDED_RO) != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "can only store bytes-like objects or str, not %.200s",
+                         Py_TYPE(data)->tp_name);
+            return NULL;
+        }
+        have_view = 1;
+        if (!PyBuffer_IsContiguous(&view, 'C')) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError,
+                            "can only store a C-contiguous buffer; copy it first");
+            return NULL;
+        }
+        src = (const char *)view.buf;
+        n = view.len;
+    }
+    if ((uint64_t)n > s.capacity) {
+        rc = FSHM_ETOOBIG;
+    } else if (n < GIL_RELEASE_BYTES) {
+        /* Short work keeps the GIL; only a writer that has to sleep for
+         * another writer's lock lets it go. */
+        rc = fshm_try_store(&s, src, (size_t)n, &seq);
+        if (rc == FSHM_EBUSY)
+            rc = store_without_gil(self, &s, src, (size_t)n, &seq);
+    } else {
+        rc = store_without_gil(self, &s, src, (size_t)n, &seq);
+    }
+    if (have_view)
+        PyBuffer_Release(&view);
+    if (rc != 0)
+        return store_error(self, rc, n);
+    self->last_seq = seq;
+    return PyLong_FromUnsignedLongLong(seq);
+}
+
+/* -- load -- */
+
+/* Begin a read: lock-free for the first attempts, then under the writer
+ * lock (taken without the GIL, since it may sleep).  *locked says which. */
+static int read_begin(SegmentObject *self, const fshm_seg *s, fshm_read *r,
+                      unsigned tries, int *locked)
+{
+    int rc;
+    *locked = tries > LOAD_TRIES && !s->readonly;
+    if (!*locked)
+        return fshm_read_begin(s, r);
+    for (;;) {
+        PyObject *keep = self->mapping;
+        Py_INCREF(keep);
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_read_lock(s, r);
+        Py_END_ALLOW_THREADS
+        Py_DECREF(keep);
+        if (rc != EINTR)
+            return rc;
+        if (PyErr_CheckSignals() != 0)
+            return PY_ERROR_SET;
+    }
+}
+
+static PyObject *read_error(SegmentObject *self, int rc)
+{
+    if (rc == PY_ERROR_SET)
+        return NULL;
+    return raise_code(rc, self->name, "the current slot is inconsistent");
+}
+
+static PyObject *make_result(SegmentObject *self, PyObject *value, uint64_t seq)
+{
+    self->last_seq = seq;
+    return value;
+}
+
+static PyObject *segment_load(SegmentObject *self, PyObject *unused)
+{
+    fshm_seg s;
+    fshm_read r;
+    unsigned tries = 0;
+    (void)unused;
+
+    SEG_OR_RAISE(self, s);
+    for (;;) {
+        PyObject *out;
+        int locked, rc = read_begin(self, &s, &r, ++tries, &locked);
+        if (rc != 0)
+            return read_error(self, rc);
+        if (r.length < GIL_RELEASE_BYTES) {
+            out = PyBytes_FromStringAndSize((const char *)s.base + r.offset,
+                                            (Py_ssize_t)r.length);
+            rc = fshm_read_end(&s, &r);
+        } else {
+            out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)r.length);
+            if (out != NULL) {
+                PyObject *keep = self->mapping;
+                char *dst = PyBytes_AS_STRING(out);
+                Py_INCREF(keep);
+                Py_BEGIN_ALLOW_THREADS
+                memcpy(dst, s.base + r.offset, r.length);
+                rc = fshm_read_end(&s, &r);
+                Py_END_ALLOW_THREADS
+                Py_DECREF(keep);
+            }
+        }
+        if (locked)
+            fshm_read_unlock(&s);
+        if (out == NULL)
+            return NULL;
+        if (rc == 0)
+            return make_result(self, out, r.seq);
+        Py_DECREF(out); /* writers got there first: again */
+    }
+}
+
+static PyObject *segment_load_into(SegmentObject *self, PyObject *buffer)
+{
+    fshm_seg s;
+    fshm_read r;
+    Py_buffer view;
+    Py_ssize_t cap;
+    size_t n = 0;
+    uint64_t seq = 0;
+    int rc;
+
+    SEG_OR_RAISE(self, s);
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_STRIDED_RO) != 0) {
+        PyErr_Format(PyExc_TypeError, "load_into needs a writable bytes-like object, not %.200s",
+                     Py_TYPE(buffer)->tp_name);
+        return NULL;
+    }
+    if (view.readonly) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError,
+                        "load_into needs a writable buffer; this one is read-only");
+        return NULL;
+    }
+    if (!PyBuffer_IsContiguous(&view, 'C')) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "load_into needs a C-contiguous buffer");
+        return NULL;
+    }
+    cap = view.len;
+    /* A look at the length decides whether the copy is worth the GIL. */
+    rc = fshm_read_begin(&s, &r);
+    if (rc == 0 && r.length < GIL_RELEASE_BYTES) {
+        rc = fshm_load(&s, view.buf, (size_t)cap, &n, &seq);
+        if (rc == EINTR)
+            rc = NEEDS_NO_GIL; /* it waited for the writer lock: let go */
+    } else if (rc == 0) {
+        rc = NEEDS_NO_GIL;
+    }
+    if (rc == NEEDS_NO_GIL) {
+        PyObject *keep = self->mapping;
+        Py_INCREF(keep);
+        for (;;) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = fshm_load(&s, view.buf, (size_t)cap, &n, &seq);
+            Py_END_ALLOW_THREADS
+            if (rc != EINTR)
+                break;
+            if (PyErr_CheckSignals() != 0) {
+                rc = PY_ERROR_SET;
+                break;
+            }
+        }
+        Py_DECREF(keep);
+    }
+    PyBuffer_Release(&view);
+    if (rc == FSHM_ESMALL)
+        return raise_from("too_small", "(nn)", cap, (Py_ssize_t)n);
+    if (rc != 0)
+        return read_error(self, rc);
+    return make_result(self, PyLong_FromSize_t(n), seq);
+}
+
+static PyObject *segment_view(SegmentObject *self, PyObject *unused)
+{
+    fshm_seg s;
+    fshm_read r;
+    (void)unused;
+
+    SEG_OR_RAISE(self, s);
+    for (;;) {
+        int rc = fshm_read_begin(&s, &r);
+        if (rc != 0)
+            return read_error(self, rc);
+        /* The length and slot read by begin belong together only if the
+         * slot word did not move meanwhile. */
+        if (fshm_read_end(&s, &r) == 0)
+            break;
+    }
+    return make_result(self,
+                       PySequence_GetSlice(self->slot_view[r.seq & 1], 0,
+                                           (Py_ssize_t)r.length),
+                       r.seq);
+}
+
+static Py_ssize_t segment_length(SegmentObject *self)
+{
+    fshm_read r;
+    if (self->seg.base == NULL)
+        return closed_error(self);
+    for (;;) {
+        int rc = fshm_read_begin(&self->seg, &r);
+        if (rc != 0) {
+            read_error(self, rc);
+            return -1;
+        }
+        if (fshm_read_end(&self->seg, &r) == 0)
+            return (Py_ssize_t)r.length;
+    }
+}
+
+/* -- message numbers and timeouts -- */
+
+/* A message number from any integer-like object (not bool), 0 <= v < 2**63. */
+static int parse_seq(PyObject *obj, const char *what, uint64_t *out)
+{
+    PyObject *index;
+    long long v;
+    int overflow = 0;
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int message number, not %R", what, obj);
+        return -1;
+    }
+    if ((index = PyNumber_Index(obj)) == NULL)
+        return -1;
+    v = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow > 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a message number below 2**63, not %R",
+                     what, obj);
+        return -1;
+    }
+    if (overflow < 0 || v < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a message number >= 0, not %R", what, obj);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* Seconds (None: wait forever) as a deadline in fshm_monotonic_ns time;
+ * INT64_MAX for none.  Any real number or integer-like object but bool;
+ * inf, and anything beyond 31 years, is no timeout. */
+static int parse_timeout(PyObject *obj, int64_t *deadline)
+{
+    double secs;
+    if (obj == Py_None) {
+        *deadline = INT64_MAX;
+        return 0;
+    }
+    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj) || PyIndex_Check(obj))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number of seconds or None, not %R",
+                     obj);
+        return -1;
+    }
+    if (PyFloat_Check(obj)) {
+        secs = PyFloat_AS_DOUBLE(obj);
+    } else {
+        PyObject *index = PyNumber_Index(obj);
+        if (index == NULL)
+            return -1;
+        secs = PyLong_AsDouble(index);
+        Py_DECREF(index);
+        if (secs == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return -1;
+            PyErr_Clear();
+            secs = Py_HUGE_VAL; /* an int too large for a double: forever */
+        }
+    }
+    if (!(secs >= 0)) { /* negative, or NaN */
+        PyErr_Format(PyExc_ValueError, "timeout must be >= 0 seconds, not %R", obj);
+        return -1;
+    }
+    if (secs > TIMEOUT_FOREVER_S)
+        *deadline = INT64_MAX;
+    else
+        *deadline = fshm_monotonic_ns() + (int64_t)(secs * 1e9);
+    return 0;
+}
+
+static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames)
+{
+    PyObject *timeout = Py_None, *after_obj = Py_None, *keep;
+    fshm_seg s;
+    uint64_t after, seq;
+    int64_t deadline, start, spin;
+    Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    int rc;
+
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "wait() takes at most 1 positional argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (nargs == 1)
+        timeout = args[0];
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "after") == 0) {
+            after_obj = args[nargs + i];
+        } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0 && nargs == 0) {
+            timeout = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument %R", key);
+            return NULL;
+        }
+    }
+    SEG_OR_RAISE(self, s);
+    if (after_obj == Py_None)
+        after = self->last_seq;
+    else if (parse_seq(after_obj, "after", &after) != 0)
+        return NULL;
+    if (parse_timeout(timeout, &deadline) != 0)
+        return NULL;
+
+    seq = fshm_seq(&s);
+    if (seq > after) /* already there: no setup at all */
+        return make_result(self, PyLong_FromUnsignedLongLong(seq), seq);
+
+    keep = self->mapping;
+    Py_INCREF(keep);
+    start = fshm_monotonic_ns();
+    spin = self->spin_ns;
+    for (;;) {
+        int64_t now = fshm_monotonic_ns(), slice;
+        slice = deadline - now < WAIT_SLICE_NS ? deadline - now : WAIT_SLICE_NS;
+        if (slice < 0)
+            slice = 0;
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_wait_spin(&s, after, slice, spin, &seq);
+        Py_END_ALLOW_THREADS
+        spin = 0; /* later slices of one wait: the spin is spent */
+        if (rc == 0) {
+            self->spin_ns = fshm_spin_next(self->spin_ns, fshm_monotonic_ns() - start);
+            break;
+        }
+        if (rc == FSHM_ETIMEOUT && fshm_monotonic_ns() >= deadline) {
+            self->spin_ns = fshm_spin_next(self->spin_ns, -1);
+            Py_DECREF(keep);
+            PyErr_Format(PyExc_TimeoutError, "no message newer than #%llu in %R within %S s",
+                         (unsigned long long)after, self->name, timeout);
+            return NULL;
+        }
+        if (rc != FSHM_ETIMEOUT && rc != EINTR) {
+            Py_DECREF(keep);
+            return raise_code(rc, self->name, "");
+        }
+        if (PyErr_CheckSignals() != 0) { /* Ctrl-C, or another handler raised */
+            Py_DECREF(keep);
+            return NULL;
+        }
+    }
+    Py_DECREF(keep);
+    return make_result(self, PyLong_FromUnsignedLongLong(seq), seq);
+}
+
+static PyObject *segment_intact(SegmentObject *self, PyObject *seq_obj)
+{
+    fshm_seg s;
+    uint64_t seq;
+    SEG_OR_RAISE(self, s);
+    if (parse_seq(seq_obj, "seq", &seq) != 0)
+        return NULL;
+    return PyBool_FromLong(fshm_intact(&s, seq));
+}
+
+static PyObject *segment_close(SegmentObject *self, PyObject *unused)
+{
+    (void)unused;
+    segment_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *segment_lock_owner(SegmentObject *self, PyObject *unused)
+{
+    fshm_seg s;
+    (void)unused;
+    SEG_OR_RAISE(self, s);
+    return PyLong_FromUnsignedLongLong(fshm_lock_owner(&s));
+}
+
+static PyObject *segment_break_lock(SegmentObject *self, PyObject *owner)
+{
+    fshm_seg s;
+    unsigned long long v;
+    SEG_OR_RAISE(self, s);
+    v = PyLong_AsUnsignedLongLong(owner);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (s.readonly)
+        return raise_from("read_only_error", "(O)", self->name);
+    return PyBool_FromLong(fshm_break_lock(&s, (uint64_t)v) == 0);
+}
+
+/* -- attributes -- */
+
+static PyObject *segment_get_seq(SegmentObject *self, void *closure)
+{
+    fshm_seg s;
+    (void)closure;
+    SEG_OR_RAISE(self, s);
+    return PyLong_FromUnsignedLongLong(fshm_seq(&s));
+}
+
+static PyObject *segment_get_last_seq(SegmentObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(self->last_seq);
+}
+
+static PyObject *segment_get_capacity(SegmentObject *self, void *closure)
+{
+    fshm_seg s;
+    (void)closure;
+    SEG_OR_RAISE(self, s);
+    return PyLong_FromUnsignedLongLong(s.capacity);
+}
+
+static PyObject *segment_get_created(SegmentObject *self, void *closure)
+{
+    (void)closure;
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyBool_FromLong(self->created);
+}
+
+static PyObject *segment_get_readonly(SegmentObject *self, void *closure)
+{
+    (void)closure;
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyBool_FromLong(self->seg.readonly);
+}
+
+static PyObject *segment_get_closed(SegmentObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->seg.base == NULL);
+}
+
+static PyObject *segment_get_name(SegmentObject *self, void *closure)
+{
+    (void)closure;
+    Py_INCREF(self->name);
+    return self->name;
+}
+
+static PyObject *segment_get_backend(SegmentObject *self, void *closure)
+{
+    (void)self;
+    (void)closure;
+    return PyUnicode_FromString("native");
+}
+
+static PyObject *segment_get_mapped(SegmentObject *self, void *closure)
+{
+    fshm_seg s;
+    (void)closure;
+    SEG_OR_RAISE(self, s);
+    return PyLong_FromSize_t(s.size);
+}
+
+static PyGetSetDef segment_getset[] = {
+    {"seq", (getter)segment_get_seq, NULL, NULL, NULL},
+    {"last_seq", (getter)segment_get_last_seq, NULL, NULL, NULL},
+    {"capacity", (getter)segment_get_capacity, NULL, NULL, NULL},
+    {"created", (getter)segment_get_created, NULL, NULL, NULL},
+    {"readonly", (getter)segment_get_readonly, NULL, NULL, NULL},
+    {"closed", (getter)segment_get_closed, NULL, NULL, NULL},
+    {"name", (getter)segment_get_name, NULL, NULL, NULL},
+    {"backend", (getter)segment_get_backend, NULL, NULL, NULL},
+    {"_mapped_size", (getter)segment_get_mapped, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* The docstrings live on fastshm.Segment, whose methods these override. */
+static PyMethodDef segment_methods[] = {
+    {"store", (PyCFunction)segment_store, METH_O, NULL},
+    {"load", (PyCFunction)segment_load, METH_NOARGS, NULL},
+    {"load_into", (PyCFunction)segment_load_into, METH_O, NULL},
+    {"view", (PyCFunction)segment_view, METH_NOARGS, NULL},
+    {"wait", (PyCFunction)(void (*)(void))segment_wait, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"intact", (PyCFunction)segment_intact, METH_O, NULL},
+    {"close", (PyCFunction)segment_close, METH_NOARGS, NULL},
+    {"_lock_owner", (PyCFunction)segment_lock_owner, METH_NOARGS, NULL},
+    {"_break_lock", (PyCFunction)segment_break_lock, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods segment_as_sequence = {
+    .sq_length = (lenfunc)segment_length,
+};
+
+static PyTypeObject SegmentType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fastshm._cext.SegmentCore",
+    .tp_basicsize = sizeof(SegmentObject),
+    .tp_dealloc = (destructor)segment_dealloc,
+    .tp_as_sequence = &segment_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The C half of fastshm.Segment (open with fastshm.Segment).",
+    .tp_weaklistoffset = offsetof(SegmentObject, weakreflist),
+    .tp_methods = segment_methods,
+    .tp_getset = segment_getset,
+    .tp_new = segment_new,
+};
+
+/* ------------------------------------------------------------------ */
+
+static PyMethodDef module_methods[] = {
+    {"map_open", cext_map_open, METH_VARARGS,
+     "map_open(name, how, size, mode) -> (Mapping, created)"},
+    {"unlink", cext_unlink, METH_O, "unlink(name): remove the name"},
+    {"self_id", cext_self_id, METH_NOARGS, "this process's id for the writer lock"},
+    {"owner_dead", cext_owner_dead, METH_O,
+     "owner_dead(owner) -> 1 gone, 0 alive, -1 cannot tell"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef cext_module = {
+    PyModuleDef_HEAD_INIT, "fastshm._cext",
+    "The C-API binding of fastshm's C core (CPython).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cext(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&SegmentType) < 0)
+        return NULL;
+    if ((errors_module = PyImport_ImportModule("fastshm._errors")) == NULL)
+        return NULL;
+    if ((m = PyModule_Create(&cext_module)) == NULL)
+        return NULL;
+    Py_INCREF(&MappingType);
+    Py_INCREF(&SegmentType);
+    if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
+        PyModule_AddObject(m, "SegmentCore", (PyObject *)&SegmentType) < 0 ||
+        PyModule_AddIntConstant(m, "ANY_OWNER", FSHM_ANY_OWNER) < 0 ||
+        PyModule_AddIntConstant(m, "NAME_MAX", (long)fshm_name_max()) < 0 ||
+        PyModule_AddIntConstant(m, "GIL_RELEASE_BYTES", GIL_RELEASE_BYTES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
