@@ -214,7 +214,8 @@ typedef struct {
     PyObject_HEAD
     fshm_seg seg;          /* seg.base is NULL once closed */
     PyObject *mapping;     /* the Mapping that owns seg.base; NULL once closed */
-    PyObject *slot_view[2];/* read-only memoryviews of the two payload areas */
+    PyObject *slot_view[2];/* read-only memoryviews of the two payload areas,
+                              made by the first view() */
     PyObject *name;        /* str */
     uint64_t last_seq;     /* newest message this object stored, loaded or awaited */
     int64_t spin_ns;       /* adaptive wait spin (fshm_spin_next) */
@@ -262,7 +263,7 @@ static PyObject *segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *name;
     const char *cname;
-    int how, rc, i;
+    int how, rc;
     unsigned long long capacity;
     unsigned int mode;
     fshm_seg seg;
@@ -295,15 +296,6 @@ static PyObject *segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         self->seg.base = NULL;
         Py_DECREF(self);
         return NULL;
-    }
-    for (i = 0; i < 2; i++) {
-        Py_ssize_t start = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE +
-                           (Py_ssize_t)(i * seg.stride);
-        self->slot_view[i] = readonly_view(self->mapping, start, (Py_ssize_t)seg.capacity);
-        if (self->slot_view[i] == NULL) {
-            Py_DECREF(self);
-            return NULL;
-        }
     }
     Py_INCREF(name);
     self->name = name;
@@ -562,9 +554,23 @@ static PyObject *segment_view(SegmentObject *self, PyObject *unused)
 {
     fshm_seg s;
     fshm_read r;
+    PyObject *slot;
     (void)unused;
 
     SEG_OR_RAISE(self, s);
+    if (self->slot_view[0] == NULL) {
+        /* Once per object (not at open: attaching stays close to its system
+         * calls).  A view of a message is a slice of its slot's view. */
+        int i;
+        for (i = 0; i < 2; i++) {
+            Py_ssize_t start = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE +
+                               (Py_ssize_t)((uint64_t)i * s.stride);
+            slot = readonly_view(self->mapping, start, (Py_ssize_t)s.capacity);
+            if (slot == NULL)
+                return NULL;
+            Py_XSETREF(self->slot_view[i], slot);
+        }
+    }
     for (;;) {
         int rc = fshm_read_begin(&s, &r);
         if (rc != 0)
@@ -574,10 +580,8 @@ static PyObject *segment_view(SegmentObject *self, PyObject *unused)
         if (fshm_read_end(&s, &r) == 0)
             break;
     }
-    return make_result(self,
-                       PySequence_GetSlice(self->slot_view[r.seq & 1], 0,
-                                           (Py_ssize_t)r.length),
-                       r.seq);
+    slot = PySequence_GetSlice(self->slot_view[r.seq & 1], 0, (Py_ssize_t)r.length);
+    return slot == NULL ? NULL : make_result(self, slot, r.seq);
 }
 
 static Py_ssize_t segment_length(SegmentObject *self)
