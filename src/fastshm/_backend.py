@@ -18,17 +18,26 @@ CHOICES = ("auto", "native", "python", "native-capi", "native-cffi")
 ENV = "FASTSHM_BACKEND"
 
 _loaded: Dict[str, ModuleType] = {}
+# Why a binding failed to import, kept so that later calls do not retry (and
+# pay for) the import each time.
+_failed: Dict[str, str] = {}
 
 
 def _import(binding: str) -> ModuleType:
     """The module of ``binding``: "capi", "cffi" or "python"."""
     if binding not in _loaded:
-        if binding == "capi":
-            from . import _capi as module
-        elif binding == "cffi":
-            from . import _native as module  # type: ignore[no-redef]
-        else:
-            from . import _pure as module  # type: ignore[no-redef]
+        if binding in _failed:
+            raise ImportError(_failed[binding])
+        try:
+            if binding == "capi":
+                from . import _capi as module
+            elif binding == "cffi":
+                from . import _native as module  # type: ignore[no-redef]
+            else:
+                from . import _pure as module  # type: ignore[no-redef]
+        except ImportError as e:
+            _failed[binding] = str(e)
+            raise
         _loaded[binding] = module
     return _loaded[binding]
 
