@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import stat
 import subprocess
 import sys
-from typing import BinaryIO, List, Optional, TextIO
+from typing import BinaryIO, List, Optional, TextIO, Tuple
 
 from . import _common as C
 from ._backend import resolve
@@ -38,6 +39,28 @@ def _open(args: argparse.Namespace, create: Optional[bool] = None) -> Segment:
 
 def _show(data: bytes) -> str:
     return data.decode("utf-8", "backslashreplace")
+
+
+def _escape(raw: bytes) -> str:
+    """A name or text as one line of printable characters that cannot pass
+    for other output: unchanged when it is printable UTF-8 without a
+    backslash; otherwise escaped as repr() does (\\n, \\x1b, \\\\), with each
+    byte that is not UTF-8 as \\xNN."""
+    text = raw.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
 
 
 # ---- the menu ----
@@ -176,27 +199,48 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     if not os.path.isdir(SHM_DIR):
         raise _Usage(f"listing needs {SHM_DIR}, which this platform does not have")
     found = 0
-    for entry in sorted(os.listdir(SHM_DIR)):
-        path = os.path.join(SHM_DIR, entry)
-        try:
-            size = os.stat(path).st_size
-            with open(path, "rb") as f:
-                head = f.read(C.HEADER_SIZE)
-        except OSError:
+    # Names as bytes: any byte but NUL and '/' may be in one.
+    for entry in sorted(os.listdir(os.fsencode(SHM_DIR))):
+        got = _peek(os.path.join(os.fsencode(SHM_DIR), entry))
+        if got is None:
             continue
+        size, head = got
+        shown = _escape(entry)
         if len(head) >= 24 and C.HEAD.unpack_from(head, 0)[0] == C.MAGIC:
             _, version, _, capacity = C.HEAD.unpack_from(head, 0)
             seq = C.U64.unpack_from(head, C.H_SEQ)[0]
             if not found:
                 out.write(f"{'NAME':<32} {'CAPACITY':>12} {'STORES':>10} {'MAPPED':>12}\n")
-            out.write(f"{entry:<32} {capacity:>12} {seq:>10} {size:>12}\n")
+            out.write(f"{shown:<32} {capacity:>12} {seq:>10} {size:>12}\n")
             found += 1
         elif args.all:
-            out.write(f"{entry:<32} {'(raw)':>12} {'-':>10} {size:>12}\n")
+            out.write(f"{shown:<32} {'(raw)':>12} {'-':>10} {size:>12}\n")
             found += 1
     if not found:
         out.write("no fastshm segments\n")
     return 0
+
+
+def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
+    """(size, first bytes) of the regular file at ``path``; None for anything
+    else (a FIFO, a device, a directory or a symbolic link is never opened,
+    so nothing can block), or when it cannot be read."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)  # it may have been swapped since the lstat
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st.st_size, os.read(fd, C.HEADER_SIZE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 _DEMO_CHILD = """

@@ -1,0 +1,124 @@
+"""The ``fastshm`` command against hostile or unusual input: odd files and
+names in /dev/shm, endless stdin, broken segments, a live lock holder, a
+segment deleted under ``load --follow``, bad option values, a bad
+FASTSHM_BACKEND.  Each command runs as a separate process, bounded by a
+timeout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+from conftest import SHM_DIR
+
+from fastshm import Segment
+
+needs_shm_dir = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
+needs_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0,
+    reason="needs root, to run a child process as the user 'nobody'",
+)
+
+
+def run(*args: str, backend: Optional[str], input: bytes = b"", timeout: float = 60,
+        env: Optional[Dict[str, str]] = None, **kw: Any) -> subprocess.CompletedProcess:
+    """``fastshm [--backend B] ARGS``; ``backend=None`` leaves --backend out."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    pick = ["--backend", backend] if backend is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "fastshm", *pick, *args],
+        input=input, capture_output=True, timeout=timeout, env=full_env, **kw,
+    )
+
+
+def popen(*args: str, backend: str, **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastshm", "--backend", backend, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+    )
+
+
+def shm_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.lexists(shm_path(name))
+
+
+# ---- 1. list: FIFOs, control characters, names that are not UTF-8 ----
+
+
+@needs_shm_dir
+def test_list_skips_a_fifo_and_escapes_names(backend: str,
+                                             shm_name: Callable[..., str]) -> None:
+    plain = shm_name("plain")
+    fifo = shm_name("fifo")
+    forged = shm_name("nl") + "\nforged_row"
+    ansi = shm_name("esc") + "\x1b[2J"
+    not_utf8 = os.fsencode(shm_name("bytes")) + b"\xff\xfe"
+    raw_not_utf8 = os.fsencode(shm_name("rawbytes")) + b"\xc3("
+    made: List[bytes] = []
+    try:
+        with Segment(plain, 64, create=True, backend=backend) as seg:
+            seg.store("x")
+        os.mkfifo(shm_path(fifo), 0o600)
+        made.append(os.fsencode(shm_path(fifo)))
+        for special in (forged, ansi):
+            with Segment(special, 64, create=True, backend=backend) as seg:
+                seg.store("y")
+            made.append(os.fsencode(shm_path(special)))
+        # A fastshm segment renamed to a name that is not UTF-8, and a raw
+        # object with such a name.
+        tmp = shm_name("tmp")
+        Segment(tmp, 64, create=True, backend=backend).close()
+        os.rename(os.fsencode(shm_path(tmp)), b"/dev/shm/" + not_utf8)
+        made.append(b"/dev/shm/" + not_utf8)
+        fd = os.open(b"/dev/shm/" + raw_not_utf8, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        made.append(b"/dev/shm/" + raw_not_utf8)
+
+        for extra in ([], ["--all"]):
+            proc = run("list", *extra, backend=backend, timeout=30)
+            assert proc.returncode == 0, proc.stderr
+            assert b"Traceback" not in proc.stderr
+            out = proc.stdout
+            assert b"\x1b" not in out and b"\r" not in out
+            lines = out.decode("ascii").splitlines()  # every byte escaped to ASCII
+            names = [line.split()[0] for line in lines]
+            assert plain in names
+            assert not any(line.startswith("forged_row") for line in lines)
+            assert repr(forged)[1:-1] in names
+            assert repr(ansi)[1:-1] in names
+            assert not_utf8.decode("ascii", "backslashreplace") in names
+            assert fifo not in names
+            raw_shown = raw_not_utf8.decode("ascii", "backslashreplace") in names
+            assert raw_shown == bool(extra)
+    finally:
+        for path in made:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+@needs_shm_dir
+def test_list_does_not_follow_symlinks(backend: str, shm_name: Callable[..., str]) -> None:
+    fifo = shm_name("fifo")
+    link = shm_name("link")
+    os.mkfifo(shm_path(fifo), 0o600)
+    try:
+        os.symlink(shm_path(fifo), shm_path(link))
+        proc = run("list", "--all", backend=backend, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert link.encode() not in proc.stdout
+    finally:
+        for n in (fifo, link):
+            if os.path.lexists(shm_path(n)):
+                os.unlink(shm_path(n))
+
+
