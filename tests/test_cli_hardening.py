@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from conftest import SHM_DIR
+from test_cli import assert_clean_error
 
 from fastshm import Segment
 
@@ -120,5 +121,66 @@ def test_list_does_not_follow_symlinks(backend: str, shm_name: Callable[..., str
         for n in (fifo, link):
             if os.path.lexists(shm_path(n)):
                 os.unlink(shm_path(n))
+
+
+# ---- 2. store -: stdin is read no further than the capacity ----
+
+ENDLESS = "import sys\nwhile True:\n    sys.stdout.buffer.write(b'y' * 65536)\n"
+
+
+def _cap_memory() -> None:
+    """In the command's process: a command that reads without bound runs out
+    of memory at 1 GiB instead of taking the machine's."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX memory limit keeps it bounded")
+@pytest.mark.parametrize("existing", [False, True])
+def test_store_endless_stdin_is_refused(backend: str, name: str, existing: bool) -> None:
+    if existing:
+        assert run("store", name, "keep", "--size", "4096", backend=backend).returncode == 0
+    producer = subprocess.Popen([sys.executable, "-c", ENDLESS], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    try:
+        proc = run("store", name, "-", "--size", "4096", backend=backend,
+                   stdin=producer.stdout, input=None, timeout=30, preexec_fn=_cap_memory)
+    finally:
+        producer.kill()
+        producer.wait(timeout=30)
+        producer.stdout.close()  # type: ignore[union-attr]
+    assert_clean_error(proc, "does not fit", "capacity 4096", "nothing was stored")
+    assert exists(name) == existing
+    if existing:
+        assert run("load", name, backend=backend).stdout == b"keep"
+
+
+# ---- 3. a message too big for --size creates nothing ----
+
+
+@pytest.mark.parametrize("how", ["stdin-pipe", "stdin-file", "argument"])
+def test_store_too_big_for_new_segment_creates_nothing(backend: str, name: str, how: str,
+                                                       tmp_path: Any) -> None:
+    data = b"z" * 100
+    if how == "argument":
+        proc = run("store", name, data.decode(), "--size", "64", backend=backend)
+    elif how == "stdin-pipe":
+        proc = run("store", name, "-", "--size", "64", backend=backend, input=data)
+    else:
+        path = tmp_path / "big"
+        path.write_bytes(data)
+        with open(path, "rb") as f:
+            proc = run("store", name, "-", "--size", "64", backend=backend,
+                       stdin=f, input=None)
+    assert_clean_error(proc, "does not fit", "capacity 64")
+    if how != "stdin-pipe":  # the exact length is known
+        assert "100 bytes" in proc.stderr.decode()
+    assert not exists(name)
+    # What fits is still stored, in a segment of the requested size.
+    assert run("store", name, "-", "--size", "100", backend=backend,
+               input=data).returncode == 0
+    with Segment(name, create=False, backend=backend) as seg:
+        assert seg.capacity == 100 and seg.load() == data
 
 

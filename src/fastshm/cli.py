@@ -112,16 +112,61 @@ def cmd_menu(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
 # ---- one-shot commands ----
 
 
+def _read_at_most(stdin: BinaryIO, limit: int) -> Tuple[bytes, Optional[int]]:
+    """Up to ``limit`` bytes of ``stdin``, and the length of the whole input
+    when it is known (a regular file), else None."""
+    total: Optional[int] = None
+    try:
+        st = os.fstat(stdin.fileno())
+        if stat.S_ISREG(st.st_mode):
+            total = max(st.st_size - stdin.tell(), 0)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return stdin.read(limit), total
+
+
+def _too_big(n: int, exact: bool, name: str, capacity: int) -> _Usage:
+    size = f"{n} bytes" if exact else f"at least {n} bytes"
+    return _Usage(
+        f"message of {size} does not fit {name!r} (capacity {capacity} bytes); "
+        "nothing was stored"
+    )
+
+
 def cmd_store(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
-    data: bytes = stdin.read() if args.text == "-" else os.fsencode(args.text)
-    with _open(args) as seg:
-        if len(data) > seg.capacity:
-            raise _Usage(
-                f"message of {len(data)} bytes does not fit {seg.name!r} "
-                f"(capacity {seg.capacity} bytes); nothing was stored"
-            )
+    # The room comes first: the segment's capacity when it exists, else
+    # --size.  Standard input is read no further than one byte past it (so an
+    # endless producer is refused at once), and a segment is created only
+    # for a message that fits it.
+    try:
+        seg: Optional[Segment] = _open(args, create=False)
+    except FileNotFoundError:
+        seg = None
+    try:
+        capacity = seg.capacity if seg is not None else args.size
+        exact = True  # n is the message's length, not a lower bound
+        if args.text == "-":
+            data, total = _read_at_most(stdin, capacity + 1)
+            if len(data) > capacity and total is not None:
+                n, exact = max(total, len(data)), True
+            else:
+                n, exact = len(data), len(data) <= capacity
+        else:
+            data = os.fsencode(args.text)
+            n = len(data)
+        if n > capacity:
+            shown = seg.name if seg is not None else C.check_name(args.name, 1 << 30)
+            raise _too_big(n, exact, shown, capacity)
+        if seg is None:
+            # Open or create: another process may have made it meanwhile.
+            seg = _open(args)
+            if n > seg.capacity:
+                raise _too_big(n, exact, seg.name, seg.capacity)
         seq = seg.store(data)
-        out.write(f"stored message #{seq} ({len(data)} bytes) in {seg.name!r}\n")
+        out.write(f"stored message #{seq} ({n} bytes) in {seg.name!r}\n")
+    finally:
+        if seg is not None:
+            seg.close()
     return 0
 
 
