@@ -7,15 +7,18 @@ timeout."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
-from conftest import SHM_DIR
+from conftest import BACKENDS, SHM_DIR, run_python
 from test_cli import assert_clean_error
 
+import fastshm
 from fastshm import Segment
+from fastshm import _common as C
 
 needs_shm_dir = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 needs_root = pytest.mark.skipif(
@@ -182,5 +185,92 @@ def test_store_too_big_for_new_segment_creates_nothing(backend: str, name: str, 
                input=data).returncode == 0
     with Segment(name, create=False, backend=backend) as seg:
         assert seg.capacity == 100 and seg.load() == data
+
+
+# ---- 4. delete: by name, whatever the object holds ----
+
+
+def _broken(name: str, content: bytes, size: int) -> None:
+    fd = os.open(shm_path(name), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, content)
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+@needs_shm_dir
+@pytest.mark.parametrize("content, size", [
+    (b"", 0),                                     # never sized
+    (b"", 4096),                                  # zero-filled: never initialised
+    (bytes(range(256)) * 16, 4096),               # garbage
+    (b"0123456789", 10),                          # shorter than a header
+    (struct.pack("<IHHQ", C.MAGIC, 99, 128, 64), 4096),  # a format from the future
+], ids=["empty", "zeros", "garbage", "ten-bytes", "future-version"])
+def test_delete_removes_broken_objects(backend: str, name: str, content: bytes,
+                                       size: int) -> None:
+    _broken(name, content, size)
+    proc = run("delete", name, backend=backend, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == f"deleted {name!r}\n"
+    assert not exists(name)
+    assert_clean_error(run("delete", name, backend=backend), "no segment named")
+
+
+@needs_shm_dir
+def test_delete_accepts_a_leading_slash_and_checks_the_name(backend: str, name: str) -> None:
+    Segment(name, 64, create=True, backend=backend).close()
+    assert run("delete", "/" + name, backend=backend).returncode == 0
+    assert not exists(name)
+    assert_clean_error(run("delete", "a/b", backend=backend), "'/'")
+    assert_clean_error(run("delete", "", backend=backend), "empty")
+
+
+# Run the command as 'nobody': the child gives up root before it loads the
+# command (the interpreter's own library may sit where 'nobody' cannot read,
+# so what the command needs is imported first, while still root).
+AS_NOBODY = r"""
+import os, pwd, sys
+src, backends = sys.argv[1], sys.argv[2].split(",")
+sys.path.insert(0, src)
+import argparse, errno, secrets, shutil, stat, subprocess, time
+import fastshm, fastshm.cli, fastshm._backend, fastshm._errors
+for b in backends:
+    fastshm._backend.resolve(b)
+fastshm.cli.build_parser().format_help()
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)
+for line in sys.stdin.read().splitlines():
+    argv = line.split("\t")
+    if argv[0] == "segment":  # segment NAME MODE BACKEND: create one as nobody
+        with fastshm.Segment(argv[1], 64, create=True, mode=int(argv[2], 8),
+                             backend=argv[3]) as seg:
+            pass
+        continue
+    code = fastshm.cli.main(argv)
+    sys.stdout.flush()
+    sys.stderr.write(f"exit {code}\n")
+    sys.stderr.flush()
+"""
+
+
+def as_nobody(*commands: List[str]) -> subprocess.CompletedProcess:
+    src = os.path.dirname(os.path.dirname(os.path.abspath(fastshm.__file__)))
+    script = "".join("\t".join(c) + "\n" for c in commands)
+    return run_python(AS_NOBODY, src, ",".join(BACKENDS), input=script.encode(),
+                      timeout=60)
+
+
+@needs_shm_dir
+@needs_root
+def test_delete_own_read_only_segment(backend: str, name: str) -> None:
+    proc = as_nobody(["segment", name, "400", backend],
+                     ["--backend", backend, "delete", name])
+    err = proc.stderr.decode()
+    assert err == "exit 0\n", err
+    assert proc.stdout.decode() == f"deleted {name!r}\n"
+    assert not exists(name)
 
 

@@ -188,8 +188,16 @@ def cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
 
 
 def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
-    Segment(args.name, create=False, backend=args.backend).delete()
-    out.write(f"deleted {args.name!r}\n")
+    # By name alone: an object that is empty, never initialised, corrupt, of
+    # another format version, or read-only to us is removed all the same.
+    impl = resolve(args.backend)
+    name = C.check_name(args.name, impl.NAME_MAX)
+    if C.WINDOWS:
+        # A Windows mapping has no name to remove: it goes with its last handle.
+        Segment(name, create=False, backend=args.backend).delete()
+    else:
+        impl.unlink(name)
+    out.write(f"deleted {name!r}\n")
     return 0
 
 
