@@ -17,7 +17,7 @@ from conftest import BACKENDS, SHM_DIR, run_python
 from test_cli import assert_clean_error
 
 import fastshm
-from fastshm import Segment
+from fastshm import Segment, SharedMemory
 from fastshm import _common as C
 
 needs_shm_dir = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
@@ -272,5 +272,57 @@ def test_delete_own_read_only_segment(backend: str, name: str) -> None:
     assert err == "exit 0\n", err
     assert proc.stdout.decode() == f"deleted {name!r}\n"
     assert not exists(name)
+
+
+# ---- 5. unlock --force frees a lock whose pid is alive ----
+
+
+def _lock_word(name: str) -> int:
+    shm = SharedMemory(name)
+    try:
+        assert shm.buf is not None
+        return struct.unpack_from("<Q", shm.buf, C.H_LOCK)[0]  # type: ignore[no-any-return]
+    finally:
+        shm.close()
+
+
+def _set_lock(name: str, owner: int) -> None:
+    shm = SharedMemory(name)
+    try:
+        assert shm.buf is not None
+        shm.buf[C.H_LOCK:C.H_LOCK + 8] = owner.to_bytes(8, "little")
+    finally:
+        shm.close()
+
+
+def _owner_word(pid: int) -> int:
+    """The lock word a process of our pid namespace with ``pid`` writes."""
+    return (fastshm._backend.resolve("python").self_id() & ~0xFFFFFFFF) | pid
+
+
+def test_unlock_force_frees_a_live_pid(backend: str, name: str) -> None:
+    assert run("store", name, "kept", backend=backend).returncode == 0
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        word = _owner_word(sleeper.pid)
+        _set_lock(name, word)
+        refused = run("unlock", name, backend=backend)
+        assert_clean_error(refused, "alive", f"pid {sleeper.pid}", "--force", "left alone")
+        assert _lock_word(name) == word
+
+        forced = run("unlock", name, "--force", backend=backend)
+        assert forced.returncode == 0, forced.stderr
+        warning = forced.stderr.decode()
+        assert warning.count("\n") == 1 and "Traceback" not in warning
+        assert f"pid {sleeper.pid}" in warning and "alive" in warning and "freed" in warning
+        assert f"held by pid {sleeper.pid}".encode() in forced.stdout
+        assert _lock_word(name) == 0
+        assert sleeper.poll() is None  # the holder was left running
+
+        assert run("store", name, "after", backend=backend, timeout=30).returncode == 0
+        assert run("load", name, backend=backend).stdout == b"after"
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=30)
 
 

@@ -233,9 +233,13 @@ def cmd_unlock(args: argparse.Namespace, out: TextIO) -> int:
             return 0
         pid = owner & 0xFFFFFFFF
         judged = resolve(seg.backend).owner_dead(owner)
-        if judged == 0:
-            raise _Usage(f"{seg.name!r} is locked by pid {pid}, which is alive: "
-                         "it is storing, or stopped; the lock was left alone")
+        if judged == 0 and not args.force:
+            raise _Usage(
+                f"{seg.name!r} is locked by pid {pid}, which is alive: it is storing, or "
+                "stopped, or it took over the pid of a holder that died; the lock was left "
+                "alone (if you are sure its holder is gone, "
+                f"`fastshm unlock {seg.name} --force` frees it anyway)"
+            )
         if judged < 0 and not args.force:
             raise _Usage(
                 f"{seg.name!r} is locked by pid {pid} of another pid namespace, whose "
@@ -244,6 +248,10 @@ def cmd_unlock(args: argparse.Namespace, out: TextIO) -> int:
             )
         if not h.break_lock(owner):
             raise _Usage(f"the lock of {seg.name!r} changed hands meanwhile; left alone")
+        if judged == 0:
+            _warn(f"pid {pid}, which held the lock of {seg.name!r}, is alive; the lock "
+                  "was freed anyway (--force): if that process was storing, its message "
+                  "and the next one may overlap")
         out.write(f"unlocked {seg.name!r} (was held by pid {pid})\n")
     return 0
 
@@ -366,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("unlock", help="free the writer lock of NAME when its holder is gone")
     u.add_argument("name")
     u.add_argument("--force", action="store_true",
-                   help="also when the holder's liveness cannot be checked "
-                        "(another pid namespace)")
+                   help="also when the holder's liveness cannot be checked (another "
+                        "pid namespace), or when its pid is alive (a holder that died "
+                        "and whose pid was reused); breaks the lock whoever holds it")
 
     li = sub.add_parser("list", help=f"the fastshm segments in {SHM_DIR}")
     li.add_argument("-a", "--all", action="store_true", help="also list raw shared memory")
@@ -409,6 +418,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(e))
 
 
+def _one_line(message: str) -> str:
+    """``message`` with its control characters escaped: one line, and
+    nothing a terminal would act on."""
+    if message.isprintable():
+        return message
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"fastshm: warning: {_one_line(message)}\n")
+    sys.stderr.flush()
+
+
 def _fail(message: str) -> int:
-    sys.stderr.write(f"fastshm: error: {message}\n")
+    sys.stderr.write(f"fastshm: error: {_one_line(message)}\n")
     return 1
