@@ -7,6 +7,7 @@ timeout."""
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -324,5 +325,114 @@ def test_unlock_force_frees_a_live_pid(backend: str, name: str) -> None:
     finally:
         sleeper.kill()
         sleeper.wait(timeout=30)
+
+
+# ---- 6. load --follow notices that the segment was deleted or replaced ----
+
+
+def _follow_until(name: str, backend: str, change: Callable[[], None]) -> str:
+    """Start following, check it prints the current message, apply ``change``,
+    and return what the follower said on stderr (it must exit 1 on its own)."""
+    follower = popen("load", name, "--follow", backend=backend)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == b"first\n"
+        change()
+        try:
+            out, err = follower.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("load --follow went on following a segment that is gone")
+        assert follower.returncode == 1, (follower.returncode, err)
+        return err.decode()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+        follower.wait(timeout=30)
+
+
+@needs_shm_dir
+def test_follow_ends_when_the_segment_is_deleted(backend: str, name: str) -> None:
+    with Segment(name, backend=backend) as seg:
+        seg.store("first")
+    err = _follow_until(name, backend, lambda: Segment(name, create=False,
+                                                       backend=backend).delete())
+    assert err.startswith("fastshm: error: ") and err.count("\n") == 1, err
+    assert f"{name!r} was deleted while following it" in err
+
+
+@needs_shm_dir
+def test_follow_ends_when_the_segment_is_replaced(backend: str, name: str) -> None:
+    with Segment(name, backend=backend) as seg:
+        seg.store("first")
+
+    def replace() -> None:
+        Segment(name, create=False, backend=backend).delete()
+        with Segment(name, 64, create=True, backend=backend) as new:
+            new.store("in the new one")
+
+    err = _follow_until(name, backend, replace)
+    assert err.startswith("fastshm: error: ") and err.count("\n") == 1, err
+    assert f"{name!r} was replaced by a new segment" in err
+
+
+@needs_shm_dir
+def test_follow_still_prints_messages_and_times_out(backend: str, name: str) -> None:
+    with Segment(name, backend=backend) as seg:
+        follower = popen("load", name, "--follow", "--timeout", "5", backend=backend)
+        try:
+            assert follower.stdout is not None
+            for text in ("one", "two"):
+                seg.store(text)
+                assert follower.stdout.readline() == f"{text}\n".encode()
+            # Quiet from here on: it ends by itself after 5 quiet seconds.
+            out, err = follower.communicate(timeout=60)
+            assert follower.returncode == 0, err
+            assert out == b"" and err == b""
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+            follower.wait(timeout=30)
+
+
+# ---- 7. --timeout ----
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "NaN", "-inf", "soon"])
+def test_bad_timeout_is_refused_before_opening(backend: str, name: str, value: str) -> None:
+    # The segment does not exist: had the command opened it, it would say so.
+    proc = run("load", name, "--follow", f"--timeout={value}", backend=backend)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert proc.stdout == b"" and "Traceback" not in err
+    assert "--timeout" in err and "no segment named" not in err
+    assert not exists(name)
+
+
+def test_timeout_without_follow_is_refused(backend: str, name: str) -> None:
+    assert run("store", name, "x", backend=backend).returncode == 0
+    proc = run("load", name, "--timeout", "1", backend=backend)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert proc.stdout == b"" and "Traceback" not in err
+    assert "--timeout" in err and "--follow" in err
+
+
+def test_timeout_inf_means_no_timeout(backend: str, name: str) -> None:
+    with Segment(name, backend=backend) as seg:
+        follower = popen("load", name, "--follow", "--timeout", "inf", backend=backend)
+        try:
+            assert follower.stdout is not None
+            seg.store("one")
+            assert follower.stdout.readline() == b"one\n"
+            seg.store("two")
+            assert follower.stdout.readline() == b"two\n"
+            assert follower.poll() is None
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout=30) == 130
+            assert b"Traceback" not in follower.stderr.read()  # type: ignore[union-attr]
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+            follower.wait(timeout=30)
 
 

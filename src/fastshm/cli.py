@@ -4,11 +4,13 @@ store / load / delete / info / list for scripts."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import stat
 import subprocess
 import sys
+import time
 from typing import BinaryIO, List, Optional, TextIO, Tuple
 
 from . import _common as C
@@ -19,6 +21,8 @@ from .segment import Segment
 DEFAULT_NAME = "richong_Shared_Mem"
 DEFAULT_SIZE = 1024
 SHM_DIR = "/dev/shm"
+# How often `load --follow` checks that the name still leads to its segment.
+FOLLOW_CHECK_S = 0.5
 
 
 class _Usage(Exception):
@@ -30,6 +34,18 @@ def _size(text: str) -> int:
         return C.check_size(int(text, 0))
     except (ValueError, TypeError) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds >= 0 (inf: no timeout), not {text!r}"
+        )
+    return value
 
 
 def _open(args: argparse.Namespace, create: Optional[bool] = None) -> Segment:
@@ -170,6 +186,36 @@ def cmd_store(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
     return 0
 
 
+def _identity(name: str) -> Optional[Tuple[int, int]]:
+    """(device, inode) of the object that ``name`` leads to now; None where
+    there is no /dev/shm to look in, or it cannot be looked at."""
+    if C.WINDOWS or not os.path.isdir(SHM_DIR):
+        return None
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_same(name: str, identity: Optional[Tuple[int, int]]) -> None:
+    """Raise when ``name`` no longer leads to the segment being followed:
+    its stores would never reach this process again."""
+    if identity is None:
+        return
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        raise _Usage(f"{name!r} was deleted while following it") from None
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) != identity:
+        raise _Usage(
+            f"{name!r} was replaced by a new segment while following it; "
+            "run the command again to follow the new one"
+        )
+
+
 def cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
     with _open(args, create=False) as seg:
         if not args.follow:
@@ -178,13 +224,39 @@ def cmd_load(args: argparse.Namespace, out: BinaryIO) -> int:
             if out.isatty() and not data.endswith(b"\n"):
                 out.write(b"\n")
             return 0
-        if seg.seq:
-            out.write(seg.load() + b"\n")
-            out.flush()
-        for data in seg.messages(timeout=args.timeout):
-            out.write(data + b"\n")
-            out.flush()
-    return 0
+        return _follow(seg, args.timeout, out)
+
+
+def _follow(seg: Segment, timeout: Optional[float], out: BinaryIO) -> int:
+    """Print each new message until ``timeout`` quiet seconds (None or inf:
+    never), checking every FOLLOW_CHECK_S that the name still leads to this
+    segment; the waits are that long at most, so the library never sees an
+    infinite timeout."""
+    identity = _identity(seg.name)
+    if timeout is not None and math.isinf(timeout):
+        timeout = None
+    if seg.seq:
+        out.write(seg.load() + b"\n")
+        out.flush()
+    quiet_since = checked = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - checked >= FOLLOW_CHECK_S:
+            _check_same(seg.name, identity)
+            checked = now
+        step = FOLLOW_CHECK_S
+        if timeout is not None:
+            left = quiet_since + timeout - now
+            if left <= 0:
+                return 0
+            step = min(step, left)
+        try:
+            seg.wait(timeout=step)
+        except TimeoutError:
+            continue
+        out.write(seg.load() + b"\n")
+        out.flush()
+        quiet_since = time.monotonic()
 
 
 def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
@@ -362,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("name")
     lo.add_argument("-f", "--follow", action="store_true",
                     help="then print every new message, one per line, until interrupted")
-    lo.add_argument("--timeout", type=float, default=None,
-                    help="with --follow: stop after this many seconds without a message")
+    lo.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+                    help="with --follow: stop after this many seconds without a message "
+                         "(inf: never, the default)")
 
     d = sub.add_parser("delete", help="remove NAME")
     d.add_argument("name")
@@ -386,7 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "load" and args.timeout is not None and not args.follow:
+        parser.error("--timeout needs --follow (it bounds the wait for the next message)")
     try:
         if args.command == "menu":
             return cmd_menu(args, sys.stdin, sys.stdout)
