@@ -436,3 +436,22 @@ def test_timeout_inf_means_no_timeout(backend: str, name: str) -> None:
             follower.wait(timeout=30)
 
 
+# ---- 8. the menu stores raw bytes ----
+
+
+def test_menu_stores_bytes_that_are_not_utf8(backend: str, name: str) -> None:
+    proc = run("menu", name, backend=backend, input=b"1\n\xff\xfe\n2\nq\n", timeout=30)
+    out = proc.stdout.decode()
+    assert proc.returncode == 0, proc.stderr
+    assert "Stored message #1" in out
+    assert "Load Shared Data: \\xff\\xfe\n" in out
+    assert run("load", name, backend=backend).stdout == b"\xff\xfe"
+
+
+def test_menu_strips_only_the_line_end(backend: str, name: str) -> None:
+    proc = run("menu", name, backend=backend, input=b"1\n  a b \t\r\n\xe9\n", timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert run("load", name, backend=backend).stdout == b"  a b \t"
+    assert "(got '\\xe9')" in proc.stdout.decode()
+
+

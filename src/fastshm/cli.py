@@ -82,7 +82,18 @@ def _escape(raw: bytes) -> str:
 # ---- the menu ----
 
 
-def cmd_menu(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
+def _chomp(line: bytes) -> bytes:
+    """``line`` without its line end (one newline, and a CR before it)."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+def cmd_menu(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
+    """The menu reads its input as bytes: what is typed after "1" is stored
+    byte for byte, as `fastshm store NAME -` does, UTF-8 or not."""
     seg = _open(args)
     if seg.created:
         out.write(f"Created shared memory {seg.name!r} ({seg.capacity} bytes)\n")
@@ -97,7 +108,7 @@ def cmd_menu(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
                 out.write("\n")
                 return 0
             choice = line.strip()
-            if choice == "1":
+            if choice == b"1":
                 out.write("Input store string: ")
                 out.flush()
                 text = stdin.readline()
@@ -105,22 +116,22 @@ def cmd_menu(args: argparse.Namespace, stdin: TextIO, out: TextIO) -> int:
                     out.write("\n")
                     return 0
                 try:
-                    seq = seg.store(text.rstrip("\r\n"))
+                    seq = seg.store(_chomp(text))
                 except ValueError as e:
                     out.write(f"Not stored: {e}\n")
                 else:
                     out.write(f"Stored message #{seq}\n")
-            elif choice == "2":
+            elif choice == b"2":
                 data = seg.load()
                 out.write(f"Load Shared Data: {_show(data)}\n")
-            elif choice == "3":
+            elif choice == b"3":
                 seg.delete()
                 out.write(f"Deleted {seg.name!r}\n")
                 return 0
-            elif choice in ("q", "quit", "exit"):
+            elif choice in (b"q", b"quit", b"exit"):
                 return 0
             elif choice:
-                out.write(f"Select only 1, 2, 3 or q (got {choice!r}).\n")
+                out.write(f"Select only 1, 2, 3 or q (got '{_escape(choice)}').\n")
     finally:
         seg.close()
 
@@ -465,7 +476,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--timeout needs --follow (it bounds the wait for the next message)")
     try:
         if args.command == "menu":
-            return cmd_menu(args, sys.stdin, sys.stdout)
+            return cmd_menu(args, sys.stdin.buffer, sys.stdout)
         if args.command == "store":
             return cmd_store(args, sys.stdin.buffer, sys.stdout)
         if args.command == "load":
