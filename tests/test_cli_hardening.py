@@ -455,3 +455,92 @@ def test_menu_strips_only_the_line_end(backend: str, name: str) -> None:
     assert "(got '\\xe9')" in proc.stdout.decode()
 
 
+# ---- 9. FASTSHM_BACKEND and --backend ----
+
+BAD_ENV = {"FASTSHM_BACKEND": "bogus"}
+
+
+@pytest.mark.parametrize("explicit", BACKENDS)
+def test_explicit_backend_wins_over_a_bad_environment(explicit: str, name: str) -> None:
+    assert run("store", name, "hi", backend=explicit, env=BAD_ENV).returncode == 0
+    proc = run("load", name, backend=explicit, env=BAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"hi"
+    info = run("info", name, backend=explicit, env=BAD_ENV)
+    assert info.returncode == 0, info.stderr
+    assert run("delete", name, backend=explicit, env=BAD_ENV).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["store", "{name}", "hi"], ["load", "{name}"],
+                                     ["delete", "{name}"], ["list"], ["demo"]])
+def test_bad_environment_without_backend_is_one_line(name: str, command: List[str]) -> None:
+    proc = run(*[a.format(name=name) for a in command], backend=None, env=BAD_ENV,
+               timeout=30)
+    assert_clean_error(proc, "FASTSHM_BACKEND", "'bogus'")
+    assert proc.stdout == b""
+    assert not exists(name)
+
+
+@pytest.mark.parametrize("choice", fastshm._backend.CHOICES)
+def test_every_library_backend_is_a_choice(choice: str, name: str) -> None:
+    proc = run("store", name, "via " + choice, backend=choice, timeout=30)
+    if proc.returncode == 0:
+        assert run("load", name, backend=choice).stdout == ("via " + choice).encode()
+    else:  # a binding that is not built here: said in one line
+        assert choice.startswith("native"), proc.stderr
+        assert_clean_error(proc, "backend is not available")
+        assert not exists(name)
+
+
+# ---- 10. permission errors say what happened; --any-owner ----
+
+
+@needs_shm_dir
+@needs_root
+def test_permission_error_on_own_read_only_segment(backend: str, name: str) -> None:
+    proc = as_nobody(["segment", name, "400", backend],
+                     ["--backend", backend, "store", name, "x"])
+    err = proc.stderr.decode()
+    lines = err.splitlines()
+    assert lines[-1] == "exit 1" and len(lines) == 2, err
+    assert lines[0].startswith("fastshm: error: ")
+    assert "another user" not in err
+    assert name in lines[0] and "ermission" in lines[0]
+    # It is still there, and nobody may delete it (item 4 too).
+    assert exists(name)
+    proc = as_nobody(["--backend", backend, "delete", name])
+    assert proc.stderr.decode() == "exit 0\n"
+    assert not exists(name)
+
+
+def test_any_owner_is_an_option() -> None:
+    proc = run("--help", backend=None)
+    assert proc.returncode == 0 and b"--any-owner" in proc.stdout
+
+
+@pytest.mark.parametrize("flag", [[], ["--any-owner"]])
+def test_any_owner_reaches_every_segment(backend: str, name: str, flag: List[str],
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from fastshm import cli
+
+    seen: List[bool] = []
+
+    class Recording(Segment):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, any_owner: bool = False, **kw: Any) -> None:
+            seen.append(any_owner)
+            super().__init__(*args, any_owner=any_owner, **kw)
+
+    monkeypatch.setattr(cli, "Segment", Recording)
+    base = [*flag, "--backend", backend]
+    assert cli.main([*base, "store", name, "x"]) == 0
+    assert cli.main([*base, "load", name]) == 0
+    assert cli.main([*base, "info", name]) == 0
+    assert cli.main([*base, "unlock", name]) == 0
+    assert cli.main([*base, "load", name, "--follow", "--timeout", "0"]) == 0
+    monkeypatch.setattr(sys, "stdin", open(os.devnull))
+    assert cli.main([*base, "menu", name]) == 0
+    capsys.readouterr()
+    assert len(seen) >= 6 and set(seen) == {bool(flag)}

@@ -14,7 +14,7 @@ import time
 from typing import BinaryIO, List, Optional, TextIO, Tuple
 
 from . import _common as C
-from ._backend import resolve
+from ._backend import CHOICES, resolve
 from ._errors import FormatError
 from .segment import Segment
 
@@ -50,7 +50,8 @@ def _timeout(text: str) -> float:
 
 def _open(args: argparse.Namespace, create: Optional[bool] = None) -> Segment:
     size = getattr(args, "size", None) or DEFAULT_SIZE
-    return Segment(args.name, size, create=create, backend=args.backend)
+    return Segment(args.name, size, create=create, backend=args.backend,
+                   any_owner=args.any_owner)
 
 
 def _show(data: bytes) -> str:
@@ -277,7 +278,7 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     name = C.check_name(args.name, impl.NAME_MAX)
     if C.WINDOWS:
         # A Windows mapping has no name to remove: it goes with its last handle.
-        Segment(name, create=False, backend=args.backend).delete()
+        Segment(name, create=False, backend=args.backend, any_owner=args.any_owner).delete()
     else:
         impl.unlink(name)
     out.write(f"deleted {name!r}\n")
@@ -399,7 +400,7 @@ seg.close()
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     name = f"fastshm_demo_{secrets.token_hex(4)}"
-    seg = Segment(name, 1024, create=True, backend=args.backend)
+    seg = Segment(name, 1024, create=True, backend=args.backend, any_owner=args.any_owner)
     try:
         out.write(f"P2 (pid {os.getpid()}) created {name!r} ({seg.backend} backend) "
                   "and waits for a message\n")
@@ -425,8 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Named shared memory between processes: store a message in one, "
         "load it in any other.",
     )
-    p.add_argument("--backend", choices=("auto", "native", "python"), default=None,
+    p.add_argument("--backend", choices=CHOICES, default=None,
                    help="which implementation to use (default: FASTSHM_BACKEND or auto)")
+    p.add_argument("--any-owner", action="store_true",
+                   help="open segments that another user created too (by default they "
+                        "are refused: their owner could read every message and "
+                        "truncate the segment)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     m = sub.add_parser("menu", help="the interactive menu: 1. store  2. load  3. delete")
@@ -475,6 +480,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "load" and args.timeout is not None and not args.follow:
         parser.error("--timeout needs --follow (it bounds the wait for the next message)")
     try:
+        # The backend first, for every command: a bad FASTSHM_BACKEND (without
+        # --backend) or a binding that is not built is one clear error.
+        resolve(args.backend)
         if args.command == "menu":
             return cmd_menu(args, sys.stdin.buffer, sys.stdout)
         if args.command == "store":
@@ -498,11 +506,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FileExistsError as e:
         return _fail(f"a segment named {e.filename!r} already exists")
     except PermissionError as e:
-        return _fail(f"no permission to open {e.filename!r}; it belongs to another user")
+        # The library's own words: "open read-only", "belongs to user ...", or
+        # the system's "Permission denied".
+        return _fail(_os_message(e))
     except (FormatError, ValueError, TypeError, TimeoutError, OSError, _Usage) as e:
         return _fail(str(e))
     except ImportError as e:
         return _fail(str(e))
+
+
+def _os_message(e: OSError) -> str:
+    """An OSError's text with the name it is about, without "[Errno N]"."""
+    text = e.strerror or str(e)
+    if e.filename is not None and repr(e.filename) not in text:
+        text = f"{e.filename!r}: {text}"
+    return text
 
 
 def _one_line(message: str) -> str:
