@@ -150,7 +150,18 @@ def _read_at_most(stdin: BinaryIO, limit: int) -> Tuple[bytes, Optional[int]]:
             total = max(st.st_size - stdin.tell(), 0)
     except (OSError, ValueError, AttributeError):
         pass
-    return stdin.read(limit), total
+    # In pieces: read(limit) would allocate all of a large capacity up front,
+    # however short the input.
+    data = bytearray()
+    while len(data) < limit:
+        piece = stdin.read(min(_READ_PIECE, limit - len(data)))
+        if not piece:
+            break
+        data += piece
+    return bytes(data), total
+
+
+_READ_PIECE = 1 << 20
 
 
 def _too_big(n: int, exact: bool, name: str, capacity: int) -> _Usage:
