@@ -111,6 +111,21 @@ def test_list_skips_a_fifo_and_escapes_names(backend: str,
                 pass
 
 
+def test_info_escapes_the_name(backend: str, shm_name: Callable[..., str]) -> None:
+    name = shm_name("info") + "\nlength 999 bytes\x1b[2J"
+    with Segment(name, 64, create=True, backend=backend) as seg:
+        seg.store("x")
+    try:
+        proc = run("info", name, backend=backend)
+    finally:
+        Segment(name, create=False, backend=backend).delete()
+    assert proc.returncode == 0, proc.stderr
+    assert b"\x1b" not in proc.stdout
+    fields = dict(line.split(None, 1) for line in proc.stdout.decode().splitlines())
+    assert fields["name"] == repr(name)[1:-1]
+    assert fields["length"] == "1 bytes"
+
+
 @needs_shm_dir
 def test_list_does_not_follow_symlinks(backend: str, shm_name: Callable[..., str]) -> None:
     fifo = shm_name("fifo")

@@ -301,7 +301,7 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
         h = seg._handle()
         owner = h.lock_owner()
         rows = [
-            ("name", seg.name),
+            ("name", _escape(seg.name.encode("utf-8"))),
             ("capacity", f"{seg.capacity} bytes"),
             ("length", f"{len(seg)} bytes"),
             ("stores", str(seg.seq)),
