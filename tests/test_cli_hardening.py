@@ -541,14 +541,11 @@ def test_any_owner_reaches_every_segment(backend: str, name: str, flag: List[str
 
     seen: List[bool] = []
 
-    class Recording(Segment):
-        __slots__ = ()
+    def recording(*args: Any, any_owner: bool = False, **kw: Any) -> Segment:
+        seen.append(any_owner)
+        return Segment(*args, any_owner=any_owner, **kw)
 
-        def __init__(self, *args: Any, any_owner: bool = False, **kw: Any) -> None:
-            seen.append(any_owner)
-            super().__init__(*args, any_owner=any_owner, **kw)
-
-    monkeypatch.setattr(cli, "Segment", Recording)
+    monkeypatch.setattr(cli, "Segment", recording)
     base = [*flag, "--backend", backend]
     assert cli.main([*base, "store", name, "x"]) == 0
     assert cli.main([*base, "load", name]) == 0
