@@ -311,25 +311,26 @@ static int closed_error(SegmentObject *self)
     return -1;
 }
 
-#define SEG_OR_RAISE(self, s)                          \
-    do {                                               \
-        if ((self)->seg.base == NULL) {                \
-            closed_error(self);                        \
-            return NULL;                               \
-        }                                              \
-        (s) = (self)->seg;                             \
-    } while (0)
+/* The segment of an open object, and a new reference to its mapping that
+ * keeps it mapped until the caller lets go of it: another thread may close
+ * the object whenever the GIL is released, and converting an argument may
+ * run Python code that closes it.  NULL (ValueError) when closed. */
+static PyObject *hold(SegmentObject *self, fshm_seg *s)
+{
+    if (self->seg.base == NULL) {
+        closed_error(self);
+        return NULL;
+    }
+    *s = self->seg;
+    Py_INCREF(self->mapping);
+    return self->mapping;
+}
 
 /* -- store -- */
 
-static int store_without_gil(SegmentObject *self, const fshm_seg *s, const void *src,
-                             size_t n, uint64_t *seq)
+static int store_without_gil(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 {
-    /* The mapping stays mapped while the GIL is released, even if another
-     * thread closes this object meanwhile. */
-    PyObject *keep = self->mapping;
     int rc;
-    Py_INCREF(keep);
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_store(s, src, n, seq);
@@ -337,24 +338,20 @@ static int store_without_gil(SegmentObject *self, const fshm_seg *s, const void 
         /* EINTR: a signal came while waiting for another writer: its
          * handler runs now, and the store goes on unless it raised. */
         if (rc != EINTR)
-            break;
-        if (PyErr_CheckSignals() != 0) {
-            rc = PY_ERROR_SET;
-            break;
-        }
+            return rc;
+        if (PyErr_CheckSignals() != 0)
+            return PY_ERROR_SET;
     }
-    Py_DECREF(keep);
-    return rc;
 }
 
-static PyObject *store_error(SegmentObject *self, int rc, Py_ssize_t n)
+static PyObject *store_error(SegmentObject *self, const fshm_seg *s, int rc, Py_ssize_t n)
 {
     if (rc == PY_ERROR_SET) /* a signal handler raised */
         return NULL;
     if (rc == FSHM_ETOOBIG)
         return raise_from("too_big", "(nOK)", n, self->name,
-                          (unsigned long long)self->seg.capacity);
-    if (rc == EACCES && self->seg.readonly)
+                          (unsigned long long)s->capacity);
+    if (rc == EACCES && s->readonly)
         return raise_from("read_only_error", "(O)", self->name);
     return raise_code(rc, self->name, "");
 }
@@ -367,27 +364,28 @@ static PyObject *segment_store(SegmentObject *self, PyObject *data)
     Py_buffer view;
     int rc, have_view = 0;
     uint64_t seq = 0;
+    PyObject *keep = hold(self, &s), *result = NULL;
 
-    SEG_OR_RAISE(self, s);
+    if (keep == NULL)
+        return NULL;
     if (PyBytes_CheckExact(data)) {
         src = PyBytes_AS_STRING(data);
         n = PyBytes_GET_SIZE(data);
     } else if (PyUnicode_Check(data)) {
         if ((src = PyUnicode_AsUTF8AndSize(data, &n)) == NULL)
-            return NULL;
+            goto done;
     } else {
         if (PyObject_GetBuffer(data, &view, PyBUF_STRIDED_RO) != 0) {
             PyErr_Format(PyExc_TypeError,
                          "can only store bytes-like objects or str, not %.200s",
                          Py_TYPE(data)->tp_name);
-            return NULL;
+            goto done;
         }
         have_view = 1;
         if (!PyBuffer_IsContiguous(&view, 'C')) {
-            PyBuffer_Release(&view);
             PyErr_SetString(PyExc_ValueError,
                             "can only store a C-contiguous buffer; copy it first");
-            return NULL;
+            goto done;
         }
         src = (const char *)view.buf;
         n = view.len;
@@ -399,36 +397,37 @@ static PyObject *segment_store(SegmentObject *self, PyObject *data)
          * another writer's lock lets it go. */
         rc = fshm_try_store(&s, src, (size_t)n, &seq);
         if (rc == FSHM_EBUSY)
-            rc = store_without_gil(self, &s, src, (size_t)n, &seq);
+            rc = store_without_gil(&s, src, (size_t)n, &seq);
     } else {
-        rc = store_without_gil(self, &s, src, (size_t)n, &seq);
+        rc = store_without_gil(&s, src, (size_t)n, &seq);
     }
+    if (rc != 0) {
+        store_error(self, &s, rc, n);
+        goto done;
+    }
+    self->last_seq = seq;
+    result = PyLong_FromUnsignedLongLong(seq);
+done:
     if (have_view)
         PyBuffer_Release(&view);
-    if (rc != 0)
-        return store_error(self, rc, n);
-    self->last_seq = seq;
-    return PyLong_FromUnsignedLongLong(seq);
+    Py_DECREF(keep);
+    return result;
 }
 
 /* -- load -- */
 
 /* Begin a read: lock-free for the first attempts, then under the writer
  * lock (taken without the GIL, since it may sleep).  *locked says which. */
-static int read_begin(SegmentObject *self, const fshm_seg *s, fshm_read *r,
-                      unsigned tries, int *locked)
+static int read_begin(const fshm_seg *s, fshm_read *r, unsigned tries, int *locked)
 {
     int rc;
     *locked = tries > LOAD_TRIES && !s->readonly;
     if (!*locked)
         return fshm_read_begin(s, r);
     for (;;) {
-        PyObject *keep = self->mapping;
-        Py_INCREF(keep);
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_read_lock(s, r);
         Py_END_ALLOW_THREADS
-        Py_DECREF(keep);
         if (rc != EINTR)
             return rc;
         if (PyErr_CheckSignals() != 0)
@@ -443,25 +442,22 @@ static PyObject *read_error(SegmentObject *self, int rc)
     return raise_code(rc, self->name, "the current slot is inconsistent");
 }
 
-static PyObject *make_result(SegmentObject *self, PyObject *value, uint64_t seq)
-{
-    self->last_seq = seq;
-    return value;
-}
-
 static PyObject *segment_load(SegmentObject *self, PyObject *unused)
 {
     fshm_seg s;
     fshm_read r;
     unsigned tries = 0;
+    PyObject *keep = hold(self, &s), *out = NULL;
     (void)unused;
 
-    SEG_OR_RAISE(self, s);
+    if (keep == NULL)
+        return NULL;
     for (;;) {
-        PyObject *out;
-        int locked, rc = read_begin(self, &s, &r, ++tries, &locked);
-        if (rc != 0)
-            return read_error(self, rc);
+        int locked, rc = read_begin(&s, &r, ++tries, &locked);
+        if (rc != 0) {
+            read_error(self, rc);
+            break;
+        }
         if (r.length < GIL_RELEASE_BYTES) {
             out = PyBytes_FromStringAndSize((const char *)s.base + r.offset,
                                             (Py_ssize_t)r.length);
@@ -469,24 +465,25 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
         } else {
             out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)r.length);
             if (out != NULL) {
-                PyObject *keep = self->mapping;
                 char *dst = PyBytes_AS_STRING(out);
-                Py_INCREF(keep);
                 Py_BEGIN_ALLOW_THREADS
                 memcpy(dst, s.base + r.offset, r.length);
                 rc = fshm_read_end(&s, &r);
                 Py_END_ALLOW_THREADS
-                Py_DECREF(keep);
             }
         }
         if (locked)
             fshm_read_unlock(&s);
         if (out == NULL)
-            return NULL;
-        if (rc == 0)
-            return make_result(self, out, r.seq);
-        Py_DECREF(out); /* writers got there first: again */
+            break;
+        if (rc == 0) {
+            self->last_seq = r.seq;
+            break;
+        }
+        Py_CLEAR(out); /* writers got there first: again */
     }
+    Py_DECREF(keep);
+    return out;
 }
 
 static PyObject *segment_load_into(SegmentObject *self, PyObject *buffer)
@@ -498,23 +495,24 @@ static PyObject *segment_load_into(SegmentObject *self, PyObject *buffer)
     size_t n = 0;
     uint64_t seq = 0;
     int rc;
+    PyObject *keep = hold(self, &s), *result = NULL;
 
-    SEG_OR_RAISE(self, s);
+    if (keep == NULL)
+        return NULL;
     if (PyObject_GetBuffer(buffer, &view, PyBUF_STRIDED_RO) != 0) {
         PyErr_Format(PyExc_TypeError, "load_into needs a writable bytes-like object, not %.200s",
                      Py_TYPE(buffer)->tp_name);
+        Py_DECREF(keep);
         return NULL;
     }
     if (view.readonly) {
-        PyBuffer_Release(&view);
         PyErr_SetString(PyExc_TypeError,
                         "load_into needs a writable buffer; this one is read-only");
-        return NULL;
+        goto done;
     }
     if (!PyBuffer_IsContiguous(&view, 'C')) {
-        PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "load_into needs a C-contiguous buffer");
-        return NULL;
+        goto done;
     }
     cap = view.len;
     /* A look at the length decides whether the copy is worth the GIL. */
@@ -526,62 +524,94 @@ static PyObject *segment_load_into(SegmentObject *self, PyObject *buffer)
     } else if (rc == 0) {
         rc = NEEDS_NO_GIL;
     }
-    if (rc == NEEDS_NO_GIL) {
-        PyObject *keep = self->mapping;
-        Py_INCREF(keep);
-        for (;;) {
-            Py_BEGIN_ALLOW_THREADS
-            rc = fshm_load(&s, view.buf, (size_t)cap, &n, &seq);
-            Py_END_ALLOW_THREADS
-            if (rc != EINTR)
-                break;
-            if (PyErr_CheckSignals() != 0) {
-                rc = PY_ERROR_SET;
-                break;
+    while (rc == NEEDS_NO_GIL || rc == EINTR) {
+        if (rc == EINTR && PyErr_CheckSignals() != 0) {
+            rc = PY_ERROR_SET;
+            break;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_load(&s, view.buf, (size_t)cap, &n, &seq);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc == FSHM_ESMALL) {
+        raise_from("too_small", "(nn)", cap, (Py_ssize_t)n);
+    } else if (rc != 0) {
+        read_error(self, rc);
+    } else {
+        self->last_seq = seq;
+        result = PyLong_FromSize_t(n);
+    }
+done:
+    PyBuffer_Release(&view);
+    Py_DECREF(keep);
+    return result;
+}
+
+/* The read-only views of the two payload areas, made by the first view()
+ * (not at open: attaching stays close to its system calls).  Borrowed. */
+static PyObject *slot_view(SegmentObject *self, PyObject *mapping, const fshm_seg *s,
+                           uint64_t seq)
+{
+    if (self->slot_view[0] == NULL) {
+        PyObject *views[2];
+        int i;
+        for (i = 0; i < 2; i++) {
+            Py_ssize_t start = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE +
+                               (Py_ssize_t)((uint64_t)i * s->stride);
+            views[i] = readonly_view(mapping, start, (Py_ssize_t)s->capacity);
+            if (views[i] == NULL) {
+                if (i == 1)
+                    Py_DECREF(views[0]);
+                return NULL;
             }
         }
-        Py_DECREF(keep);
+        /* Allocating may have run a finalizer that closed this object:
+         * keep the views only if it is still open. */
+        if (self->seg.base == NULL || self->slot_view[0] != NULL) {
+            Py_DECREF(views[0]);
+            Py_DECREF(views[1]);
+            if (self->seg.base == NULL)
+                return closed_error(self), NULL;
+        } else {
+            self->slot_view[0] = views[0];
+            self->slot_view[1] = views[1];
+        }
     }
-    PyBuffer_Release(&view);
-    if (rc == FSHM_ESMALL)
-        return raise_from("too_small", "(nn)", cap, (Py_ssize_t)n);
-    if (rc != 0)
-        return read_error(self, rc);
-    return make_result(self, PyLong_FromSize_t(n), seq);
+    return self->slot_view[seq & 1];
 }
 
 static PyObject *segment_view(SegmentObject *self, PyObject *unused)
 {
     fshm_seg s;
     fshm_read r;
-    PyObject *slot;
+    PyObject *keep, *slot, *part = NULL;
     (void)unused;
 
-    SEG_OR_RAISE(self, s);
-    if (self->slot_view[0] == NULL) {
-        /* Once per object (not at open: attaching stays close to its system
-         * calls).  A view of a message is a slice of its slot's view. */
-        int i;
-        for (i = 0; i < 2; i++) {
-            Py_ssize_t start = FSHM_HEADER_SIZE + FSHM_SLOT_HEADER_SIZE +
-                               (Py_ssize_t)((uint64_t)i * s.stride);
-            slot = readonly_view(self->mapping, start, (Py_ssize_t)s.capacity);
-            if (slot == NULL)
-                return NULL;
-            Py_XSETREF(self->slot_view[i], slot);
-        }
-    }
+    if ((keep = hold(self, &s)) == NULL)
+        return NULL;
     for (;;) {
         int rc = fshm_read_begin(&s, &r);
-        if (rc != 0)
-            return read_error(self, rc);
+        if (rc != 0) {
+            read_error(self, rc);
+            goto done;
+        }
         /* The length and slot read by begin belong together only if the
          * slot word did not move meanwhile. */
         if (fshm_read_end(&s, &r) == 0)
             break;
     }
-    slot = PySequence_GetSlice(self->slot_view[r.seq & 1], 0, (Py_ssize_t)r.length);
-    return slot == NULL ? NULL : make_result(self, slot, r.seq);
+    if ((slot = slot_view(self, keep, &s, r.seq)) == NULL)
+        goto done;
+    /* A view of the message is a slice of its slot's view, which keeps the
+     * mapping alive as long as it lives. */
+    Py_INCREF(slot);
+    part = PySequence_GetSlice(slot, 0, (Py_ssize_t)r.length);
+    Py_DECREF(slot);
+    if (part != NULL)
+        self->last_seq = r.seq;
+done:
+    Py_DECREF(keep);
+    return part;
 }
 
 static Py_ssize_t segment_length(SegmentObject *self)
@@ -649,17 +679,17 @@ static int parse_timeout(PyObject *obj, int64_t *deadline)
     if (PyFloat_Check(obj)) {
         secs = PyFloat_AS_DOUBLE(obj);
     } else {
+        int overflow = 0;
+        long long v;
         PyObject *index = PyNumber_Index(obj);
         if (index == NULL)
             return -1;
-        secs = PyLong_AsDouble(index);
+        v = PyLong_AsLongLongAndOverflow(index, &overflow);
         Py_DECREF(index);
-        if (secs == -1.0 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-                return -1;
-            PyErr_Clear();
-            secs = Py_HUGE_VAL; /* an int too large for a double: forever */
-        }
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        /* Beyond 64 bits: forever, or negative. */
+        secs = overflow > 0 ? Py_HUGE_VAL : overflow < 0 ? -1.0 : (double)v;
     }
     if (!(secs >= 0)) { /* negative, or NaN */
         PyErr_Format(PyExc_ValueError, "timeout must be >= 0 seconds, not %R", obj);
@@ -675,9 +705,9 @@ static int parse_timeout(PyObject *obj, int64_t *deadline)
 static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames)
 {
-    PyObject *timeout = Py_None, *after_obj = Py_None, *keep;
+    PyObject *timeout = Py_None, *after_obj = Py_None, *keep, *result = NULL;
     fshm_seg s;
-    uint64_t after, seq;
+    uint64_t after = 0, seq;
     int64_t deadline, start, spin;
     Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     int rc;
@@ -700,20 +730,19 @@ static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssi
             return NULL;
         }
     }
-    SEG_OR_RAISE(self, s);
-    if (after_obj == Py_None)
-        after = self->last_seq;
-    else if (parse_seq(after_obj, "after", &after) != 0)
+    /* The arguments first: converting them may run Python code. */
+    if (after_obj != Py_None && parse_seq(after_obj, "after", &after) != 0)
         return NULL;
     if (parse_timeout(timeout, &deadline) != 0)
         return NULL;
+    if ((keep = hold(self, &s)) == NULL)
+        return NULL;
+    if (after_obj == Py_None)
+        after = self->last_seq;
 
     seq = fshm_seq(&s);
     if (seq > after) /* already there: no setup at all */
-        return make_result(self, PyLong_FromUnsignedLongLong(seq), seq);
-
-    keep = self->mapping;
-    Py_INCREF(keep);
+        goto got;
     start = fshm_monotonic_ns();
     spin = self->spin_ns;
     for (;;) {
@@ -727,36 +756,42 @@ static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssi
         spin = 0; /* later slices of one wait: the spin is spent */
         if (rc == 0) {
             self->spin_ns = fshm_spin_next(self->spin_ns, fshm_monotonic_ns() - start);
-            break;
+            goto got;
         }
         if (rc == FSHM_ETIMEOUT && fshm_monotonic_ns() >= deadline) {
             self->spin_ns = fshm_spin_next(self->spin_ns, -1);
-            Py_DECREF(keep);
             PyErr_Format(PyExc_TimeoutError, "no message newer than #%llu in %R within %S s",
                          (unsigned long long)after, self->name, timeout);
-            return NULL;
+            goto done;
         }
         if (rc != FSHM_ETIMEOUT && rc != EINTR) {
-            Py_DECREF(keep);
-            return raise_code(rc, self->name, "");
+            raise_code(rc, self->name, "");
+            goto done;
         }
-        if (PyErr_CheckSignals() != 0) { /* Ctrl-C, or another handler raised */
-            Py_DECREF(keep);
-            return NULL;
-        }
+        if (PyErr_CheckSignals() != 0) /* Ctrl-C, or another handler raised */
+            goto done;
     }
+got:
+    if ((result = PyLong_FromUnsignedLongLong(seq)) != NULL)
+        self->last_seq = seq;
+done:
     Py_DECREF(keep);
-    return make_result(self, PyLong_FromUnsignedLongLong(seq), seq);
+    return result;
 }
 
 static PyObject *segment_intact(SegmentObject *self, PyObject *seq_obj)
 {
     fshm_seg s;
     uint64_t seq;
-    SEG_OR_RAISE(self, s);
+    PyObject *keep, *result;
+    /* The argument first: converting it may run Python code. */
     if (parse_seq(seq_obj, "seq", &seq) != 0)
         return NULL;
-    return PyBool_FromLong(fshm_intact(&s, seq));
+    if ((keep = hold(self, &s)) == NULL)
+        return NULL;
+    result = PyBool_FromLong(fshm_intact(&s, seq));
+    Py_DECREF(keep);
+    return result;
 }
 
 static PyObject *segment_close(SegmentObject *self, PyObject *unused)
@@ -768,33 +803,32 @@ static PyObject *segment_close(SegmentObject *self, PyObject *unused)
 
 static PyObject *segment_lock_owner(SegmentObject *self, PyObject *unused)
 {
-    fshm_seg s;
     (void)unused;
-    SEG_OR_RAISE(self, s);
-    return PyLong_FromUnsignedLongLong(fshm_lock_owner(&s));
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyLong_FromUnsignedLongLong(fshm_lock_owner(&self->seg));
 }
 
 static PyObject *segment_break_lock(SegmentObject *self, PyObject *owner)
 {
-    fshm_seg s;
-    unsigned long long v;
-    SEG_OR_RAISE(self, s);
-    v = PyLong_AsUnsignedLongLong(owner);
+    unsigned long long v = PyLong_AsUnsignedLongLong(owner);
     if (v == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    if (s.readonly)
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    if (self->seg.readonly)
         return raise_from("read_only_error", "(O)", self->name);
-    return PyBool_FromLong(fshm_break_lock(&s, (uint64_t)v) == 0);
+    return PyBool_FromLong(fshm_break_lock(&self->seg, (uint64_t)v) == 0);
 }
 
 /* -- attributes -- */
 
 static PyObject *segment_get_seq(SegmentObject *self, void *closure)
 {
-    fshm_seg s;
     (void)closure;
-    SEG_OR_RAISE(self, s);
-    return PyLong_FromUnsignedLongLong(fshm_seq(&s));
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyLong_FromUnsignedLongLong(fshm_seq(&self->seg));
 }
 
 static PyObject *segment_get_last_seq(SegmentObject *self, void *closure)
@@ -805,10 +839,10 @@ static PyObject *segment_get_last_seq(SegmentObject *self, void *closure)
 
 static PyObject *segment_get_capacity(SegmentObject *self, void *closure)
 {
-    fshm_seg s;
     (void)closure;
-    SEG_OR_RAISE(self, s);
-    return PyLong_FromUnsignedLongLong(s.capacity);
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyLong_FromUnsignedLongLong(self->seg.capacity);
 }
 
 static PyObject *segment_get_created(SegmentObject *self, void *closure)
@@ -849,10 +883,10 @@ static PyObject *segment_get_backend(SegmentObject *self, void *closure)
 
 static PyObject *segment_get_mapped(SegmentObject *self, void *closure)
 {
-    fshm_seg s;
     (void)closure;
-    SEG_OR_RAISE(self, s);
-    return PyLong_FromSize_t(s.size);
+    if (self->seg.base == NULL)
+        return closed_error(self), NULL;
+    return PyLong_FromSize_t(self->seg.size);
 }
 
 static PyGetSetDef segment_getset[] = {

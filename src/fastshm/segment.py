@@ -50,14 +50,19 @@ def _timeout_arg(value: object) -> Optional[float]:
     """Seconds to wait, None for no timeout (None, inf, or beyond 31 years)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(
-                f"timeout must be a number of seconds or None, not {value!r}"
-            ) from None
-    secs = float(value) if not isinstance(value, int) or value < 2**1023 else math.inf
+    if isinstance(value, float):
+        secs = value
+    else:
+        if isinstance(value, bool):
+            n = None
+        else:
+            try:
+                n = operator.index(value)  # type: ignore[arg-type]
+            except TypeError:
+                n = None
+        if n is None:
+            raise TypeError(f"timeout must be a number of seconds or None, not {value!r}")
+        secs = -1.0 if n < 0 else math.inf if n > _FOREVER_S else float(n)
     if not secs >= 0:  # negative, or NaN
         raise ValueError(f"timeout must be >= 0 seconds, not {value!r}")
     return None if secs > _FOREVER_S else secs
