@@ -116,7 +116,9 @@ int fshm_owner_dead(uint64_t owner);
  * semaphores on Windows (for the header's wake words), polling elsewhere. */
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
 void fshm_futex_wake(uint32_t *addr, int all);
-void fshm_sleep_ns(int64_t ns);
+/* Sleep ns nanoseconds (<= 0: yield the processor).  EINTR when a signal
+ * handler ran meanwhile (POSIX), else 0. */
+int fshm_sleep_ns(int64_t ns);
 int64_t fshm_monotonic_ns(void);
 
 /* ---- segment layer (slot.c) ---- */
@@ -131,10 +133,12 @@ int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity);
 int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
 /* Map and open a segment by name, creating and initialising it as `how`
  * says (FSHM_ANY_OWNER may be or-ed in).  An opener that finds the segment
- * still being made waits for its creator as long as the creator is alive
- * (it marks the header with its id while it reserves the memory), and about
- * a second when it cannot tell.  On success *m holds the mapping, to be
- * released with fshm_unmap(m->base, m->size). */
+ * still being made waits for its creator while the creator is alive (it
+ * marks the header with its id while it reserves the memory), up to a
+ * minute, and about a second when it cannot tell; FSHM_ENOTREADY after
+ * that.  EINTR when a signal handler ran while it waited: call again.  On
+ * success *m holds the mapping, to be released with
+ * fshm_unmap(m->base, m->size). */
 int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode);
 
@@ -156,6 +160,12 @@ int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
  * while it waited for that lock. */
 int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
               uint64_t *seq);
+/* fshm_load that never takes the writer lock: FSHM_EAGAIN when writers
+ * spoiled its three copies.  For callers that must let go of something,
+ * such as a language runtime's global lock, before they wait for the lock
+ * (then call fshm_load). */
+int fshm_try_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
+                  uint64_t *seq);
 /* The two halves of a load done by the caller (zero-copy readers): begin
  * says where the current message lies, the caller reads it, end says whether
  * what was read is consistent (0) or raced with writers (FSHM_EAGAIN). */

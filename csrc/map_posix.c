@@ -295,16 +295,17 @@ int64_t fshm_monotonic_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-void fshm_sleep_ns(int64_t ns)
+int fshm_sleep_ns(int64_t ns)
 {
     struct timespec ts;
     if (ns <= 0) {
         sched_yield();
-        return;
+        return 0;
     }
     ts.tv_sec = (time_t)(ns / 1000000000LL);
     ts.tv_nsec = (long)(ns % 1000000000LL);
-    nanosleep(&ts, NULL);
+    /* nanosleep is never restarted after a signal handler: EINTR. */
+    return nanosleep(&ts, NULL) == 0 ? 0 : errno;
 }
 
 #ifdef __linux__

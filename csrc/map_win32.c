@@ -181,6 +181,15 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     if ((rc = wide_name(name, &wname)) != 0)
         return rc;
 
+    if (how == FSHM_OPEN_OR_CREATE) {
+        /* An existing section we may only read: open it read-only below,
+         * as POSIX does, rather than fail in CreateFileMappingW. */
+        h = OpenFileMappingW(FILE_MAP_ALL_ACCESS, FALSE, wname);
+        if (h != NULL)
+            CloseHandle(h);
+        else if (GetLastError() == ERROR_ACCESS_DENIED)
+            how = FSHM_ATTACH;
+    }
     if (how == FSHM_ATTACH) {
         h = OpenFileMappingW(FILE_MAP_ALL_ACCESS, FALSE, wname);
         if (h == NULL && GetLastError() == ERROR_ACCESS_DENIED) {
@@ -340,16 +349,17 @@ int64_t fshm_monotonic_ns(void)
                      (now.QuadPart % freq) * 1000000000LL / freq);
 }
 
-void fshm_sleep_ns(int64_t ns)
+int fshm_sleep_ns(int64_t ns)
 {
     /* Sleep() counts whole milliseconds and often rounds up to a timer tick
      * (up to 15.6 ms); below half a millisecond yielding the processor
      * keeps the short back-off steps short. */
     if (ns < 500000) {
         SwitchToThread();
-        return;
+        return 0;
     }
     Sleep((DWORD)((ns + 999999) / 1000000));
+    return 0;
 }
 
 /* Windows has no futex that works across processes (WaitOnAddress is

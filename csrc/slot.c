@@ -46,9 +46,10 @@
 #define LOCK_SLEEP_NS 2000000
 /* The largest store number: its slot word, 2 * seq, must not wrap. */
 #define SEQ_MAX (UINT64_MAX >> 1)
-/* How long an opener waits for another process to finish creating, when
- * it cannot tell whether that process is alive. */
+/* How long an opener waits for another process to finish creating: when it
+ * cannot tell whether that process is alive, and at most while it is. */
 #define OPEN_READY_NS 1000000000LL
+#define OPEN_CREATOR_NS 60000000000LL
 /* Lock-free attempts of a load before it copies under the writer lock. */
 #define LOAD_TRIES 3
 
@@ -129,9 +130,10 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode)
 {
     size_t need = 0;
-    int64_t deadline = fshm_monotonic_ns() + OPEN_READY_NS;
+    int64_t start = fshm_monotonic_ns();
+    int64_t deadline = start + OPEN_READY_NS;
     int64_t backoff = 20000;
-    int flags = how & ~FSHM_HOW_MASK, rc;
+    int flags = how & FSHM_ANY_OWNER, rc;
 
     how &= FSHM_HOW_MASK;
     if (how != FSHM_ATTACH) {
@@ -164,13 +166,22 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                 return 0;
             }
             if (rc == FSHM_ENOTREADY) {
-                /* Its creator is still at work while it lives; once it is
-                 * dead, nobody will finish the header. */
+                /* Its creator is still at work while it lives (a minute at
+                 * most: a stopped one, or a pid reused); once it is dead,
+                 * nobody will finish the header. */
                 int dead = fshm_owner_dead(fshm_load64(U64(m->base, H_LOCK), FSHM_ACQUIRE));
-                if (dead == 0)
+                int done = fshm_load32(U32(m->base, H_MAGIC), FSHM_ACQUIRE) != 0;
+                if (done)
+                    dead = -2; /* finished meanwhile (the lock word is a writer's now) */
+                if (dead == 0 && fshm_monotonic_ns() - start < OPEN_CREATOR_NS)
                     deadline = fshm_monotonic_ns() + OPEN_READY_NS;
                 else if (dead == 1)
                     deadline = 0;
+                if (done) {
+                    fshm_unmap(m->base, m->size);
+                    m->base = NULL;
+                    continue;
+                }
             }
             fshm_unmap(m->base, m->size);
             m->base = NULL;
@@ -181,7 +192,8 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
             return rc;
         if (fshm_monotonic_ns() >= deadline)
             return FSHM_ENOTREADY;
-        fshm_sleep_ns(backoff);
+        if (fshm_sleep_ns(backoff) == EINTR)
+            return EINTR;
         if (backoff < 10000000)
             backoff *= 2;
     }
@@ -413,13 +425,16 @@ int fshm_intact(const fshm_seg *s, uint64_t seq)
     return fshm_load64(U64(slot_at(s, seq), S_SEQ), FSHM_RELAXED) == 2 * seq;
 }
 
-int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
-              uint64_t *seq)
+static int load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n, uint64_t *seq,
+                int may_lock)
 {
     fshm_read r;
     unsigned tries = 0;
     for (;;) {
-        int locked = ++tries > LOAD_TRIES && !s->readonly;
+        int locked;
+        if (++tries > LOAD_TRIES && !may_lock)
+            return FSHM_EAGAIN;
+        locked = tries > LOAD_TRIES && !s->readonly;
         int rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
         if (rc != 0)
             return rc;
@@ -448,6 +463,18 @@ int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
             return 0;
         }
     }
+}
+
+int fshm_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
+              uint64_t *seq)
+{
+    return load(s, dst, dst_cap, n, seq, 1);
+}
+
+int fshm_try_load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n,
+                  uint64_t *seq)
+{
+    return load(s, dst, dst_cap, n, seq, 0);
 }
 
 uint64_t fshm_seq(const fshm_seg *s)

@@ -39,10 +39,9 @@
 #define LOAD_TRIES 3
 /* A timeout longer than this many seconds is no timeout (31 years). */
 #define TIMEOUT_FOREVER_S 1e9
-/* Status codes of this file, apart from the core's: a Python exception is
- * set; the copy must be made without the GIL. */
+/* A status code of this file, apart from the core's: a Python exception is
+ * set. */
 #define PY_ERROR_SET (-1000)
-#define NEEDS_NO_GIL (-1001)
 
 /* fastshm._errors: raise_for, too_big, too_small, owner_error, read_only_error. */
 static PyObject *errors_module;
@@ -162,6 +161,7 @@ static PyObject *cext_map_open(PyObject *module, PyObject *args)
         return NULL;
     if ((cname = PyUnicode_AsUTF8(name)) == NULL)
         return NULL;
+    how &= FSHM_HOW_MASK | FSHM_ANY_OWNER;
     Py_BEGIN_ALLOW_THREADS
     rc = fshm_map_open(&m, cname, how, (size_t)size, mode);
     Py_END_ALLOW_THREADS
@@ -278,9 +278,17 @@ static PyObject *segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     if ((cname = PyUnicode_AsUTF8(name)) == NULL)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    rc = fshm_seg_open(&seg, &m, cname, how, (uint64_t)capacity, mode);
-    Py_END_ALLOW_THREADS
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_seg_open(&seg, &m, cname, how, (uint64_t)capacity, mode);
+        Py_END_ALLOW_THREADS
+        /* EINTR: a signal came while it waited for another process to
+         * finish creating the segment; Ctrl-C ends the wait. */
+        if (rc != EINTR)
+            break;
+        if (PyErr_CheckSignals() != 0)
+            return NULL;
+    }
     if (rc == FSHM_EOWNER)
         return raise_from("owner_error", "(OL)", name, (long long)m.owner);
     if (rc != 0)
@@ -416,30 +424,46 @@ done:
 
 /* -- load -- */
 
-/* Begin a read: lock-free for the first attempts, then under the writer
- * lock (taken without the GIL, since it may sleep).  *locked says which. */
-static int read_begin(const fshm_seg *s, fshm_read *r, unsigned tries, int *locked)
-{
-    int rc;
-    *locked = tries > LOAD_TRIES && !s->readonly;
-    if (!*locked)
-        return fshm_read_begin(s, r);
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = fshm_read_lock(s, r);
-        Py_END_ALLOW_THREADS
-        if (rc != EINTR)
-            return rc;
-        if (PyErr_CheckSignals() != 0)
-            return PY_ERROR_SET;
-    }
-}
-
 static PyObject *read_error(SegmentObject *self, int rc)
 {
     if (rc == PY_ERROR_SET)
         return NULL;
     return raise_code(rc, self->name, "the current slot is inconsistent");
+}
+
+/* The writer lock and the GIL are never held while waiting for the other:
+ * the lock is waited for, held and released without the GIL (another thread
+ * of this process may hold the GIL and wait for the lock; writers in other
+ * processes wait for it too). */
+
+/* A copy of the current message made under the writer lock, into memory
+ * from PyMem_RawMalloc: *buf (free it with PyMem_RawFree). */
+static int load_locked(const fshm_seg *s, char **buf, fshm_read *r)
+{
+    int rc;
+    *buf = NULL;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_read_lock(s, r);
+        if (rc == 0) {
+            *buf = (char *)PyMem_RawMalloc(r->length ? r->length : 1);
+            if (*buf != NULL)
+                memcpy(*buf, s->base + r->offset, r->length);
+            /* A python-backend writer claims the lock word without a
+             * compare-and-swap and may not have seen us. */
+            rc = fshm_read_end(s, r);
+            fshm_read_unlock(s);
+        }
+        Py_END_ALLOW_THREADS
+        if (rc == 0 && *buf == NULL) {
+            PyErr_NoMemory();
+            return PY_ERROR_SET;
+        }
+        if (rc != EINTR)
+            return rc; /* FSHM_EAGAIN (with *buf to free) or an error */
+        if (PyErr_CheckSignals() != 0)
+            return PY_ERROR_SET;
+    }
 }
 
 static PyObject *segment_load(SegmentObject *self, PyObject *unused)
@@ -453,8 +477,31 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
     if (keep == NULL)
         return NULL;
     for (;;) {
-        int locked, rc = read_begin(&s, &r, ++tries, &locked);
-        if (rc != 0) {
+        int rc;
+        if (++tries > LOAD_TRIES && !s.readonly) {
+            char *buf;
+            rc = load_locked(&s, &buf, &r);
+            if (rc == 0)
+                out = PyBytes_FromStringAndSize(buf, (Py_ssize_t)r.length);
+            PyMem_RawFree(buf);
+            if (rc == FSHM_EAGAIN)
+                continue;
+            if (rc != 0)
+                read_error(self, rc);
+            else if (out != NULL)
+                self->last_seq = r.seq;
+            break;
+        }
+        if (tries > LOAD_TRIES) {
+            /* Read-only: no lock to fall back on.  Let other threads and
+             * signal handlers in between attempts. */
+            Py_BEGIN_ALLOW_THREADS
+            fshm_sleep_ns(0);
+            Py_END_ALLOW_THREADS
+            if (PyErr_CheckSignals() != 0)
+                break;
+        }
+        if ((rc = fshm_read_begin(&s, &r)) != 0) {
             read_error(self, rc);
             break;
         }
@@ -472,8 +519,6 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
                 Py_END_ALLOW_THREADS
             }
         }
-        if (locked)
-            fshm_read_unlock(&s);
         if (out == NULL)
             break;
         if (rc == 0) {
@@ -515,16 +560,14 @@ static PyObject *segment_load_into(SegmentObject *self, PyObject *buffer)
         goto done;
     }
     cap = view.len;
-    /* A look at the length decides whether the copy is worth the GIL. */
+    /* A look at the length decides whether the copy is worth the GIL; with
+     * the GIL, only lock-free attempts (fshm_try_load). */
     rc = fshm_read_begin(&s, &r);
-    if (rc == 0 && r.length < GIL_RELEASE_BYTES) {
-        rc = fshm_load(&s, view.buf, (size_t)cap, &n, &seq);
-        if (rc == EINTR)
-            rc = NEEDS_NO_GIL; /* it waited for the writer lock: let go */
-    } else if (rc == 0) {
-        rc = NEEDS_NO_GIL;
-    }
-    while (rc == NEEDS_NO_GIL || rc == EINTR) {
+    if (rc == 0)
+        rc = r.length < GIL_RELEASE_BYTES
+                 ? fshm_try_load(&s, view.buf, (size_t)cap, &n, &seq)
+                 : FSHM_EAGAIN;
+    while (rc == FSHM_EAGAIN || rc == EINTR) {
         if (rc == EINTR && PyErr_CheckSignals() != 0) {
             rc = PY_ERROR_SET;
             break;
@@ -723,7 +766,11 @@ static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssi
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_CompareWithASCIIString(key, "after") == 0) {
             after_obj = args[nargs + i];
-        } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0 && nargs == 0) {
+        } else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+            if (nargs == 1) {
+                PyErr_SetString(PyExc_TypeError, "wait() got multiple values for argument 'timeout'");
+                return NULL;
+            }
             timeout = args[nargs + i];
         } else {
             PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument %R", key);

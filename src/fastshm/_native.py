@@ -128,7 +128,10 @@ class SegmentHandle:
     ) -> None:
         seg = ffi.new("fshm_seg *")
         m = ffi.new("fshm_map *")
-        rc = lib.fshm_seg_open(seg, m, name.encode("utf-8"), _how(how, any_owner), capacity, mode)
+        cname, chow = name.encode("utf-8"), _how(how, any_owner)
+        rc = lib.fshm_seg_open(seg, m, cname, chow, capacity, mode)
+        while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
+            rc = lib.fshm_seg_open(seg, m, cname, chow, capacity, mode)
         if rc:
             _raise_open(rc, m, name)
         self.name = name
@@ -184,31 +187,35 @@ class SegmentHandle:
                 _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
         r = sc.read
-        tries = 0
-        while True:
-            # As fshm_load: after three copies spoiled by writers, copy under
-            # the writer lock (a read-only segment cannot take it).
-            tries += 1
-            locked = tries > 3 and not self.readonly
-            rc = lib.fshm_read_lock(seg, r) if locked else lib.fshm_read_begin(seg, r)
-            if rc == _EINTR:
-                continue
+        for _ in range(3):
+            rc = lib.fshm_read_begin(seg, r)
             if rc:
                 _pool.append(sc)
                 raise_for(rc, self.name, "the current slot is inconsistent")
             off = r.offset
             n = r.length
-            try:
-                data = self._mv[off : off + n].tobytes()
-                rc = lib.fshm_read_end(seg, r)
-            finally:
-                if locked:
-                    lib.fshm_read_unlock(seg)
-            if rc == 0:
+            data = self._mv[off : off + n].tobytes()
+            if lib.fshm_read_end(seg, r) == 0:
                 seq = r.seq
                 _pool.append(sc)
                 self._big = n > _SCRATCH_SIZE
                 return data, seq
+        # Writers spoiled three copies: one C call copies under the writer
+        # lock (fshm_load), so the lock is never held while this thread
+        # waits for the GIL.
+        while True:
+            buf = bytearray(n)
+            rc = lib.fshm_load(seg, ffi.from_buffer(buf), n, sc.n, sc.seq)
+            while rc == _EINTR:  # a signal came while waiting for the writer lock
+                rc = lib.fshm_load(seg, ffi.from_buffer(buf), n, sc.n, sc.seq)
+            n, seq = sc.n[0], sc.seq[0]
+            if rc != ESMALL:
+                break
+            # A longer message came meanwhile: room for it, and again.
+        _pool.append(sc)
+        if rc:
+            raise_for(rc, self.name, "the current slot is inconsistent")
+        return bytes(memoryview(buf)[:n]), seq
 
     def load_into(self, dst: memoryview) -> Tuple[int, int]:
         try:  # inline rather than a helper call: this is the hot path
