@@ -798,7 +798,9 @@ def _frame_producer(
 def _frame_consumer(kind: str, spec: Tuple[Any, ...], ctl: Any) -> None:
     end = _make_end(spec)
     frame = _frame_buffer()
-    flat = memoryview(frame).cast("B")
+    # Without numpy the frame is a bytearray, taken as it is (PyPy's Pipe
+    # cannot read into a cast memoryview).
+    target = frame if isinstance(frame, bytearray) else memoryview(frame).cast("B")
     ctl.send("ready")
     start, deadline = _recv_ctl(ctl)
     cpu0 = time.process_time()
@@ -810,9 +812,9 @@ def _frame_consumer(kind: str, spec: Tuple[Any, ...], ctl: Any) -> None:
         try:
             if kind == "queue":
                 item = end.rx.get(timeout=TIMEOUT)
-                n = 0 if isinstance(item, bytes) else item.nbytes
+                n = 0 if isinstance(item, bytes) else memoryview(item).nbytes
             else:
-                n = end.recv_into(flat, max(0.01, deadline - now) if now < deadline else TIMEOUT)
+                n = end.recv_into(target, max(0.01, deadline - now) if now < deadline else TIMEOUT)
         except TimeoutError:
             continue
         if n == 0:

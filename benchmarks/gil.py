@@ -104,7 +104,6 @@ def gil(
 ) -> List[Dict[str, Any]]:
     progress.step(f"GIL: store+load_into beside a counting thread, {len(sizes)} sizes")
     rows = []
-    solo = sorted(_count_alone(seconds) for _ in range(max(1, repeats)))[repeats // 2]
     threshold = gil_release_bytes()
     routes = native_labels()
     for size in sizes:
@@ -137,8 +136,12 @@ def gil(
             res: Dict[str, Dict[str, List[float]]] = {
                 k: {"alone": [], "with": [], "counter": []} for k in ops
             }
+            solos: List[float] = []
             labels = list(ops)
             for r in range(repeats):
+                # The counter alone, in each repetition: the machine's other
+                # work moves it as much as it moves the rest.
+                solos.append(_count_alone(seconds / 2))
                 k = r % len(labels)
                 for label in labels[k:] + labels[:k]:
                     op = ops[label][0]
@@ -147,6 +150,7 @@ def gil(
                     res[label]["alone"].append(alone)
                     res[label]["with"].append(with_ns)
                     res[label]["counter"].append(count)
+            solo = sorted(solos)[len(solos) // 2]
             for label, r in res.items():
                 med = {k: sorted(v)[len(v) // 2] for k, v in r.items()}
                 counter_share = med["counter"] / solo

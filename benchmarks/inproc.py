@@ -96,7 +96,7 @@ def native_labels() -> List[Tuple[str, str]]:
     import fastshm
 
     out = [("native", "native")]
-    if "cffi" in CFFI_ROUTE and fastshm.binding != "cffi":
+    if "cffi" in CFFI_ROUTE and getattr(fastshm, "binding", "cffi") != "cffi":
         out.append(("native-cffi", "native-cffi"))
     return out
 

@@ -583,32 +583,46 @@ def markdown(
 
 
 def gil_crossover(rows: List[Dict[str, Any]]) -> str:
-    """The smallest size from which the releasing route does more combined
-    work than holding the GIL (memcpy), at every larger size measured."""
+    """For each route that releases the GIL, the sizes where it does more
+    combined work than holding it (two slice copies, ``memcpy``), and what
+    the copy itself pays for it."""
     gl = [r for r in rows if r["case"] == "gil"]
     sizes = sorted({r["size"] for r in gl})
-    wins = {}
-    for size in sizes:
-        rel = _find(gl, size=size, contender="native-cffi") or _find(
-            gl, size=size, contender="native", gil="released"
+    lines = []
+    for route in ("native", "native-cffi"):
+        parts, wins = [], []
+        for size in sizes:
+            rel = _find(gl, size=size, contender=route, gil="released")
+            hold = _find(gl, size=size, contender="memcpy")
+            if not (rel and hold):
+                continue
+            parts.append(
+                f"{human_size(size)} {rel['combined']:.2f} against {hold['combined']:.2f} "
+                f"(copy {rel['median_ns'] / rel['alone_ns']:.1f}x against "
+                f"{hold['median_ns'] / hold['alone_ns']:.1f}x its time alone)"
+            )
+            if rel["combined"] > hold["combined"]:
+                wins.append(size)
+        if not parts:
+            continue
+        losses = [
+            s
+            for s in sizes
+            if s not in wins and any(p.startswith(human_size(s) + " ") for p in parts)
+        ]
+        first = next(
+            (s for s in sizes if s in wins and all(t in wins for t in sizes if t >= s)), None
         )
-        hold = _find(gl, size=size, contender="memcpy")
-        if rel and hold:
-            wins[size] = (rel["combined"], hold["combined"])
-    if not wins:
-        return ""
-    first = None
-    for size in sizes:
-        if size in wins and all(wins[s][0] > wins[s][1] for s in sizes if s >= size and s in wins):
-            first = size
-            break
-    parts = ", ".join(f"{human_size(s)} {a:.2f} against {b:.2f}" for s, (a, b) in wins.items())
-    if first is None:
-        return f"Releasing (cffi) did not beat holding (memcpy) at any size here ({parts})."
-    return (
-        f"Releasing (cffi) does more combined work than holding (memcpy) from "
-        f"{human_size(first)} up ({parts})."
-    )
+        verdict = (
+            f"does more combined work than holding it from {human_size(first)} up"
+            if first is not None
+            else "does more combined work than holding it at "
+            + (", ".join(human_size(s) for s in wins) or "no size")
+            + ", less at "
+            + ", ".join(human_size(s) for s in losses)
+        )
+        lines.append(f"`{route}` releasing the GIL {verdict}: " + "; ".join(parts) + ".")
+    return "\n\n".join(lines)
 
 
 # ---- plots ----

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import fastshm
 
 from . import cfloor, crossproc, gil, inproc, report
-from .names import Names
+from .names import Names, iceoryx2_entries, sweep_new_iceoryx2
 from .timing import Progress
 
 KIB, MIB = 1024, 1024 * 1024
@@ -190,6 +190,7 @@ def main(argv: List[str] | None = None) -> int:
     meta["loadavg_before"] = os.getloadavg()
     t0 = time.monotonic()
     rows: List[Dict[str, Any]] = []
+    iox_before = iceoryx2_entries()
     try:
         rows += inproc.copy_path(
             names, cfg["copy_sizes"], cfg["batch_ns"], cfg["repeats"], progress
@@ -206,6 +207,7 @@ def main(argv: List[str] | None = None) -> int:
         rows += gil.gil(names, cfg["gil_sizes"], cfg["gil_seconds"], cfg["gil_repeats"], progress)
     finally:
         left = names.sweep(quiet=False)
+        meta["iceoryx2_files_removed"] = sweep_new_iceoryx2(iox_before)
         cfloor.cleanup()
     meta["duration_s"] = time.monotonic() - t0
     meta["loadavg_after"] = os.getloadavg()
