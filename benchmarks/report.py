@@ -215,7 +215,7 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 "T5",
                 goal,
                 ok,
-                f"{iox / nat:.2f}x faster than iceoryx2 ({human_ns(nat)} "
+                f"native takes {nat / iox:.3f}x iceoryx2's time ({human_ns(nat)} "
                 f"against {human_ns(iox)}); idle {idle.get('native', float('nan')):.2f}%",
                 detail,
             )
