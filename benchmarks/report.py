@@ -174,11 +174,16 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         out.append(_verdict("T3", goal, None, "n/a"))
 
     # T4: 64 B round trip against Pipe; a blocked wait() stays idle.
-    goal = "64 B round trip >= 30x faster than multiprocessing.Pipe; blocked wait() < 1% of a core"
+    goal = (
+        "64 B round trip >= 30x faster than multiprocessing.Pipe; blocked wait() < 1% of a "
+        "core on each native binding"
+    )
     nat = _med(rows, case="round trip", contender="native", size=64)
     pipe = _med(rows, case="round trip", contender="pipe", size=64)
     if nat and pipe:
-        idle_ok = bool(idle) and all(p < 1 for p in idle.values())
+        # Per binding of the C core; the python backend's figure is shown too.
+        native_idle = [p for c, p in idle.items() if c.startswith("native")]
+        idle_ok = bool(native_idle) and all(p < 1 for p in native_idle)
         detail = f"native {human_ns(nat)}, pipe {human_ns(pipe)}"
         for c in ("native-cffi", "iceoryx2", "stdlib-poll", "c-spin", "c-spin-yield"):
             t = _med(rows, case="round trip", contender=c, size=64)
