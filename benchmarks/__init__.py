@@ -1,7 +1,9 @@
 """fastshm's benchmark suite: the copy path, opening costs, latency and
-throughput across processes, against the pure-Python ways.
+throughput across processes, and where releasing the GIL pays, each beside
+its floor (the same work in C, measured in the same run) and against the
+other ways: the stdlib, posix_ipc, iceoryx2, pipes and queues.
 
-Run ``python -m benchmarks`` (full, about five minutes on two cores) or
+Run ``python -m benchmarks`` (full, about seven minutes on two cores) or
 ``python -m benchmarks --quick`` (under a minute); results go to
 ``benchmarks/results/`` (``benchmarks/results/quick/`` for the quick run).
 """

@@ -3,8 +3,15 @@
 
 Contenders across processes:
 
-- ``native`` / ``python``: fastshm segments; a reader sleeps in
-  ``Segment.wait`` until the next store;
+- ``native`` / ``native-cffi`` / ``python``: fastshm segments (the C core
+  through the C-API binding, through cffi, and the pure-Python backend); a
+  reader sleeps in ``Segment.wait`` until the next store;
+- ``c-spin``: the floor, two C processes handing the message back and forth
+  through an atomic counter in a shared mapping, one memcpy each way
+  (``cfloor.pingpong``);
+- ``iceoryx2`` (64 B and 1 MiB, when the package is installed): iceoryx2's
+  Python bindings, publish/subscribe of a byte slice (loan, copy in, send;
+  receive busy-polling, copy out), as its examples do;
 - ``stdlib-poll``: ``multiprocessing.shared_memory`` with a store counter
   and length written in Python, the reader spinning on the counter;
 - ``pipe``: ``multiprocessing.Pipe``, ``send_bytes`` / ``recv_bytes``;
@@ -27,6 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from fastshm import Segment
 
+from . import cfloor
 from .names import Names
 from .timing import Progress, summarize, timed_calls
 
@@ -39,11 +47,22 @@ TIMEOUT = 30.0  # seconds any single blocking step may take before it is an erro
 # for two.)
 LEN = struct.Struct("<Q")  # socket framing
 
-ROUND_TRIP = ("native", "python", "stdlib-poll", "pipe", "queue", "socket")
-ONE_WAY = ROUND_TRIP
+SEGMENTS = ("native", "native-cffi", "python")
+ROUND_TRIP = SEGMENTS + (
+    "stdlib-poll",
+    "pipe",
+    "queue",
+    "socket",
+    "iceoryx2",
+    "c-spin",
+    "c-spin-yield",
+)
+C_SPIN = {"c-spin": 1e6, "c-spin-yield": 0.0}  # yield after this many ns of spinning
+ICEORYX2_SIZES = (64, 1024 * 1024)
+ONE_WAY = ("native", "python", "stdlib-poll", "pipe", "queue", "socket")
 FRAMES = ("native", "python", "pipe", "queue")
 # One shared segment serves every reader; the others need a channel each.
-SHARED = ("native", "python", "stdlib-poll")
+SHARED = SEGMENTS + ("stdlib-poll",)
 
 _ctx = mp.get_context("spawn")
 
@@ -215,10 +234,93 @@ class _SockEnd:
         self.sock.close()
 
 
+class _IoxEnd:
+    """iceoryx2 publish/subscribe of a byte slice: ``tx`` and ``rx`` are
+    service names; the receiver busy-polls, as iceoryx2's examples do."""
+
+    def __init__(self, tx: Optional[str], rx: Optional[str], size: int) -> None:
+        import ctypes
+
+        import iceoryx2 as iox2
+
+        iox2.set_log_level(iox2.LogLevel.Error)
+        self.ctypes = ctypes
+        self.node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        self.pub = self.sub = None
+        self.services = []
+        payload = iox2.Slice[ctypes.c_uint8]
+        if tx:
+            svc = (
+                self.node.service_builder(iox2.ServiceName.new(tx))
+                .publish_subscribe(payload)
+                .open_or_create()
+            )
+            self.services.append(svc)
+            self.pub = svc.publisher_builder().initial_max_slice_len(max(size, 1)).create()
+        if rx:
+            svc = (
+                self.node.service_builder(iox2.ServiceName.new(rx))
+                .publish_subscribe(payload)
+                .open_or_create()
+            )
+            self.services.append(svc)
+            self.sub = svc.subscriber_builder().create()
+
+    def send(self, data: Any) -> None:
+        n = len(data)
+        sample = self.pub.loan_slice_uninit(n)  # type: ignore[union-attr]
+        self.ctypes.memmove(sample.payload().as_ptr(), data, n)
+        sample.assume_init().send()
+
+    def _poll(self, deadline: float) -> Any:
+        sub = self.sub
+        spins = 0
+        while True:
+            sample = sub.receive()  # type: ignore[union-attr]
+            if sample is not None:
+                return sample
+            spins += 1
+            if spins & 1023 == 0 and time.monotonic() > deadline:
+                raise TimeoutError("iceoryx2: no message")
+
+    def recv(self) -> bytes:
+        sample = self._poll(time.monotonic() + TIMEOUT)
+        p = sample.payload()
+        out = self.ctypes.string_at(p.as_ptr(), p.len())
+        sample.delete()
+        return out
+
+    def recv_into(self, buf: Any, timeout: float) -> int:
+        sample = self._poll(time.monotonic() + timeout)
+        p = sample.payload()
+        n = p.len()
+        memoryview(buf)[:n] = self.ctypes.string_at(p.as_ptr(), n)
+        sample.delete()
+        return n  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for port in (self.pub, self.sub):
+            if port is not None:
+                port.delete()
+        self.pub = self.sub = None
+        self.services = []
+        self.node = None
+
+
+def iceoryx2_available() -> bool:
+    try:
+        import iceoryx2  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def _make_end(spec: Tuple[Any, ...]) -> Any:
     kind = spec[0]
-    if kind in ("native", "python"):
+    if kind in SEGMENTS:
         return _SegEnd(spec[1], spec[2], kind)
+    if kind == "iceoryx2":
+        return _IoxEnd(spec[1], spec[2], spec[3])
     if kind == "stdlib-poll":
         return _PollEnd(spec[1], spec[2])
     if kind == "pipe":
@@ -235,7 +337,7 @@ class _Channel:
     def __init__(self, kind: str, names: Names, size: int) -> None:
         self.kind = kind
         self.cleanup: List[Any] = []
-        if kind in ("native", "python"):
+        if kind in SEGMENTS:
             a, b = names.new("rt"), names.new("rt")
             for n in (a, b):
                 Segment(n, max(size, 1), create=True, backend=kind).close()
@@ -244,6 +346,11 @@ class _Channel:
                 )
             self.mine: Tuple[Any, ...] = (kind, a, b)
             self.theirs: Tuple[Any, ...] = (kind, b, a)
+        elif kind == "iceoryx2":
+            # Service names of this run; iceoryx2 keeps its files under its
+            # own names and removes them when the last port closes.
+            a, b = names.new("iox"), names.new("iox")
+            self.mine, self.theirs = (kind, a, b, size), (kind, b, a, size)
         elif kind == "stdlib-poll":
             a, b = names.new("poll"), names.new("poll")
             for n in (a, b):
@@ -313,6 +420,38 @@ def _echo_child(spec: Tuple[Any, ...], ctl: Any) -> None:
         end.close()
 
 
+def _round_trip_kinds(kinds: Tuple[str, ...], size: int) -> Tuple[str, ...]:
+    out = []
+    for k in kinds:
+        if k == "iceoryx2" and (size not in ICEORYX2_SIZES or not iceoryx2_available()):
+            continue
+        if k == "native-cffi" and "native-cffi" not in _seg_routes():
+            continue
+        if k in C_SPIN and cfloor.load() is None:
+            continue
+        out.append(k)
+    return tuple(out)
+
+
+def _seg_routes() -> Tuple[str, ...]:
+    from .inproc import native_labels
+
+    return tuple(label for label, _ in native_labels()) + ("python",)
+
+
+class _CSpin:
+    """The C ping-pong floor as a round-trip contender: each block forks a
+    C child (outside the timed loop) and returns every round trip's time."""
+
+    def __init__(self, msg: bytes, yield_after_ns: float) -> None:
+        self.msg, self.yield_after_ns = msg, yield_after_ns
+
+    def block(self, n: int) -> List[float]:
+        warm = 20 if len(self.msg) < MIB else 3
+        out = cfloor.pingpong(self.msg, warm, n, self.yield_after_ns)
+        return out or []
+
+
 def round_trip(
     names: Names,
     sizes: List[int],
@@ -322,12 +461,16 @@ def round_trip(
     kinds: Tuple[str, ...] = ROUND_TRIP,
 ) -> List[Dict[str, Any]]:
     rows = []
+    all_kinds = kinds
     for size in sizes:
+        kinds = _round_trip_kinds(all_kinds, size)
         progress.step(f"round trip: {size} B ({', '.join(kinds)})")
         msg = os.urandom(size)
         chans, ends, procs, ctls = {}, {}, [], {}
         try:
             for kind in kinds:
+                if kind in C_SPIN:
+                    continue
                 ch = _Channel(kind, names, size)
                 chans[kind] = ch
                 mine, theirs = _ctx.Pipe()
@@ -338,14 +481,18 @@ def round_trip(
                 if _recv_ctl(mine) != "ready":
                     raise RuntimeError(f"{kind} echo child failed")
                 ends[kind] = _make_end(ch.mine)
+            spin = {k: _CSpin(msg, C_SPIN[k]) for k in kinds if k in C_SPIN}
             samples: Dict[str, List[float]] = {k: [] for k in kinds}
             counts: Dict[str, int] = {}
             for kind in kinds:  # warm-up, and how many round trips fill a block
-                end = ends[kind]
                 warm = 3 if size >= MIB else 20
-                ctls[kind].send(warm)
-                t = timed_calls(lambda e=end, m=msg: (e.send(m), e.recv()), warm)
-                _recv_ctl(ctls[kind])
+                if kind in spin:
+                    t = spin[kind].block(warm)
+                else:
+                    end = ends[kind]
+                    ctls[kind].send(warm)
+                    t = timed_calls(lambda e=end, m=msg: (e.send(m), e.recv()), warm)
+                    _recv_ctl(ctls[kind])
                 # From the median: a spinning contender sharing a core with its
                 # peer is fast at times and a scheduler tick slow at others.
                 typical = sorted(t)[len(t) // 2]
@@ -354,7 +501,11 @@ def round_trip(
             for b in range(blocks):
                 k = b % len(order)
                 for kind in order[k:] + order[:k]:
-                    end, n = ends[kind], counts[kind]
+                    n = counts[kind]
+                    if kind in spin:
+                        samples[kind] += spin[kind].block(n)
+                        continue
+                    end = ends[kind]
                     ctls[kind].send(n)
                     samples[kind] += timed_calls(lambda e=end, m=msg: (e.send(m), e.recv()), n)
                     if _recv_ctl(ctls[kind]) != "done":
@@ -381,6 +532,61 @@ def round_trip(
                 e.close()
             for ch in chans.values():
                 ch.close()
+    return rows
+
+
+# ---- a waiter with nothing to wait for ----
+
+
+def _idle_child(backend: str, name: str, seconds: float, ctl: Any) -> None:
+    seg = Segment(name, create=False, backend=backend)
+    ctl.send("ready")
+    cpu0, t0 = time.process_time(), time.monotonic()
+    try:
+        seg.wait(seconds)
+    except TimeoutError:
+        pass
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+    seg.close()
+    ctl.send({"cpu_s": cpu, "wall_s": wall})
+
+
+def idle_wait(names: Names, seconds: float, progress: Progress) -> List[Dict[str, Any]]:
+    """CPU a reader blocked in ``wait()`` uses while no message comes, per
+    route: one child each, all at once (they are meant to sleep)."""
+    progress.step(f"idle wait: {seconds:.1f} s blocked, {', '.join(_seg_routes())}")
+    procs, ctls, segs = [], {}, []
+    rows = []
+    try:
+        for kind in _seg_routes():
+            name = names.new("idle")
+            Segment(name, 64, create=True, backend=kind).close()
+            segs.append((name, kind))
+            mine, theirs = _ctx.Pipe()
+            p = _ctx.Process(target=_idle_child, args=(kind, name, seconds, theirs), daemon=True)
+            p.start()
+            procs.append(p)
+            ctls[kind] = mine
+        for kind, c in ctls.items():
+            if _recv_ctl(c) != "ready":
+                raise RuntimeError(f"{kind} idle child failed")
+        for kind, c in ctls.items():
+            r = _recv_ctl(c)
+            rows.append(
+                {
+                    "case": "idle wait",
+                    "op": "blocked wait()",
+                    "contender": kind,
+                    "size": 64,
+                    "seconds": r["wall_s"],
+                    "cpu_s": r["cpu_s"],
+                    "core_percent": 100 * r["cpu_s"] / max(r["wall_s"], 1e-9),
+                }
+            )
+    finally:
+        _join(procs)
+        for name, kind in segs:
+            Segment(name, create=False, backend=kind).delete()
     return rows
 
 
@@ -540,10 +746,10 @@ def _one_way_run(
 # ---- the frames scenario ----
 
 FRAME_SHAPE = (1080, 1920, 3)
-# The producer is paced like a camera.  Unpaced, it takes a whole core of the
-# two, the consumers share the other, and the faster the channel the less CPU
-# its consumers get: the figure would measure the scheduler.  240 fps is more
-# than a Pipe delivers here, so both the rate and the CPU cost tell.
+# The paced producer sends like a camera: 240 fps is more than a Pipe
+# delivers here, so both the rate and the CPU cost tell.  Unpaced, it takes a
+# whole core of the two and the consumers share the other: that form says
+# what each channel delivers when the producer does not wait.
 FRAME_RATE = 240.0
 
 
@@ -556,7 +762,9 @@ def _frame_buffer() -> Any:
         return bytearray(FRAME_SHAPE[0] * FRAME_SHAPE[1] * FRAME_SHAPE[2])
 
 
-def _frame_producer(kind: str, specs: List[Tuple[Any, ...]], ctl: Any) -> None:
+def _frame_producer(
+    kind: str, specs: List[Tuple[Any, ...]], rate: Optional[float], ctl: Any
+) -> None:
     ends = [_make_end(s) for s in specs]
     frame = _frame_buffer()
     flat = memoryview(frame).cast("B")
@@ -566,16 +774,18 @@ def _frame_producer(kind: str, specs: List[Tuple[Any, ...]], ctl: Any) -> None:
     sent = 0
     due = time.monotonic()
     while due < deadline:
-        pause = due - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
+        if rate is not None:
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
         flat[0] = sent & 255  # a new frame each time, as a camera would give
         for e in ends:
             e.send(frame if kind == "queue" else flat)
         sent += 1
         # A channel that blocked the producer for longer than a frame makes
-        # it skip the frames it missed, as a camera drops them.
-        due = max(due + 1 / FRAME_RATE, time.monotonic())
+        # it skip the frames it missed, as a camera drops them.  Unpaced, it
+        # sends the next frame at once.
+        due = time.monotonic() if rate is None else max(due + 1 / rate, time.monotonic())
     if kind in ("pipe", "queue"):
         for e in ends:
             e.send(b"")
@@ -588,21 +798,23 @@ def _frame_producer(kind: str, specs: List[Tuple[Any, ...]], ctl: Any) -> None:
 def _frame_consumer(kind: str, spec: Tuple[Any, ...], ctl: Any) -> None:
     end = _make_end(spec)
     frame = _frame_buffer()
-    flat = memoryview(frame).cast("B")
+    # Without numpy the frame is a bytearray, taken as it is (PyPy's Pipe
+    # cannot read into a cast memoryview).
+    target = frame if isinstance(frame, bytearray) else memoryview(frame).cast("B")
     ctl.send("ready")
     start, deadline = _recv_ctl(ctl)
     cpu0 = time.process_time()
     got = 0
     while True:
         now = time.monotonic()
-        if now >= deadline and kind in ("native", "python"):
+        if now >= deadline and kind in SEGMENTS:
             break
         try:
             if kind == "queue":
                 item = end.rx.get(timeout=TIMEOUT)
-                n = 0 if isinstance(item, bytes) else item.nbytes
+                n = 0 if isinstance(item, bytes) else memoryview(item).nbytes
             else:
-                n = end.recv_into(flat, max(0.01, deadline - now) if now < deadline else TIMEOUT)
+                n = end.recv_into(target, max(0.01, deadline - now) if now < deadline else TIMEOUT)
         except TimeoutError:
             continue
         if n == 0:
@@ -613,54 +825,72 @@ def _frame_consumer(kind: str, spec: Tuple[Any, ...], ctl: Any) -> None:
     end.close()
 
 
+# The two forms of the scenario: paced like a camera, and a producer that
+# sends as fast as it can (the consumers then compete with it for the cores).
+FRAME_MODES: Tuple[Optional[float], ...] = (FRAME_RATE, None)
+
+
 def frames(
-    names: Names, seconds: float, progress: Progress, kinds: Tuple[str, ...] = FRAMES
+    names: Names,
+    seconds: float,
+    progress: Progress,
+    kinds: Tuple[str, ...] = FRAMES,
+    modes: Tuple[Optional[float], ...] = FRAME_MODES,
 ) -> List[Dict[str, Any]]:
     size = FRAME_SHAPE[0] * FRAME_SHAPE[1] * FRAME_SHAPE[2]
     rows = []
-    for kind in kinds:
-        progress.step(f"frames: 1920x1080x3 to 2 consumers, {kind}")
-        shared = kind in ("native", "python")
-        chans = [_Channel(kind, names, size) for _ in range(1 if shared else 2)]
-        procs, ctls = [], []
-        try:
+    # The floor of the unpaced rate: one C memcpy of a frame.
+    loop = cfloor.memcpy_loop(size)
+    floor_ns = min(loop.batch(10) for _ in range(5)) if loop is not None else None
+    for rate in modes:
+        pace = "unpaced" if rate is None else f"{rate:.0f} fps"
+        for kind in kinds:
+            progress.step(f"frames: 1920x1080x3 to 2 consumers, {pace}, {kind}")
+            rows.append(_frames_run(kind, names, size, seconds, rate))
+            rows[-1]["memcpy_c_ns"] = floor_ns
+    return rows
+
+
+def _frames_run(
+    kind: str, names: Names, size: int, seconds: float, rate: Optional[float]
+) -> Dict[str, Any]:
+    shared = kind in SEGMENTS
+    chans = [_Channel(kind, names, size) for _ in range(1 if shared else 2)]
+    procs, ctls = [], []
+    try:
+        mine, theirs = _ctx.Pipe()
+        procs.append(
+            _ctx.Process(
+                target=_frame_producer,
+                args=(kind, [c.mine for c in chans], rate, theirs),
+                daemon=True,
+            )
+        )
+        ctls.append(mine)
+        for i in range(2):
             mine, theirs = _ctx.Pipe()
+            spec = chans[0 if shared else i].theirs
             procs.append(
-                _ctx.Process(
-                    target=_frame_producer,
-                    args=(kind, [c.mine for c in chans], theirs),
-                    daemon=True,
-                )
+                _ctx.Process(target=_frame_consumer, args=(kind, spec, theirs), daemon=True)
             )
             ctls.append(mine)
-            for i in range(2):
-                mine, theirs = _ctx.Pipe()
-                spec = chans[0 if shared else i].theirs
-                procs.append(
-                    _ctx.Process(target=_frame_consumer, args=(kind, spec, theirs), daemon=True)
-                )
-                ctls.append(mine)
-            w, rs = _run_writer_and_readers(kind, procs, ctls, seconds)
-            cpu = w["cpu_s"] + sum(x["cpu_s"] for x in rs)
-            fps = [x["received"] / seconds for x in rs]
-            rows.append(
-                {
-                    "case": "frames",
-                    "op": "2 consumers",
-                    "contender": kind,
-                    "size": size,
-                    "seconds": seconds,
-                    "sent_fps": w["sent"] / seconds,
-                    "fps_per_consumer": sum(fps) / len(fps),
-                    "fps_min": min(fps),
-                    "cpu_s": cpu,
-                    "cpu_ms_per_delivered_frame": 1000
-                    * cpu
-                    / max(1, sum(x["received"] for x in rs)),
-                }
-            )
-        finally:
-            _join(procs)
-            for ch in chans:
-                ch.close()
-    return rows
+        w, rs = _run_writer_and_readers(kind, procs, ctls, seconds)
+        cpu = w["cpu_s"] + sum(x["cpu_s"] for x in rs)
+        fps = [x["received"] / seconds for x in rs]
+        return {
+            "case": "frames",
+            "op": "unpaced" if rate is None else f"{rate:.0f} fps",
+            "paced_fps": rate,
+            "contender": kind,
+            "size": size,
+            "seconds": seconds,
+            "sent_fps": w["sent"] / seconds,
+            "fps_per_consumer": sum(fps) / len(fps),
+            "fps_min": min(fps),
+            "cpu_s": cpu,
+            "cpu_ms_per_delivered_frame": 1000 * cpu / max(1, sum(x["received"] for x in rs)),
+        }
+    finally:
+        _join(procs)
+        for ch in chans:
+            ch.close()

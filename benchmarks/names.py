@@ -35,3 +35,22 @@ class Names:
         if left and not quiet:
             sys.stderr.write(f"benchmarks: removed leftover segments {left}\n")
         return left
+
+
+def iceoryx2_entries() -> set:
+    """iceoryx2's own files in /dev/shm (it names them itself)."""
+    if not os.path.isdir(SHM_DIR):
+        return set()
+    return {n for n in os.listdir(SHM_DIR) if n.startswith("iox2_")}
+
+
+def sweep_new_iceoryx2(before: set) -> list:
+    """Remove the iceoryx2 files that appeared during this run (they were
+    made by its nodes here); the ones that were there before stay."""
+    new = sorted(iceoryx2_entries() - before)
+    for name in new:
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+        except FileNotFoundError:
+            pass
+    return new

@@ -1,7 +1,7 @@
 """Command line of the benchmark suite: runs the cases, prints the targets'
 verdicts, writes results.md, results.json and the plots.
 
-    python -m benchmarks            # the full run (about five minutes on 2 cores)
+    python -m benchmarks            # the full run (about seven minutes on 2 cores)
     python -m benchmarks --quick    # a subset, under a minute (to results/quick)
     python -m benchmarks --replot   # results.md and plots again from results.json
 """
@@ -21,8 +21,8 @@ from typing import Any, Dict, List
 
 import fastshm
 
-from . import crossproc, inproc, report
-from .names import Names
+from . import cfloor, crossproc, gil, inproc, report
+from .names import Names, iceoryx2_entries, sweep_new_iceoryx2
 from .timing import Progress
 
 KIB, MIB = 1024, 1024 * 1024
@@ -44,6 +44,10 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "ow_seconds": 0.3,
         "ow_repeats": 1,
         "frames_seconds": 1.0,
+        "idle_seconds": 1.0,
+        "gil_sizes": [4 * KIB, 64 * KIB, MIB],
+        "gil_seconds": 0.1,
+        "gil_repeats": 1,
     },
     "full": {
         "copy_sizes": ALL_SIZES,
@@ -59,6 +63,10 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "ow_seconds": 0.5,
         "ow_repeats": 3,
         "frames_seconds": 3.0,
+        "idle_seconds": 1.5,
+        "gil_sizes": [4 * KIB, 16 * KIB, 32 * KIB, 64 * KIB, 256 * KIB, MIB],
+        "gil_seconds": 0.3,
+        "gil_repeats": 3,
     },
 }
 
@@ -93,6 +101,7 @@ def machine() -> Dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "fastshm": fastshm.__version__,
         "backend": fastshm.backend,
+        "binding": getattr(fastshm, "binding", "?"),
         "features": sorted(fastshm.features),
         "cflags": cflags.strip(),
     }
@@ -153,7 +162,8 @@ def main(argv: List[str] | None = None) -> int:
         + 3
         + len(cfg["rt_sizes"])
         + len(cfg["ow_plan"])
-        + len(crossproc.FRAMES)
+        + len(crossproc.FRAMES) * len(crossproc.FRAME_MODES)
+        + 2
     )
     progress = Progress(steps)
     names = Names()
@@ -164,6 +174,12 @@ def main(argv: List[str] | None = None) -> int:
         "machine": machine(),
         "config": cfg,
     }
+    # The C floors are compiled now, once; without a compiler they are n/a.
+    meta["c_floors"] = (
+        f"compiled with `{cfloor.compiler_line()}`"
+        if cfloor.load() is not None
+        else f"n/a: {cfloor.why()}"
+    )
     m = meta["machine"]
     sys.stderr.write(
         f"fastshm benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores, "
@@ -174,6 +190,7 @@ def main(argv: List[str] | None = None) -> int:
     meta["loadavg_before"] = os.getloadavg()
     t0 = time.monotonic()
     rows: List[Dict[str, Any]] = []
+    iox_before = iceoryx2_entries()
     try:
         rows += inproc.copy_path(
             names, cfg["copy_sizes"], cfg["batch_ns"], cfg["repeats"], progress
@@ -185,9 +202,13 @@ def main(argv: List[str] | None = None) -> int:
         rows += crossproc.one_way(
             names, cfg["ow_plan"], cfg["ow_seconds"], cfg["ow_repeats"], progress
         )
+        rows += crossproc.idle_wait(names, cfg["idle_seconds"], progress)
         rows += crossproc.frames(names, cfg["frames_seconds"], progress)
+        rows += gil.gil(names, cfg["gil_sizes"], cfg["gil_seconds"], cfg["gil_repeats"], progress)
     finally:
         left = names.sweep(quiet=False)
+        meta["iceoryx2_files_removed"] = sweep_new_iceoryx2(iox_before)
+        cfloor.cleanup()
     meta["duration_s"] = time.monotonic() - t0
     meta["loadavg_after"] = os.getloadavg()
     meta["leftover_segments"] = left
@@ -206,7 +227,8 @@ def main(argv: List[str] | None = None) -> int:
         f"{m['cores']} cores, {m['python']}"
     )
     for v in verdicts:
-        print(f"  {v['id']} {'met    ' if v['met'] else 'NOT MET'}  {v['value']}")
+        state = "n/a    " if v["met"] is None else "met    " if v["met"] else "NOT MET"
+        print(f"  {v['id']} {state}  {v['value']}")
     print(
         f"written: {args.out}/results.md, results.json"
         + (", " + ", ".join(os.path.basename(p) for p in made) if made else "")
