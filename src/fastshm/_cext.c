@@ -28,10 +28,14 @@
 
 #include "fastshm.h"
 
-/* Copies at least this long are made with the GIL released: below it,
- * releasing and retaking the GIL costs more than other threads gain
- * (benchmarks/gil_crossover.py measures the crossover). */
-#define GIL_RELEASE_BYTES (64 * 1024)
+/* Copies at least this long are made with the GIL released, so that threads
+ * waiting in I/O or in C code run meanwhile.  Below it the copy keeps the
+ * GIL: benchmarks/gil.py finds no size where releasing it gives a
+ * CPU-bound Python thread beside the copy more work done in all, since
+ * taking the GIL back from such a thread can wait a whole switch interval
+ * (5 ms), a hundred times a 1 MiB copy; under 1 MiB a copy holds the GIL
+ * for less than about 0.1 ms. */
+#define GIL_RELEASE_BYTES (1024 * 1024)
 /* A blocking wait comes back for Python's signal handlers this often. */
 #define WAIT_SLICE_NS 50000000LL
 /* Lock-free attempts of a load before it copies under the writer lock (as
