@@ -122,6 +122,9 @@ def sigint_storer_main(name: str, backend: str, ctl_name: str) -> None:
 
     def on_sigint(signum: int, frame: Any) -> None:
         if state["inside"]:
+            # One KeyboardInterrupt per store: a second signal while the first
+            # is being caught would end this loop, not test the store.
+            state["inside"] = False
             raise KeyboardInterrupt
         state["outside"] += 1
 
@@ -712,7 +715,8 @@ def test_descriptors_per_segment(name: str, shm_name: Callable[..., str]) -> Non
     other = fastshm.Segment(name, create=False, backend="python")
     assert open_fds() == base + 3
     raw = fastshm.SharedMemory(shm_name(), create=True, size=64, backend="python")
-    assert open_fds() == base + 4
+    # The raw mapping's own duplicate (CPython 3.13 maps without one).
+    assert open_fds() == base + 3 + (sys.version_info < (3, 13))
     raw.close()
     other.close()
     seg.close()
