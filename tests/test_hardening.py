@@ -842,3 +842,39 @@ def test_intact(name: str) -> None:
         assert not h.intact(2**63)
         with pytest.raises(ValueError):
             h.intact(-1)
+
+
+# ---- fork: a child does not lock through its parent's descriptions ----
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_excludes_its_parent(name: str) -> None:
+    """flock belongs to an open file description, which a forked child
+    shares with its parent: the child must lock through descriptors of its
+    own, or its stores would not wait for the parent's."""
+    with fastshm.Segment(name, 64, create=True, backend="python") as seg:
+        seg.store(b"before the fork")  # this thread now has its lock descriptor
+        t = seg._h._tls.t
+        fcntl.flock(t.fd, fcntl.LOCK_EX)  # as if inside a store
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: store, and say when it is done
+            try:
+                os.close(r)
+                seg.store(b"from the child")
+                os.write(w, b"stored")
+            finally:
+                os._exit(0)
+        os.close(w)
+        try:
+            ready, _, _ = select.select([r], [], [], 0.3)
+            assert not ready, "the child stored while the parent held the lock"
+        finally:
+            fcntl.flock(t.fd, fcntl.LOCK_UN)
+        ready, _, _ = select.select([r], [], [], 10)
+        assert ready and os.read(r, 16) == b"stored"
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert seg.load() == b"from the child"
+        # And the parent's own descriptor still works.
+        assert seg.store(b"parent again") == 3
