@@ -392,6 +392,10 @@ _SEQ_SL = slice(C.H_SEQ, C.H_SEQ + 8)
 _NOTIFY_SL = slice(C.H_NOTIFY, C.H_NOTIFY + 4)
 _ZERO8 = bytes(8)
 _u64 = C.U64.unpack_from
+_slot_words = C.SLOT_WORDS.unpack_from
+_HDR = C.HEADER_SIZE
+_SLOT_HDR = C.SLOT_HEADER_SIZE
+_H_SEQ = C.H_SEQ
 _p64 = C.U64.pack
 _u32 = C.U32.unpack_from
 _p32 = C.U32.pack
@@ -763,14 +767,14 @@ class SegmentHandle:
         """(payload offset, length, seq, slot word), as fshm_read_begin."""
         mm = self._mm
         while True:
-            seq = _u64(mm, C.H_SEQ)[0]
+            seq = _u64(mm, _H_SEQ)[0]
             if seq == 0:
-                return C.HEADER_SIZE + C.SLOT_HEADER_SIZE, 0, 0, 0
-            off = C.HEADER_SIZE + (seq & 1) * self._stride
-            token, length = C.SLOT_WORDS.unpack_from(mm, off)
+                return _HDR + _SLOT_HDR, 0, 0, 0
+            off = _HDR + (seq & 1) * self._stride
+            token, length = _slot_words(mm, off)
             if token == 2 * seq and length <= self.capacity:
-                return off + C.SLOT_HEADER_SIZE, length, seq, token
-            if _u64(mm, C.H_SEQ)[0] == seq:
+                return off + _SLOT_HDR, length, seq, token
+            if _u64(mm, _H_SEQ)[0] == seq:
                 raise_for(EFORMAT, self.name, "the current slot is inconsistent")
             time.sleep(0)
 
@@ -859,29 +863,36 @@ class SegmentHandle:
             tries += 1
 
     def load(self) -> Tuple[bytes, int]:
-        if _STRONG_ORDER:
+        if _STRONG_ORDER:  # the hot path: lock-free, no system call
             mm = self._mm
             for _ in _TRIES:
                 off, length, seq, token = self._begin()
                 data = mm[off : off + length]
-                if seq == 0 or _u64(mm, off - C.SLOT_HEADER_SIZE)[0] == token:
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
                     return data, seq
         return self._read_slow(0, None)  # type: ignore[no-any-return]
 
     def load_into(self, dst: memoryview) -> Tuple[int, int]:
         if _STRONG_ORDER:
+            mm = self._mm
             for _ in _TRIES:
-                out = self._read_once(1, dst)
-                if out is not None:
-                    return out  # type: ignore[no-any-return]
+                off, length, seq, token = self._begin()
+                if length > dst.nbytes:
+                    if _u64(mm, off - _SLOT_HDR)[0] == token:
+                        raise too_small(dst.nbytes, length)
+                    continue
+                dst[:length] = self._mv[off : off + length]
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
+                    return length, seq
         return self._read_slow(1, dst)  # type: ignore[no-any-return]
 
     def view(self) -> Tuple[memoryview, int]:
         if _STRONG_ORDER:
+            mm = self._mm
             for _ in _TRIES:
-                out = self._read_once(2, None)
-                if out is not None:
-                    return out  # type: ignore[no-any-return]
+                off, length, seq, token = self._begin()
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
+                    return self._mv[off : off + length].toreadonly(), seq
         return self._read_slow(2, None)  # type: ignore[no-any-return]
 
     def intact(self, seq: int) -> bool:
