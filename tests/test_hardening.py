@@ -191,8 +191,11 @@ def test_ctrl_c_inside_store_releases_the_lock(backend: str, shm_name: Callable[
 # ---- 2. a signal handler that stores while the main code is storing ----
 
 
-def handler_storer_main(name: str, backend: str, seconds: float) -> None:
-    seg = fastshm.Segment(name, create=False, backend=backend)
+def handler_storer_main(name: str, backend: str, seconds: float, own_handle: bool) -> None:
+    """Main code stores and loads; a 0.5 ms timer's handler stores too,
+    through the same Segment or (own_handle) through a second one."""
+    main = fastshm.Segment(name, create=False, backend=backend)
+    seg = fastshm.Segment(name, create=False, backend=backend) if own_handle else main
     main_msgs = _messages(seg.capacity, 3, 1)
     handler_msgs = _messages(seg.capacity, 3, 2)
     state = {"busy": False, "ok": 0, "refused": 0}
@@ -216,9 +219,9 @@ def handler_storer_main(name: str, backend: str, seconds: float) -> None:
     stores = loads = i = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        seg.store(main_msgs[i % 3])
+        main.store(main_msgs[i % 3])
         stores += 1
-        check_message(seg.load())
+        check_message(main.load())
         loads += 1
         i += 1
     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -229,9 +232,10 @@ def handler_storer_main(name: str, backend: str, seconds: float) -> None:
                       "handler_refused": state["refused"]}), flush=True)
 
 
-def test_store_from_signal_handler(backend: str, name: str) -> None:
+@pytest.mark.parametrize("own_handle", [False, True], ids=["same_handle", "own_handle"])
+def test_store_from_signal_handler(backend: str, name: str, own_handle: bool) -> None:
     with fastshm.Segment(name, 256 * 1024, create=True, backend=backend) as seg:
-        p = _child("handler_storer_main", name, backend, 2.0)
+        p = _child("handler_storer_main", name, backend, 2.0, own_handle)
         try:
             out = json.loads(_line(p, 60))
             p.wait(timeout=10)
@@ -245,6 +249,22 @@ def test_store_from_signal_handler(backend: str, name: str) -> None:
         else:
             assert out["handler_refused"] == 0, out
         check_message(seg.load())
+
+
+def test_stale_busy_marker_is_ignored(name: str) -> None:
+    """A store interrupted before it could clear its marker leaves a frame
+    that is no longer running: later stores go ahead."""
+    with fastshm.Segment(name, 64, create=True, backend="python") as seg:
+        seg.store(b"one")
+        h = seg._h
+        t = h._tls.t
+
+        def finished() -> Any:
+            return sys._getframe()
+
+        t.busy[h._key] = finished()
+        assert seg.store(b"two") == 2
+        assert seg.load() == b"two"
 
 
 # ---- 3. a load ends, whatever the writers do ----
