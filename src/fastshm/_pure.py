@@ -408,7 +408,9 @@ def _thread_busy() -> "dict[Any, Any]":
     try:
         d: "dict[Any, Any]" = _busy_local.d
     except AttributeError:
-        d = _busy_local.d = {}
+        # One C call: a signal handler that gets here first, in between,
+        # makes the dict this code then uses too.
+        d = _busy_local.__dict__.setdefault("d", {})
     return d
 
 
@@ -630,8 +632,13 @@ class SegmentHandle:
             t.clear = _partial(self._mm.__setitem__, _LOCK_SL, _ZERO8)
             t.noop = _partial(int)
             t.unflock = _partial(_flock, t.fd, _LOCK_UN) if t.fd >= 0 else t.noop
+        # A signal handler may have made this thread's state meanwhile: keep
+        # the first (one C call), drop ours.
+        first: _ThreadState = self._tls.__dict__.setdefault("t", t)
+        if first is not t:
+            t.close()
+            return first
         self._states.add(t)
-        self._tls.t = t
         return t
 
     def _same(self, fd: int) -> bool:
