@@ -349,7 +349,9 @@ class RawMapping:
 # it, and the release there (clear the word if claimed, then LOCK_UN) has no
 # such point before the LOCK_UN call has done its work.  Older CPythons run
 # handlers after almost any instruction; there the release is a single C
-# call that does both steps (see _INLINE_RELEASE).
+# call that does both steps (see _INLINE_RELEASE), which leaves only a second
+# signal arriving while the first one's exception is being raised.  PyPy
+# (whose functools is Python code) uses the inline release: best effort.
 #
 # A signal handler that stores while this thread is inside store() on the
 # same segment would find the lock held by its own thread (deadlock), or, if
