@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import struct
 import sys
 from typing import Union
@@ -82,9 +83,21 @@ def check_name(name: object, name_max: int) -> str:
     return name
 
 
+def as_int(value: object, what: str) -> int:
+    """``value`` as a plain int, for anything integer-like (``operator.index``:
+    int, numpy.int64, ...), as the stdlib accepts; bool is refused."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not bool")
+    if type(value) is int:
+        return value
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
+
+
 def check_size(size: object, what: str = "size") -> int:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"{what} must be an int, not {type(size).__name__}")
+    size = as_int(size, what)
     if size <= 0:
         raise ValueError(f"{what} must be a positive number of bytes, got {size}")
     need = seg_size_for(size)
@@ -94,8 +107,12 @@ def check_size(size: object, what: str = "size") -> int:
 
 
 def check_mode(mode: object) -> int:
-    if isinstance(mode, bool) or not isinstance(mode, int):
-        raise TypeError(f"mode must be an int such as 0o600, not {type(mode).__name__}")
+    try:
+        mode = as_int(mode, "mode")
+    except TypeError:
+        raise TypeError(
+            f"mode must be an int such as 0o600, not {type(mode).__name__}"
+        ) from None
     if not 0 <= mode <= 0o777:
         raise ValueError(f"mode must be permission bits between 0 and 0o777, got {oct(mode)}")
     return mode

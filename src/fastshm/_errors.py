@@ -102,7 +102,12 @@ def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
             f"another program); remove it with `fastshm delete {name}`"
         )
     if code == EEMPTY:
-        raise ValueError(f"cannot attach to {name!r}: it exists but has size 0")
+        # FormatError (a ValueError): the same exception from both backends,
+        # whichever of them noticed it.
+        raise FormatError(
+            f"cannot attach to {name!r}: it exists but has size 0 (not a fastshm "
+            "segment, or its creator never sized it)"
+        )
     if code == ETIMEOUT:
         raise TimeoutError(f"no new message in {name!r} before the timeout")
     raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import platform
 import sys
 import threading
 import time
@@ -28,7 +29,9 @@ from ._errors import (
     EVERSION,
     FormatError,
     os_error,
+    owner_error,
     raise_for,
+    read_only_error,
     too_big,
     too_small,
 )
@@ -179,9 +182,24 @@ def _put(mm: mmap.mmap, offset: int, st: Any, value: int) -> None:
 # ---- the mapping layer ----
 
 
+class _Empty(Exception):
+    """The name exists with size 0: its creator has not sized it (yet)."""
+
+
+def _attach_fd(path: str) -> Tuple[int, bool]:
+    """An existing object, read-write, or read-only when its permissions let
+    this process read but not write it: (fd, read_only)."""
+    try:
+        return _posixshmem.shm_open(path, os.O_RDWR, mode=0), False
+    except PermissionError:
+        return _posixshmem.shm_open(path, os.O_RDONLY, mode=0), True
+
+
 def _open_posix(
-    name: str, how: int, size: int, mode: int, reserve: bool = False
-) -> Tuple[int, int, bool]:
+    name: str, how: int, size: int, mode: int, any_owner: bool
+) -> Tuple[int, int, bool, bool]:
+    """(fd, size, created, read_only).  Everything opened is closed again,
+    and a name made here removed again, when it fails."""
     path = "/" + name
     for tries in range(101):
         if how != C.ATTACH:
@@ -196,28 +214,34 @@ def _open_posix(
                 try:
                     os.fchmod(fd, mode)
                     os.ftruncate(fd, size)
-                    # As FSHM_RESERVE in map_posix.c: a full /dev/shm is an
-                    # ENOSPC now rather than a SIGBUS at the first write.
-                    if reserve and sys.platform.startswith("linux"):
-                        os.posix_fallocate(fd, 0, size)
-                except OSError as e:
+                except BaseException as e:
                     os.close(fd)
                     _posixshmem.shm_unlink(path)
-                    raise os_error(e.errno or errno.EIO, name) from None
-                return fd, size, True
+                    if isinstance(e, OSError):
+                        raise os_error(e.errno or errno.EIO, name) from None
+                    raise
+                return fd, size, True, False
         try:
-            fd = _posixshmem.shm_open(path, os.O_RDWR, mode=0)
+            fd, read_only = _attach_fd(path)
         except FileNotFoundError:
             if how == C.ATTACH or tries == 100:
                 raise os_error(errno.ENOENT, name) from None
             continue
         except OSError as e:
             raise os_error(e.errno or errno.EIO, name) from None
-        st_size = os.fstat(fd).st_size
-        if st_size == 0:
+        try:
+            st = os.fstat(fd)
+            # Name squatting: someone else made the name first, so that what we
+            # store goes to them.  Only its owner (or root) can chmod or
+            # truncate it; trust ourselves and root, nobody else unless asked.
+            if not any_owner and st.st_uid not in (0, os.geteuid()):
+                raise owner_error(name, st.st_uid)
+            if st.st_size == 0:
+                raise _Empty(name)
+        except BaseException:
             os.close(fd)
-            raise_for(EEMPTY, name)
-        return fd, st_size, False
+            raise
+        return fd, st.st_size, False, read_only
     raise AssertionError("unreachable")
 
 
@@ -254,22 +278,30 @@ def _open_windows(name: str, how: int, size: int) -> Tuple[mmap.mmap, int, bool]
     return mmap.mmap(-1, size, tagname=name), size, False
 
 
+# CPython 3.13 can map without keeping a duplicate of the descriptor.
+_TRACKFD_ARG: "dict[str, Any]" = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
 def _map(
-    name: str, how: int, size: int, mode: int, reserve: bool = False
-) -> Tuple[mmap.mmap, int, bool, int]:
-    """(mapping, size, created, fd); fd is -1 where there is none."""
+    name: str, how: int, size: int, mode: int, any_owner: bool
+) -> Tuple[mmap.mmap, int, bool, int, bool]:
+    """(mapping, size, created, fd, read_only); fd is -1 where there is none.
+    Before CPython 3.13 the mapping holds a duplicate of fd of its own."""
     if C.WINDOWS:
         mm, size, created = _open_windows(name, how, size)
-        return mm, size, created, -1
-    fd, size, created = _open_posix(name, how, size, mode, reserve)
+        return mm, size, created, -1, False
+    fd, size, created, read_only = _open_posix(name, how, size, mode, any_owner)
     try:
-        mm = mmap.mmap(fd, size)
-    except OSError as e:
+        access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
+        mm = mmap.mmap(fd, size, access=access, **_TRACKFD_ARG)
+    except BaseException as e:
         os.close(fd)
         if created:
             _posixshmem.shm_unlink("/" + name)
-        raise os_error(e.errno or errno.EIO, name) from None
-    return mm, size, created, fd
+        if isinstance(e, OSError):
+            raise os_error(e.errno or errno.EIO, name) from None
+        raise
+    return mm, size, created, fd, read_only
 
 
 def unlink(name: str) -> None:
@@ -284,42 +316,171 @@ def unlink(name: str) -> None:
 class RawMapping:
     """A named mapping without a header (fastshm.SharedMemory)."""
 
-    __slots__ = ("buf", "size", "created")
+    __slots__ = ("buf", "size", "created", "readonly")
 
     def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
-        mm, self.size, self.created, fd = _map(name, how, size, mode)
+        try:
+            mm, self.size, self.created, fd, self.readonly = _map(
+                name, how, size, mode, any_owner
+            )
+        except _Empty:
+            raise_for(EEMPTY, name)
         if fd >= 0:
-            os.close(fd)
-        # The mmap stays alive while this view or any export of it does.
+            os.close(fd)  # the mapping keeps the object alive
+        # The mmap stays alive while this view or any export of it does; it
+        # is read-only when the object could only be opened for reading.
         self.buf = memoryview(mm)
 
 
-# ---- the segment ----
+# ---- the writer lock, and what a signal may interrupt ----
+#
+# Writers of this backend exclude each other with an exclusive flock, then
+# claim the header's lock word (which native writers take with a CAS) with a
+# plain store.  flock belongs to an open file description, so every thread
+# that takes it uses a descriptor of its own (an fd shared by two threads
+# would let both in); the descriptors live in a threading.local and close
+# with their thread or their handle.  A forked child drops the ones it
+# inherited (they are its parent's descriptions) and opens its own.
+#
+# A KeyboardInterrupt (any exception a signal handler raises) can arrive at
+# every point where CPython runs signal handlers: on CPython 3.11 and later
+# only at calls, function entries and backward jumps, after the call's own
+# work is done.  So the lock is taken inside the try whose finally releases
+# it, and the release there (clear the word if claimed, then LOCK_UN) has no
+# such point before the LOCK_UN call has done its work.  Older CPythons run
+# handlers after almost any instruction; there the release is a single C
+# call that does both steps (see _INLINE_RELEASE), which leaves only a second
+# signal arriving while the first one's exception is being raised.  PyPy
+# (whose functools is Python code) uses the inline release: best effort.
+#
+# A signal handler that stores while this thread is inside store() on the
+# same segment would find the lock held by its own thread (deadlock), or, if
+# it went ahead, write the slot the interrupted store is writing.  The busy
+# marker (the frame of the store that holds the lock, per thread and segment)
+# lets it refuse with a RuntimeError instead; a marker whose frame is no
+# longer on the stack is stale (left by an interrupted store) and ignored.
 
-# flock belongs to an open file description, which a forked child shares with
-# its parent: without a description of its own, a child's store would not
-# exclude its parent's.  So every child reopens the descriptors it inherited.
+_INLINE_RELEASE = sys.implementation.name != "cpython" or sys.version_info >= (3, 11)
+if not _INLINE_RELEASE:
+    import collections
+    import functools
+
+    # map(partial.__call__, ops) consumed by a deque runs every op from C, in
+    # one call: no signal handler can run between them.
+    _pcall: Any = functools.partial.__call__
+    _consume: Any = collections.deque(maxlen=0).extend
+    _partial: Any = functools.partial
+
+# Loads: lock-free attempts before a writable handle takes the writer lock
+# and copies under it, so that a load ends whatever the writers do.
+_LOCKFREE_TRIES = 3
+_TRIES = tuple(range(_LOCKFREE_TRIES))
+
+# x86 keeps stores in order and loads in order, which the seqlock relies on
+# without fences.  Elsewhere (ARM64, POWER, ...) readers take a shared flock
+# around their copy: the kernel's lock orders memory against the writers'
+# exclusive flock.  A test may set this to False to exercise that path.
+_STRONG_ORDER: bool = platform.machine().lower() in {
+    "x86_64", "amd64", "i386", "i686", "x86",
+}
+
+_LINUX = sys.platform.startswith("linux")
+_flock: Any = None if fcntl is None else fcntl.flock
+_LOCK_EX = 0 if fcntl is None else fcntl.LOCK_EX
+_LOCK_SH = 0 if fcntl is None else fcntl.LOCK_SH
+_LOCK_UN = 0 if fcntl is None else fcntl.LOCK_UN
+_LOCK_SL = slice(C.H_LOCK, C.H_LOCK + 8)
+_SEQ_SL = slice(C.H_SEQ, C.H_SEQ + 8)
+_NOTIFY_SL = slice(C.H_NOTIFY, C.H_NOTIFY + 4)
+_ZERO8 = bytes(8)
+_u64 = C.U64.unpack_from
+_slot_words = C.SLOT_WORDS.unpack_from
+_HDR = C.HEADER_SIZE
+_SLOT_HDR = C.SLOT_HEADER_SIZE
+_H_SEQ = C.H_SEQ
+_p64 = C.U64.pack
+_u32 = C.U32.unpack_from
+_p32 = C.U32.pack
+
+_busy_local = threading.local()
+
+
+def _thread_busy() -> "dict[Any, Any]":
+    """This thread's busy markers: segment key -> frame holding its lock."""
+    try:
+        d: "dict[Any, Any]" = _busy_local.d
+    except AttributeError:
+        # One C call: a signal handler that gets here first, in between,
+        # makes the dict this code then uses too.
+        d = _busy_local.__dict__.setdefault("d", {})
+    return d
+
+
+def _on_stack(frame: Any) -> bool:
+    f: Any = sys._getframe(2)
+    while f is not None:
+        if f is frame:
+            return True
+        f = f.f_back
+    return False
+
+
+def _reentrant(name: str, frame: Any, what: str) -> RuntimeError:
+    inner = "store" if frame.f_code.co_name == "store" else "load"
+    return RuntimeError(
+        f"{what}() called from a signal handler while this thread is inside "
+        f"{inner}() on the same segment {name!r}; the python backend cannot "
+        "store there without waiting for itself or overwriting the message being "
+        "written. Store from the main code (e.g. let the handler set a flag), or "
+        "use the native backend"
+    )
+
+
+class _ThreadState:
+    """One thread's lock state for one handle."""
+
+    __slots__ = ("fd", "claimed", "ident", "me", "busy", "clear", "unflock", "noop",
+                 "__weakref__")
+
+    fd: int
+    claimed: bool  # the lock word holds our id (inline release only)
+    ident: bytes  # that id, packed
+    me: int
+    busy: "dict[Any, Any]"
+    clear: Any  # the composed release's steps (old CPythons only)
+    unflock: Any
+    noop: Any
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except AttributeError:
+            pass
+
+
 _open_handles: "weakref.WeakSet[SegmentHandle]" = weakref.WeakSet()
 
 
-def _reopen_after_fork() -> None:
+def _after_fork_in_child() -> None:
+    global _busy_local
+    _busy_local = threading.local()
     for h in list(_open_handles):
-        h._tlock = threading.Lock()
-        if h._fd < 0:  # lost in an earlier fork: stays without one
-            continue
-        try:
-            fd = os.open(f"/proc/self/fd/{h._fd}", os.O_RDWR)
-        except OSError:
-            try:
-                fd = _posixshmem.shm_open("/" + h.name, os.O_RDWR, mode=0)
-            except OSError:
-                fd = -1  # unlinked since: nobody new can open it to race us
-        os.close(h._fd)
-        h._fd = fd
+        for t in list(h._states):
+            t.close()
+        h._states = weakref.WeakSet()
+        h._tls = threading.local()
 
 
 if hasattr(os, "register_at_fork") and not C.WINDOWS:
-    os.register_at_fork(after_in_child=_reopen_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _attach(mm: mmap.mmap, size: int) -> int:
@@ -340,49 +501,108 @@ def _attach(mm: mmap.mmap, size: int) -> int:
     return capacity
 
 
+def _initialise(mm: mmap.mmap, fd: int, size: int, capacity: int) -> None:
+    """Write a new segment's header (docs/FORMAT.md, "Creating").  While the
+    magic is 0 the lock word names the creator, so that openers wait for a
+    creator that is alive and give up at once on one that died."""
+    reserve = fd >= 0 and _LINUX
+    if reserve:
+        # The header's page first: writing it cannot fault on a full /dev/shm.
+        os.posix_fallocate(fd, 0, min(size, mmap.PAGESIZE))
+    _put(mm, C.H_LOCK, C.U64, self_id())
+    if reserve:
+        # As FSHM_RESERVE in map_posix.c: a full /dev/shm is an ENOSPC now
+        # rather than a SIGBUS at the first write.
+        os.posix_fallocate(fd, 0, size)
+    C.HEAD.pack_into(mm, 0, 0, C.VERSION, C.HEADER_SIZE, capacity)
+    _put(mm, C.H_LOCK, C.U64, 0)
+    # The magic last: an opener that sees it sees the rest.
+    _put(mm, C.H_MAGIC, C.U32, C.MAGIC)
+
+
+# ---- the segment ----
+
+
 class SegmentHandle:
     """An open fastshm segment over an mmap."""
 
     __slots__ = (
-        "name", "_mm", "_mv", "_fd", "_anchor", "_tlock",
-        "capacity", "size", "created", "_stride", "__weakref__",
+        "name", "_mm", "_mv", "_fd", "_src", "_key", "_anchor", "_tls", "_states",
+        "capacity", "size", "created", "readonly", "_stride", "__weakref__",
     )
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
     ) -> None:
+        capacity = C.as_int(capacity, "capacity")
+        mode = C.as_int(mode, "mode")
         need = C.seg_size_for(capacity) if how != C.ATTACH else 0
         deadline = time.monotonic() + _READY_WAIT_S
         backoff = 20e-6
         while True:
+            creator_alive = False
             try:
-                mm, size, created, fd = _map(name, how, need, mode, reserve=True)
-            except ValueError:  # size 0: its creator has not sized it yet
+                mm, size, created, fd, read_only = _map(name, how, need, mode, any_owner)
+            except _Empty:  # size 0: its creator has not sized it yet
                 code = EEMPTY
             else:
                 if created:
-                    C.HEAD.pack_into(mm, 0, 0, C.VERSION, C.HEADER_SIZE, capacity)
-                    # The magic last: an opener that sees it sees the rest.
-                    C.U32.pack_into(mm, C.H_MAGIC, C.MAGIC)
+                    try:
+                        _initialise(mm, fd, size, capacity)
+                    except BaseException as e:
+                        mm.close()
+                        if fd >= 0:
+                            os.close(fd)
+                        unlink(name)
+                        if isinstance(e, OSError):
+                            raise os_error(e.errno or errno.EIO, name) from None
+                        raise
                     code = capacity
                 else:
                     code = _attach(mm, size)
+                    if code == ENOTREADY:
+                        owner = _u64(mm, C.H_LOCK)[0]
+                        state = owner_dead(owner) if owner else -1
+                        if state == 1:  # its creator died before finishing it
+                            mm.close()
+                            if fd >= 0:
+                                os.close(fd)
+                            raise_for(ENOTREADY, name)
+                        creator_alive = state == 0
                 if code > 0:
                     break
                 mm.close()
                 if fd >= 0:
                     os.close(fd)
-            if code not in (ENOTREADY, EEMPTY) or time.monotonic() >= deadline:
+            if code not in (ENOTREADY, EEMPTY):
+                raise_for(code, name)
+            # A creator that is alive is waited for as long as it takes (a
+            # large segment can take seconds to pre-allocate); one that cannot
+            # be judged, or a name of size 0, for a bounded time.
+            if not creator_alive and time.monotonic() >= deadline:
                 raise_for(code, name)
             time.sleep(backoff)
             backoff = min(backoff * 2, 0.01)
         self.name = name
         self._mm = mm
         self._mv = memoryview(mm)
-        self._fd = fd
-        self._anchor = _futex_anchor(mm)
-        self._tlock = threading.Lock()
+        self.readonly = read_only
+        self._key: Any = name
+        self._src: int = -1
         if fd >= 0:
+            st = os.fstat(fd)
+            self._key = (st.st_dev, st.st_ino)
+            if _LINUX and not _TRACKFD_ARG:
+                # The mapping holds a duplicate of the descriptor: one is
+                # enough; threads that lock reopen it through /proc.
+                os.close(fd)
+                fd = -1
+        self._fd = fd
+        # The futex word of native waiters (only writers wake it).
+        self._anchor = None if read_only else _futex_anchor(mm)
+        self._tls = threading.local()
+        self._states: "weakref.WeakSet[_ThreadState]" = weakref.WeakSet()
+        if not C.WINDOWS:
             _open_handles.add(self)
         self.capacity = code
         self.size = size
@@ -391,44 +611,106 @@ class SegmentHandle:
 
     def __del__(self) -> None:
         try:
+            for t in list(self._states):
+                t.close()
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
         except (AttributeError, OSError):
             pass
 
-    # -- writer lock --
+    # -- per-thread lock state --
 
-    def _lock(self) -> None:
-        self._tlock.acquire()
-        flocked = False
+    def _thread_state(self) -> _ThreadState:
+        t = _ThreadState()
+        t.fd = -1
+        t.claimed = False
+        t.me = self_id()
+        t.ident = _p64(t.me)
+        t.busy = _thread_busy()
+        if fcntl is not None:
+            t.fd = self._open_thread_fd()
+        if not _INLINE_RELEASE:
+            t.clear = _partial(self._mm.__setitem__, _LOCK_SL, _ZERO8)
+            t.noop = _partial(int)
+            t.unflock = _partial(_flock, t.fd, _LOCK_UN) if t.fd >= 0 else t.noop
+        # A signal handler may have made this thread's state meanwhile: keep
+        # the first (one C call), drop ours.
+        first: _ThreadState = self._tls.__dict__.setdefault("t", t)
+        if first is not t:
+            t.close()
+            return first
+        self._states.add(t)
+        return t
+
+    def _same(self, fd: int) -> bool:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == self._key  # type: ignore[no-any-return]
+
+    def _open_thread_fd(self) -> int:
+        """A descriptor of this thread's own (a new open file description of
+        the object), for flock; opened read-only, which flock needs no more
+        than."""
+        flags = os.O_RDONLY
+        if _LINUX:
+            # Reopening /proc/self/fd/N makes a new description of N's object:
+            # N is the handle's fd, the mapping's duplicate found earlier, or
+            # any descriptor of this object (the mapping's is always there).
+            for scan in (False, True):
+                if scan:
+                    cands = []
+                    for entry in os.listdir("/proc/self/fd"):
+                        try:
+                            st = os.stat(f"/proc/self/fd/{entry}")
+                        except OSError:
+                            continue
+                        if (st.st_dev, st.st_ino) == self._key:
+                            cands.append(int(entry))
+                else:
+                    cands = [n for n in (self._fd, self._src) if n >= 0]
+                for n in cands:
+                    try:
+                        fd = os.open(f"/proc/self/fd/{n}", flags)
+                    except OSError:
+                        continue
+                    if self._same(fd):
+                        if n != self._fd:
+                            self._src = n
+                        return fd
+                    os.close(fd)
         try:
-            if self._fd >= 0:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-                flocked = True
-            mm = self._mm
-            # A native writer holds the word with a CAS; wait for it, or take
-            # the word over when its owner is dead (asking the system about
-            # the owner only every 50th round: it costs system calls).
-            rounds = 0
-            while True:
-                owner = C.U64.unpack_from(mm, C.H_LOCK)[0]
-                if owner == 0 or (rounds % 50 == 0 and owner_dead(owner) == 1):
-                    break
-                rounds += 1
-                time.sleep(20e-6)
-            _put(mm, C.H_LOCK, C.U64, self_id())
-        except BaseException:  # e.g. Ctrl-C while waiting: hold nothing
-            if flocked:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._tlock.release()
-            raise
-
-    def _unlock(self) -> None:
-        _put(self._mm, C.H_LOCK, C.U64, 0)
+            fd = int(_posixshmem.shm_open("/" + self.name, flags, mode=0))
+        except OSError:
+            pass
+        else:
+            if self._same(fd):
+                return fd
+            os.close(fd)
         if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._tlock.release()
+            # The name is gone or names another object: a duplicate shares
+            # the handle's description, so this thread's stores exclude other
+            # processes' but not those of the handle's other threads.
+            return os.dup(self._fd)
+        raise OSError(errno.EBADF, f"cannot reopen the segment {self.name!r} for locking")
+
+    def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
+        """Wait for the lock word, then write this process's id into it (the
+        caller holds the flock).  A native writer holds the word with a CAS;
+        its owner is asked about only every 50th round (system calls)."""
+        me = t.me
+        rounds = 0
+        while True:
+            owner = _u64(mm, C.H_LOCK)[0]
+            # Our own id under our flock: left by a store of this process that
+            # was interrupted where an old CPython could not clear it.
+            if owner == 0 or owner == me or (rounds % 50 == 0 and owner_dead(owner) == 1):
+                break
+            rounds += 1
+            time.sleep(20e-6)
+        t.claimed = True
+        if ops is not None:
+            ops[0] = t.clear
+        mm[_LOCK_SL] = t.ident
 
     # -- the operations --
 
@@ -436,83 +718,234 @@ class SegmentHandle:
         n = len(data)
         if n > self.capacity:
             raise too_big(n, self.name, self.capacity)
-        mm = self._mm
-        self._lock()
+        if self.readonly:
+            raise read_only_error(self.name)
         try:
-            nxt: int = C.U64.unpack_from(mm, C.H_SEQ)[0] + 1
+            t: _ThreadState = self._tls.t
+        except AttributeError:
+            t = self._thread_state()
+        busy = t.busy
+        key = self._key
+        inner = busy.get(key)
+        if inner is not None and _on_stack(inner):
+            raise _reentrant(self.name, inner, "store")
+        mm = self._mm
+        fd = t.fd
+        ops = rel = None
+        if not _INLINE_RELEASE:
+            ops = [t.noop, t.unflock]
+            rel = map(_pcall, ops)
+        # From here until the release, see "what a signal may interrupt".
+        busy[key] = sys._getframe()
+        try:
+            if fd >= 0:
+                _flock(fd, _LOCK_EX)
+            self._claim(t, mm, ops)
+            nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > _SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
                 raise_for(EFORMAT, self.name, "the store counter is out of range")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
-            _put(mm, off + C.S_SEQ, C.U64, 2 * nxt - 1)
-            _put(mm, off + C.S_LENGTH, C.U64, n)
+            # Each shared word in one copy (a slice assignment is one memcpy).
+            mm[off : off + 8] = _p64(2 * nxt - 1)
+            mm[off + 8 : off + 16] = _p64(n)
             start = off + C.SLOT_HEADER_SIZE
             # Through the memoryview: PyPy's mmap slice assignment takes
             # bytes only, a memoryview slice takes any byte buffer.
             self._mv[start : start + n] = data
-            _put(mm, off + C.S_SEQ, C.U64, 2 * nxt)
-            _put(mm, C.H_SEQ, C.U64, nxt)
-            notify = C.U32.unpack_from(mm, C.H_NOTIFY)[0]
-            _put(mm, C.H_NOTIFY, C.U32, (notify + 1) & 0xFFFFFFFF)
-            if C.U32.unpack_from(mm, C.H_WAITERS)[0]:
+            mm[off : off + 8] = _p64(2 * nxt)
+            mm[_SEQ_SL] = _p64(nxt)
+            mm[_NOTIFY_SL] = _p32((_u32(mm, C.H_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+            if _u32(mm, C.H_WAITERS)[0]:
                 _futex_wake(self._anchor, C.H_NOTIFY)
+            if rel is not None:
+                _consume(rel)  # released here; the finally's call finds nothing left
         finally:
-            self._unlock()
+            if rel is None:
+                # No point where a signal handler runs until LOCK_UN is done.
+                if t.claimed:
+                    mm[_LOCK_SL] = _ZERO8
+                    t.claimed = False
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+            else:
+                _consume(rel)
+            busy[key] = None
         return nxt
 
     def _begin(self) -> Tuple[int, int, int, int]:
         """(payload offset, length, seq, slot word), as fshm_read_begin."""
         mm = self._mm
         while True:
-            seq = C.U64.unpack_from(mm, C.H_SEQ)[0]
+            seq = _u64(mm, _H_SEQ)[0]
             if seq == 0:
-                return C.HEADER_SIZE + C.SLOT_HEADER_SIZE, 0, 0, 0
-            off = C.HEADER_SIZE + (seq & 1) * self._stride
-            token, length = C.SLOT_WORDS.unpack_from(mm, off)
+                return _HDR + _SLOT_HDR, 0, 0, 0
+            off = _HDR + (seq & 1) * self._stride
+            token, length = _slot_words(mm, off)
             if token == 2 * seq and length <= self.capacity:
-                return off + C.SLOT_HEADER_SIZE, length, seq, token
-            if C.U64.unpack_from(mm, C.H_SEQ)[0] == seq:
+                return off + _SLOT_HDR, length, seq, token
+            if _u64(mm, _H_SEQ)[0] == seq:
                 raise_for(EFORMAT, self.name, "the current slot is inconsistent")
             time.sleep(0)
 
     def _end(self, offset: int, seq: int, token: int) -> bool:
         if seq == 0:
             return True
-        now: int = C.U64.unpack_from(self._mm, offset - C.SLOT_HEADER_SIZE)[0]
+        now: int = _u64(self._mm, offset - C.SLOT_HEADER_SIZE)[0]
         return now == token
 
-    def load(self) -> Tuple[bytes, int]:
-        mm = self._mm
-        while True:
-            off, length, seq, token = self._begin()
-            data = mm[off : off + length]
-            if self._end(off, seq, token):
-                return data, seq
-
-    def load_into(self, dst: memoryview) -> Tuple[int, int]:
-        while True:
-            off, length, seq, token = self._begin()
+    def _read_once(self, what: int, dst: Any) -> Any:
+        """One seqlock attempt: (result, seq), or None when writers got in
+        the way.  what: 0 load, 1 load_into(dst), 2 view."""
+        off, length, seq, token = self._begin()
+        if what == 0:
+            out: Any = self._mm[off : off + length]
+        elif what == 1:
             if length > dst.nbytes:
                 if not self._end(off, seq, token):
-                    continue
+                    return None
                 raise too_small(dst.nbytes, length)
             dst[:length] = self._mv[off : off + length]
-            if self._end(off, seq, token):
-                return length, seq
+            out = length
+        else:
+            out = None
+        if not self._end(off, seq, token):
+            return None
+        if what == 2:
+            out = self._mv[off : off + length].toreadonly()
+        return out, seq
+
+    def _read_locked(self, what: int, dst: Any, exclusive: bool) -> Any:
+        """One attempt under the flock: shared (ordering on weakly ordered
+        CPUs), or exclusive with the lock word too (no writer can get in the
+        way, native ones included)."""
+        try:
+            t: _ThreadState = self._tls.t
+        except AttributeError:
+            t = self._thread_state()
+        busy = t.busy
+        key = self._key
+        inner = busy.get(key)
+        if inner is not None and _on_stack(inner):
+            # A signal handler reading while this thread holds the lock: the
+            # interrupted writer cannot move, so a plain attempt is enough.
+            return self._read_once(what, dst)
+        mm = self._mm
+        fd = t.fd
+        ops = rel = None
+        if not _INLINE_RELEASE:
+            ops = [t.noop, t.unflock]
+            rel = map(_pcall, ops)
+        busy[key] = sys._getframe()
+        try:
+            if fd >= 0:
+                _flock(fd, _LOCK_EX if exclusive else _LOCK_SH)
+            if exclusive:
+                self._claim(t, mm, ops)
+            out = self._read_once(what, dst)
+            if rel is not None:
+                _consume(rel)
+        finally:
+            if rel is None:
+                if t.claimed:
+                    mm[_LOCK_SL] = _ZERO8
+                    t.claimed = False
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+            else:
+                _consume(rel)
+            busy[key] = None
+        return out
+
+    def _read_slow(self, what: int, dst: Any) -> Any:
+        """After the lock-free attempts (strongly ordered CPUs) or instead of
+        them: under the lock, so that a load ends in bounded time.  A
+        read-only handle cannot take the writer lock and keeps trying."""
+        tries = _LOCKFREE_TRIES if _STRONG_ORDER else 0
+        while True:
+            exclusive = tries >= _LOCKFREE_TRIES and not self.readonly
+            if exclusive or not _STRONG_ORDER:
+                out = self._read_locked(what, dst, exclusive)
+            else:
+                out = self._read_once(what, dst)
+            if out is not None:
+                return out
+            tries += 1
+
+    def load(self) -> Tuple[bytes, int]:
+        if _STRONG_ORDER:  # the hot path: lock-free, no system call
+            mm = self._mm
+            for _ in _TRIES:
+                off, length, seq, token = self._begin()
+                data = mm[off : off + length]
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
+                    return data, seq
+        return self._read_slow(0, None)  # type: ignore[no-any-return]
+
+    def load_into(self, dst: memoryview) -> Tuple[int, int]:
+        if _STRONG_ORDER:
+            mm = self._mm
+            for _ in _TRIES:
+                off, length, seq, token = self._begin()
+                if length > dst.nbytes:
+                    if _u64(mm, off - _SLOT_HDR)[0] == token:
+                        raise too_small(dst.nbytes, length)
+                    continue
+                dst[:length] = self._mv[off : off + length]
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
+                    return length, seq
+        return self._read_slow(1, dst)  # type: ignore[no-any-return]
 
     def view(self) -> Tuple[memoryview, int]:
-        while True:
-            off, length, seq, token = self._begin()
-            if self._end(off, seq, token):
-                return self._mv[off : off + length].toreadonly(), seq
+        if _STRONG_ORDER:
+            mm = self._mm
+            for _ in _TRIES:
+                off, length, seq, token = self._begin()
+                if seq == 0 or _u64(mm, off - _SLOT_HDR)[0] == token:
+                    return self._mv[off : off + length].toreadonly(), seq
+        return self._read_slow(2, None)  # type: ignore[no-any-return]
+
+    def intact(self, seq: int) -> bool:
+        """Whether message ``seq`` is still in place and untouched: the
+        seqlock's re-check, for a reader of a view() to ask afterwards."""
+        seq = C.as_int(seq, "seq")
+        if seq < 0:
+            raise ValueError(f"seq must be a message number >= 0, not {seq}")
+        if seq == 0:
+            return True
+        if seq > _SEQ_MAX:
+            return False
+        if not _STRONG_ORDER:
+            self._fence()
+        word: int = _u64(self._mm, C.HEADER_SIZE + (seq & 1) * self._stride)[0]
+        return word == 2 * seq
+
+    def _fence(self) -> None:
+        """A full barrier through the kernel: take and drop a shared flock
+        (not while this thread holds the lock: that would convert it)."""
+        if fcntl is None:
+            return
+        try:
+            t: _ThreadState = self._tls.t
+        except AttributeError:
+            t = self._thread_state()
+        inner = t.busy.get(self._key)
+        if t.fd < 0 or (inner is not None and _on_stack(inner)):
+            return
+        try:
+            _flock(t.fd, _LOCK_SH)
+        finally:
+            _flock(t.fd, _LOCK_UN)
 
     def seq(self) -> int:
-        seq: int = C.U64.unpack_from(self._mm, C.H_SEQ)[0]
+        seq: int = _u64(self._mm, C.H_SEQ)[0]
         return seq
 
     def lock_owner(self) -> int:
-        return C.U64.unpack_from(self._mm, C.H_LOCK)[0]  # type: ignore[no-any-return]
+        return _u64(self._mm, C.H_LOCK)[0]  # type: ignore[no-any-return]
 
     def break_lock(self, owner: int) -> bool:
+        if self.readonly:
+            raise read_only_error(self.name)
         # Without a compare-and-swap there is a window between the check and
         # the write; the caller has judged the owner gone, and a new writer
         # would have to arrive within it.
@@ -522,8 +955,9 @@ class SegmentHandle:
         return True
 
     def wait(self, after: int, timeout: Optional[float]) -> Optional[int]:
+        # Polls: it writes nothing shared (a read-only handle waits too).
         mm = self._mm
-        unpack = C.U64.unpack_from
+        unpack = _u64
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         seq: int

@@ -15,6 +15,7 @@ by either class is opened by the other.  The differences are on purpose:
 from __future__ import annotations
 
 import secrets
+import sys
 from typing import Any, Optional, Tuple
 
 from . import _common as C
@@ -28,6 +29,11 @@ _NAME_PREFIX = "wnsm_" if C.WINDOWS else "psm_"
 def _make_name() -> str:
     nbytes = (_SAFE_NAME_LENGTH - len(_NAME_PREFIX) - (0 if C.WINDOWS else 1)) // 2
     return _NAME_PREFIX + secrets.token_hex(nbytes)
+
+
+def _reattach(cls: Any, name: str, size: int, backend: str) -> "SharedMemory":
+    """Unpickling: attach to ``name`` again, with the backend it was open with."""
+    return cls(name, False, size, backend=backend)  # type: ignore[no-any-return]
 
 
 class SharedMemory:
@@ -63,16 +69,23 @@ class SharedMemory:
         self, name: Optional[str], how: int, size: int, track: bool,
         backend: Optional[str], mode: int, any_owner: bool,
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int):
-            raise TypeError(f"'size' must be an int, not {type(size).__name__}")
+        # Any integer-like size (numpy.int64 from shape arithmetic), as the
+        # stdlib takes; bool is refused.
+        size = C.as_int(size, "'size'")
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
         if how != C.ATTACH and size == 0:
             raise ValueError("'size' must be a positive number different from zero")
+        if how != C.ATTACH and size > sys.maxsize:
+            # Refused before anything is created: no mapping can be that large.
+            raise ValueError(
+                f"'size' of {size} bytes is too large for this platform "
+                f"(at most {sys.maxsize})"
+            )
         if name is None and how != C.CREATE:
             raise ValueError("'name' can only be None if create=True")
         impl = resolve(backend)
-        C.check_mode(mode)
+        mode = C.check_mode(mode)
         if not isinstance(any_owner, bool):
             raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
         if name is None:
@@ -169,8 +182,10 @@ class SharedMemory:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __reduce__(self) -> Tuple[Any, Tuple[str, bool, int]]:
-        return (self.__class__, (self.name, False, self.size))
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, str, int, str]]:
+        # Re-attaches with the same backend.  Pickles of the stdlib's shape,
+        # (cls, (name, False, size)), still load: that is the constructor.
+        return (_reattach, (self.__class__, self.name, self.size, self._backend))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
