@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable
 
 import pytest
-from conftest import BACKENDS, SHM_DIR, run_python
+from conftest import BACKENDS, SHM_DIR, backend_name, run_python
 from test_faults import _store_bounded
 from test_stress import TESTS_DIR, check_message, make_message
 
@@ -37,17 +37,6 @@ needs_root = pytest.mark.skipif(
     reason="needs root, to run child processes as other users",
 )
 pytestmark = posix_only
-
-
-def xfail_native(reason: str = "native side pending") -> Callable[[str], Any]:
-    return lambda backend: pytest.param(
-        backend,
-        marks=pytest.mark.xfail(strict=False, reason=reason) if backend == "native" else (),
-    )
-
-
-def backends_xfail_native(reason: str = "native side pending") -> list[Any]:
-    return [xfail_native(reason)(b) for b in BACKENDS]
 
 
 def open_fds() -> int:
@@ -179,7 +168,7 @@ def test_ctrl_c_inside_store_releases_the_lock(backend: str, shm_name: Callable[
         data = make_message(1, 0, 1000, os.urandom(2000), 0)
         seq = _store_bounded(seg, data, timeout=5.0)
         assert seg.load() == data and seg.last_seq == seq
-        assert seg._h.lock_owner() == 0
+        assert seg._lock_owner() == 0
         ctl.store(b"exit")
         assert _line(p, 10) == "bye"
     finally:
@@ -417,7 +406,6 @@ for label, open_ in [
 
 
 @needs_root
-@pytest.mark.parametrize("backend", backends_xfail_native())
 def test_squatted_name_is_refused(backend: str, shm_name: Callable[..., str]) -> None:
     seg_name, raw_name = shm_name("squat"), shm_name("squatraw")
     assert as_user(NOBODY, SQUAT, seg_name, raw_name) == ["made"]
@@ -486,7 +474,7 @@ READER = r"""
 import fastshm
 backend = args[1]
 seg = fastshm.Segment(args[0], create=False, backend=backend)
-print("readonly", seg._h.readonly)
+print("readonly", seg.readonly)
 print("load", seg.load().decode(), seg.last_seq)
 print("view", bytes(seg.view()).decode())
 print("wait", seg.wait(timeout=5, after=0))
@@ -509,7 +497,6 @@ raw.close()
 
 
 @needs_root
-@pytest.mark.parametrize("backend", backends_xfail_native())
 def test_read_only_open(backend: str, name: str) -> None:
     with fastshm.Segment(name, 64, create=True, backend=backend, mode=0o644) as seg:
         seg.store(b"for everyone")
@@ -566,7 +553,6 @@ def _creator(name: str, pause: float) -> subprocess.Popen:
     )
 
 
-@pytest.mark.parametrize("backend", backends_xfail_native())
 def test_slow_creator_is_waited_for(backend: str, name: str) -> None:
     p = _creator(name, 2.5)
     try:
@@ -619,7 +605,7 @@ def test_creator_names_itself_while_creating(name: str, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(_pure, "_put", spy)
     with fastshm.Segment(name, 64, create=True, backend="python") as seg:
-        assert seg._h.lock_owner() == 0
+        assert seg._lock_owner() == 0
     assert seen[1] == (0, _pure.self_id())  # before the header is written
     assert seen[-1] == (0, 0)  # lock cleared, magic about to be written
 
@@ -656,12 +642,6 @@ def test_integer_like_sizes(backend: str, name: str, kind: Any,
     with fastshm.SharedMemory.open_or_create(name, kind(64), backend=backend) as sm:
         assert sm.size == 64
     fastshm.SharedMemory(name, backend=backend).unlink()
-    if backend == "native" and kind is Index:
-        request.applymarker(pytest.mark.xfail(
-            strict=False,
-            reason="segment.py hands the unconverted size to the native handle, which "
-                   "takes only int and numpy integers",
-        ))
     with fastshm.Segment(name, kind(64), mode=kind(0o640), backend=backend) as seg:
         assert seg.capacity == 64
         seg.store(b"x" * 64)
@@ -717,7 +697,7 @@ def test_pickle_keeps_backend(backend: str, name: str, kind: str) -> None:
         )
         out = run_python(code, pickle.dumps(obj).hex(), env={"FASTSHM_BACKEND": default},
                          timeout=30).stdout.decode().strip()
-        assert out == backend
+        assert out == backend_name(backend)
     obj.close()
 
 
@@ -790,7 +770,7 @@ def weak_reader_main(name: str, seconds: float) -> None:
         check_message(bytes(buf[:n]))
         v = seg.view()
         data = bytes(v)
-        if seg._h.intact(seg.last_seq):
+        if seg.intact(seg.last_seq):
             check_message(data)
             views_checked += 1
         loads += 3

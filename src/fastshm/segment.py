@@ -108,7 +108,7 @@ class Segment:
             raise TypeError(f"create must be None, True or False, not {create!r}")
         if how != C.ATTACH:
             size = C.check_size(size)
-        C.check_mode(mode)
+        mode = C.check_mode(mode)
         if not isinstance(any_owner, bool):
             raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
         capacity = size if how != C.ATTACH else 0
