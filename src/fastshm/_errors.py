@@ -97,9 +97,9 @@ def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
         )
     if code == ENOTREADY:
         raise FormatError(
-            f"{name!r} exists but its creator did not finish initialising it within "
-            "1 s (it may have died while creating it, or the name belongs to "
-            f"another program); remove it with `fastshm delete {name}`"
+            f"{name!r} exists but its creator did not finish initialising it (it "
+            "died while creating it, or did not finish within a minute, or the name "
+            f"belongs to another program); remove it with `fastshm delete {name}`"
         )
     if code == EEMPTY:
         # FormatError (a ValueError): the same exception from both backends,

@@ -54,6 +54,9 @@ else:
     NAME_MAX = 30 if sys.platform == "darwin" else 255
 
 _READY_WAIT_S = 1.0
+# The longest an opener waits for a creator that is alive (as slot.c does):
+# a stopped creator, or a dead one whose pid was reused, would hold it forever.
+_CREATOR_WAIT_S = 60.0
 _WAIT_SPIN_S = 50e-6
 _WAIT_SLEEP_MAX_S = 0.002
 # The largest store number (as SEQ_MAX in slot.c): its slot word, 2 * seq, fits 64 bits.
@@ -537,7 +540,8 @@ class SegmentHandle:
         capacity = C.as_int(capacity, "capacity")
         mode = C.as_int(mode, "mode")
         need = C.seg_size_for(capacity) if how != C.ATTACH else 0
-        deadline = time.monotonic() + _READY_WAIT_S
+        start = time.monotonic()
+        deadline = start + _READY_WAIT_S
         backoff = 20e-6
         while True:
             creator_alive = False
@@ -563,12 +567,16 @@ class SegmentHandle:
                     if code == ENOTREADY:
                         owner = _u64(mm, C.H_LOCK)[0]
                         state = owner_dead(owner) if owner else -1
-                        if state == 1:  # its creator died before finishing it
+                        if state == 1 and _u32(mm, C.H_MAGIC)[0] == 0:
+                            # Its creator died before finishing it (and did
+                            # not finish it just now, the lock word then
+                            # being a writer's).
                             mm.close()
                             if fd >= 0:
                                 os.close(fd)
                             raise_for(ENOTREADY, name)
-                        creator_alive = state == 0
+                        creator_alive = (state == 0
+                                         and time.monotonic() - start < _CREATOR_WAIT_S)
                 if code > 0:
                     break
                 mm.close()
