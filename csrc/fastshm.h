@@ -182,6 +182,13 @@ void fshm_read_unlock(const fshm_seg *s);
  * the seqlock's re-check for a zero-copy reader that used the bytes where
  * they lie and asks afterwards whether they were intact. */
 int fshm_intact(const fshm_seg *s, uint64_t seq);
+/* The policy of fshm_load, for callers that make their own copies: after
+ * FSHM_LOAD_TRIES copies spoiled by writers, and at least
+ * FSHM_LOAD_LOCKFREE_NS of lock-free attempts (so short copies, which
+ * writers rarely spoil twice, keep trying without the lock), copy under the
+ * writer lock (fshm_read_lock). */
+#define FSHM_LOAD_TRIES 3
+#define FSHM_LOAD_LOCKFREE_NS 20000
 /* Number of stores published so far. */
 uint64_t fshm_seq(const fshm_seg *s);
 /* Block until a store newer than `after` is published; *seq gets the newest

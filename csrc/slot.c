@@ -27,6 +27,7 @@
 #define H_LOCK 64
 #define H_LOCK_WAKE 72
 #define H_LOCK_WAITERS 76
+#define H_LOCK_NEXT 80
 /* Slot header offsets. */
 #define S_SEQ 0
 #define S_LENGTH 8
@@ -44,14 +45,16 @@
 #define WAIT_SLEEP_MAX_NS 100000000LL
 #define LOCK_SPINS 200
 #define LOCK_SLEEP_NS 2000000
+/* A turn (lock_next) is given up by others after the lock sat free this long
+ * for it; meanwhile they re-check every TURN_SLEEP_NS. */
+#define TURN_MAX_NS 10000000LL
+#define TURN_SLEEP_NS 1000000
 /* The largest store number: its slot word, 2 * seq, must not wrap. */
 #define SEQ_MAX (UINT64_MAX >> 1)
 /* How long an opener waits for another process to finish creating: when it
  * cannot tell whether that process is alive, and at most while it is. */
 #define OPEN_READY_NS 1000000000LL
 #define OPEN_CREATOR_NS 60000000000LL
-/* Lock-free attempts of a load before it copies under the writer lock. */
-#define LOAD_TRIES 3
 
 size_t fshm_seg_size_for(uint64_t capacity)
 {
@@ -203,48 +206,95 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
 
 /* 0 once this process holds the lock; EINTR when a signal arrived while it
  * slept (the caller lets its handler run, then tries again); with nonblock,
- * FSHM_EBUSY instead of sleeping. */
+ * FSHM_EBUSY instead of sleeping.
+ *
+ * A compare-and-swap alone is unfair: a writer storing in a tight loop takes
+ * the lock again before a woken waiter has even been scheduled, and a reader
+ * that needs the lock (fshm_read_lock) could wait forever.  So a waiter that
+ * has slept once names itself in lock_next, "my turn": the others leave a
+ * free lock to it, and the unlock wakes everyone.  A turn whose owner is
+ * dead, or that the lock has sat free for TURN_MAX_NS without its owner
+ * taking it (a stopped process), is cleared by whoever notices. */
 static int lock_acquire(const fshm_seg *s, int nonblock)
 {
     uint64_t *lock = U64(s->base, H_LOCK);
+    uint64_t *next = U64(s->base, H_LOCK_NEXT);
     uint32_t *wake = U32(s->base, H_LOCK_WAKE);
     uint32_t *waiters = U32(s->base, H_LOCK_WAITERS);
     uint64_t me = fshm_self_id();
     unsigned spins = 0;
+    int slept = 0;
+    int64_t yielded_since = 0;
 
     for (;;) {
-        uint64_t owner = 0;
+        uint64_t owner = 0, turn, mine;
         uint32_t v;
-        /* Acquire on success: this writer sees the previous writer's slot
-         * bytes and counter (released in lock_release). */
         int rc = 0;
-        if (fshm_cas64(lock, &owner, me))
-            return 0;
+        turn = fshm_load64(next, FSHM_ACQUIRE);
+        if (turn == 0 || turn == me) {
+            /* Acquire on success: this writer sees the previous writer's
+             * slot bytes and counter (released in lock_release). */
+            if (fshm_cas64(lock, &owner, me)) {
+                mine = me;
+                if (turn == me)
+                    fshm_cas64(next, &mine, 0); /* turn served */
+                return 0;
+            }
+        } else {
+            owner = fshm_load64(lock, FSHM_RELAXED);
+        }
         if (spins < LOCK_SPINS) {
             spins++;
             fshm_cpu_relax();
             continue;
         }
-        if (fshm_owner_dead(owner) == 1) {
+        if (owner != 0 && fshm_owner_dead(owner) == 1) {
             /* The owner died holding the lock.  It can only have been
              * writing the slot that is not current, so taking over loses
              * nothing that was published. */
-            if (fshm_cas64(lock, &owner, me))
+            if (fshm_cas64(lock, &owner, me)) {
+                mine = me;
+                fshm_cas64(next, &mine, 0);
                 return 0;
+            }
             continue;
+        }
+        if (turn != 0 && turn != me) {
+            /* Someone else's turn: clear it if its owner is gone, or if the
+             * lock has sat free too long for it. */
+            int64_t now = fshm_monotonic_ns();
+            if (owner != 0 || yielded_since == 0)
+                yielded_since = now;
+            if (fshm_owner_dead(turn) == 1 || now - yielded_since > TURN_MAX_NS) {
+                fshm_cas64(next, &turn, 0);
+                yielded_since = 0;
+                continue;
+            }
+        } else {
+            yielded_since = 0;
         }
         if (nonblock)
             return FSHM_EBUSY;
+        if (slept && turn == 0) {
+            uint64_t none = 0;
+            fshm_cas64(next, &none, me); /* my turn next */
+        }
         fshm_add32(waiters, 1);
         /* Seq_cst: pairs with lock_release's increment of wake and load of
          * waiters, so either it sees this waiter or this waiter sees the
          * lock free or wake moved. */
         v = fshm_load32(wake, FSHM_SEQ_CST);
-        if (fshm_load64(lock, FSHM_SEQ_CST) != 0)
-            rc = fshm_futex_wait(wake, v, LOCK_SLEEP_NS);
+        turn = fshm_load64(next, FSHM_SEQ_CST);
+        if (fshm_load64(lock, FSHM_SEQ_CST) != 0 || (turn != 0 && turn != me))
+            rc = fshm_futex_wait(wake, v, turn != 0 && turn != me ? TURN_SLEEP_NS
+                                                                  : LOCK_SLEEP_NS);
         fshm_add32(waiters, -1);
-        if (rc == EINTR)
+        slept = 1;
+        if (rc == EINTR) {
+            mine = me;
+            fshm_cas64(next, &mine, 0); /* give the turn back */
             return EINTR;
+        }
     }
 }
 
@@ -253,8 +303,11 @@ static void lock_release(const fshm_seg *s)
     /* Release: the next writer's acquiring CAS sees our slot and counter. */
     fshm_store64(U64(s->base, H_LOCK), 0, FSHM_RELEASE);
     fshm_add32(U32(s->base, H_LOCK_WAKE), 1);
+    /* With a turn named, wake every sleeper: the one whose turn it is may
+     * not be the first in the kernel's queue. */
     if (fshm_load32(U32(s->base, H_LOCK_WAITERS), FSHM_SEQ_CST) != 0)
-        fshm_futex_wake(U32(s->base, H_LOCK_WAKE), 0);
+        fshm_futex_wake(U32(s->base, H_LOCK_WAKE),
+                        fshm_load64(U64(s->base, H_LOCK_NEXT), FSHM_RELAXED) != 0);
 }
 
 uint64_t fshm_lock_owner(const fshm_seg *s)
@@ -430,12 +483,21 @@ static int load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n, uint64_
 {
     fshm_read r;
     unsigned tries = 0;
+    int64_t since = 0;
     for (;;) {
-        int locked;
-        if (++tries > LOAD_TRIES && !may_lock)
-            return FSHM_EAGAIN;
-        locked = tries > LOAD_TRIES && !s->readonly;
-        int rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
+        int locked = 0, rc;
+        if (++tries > FSHM_LOAD_TRIES) {
+            int64_t now = fshm_monotonic_ns();
+            if (since == 0)
+                since = now;
+            if (now - since < FSHM_LOAD_LOCKFREE_NS)
+                tries = FSHM_LOAD_TRIES; /* short copies: keep trying lock-free */
+            else if (!may_lock)
+                return FSHM_EAGAIN;
+            else
+                locked = !s->readonly;
+        }
+        rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
         if (rc != 0)
             return rc;
         if (r.length > dst_cap) {

@@ -141,6 +141,28 @@ def test_bad_backend(name: str) -> None:
     assert not exists(name)
 
 
+def test_bad_backend_in_the_environment(name: str) -> None:
+    """A FASTSHM_BACKEND fastshm does not know breaks neither the import nor
+    an explicit choice; the first use of the default says what is wrong."""
+    code = (
+        "import sys, fastshm\n"
+        "name = sys.argv[1]\n"
+        "fastshm.Segment(name, 64, create=True, backend='python').delete()\n"
+        "try:\n"
+        "    fastshm.Segment(name, 64)\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+        "try:\n"
+        "    fastshm.backend\n"
+        "except ValueError:\n"
+        "    print('backend: ValueError')\n"
+    )
+    out = run_python(code, name, env={"FASTSHM_BACKEND": "bogus"}, timeout=30).stdout.decode()
+    assert "ValueError: FASTSHM_BACKEND='bogus' is not a fastshm backend" in out
+    assert "backend: ValueError" in out
+    assert not exists(name)
+
+
 @pytest.mark.parametrize("create", ["yes", 1, 0])
 def test_bad_create(backend: str, name: str, create: Any) -> None:
     with pytest.raises(TypeError, match="create"):

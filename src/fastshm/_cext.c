@@ -38,9 +38,6 @@
 #define GIL_RELEASE_BYTES (1024 * 1024)
 /* A blocking wait comes back for Python's signal handlers this often. */
 #define WAIT_SLICE_NS 50000000LL
-/* Lock-free attempts of a load before it copies under the writer lock (as
- * fshm_load does). */
-#define LOAD_TRIES 3
 /* A timeout longer than this many seconds is no timeout (31 years). */
 #define TIMEOUT_FOREVER_S 1e9
 /* A status code of this file, apart from the core's: a Python exception is
@@ -475,14 +472,25 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
     fshm_seg s;
     fshm_read r;
     unsigned tries = 0;
+    int64_t since = 0;
     PyObject *keep = hold(self, &s), *out = NULL;
     (void)unused;
 
     if (keep == NULL)
         return NULL;
     for (;;) {
-        int rc;
-        if (++tries > LOAD_TRIES && !s.readonly) {
+        int rc, locked = 0;
+        /* fshm_load's policy (FSHM_LOAD_TRIES, FSHM_LOAD_LOCKFREE_NS). */
+        if (++tries > FSHM_LOAD_TRIES) {
+            int64_t now = fshm_monotonic_ns();
+            if (since == 0)
+                since = now;
+            if (now - since < FSHM_LOAD_LOCKFREE_NS)
+                tries = FSHM_LOAD_TRIES;
+            else
+                locked = !s.readonly;
+        }
+        if (locked) {
             char *buf;
             rc = load_locked(&s, &buf, &r);
             if (rc == 0)
@@ -496,7 +504,7 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
                 self->last_seq = r.seq;
             break;
         }
-        if (tries > LOAD_TRIES) {
+        if (tries > FSHM_LOAD_TRIES) {
             /* Read-only: no lock to fall back on.  Let other threads and
              * signal handlers in between attempts. */
             Py_BEGIN_ALLOW_THREADS
