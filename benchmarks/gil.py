@@ -47,37 +47,35 @@ def gil_release_bytes() -> Optional[int]:
         return None
 
 
-def _count_alone(seconds: float) -> float:
-    stop = [False]
-    n = [0]
+class _Counter(threading.Thread):
+    """A Python thread counting in a loop until stopped: the other thread
+    whose progress releasing the GIL is for."""
 
-    def counter() -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop = False
+        self.n = 0
+
+    def run(self) -> None:
         k = 0
-        while not stop[0]:
+        while not self.stop:
             k += 1
-        n[0] = k
+        self.n = k
 
-    t = threading.Thread(target=counter)
+
+def _count_alone(seconds: float) -> float:
+    t = _Counter()
     t0 = time.perf_counter()
     t.start()
     time.sleep(seconds)
-    stop[0] = True
+    t.stop = True
     t.join()
-    return n[0] / (time.perf_counter() - t0)
+    return t.n / (time.perf_counter() - t0)
 
 
 def _run(op: Callable[[], object], seconds: float, with_counter: bool) -> Tuple[float, float]:
     """(ns per op, counts per second of the other thread) over ``seconds``."""
-    stop = [False]
-    n = [0]
-
-    def counter() -> None:
-        k = 0
-        while not stop[0]:
-            k += 1
-        n[0] = k
-
-    t = threading.Thread(target=counter) if with_counter else None
+    t = _Counter() if with_counter else None
     for _ in range(3):
         op()
     t0 = time.perf_counter()
@@ -93,10 +91,11 @@ def _run(op: Callable[[], object], seconds: float, with_counter: bool) -> Tuple[
         if clock() >= end:
             break
     elapsed = clock() - t0
-    stop[0] = True
-    if t is not None:
-        t.join()
-    return elapsed * 1e9 / ops, n[0] / elapsed
+    if t is None:
+        return elapsed * 1e9 / ops, 0.0
+    t.stop = True
+    t.join()
+    return elapsed * 1e9 / ops, t.n / elapsed
 
 
 def gil(
