@@ -17,6 +17,7 @@ from conftest import BACKENDS, run_python
 from test_stress import LONG, report
 
 import fastshm
+from fastshm import _backend
 
 CAPI = "native" in BACKENDS and "native-cffi" in BACKENDS  # CPython with the C-API binding
 NATIVE = [b for b in BACKENDS if b.startswith("native")]
@@ -222,7 +223,7 @@ def test_gil_released_during_long_copies(binding: str, name: str) -> None:
         out = run_python(GIL_PROBE, name, binding, str(size), timeout=120).stdout
     during = json.loads(out)
     report(f"another thread's steps during 32 MiB copies ({binding})", **during)
-    if binding == "native-cffi":
+    if _backend.resolve(binding).binding == "cffi":  # native-cffi, and native on PyPy
         # Through cffi, load() makes its bytes with memoryview.tobytes(),
         # which holds the GIL; store and load_into are C calls, which cffi
         # makes without it.
