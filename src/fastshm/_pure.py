@@ -393,6 +393,8 @@ _LOCK_EX = 0 if fcntl is None else fcntl.LOCK_EX
 _LOCK_SH = 0 if fcntl is None else fcntl.LOCK_SH
 _LOCK_UN = 0 if fcntl is None else fcntl.LOCK_UN
 _LOCK_SL = slice(C.H_LOCK, C.H_LOCK + 8)
+_H_NEXT = C.H_LOCK_NEXT
+_NEXT_SL = slice(C.H_LOCK_NEXT, C.H_LOCK_NEXT + 8)
 _SEQ_SL = slice(C.H_SEQ, C.H_SEQ + 8)
 _NOTIFY_SL = slice(C.H_NOTIFY, C.H_NOTIFY + 4)
 _ZERO8 = bytes(8)
@@ -704,21 +706,42 @@ class SegmentHandle:
     def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
         """Wait for the lock word, then write this process's id into it (the
         caller holds the flock).  A native writer holds the word with a CAS;
-        its owner is asked about only every 50th round (system calls)."""
+        its owner is asked about only every 50th round (system calls).
+
+        After one failed look this process names itself in lock_next, as a
+        native waiter that has slept does: native writers then leave the free
+        lock to it, so native writers storing back to back cannot starve it
+        (it polls, and would otherwise have to land in the instant between
+        one native store and the next)."""
         me = t.me
         rounds = 0
-        while True:
-            owner = _u64(mm, C.H_LOCK)[0]
-            # Our own id under our flock: left by a store of this process that
-            # was interrupted where an old CPython could not clear it.
-            if owner == 0 or owner == me or (rounds % 50 == 0 and owner_dead(owner) == 1):
-                break
-            rounds += 1
-            time.sleep(20e-6)
-        t.claimed = True
-        if ops is not None:
-            ops[0] = t.clear
-        mm[_LOCK_SL] = t.ident
+        turn = False
+        try:
+            while True:
+                owner = _u64(mm, C.H_LOCK)[0]
+                # Our own id under our flock: left by a store of this process
+                # that was interrupted where an old CPython could not clear it.
+                if owner == 0 or owner == me or (
+                    rounds % 50 == 0 and owner_dead(owner) == 1
+                ):
+                    break
+                if not turn and _u64(mm, _H_NEXT)[0] == 0:
+                    # A plain store, not a compare-and-swap: losing a race
+                    # with a native writer naming itself costs that writer
+                    # its turn, never exclusion (the lock word decides that).
+                    mm[_NEXT_SL] = t.ident
+                    turn = True
+                rounds += 1
+                time.sleep(20e-6)
+            t.claimed = True
+            if ops is not None:
+                ops[0] = t.clear
+            mm[_LOCK_SL] = t.ident
+        finally:
+            # After the lock word is ours (cleared first, a native writer
+            # could take the lock in between), or on the way out.
+            if turn and _u64(mm, _H_NEXT)[0] == me:
+                mm[_NEXT_SL] = _ZERO8
 
     # -- the operations --
 
