@@ -9,6 +9,10 @@
  *   segment  fshm_seg_*: the message format of docs/FORMAT.md laid over a
  *            mapping: a header and two payload slots, one message at a time,
  *            never torn, safe against a writer that dies at any instant.
+ *   queue    fshm_queue_*: a bounded FIFO of byte messages over a mapping
+ *            (docs/FORMAT.md, "Queues"): every message delivered once, in
+ *            order, safe against a producer or consumer that dies at any
+ *            instant.
  *
  * Every function that can fail returns 0 on success, a positive errno value
  * for a system error (Windows errors are translated to the same errno
@@ -61,6 +65,18 @@ extern "C" {
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
 #define FSHM_EOWNER (-9)     /* the object belongs to another user; see FSHM_ANY_OWNER */
 #define FSHM_EBUSY (-10)     /* fshm_try_store: another writer holds the lock */
+#define FSHM_EKIND (-11)     /* the name holds the other kind of object: a queue
+                                where a segment was expected, or the reverse */
+#define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
+#define FSHM_ENOMSG (-13)    /* a queue holds no message */
+#define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
+
+#define FSHM_QUEUE_MAGIC 0x51485346u /* the bytes "FSHQ" read little-endian */
+#define FSHM_QUEUE_VERSION 1
+#define FSHM_QUEUE_RECORD_HEADER 8    /* a record: u64 length, payload, padding to 8 */
+/* Queue header flags. */
+#define FSHM_QUEUE_PYLOCK 1u          /* producers and consumers lock the way
+                                         fastshm's python backend does */
 
 typedef struct fshm_map {
     void *base;       /* start of the mapping, NULL when not mapped */
@@ -91,6 +107,27 @@ typedef struct fshm_read {
     uint64_t seq;        /* store number of the message; 0: nothing stored */
     uint64_t token;      /* the slot sequence word seen at the start */
 } fshm_read;
+
+/* A queue opened on a mapping; as with fshm_seg, its geometry is read once
+ * at open. */
+typedef struct fshm_queue {
+    unsigned char *base;
+    size_t size;
+    uint64_t capacity;   /* bytes of the ring that holds the records */
+    uint32_t flags;      /* the header's flags (FSHM_QUEUE_PYLOCK) */
+    int readonly;        /* mapped read-only: puts and gets are refused (EACCES) */
+} fshm_queue;
+
+/* One message of a batch, for fshm_queue_put_many. */
+typedef struct fshm_msg {
+    const void *data;
+    size_t len;
+} fshm_msg;
+
+/* Called by fshm_queue_take for each message it takes, with the queue's lock
+ * held: returns where to copy `len` bytes, or NULL to take no more (that
+ * message stays queued).  It must not block. */
+typedef void *(*fshm_take_fn)(void *ctx, size_t len);
 
 /* ---- mapping layer (map_posix.c / map_win32.c) ---- */
 
@@ -214,6 +251,71 @@ uint64_t fshm_lock_owner(const fshm_seg *s);
  * fshm_owner_dead cannot see (another pid namespace, a reused pid).  Only
  * when the word still holds `owner`; FSHM_EAGAIN otherwise. */
 int fshm_break_lock(const fshm_seg *s, uint64_t owner);
+
+/* ---- queue layer (queue.c) ---- */
+
+/* Mapping bytes for a queue whose ring holds `capacity` bytes (rounded up to
+ * a multiple of 8); 0 if that is out of range (under 16, or overflowing). */
+size_t fshm_queue_size_for(uint64_t capacity);
+/* The largest message a queue of this ring capacity takes. */
+uint64_t fshm_queue_max_message(uint64_t capacity);
+/* Lay a fresh queue header over zero-filled base and publish it. */
+int fshm_queue_init(fshm_queue *q, void *base, size_t size, uint64_t capacity,
+                    uint32_t flags);
+/* Check an existing header and fill q: FSHM_EKIND for a segment,
+ * FSHM_ENOTREADY / FSHM_EFORMAT / FSHM_EVERSION as fshm_seg_attach. */
+int fshm_queue_attach(fshm_queue *q, void *base, size_t size);
+/* Map and open a queue by name, as fshm_seg_open does for a segment; a
+ * created queue gets `flags`.  A queue whose flags name the python
+ * backend's lock (FSHM_QUEUE_PYLOCK) is opened, but its puts and gets return
+ * FSHM_EPROTOCOL: a compare-and-swap lock and that one do not exclude each
+ * other. */
+int fshm_queue_open(fshm_queue *q, fshm_map *m, const char *name, int how,
+                    uint64_t capacity, uint32_t flags, unsigned mode);
+
+/* Timeouts: 0 never sleeps, < 0 waits as long as it takes. */
+
+/* Append one message.  FSHM_ETOOBIG at once (nothing changed) when it could
+ * never fit; FSHM_EFULL when there was no room before the timeout; EINTR
+ * when a signal arrived while it slept (nothing put: call again). */
+int fshm_queue_put(const fshm_queue *q, const void *src, size_t n, int64_t timeout_ns);
+/* Append `count` messages in order, all or none, under one lock: they are
+ * contiguous in the queue.  FSHM_ETOOBIG when together they could never
+ * fit. */
+int fshm_queue_put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
+                        int64_t timeout_ns);
+/* fshm_queue_put_many that never sleeps, not even for the lock: FSHM_EBUSY
+ * when another process holds it beyond a short spin, FSHM_EFULL without
+ * room.  For callers that must let go of something (a runtime's global
+ * lock) before they sleep. */
+int fshm_queue_try_put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count);
+/* Take up to `max` messages from the front, in order, under one lock: for
+ * each, take(ctx, len) says where to copy it (NULL: stop, it stays queued).
+ * A message counts as taken once copied.  *taken gets the number (0 only
+ * when take refused the first).  Waits while the queue is empty:
+ * FSHM_ENOMSG when it stayed empty to the timeout; EINTR on a signal. */
+int fshm_queue_take(const fshm_queue *q, fshm_take_fn take, void *ctx, size_t max,
+                    size_t *taken, int64_t timeout_ns);
+/* fshm_queue_take that never sleeps: FSHM_EBUSY, FSHM_ENOMSG. */
+int fshm_queue_try_take(const fshm_queue *q, fshm_take_fn take, void *ctx, size_t max,
+                        size_t *taken);
+/* Take the front message into dst: *n gets its length.  FSHM_ESMALL when
+ * dst_cap < *n: the message stays queued. */
+int fshm_queue_get(const fshm_queue *q, void *dst, size_t dst_cap, size_t *n,
+                   int64_t timeout_ns);
+/* Take up to `max` front messages into dst, one after another: lens[i]
+ * gets the length of the i-th, *taken their number.  It stops before a
+ * message that does not fit in what is left of dst; when the first does not,
+ * FSHM_ESMALL with lens[0] its length (it stays queued). */
+int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t *lens,
+                          size_t max, size_t *taken, int64_t timeout_ns);
+/* Snapshots, without the lock: messages queued, and ring bytes they use
+ * (records with their headers and padding). */
+uint64_t fshm_queue_count(const fshm_queue *q);
+uint64_t fshm_queue_used(const fshm_queue *q);
+/* The lock word, and fshm_break_lock's counterpart for a queue. */
+uint64_t fshm_queue_lock_owner(const fshm_queue *q);
+int fshm_queue_break_lock(const fshm_queue *q, uint64_t owner);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
  */
 #include "fastshm.h"
 #include "atomics.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <string.h>
@@ -113,6 +114,8 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
     magic = fshm_load32(U32(base, H_MAGIC), FSHM_ACQUIRE);
     if (magic == 0)
         return FSHM_ENOTREADY;
+    if (magic == FSHM_QUEUE_MAGIC)
+        return FSHM_EKIND;
     if (magic != FSHM_MAGIC)
         return FSHM_EFORMAT;
     if (*U16(base, H_VERSION) != FSHM_VERSION)
@@ -129,21 +132,15 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
     return 0;
 }
 
-int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
-                  uint64_t capacity, unsigned mode)
+int fshm__open(fshm_map *m, const char *name, int how, size_t need, unsigned mode,
+               int (*init)(void *obj, const fshm_map *m), void *obj)
 {
-    size_t need = 0;
     int64_t start = fshm_monotonic_ns();
     int64_t deadline = start + OPEN_READY_NS;
     int64_t backoff = 20000;
     int flags = how & FSHM_ANY_OWNER, rc;
 
     how &= FSHM_HOW_MASK;
-    if (how != FSHM_ATTACH) {
-        need = fshm_seg_size_for(capacity);
-        if (need == 0)
-            return EINVAL;
-    }
     for (;;) {
         rc = fshm_map_open(m, name, how | flags | FSHM_RESERVE | FSHM_DEFER_RESERVE,
                            need, mode);
@@ -154,7 +151,7 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
             fshm_store64(U64(m->base, H_LOCK), fshm_self_id(), FSHM_RELEASE);
             rc = fshm_map_reserve(m);
             if (rc == 0)
-                rc = fshm_seg_init(s, m->base, m->size, capacity);
+                rc = init(obj, m);
             if (rc != 0) {
                 fshm_unmap(m->base, m->size);
                 fshm_unlink(name);
@@ -163,11 +160,9 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
             return rc;
         }
         if (rc == 0) {
-            rc = fshm_seg_attach(s, m->base, m->size);
-            if (rc == 0) {
-                s->readonly = m->readonly;
+            rc = init(obj, m);
+            if (rc == 0)
                 return 0;
-            }
             if (rc == FSHM_ENOTREADY) {
                 /* Its creator is still at work while it lives (a minute at
                  * most: a stopped one, or a pid reused); once it is dead,
@@ -202,6 +197,40 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
     }
 }
 
+typedef struct seg_open_args {
+    fshm_seg *s;
+    uint64_t capacity;
+} seg_open_args;
+
+/* fshm__open's step for a segment: lay the header over what this call
+ * created, or check the one found. */
+static int seg_open_step(void *obj, const fshm_map *m)
+{
+    seg_open_args *a = (seg_open_args *)obj;
+    int rc;
+    if (m->created)
+        return fshm_seg_init(a->s, m->base, m->size, a->capacity);
+    rc = fshm_seg_attach(a->s, m->base, m->size);
+    if (rc == 0)
+        a->s->readonly = m->readonly;
+    return rc;
+}
+
+int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
+                  uint64_t capacity, unsigned mode)
+{
+    seg_open_args a;
+    size_t need = 0;
+    if ((how & FSHM_HOW_MASK) != FSHM_ATTACH) {
+        need = fshm_seg_size_for(capacity);
+        if (need == 0)
+            return EINVAL;
+    }
+    a.s = s;
+    a.capacity = capacity;
+    return fshm__open(m, name, how, need, mode, seg_open_step, &a);
+}
+
 /* ---- the writer lock ---- */
 
 /* 0 once this process holds the lock; EINTR when a signal arrived while it
@@ -215,12 +244,12 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
  * free lock to it, and the unlock wakes everyone.  A turn whose owner is
  * dead, or that the lock has sat free for TURN_MAX_NS without its owner
  * taking it (a stopped process), is cleared by whoever notices. */
-static int lock_acquire(const fshm_seg *s, int nonblock)
+int fshm__lock_acquire(unsigned char *base, int nonblock)
 {
-    uint64_t *lock = U64(s->base, H_LOCK);
-    uint64_t *next = U64(s->base, H_LOCK_NEXT);
-    uint32_t *wake = U32(s->base, H_LOCK_WAKE);
-    uint32_t *waiters = U32(s->base, H_LOCK_WAITERS);
+    uint64_t *lock = U64(base, H_LOCK);
+    uint64_t *next = U64(base, H_LOCK_NEXT);
+    uint32_t *wake = U32(base, H_LOCK_WAKE);
+    uint32_t *waiters = U32(base, H_LOCK_WAITERS);
     uint64_t me = fshm_self_id();
     unsigned spins = 0;
     int slept = 0;
@@ -298,16 +327,26 @@ static int lock_acquire(const fshm_seg *s, int nonblock)
     }
 }
 
-static void lock_release(const fshm_seg *s)
+void fshm__lock_release(unsigned char *base)
 {
     /* Release: the next writer's acquiring CAS sees our slot and counter. */
-    fshm_store64(U64(s->base, H_LOCK), 0, FSHM_RELEASE);
-    fshm_add32(U32(s->base, H_LOCK_WAKE), 1);
+    fshm_store64(U64(base, H_LOCK), 0, FSHM_RELEASE);
+    fshm_add32(U32(base, H_LOCK_WAKE), 1);
     /* With a turn named, wake every sleeper: the one whose turn it is may
      * not be the first in the kernel's queue. */
-    if (fshm_load32(U32(s->base, H_LOCK_WAITERS), FSHM_SEQ_CST) != 0)
-        fshm_futex_wake(U32(s->base, H_LOCK_WAKE),
-                        fshm_load64(U64(s->base, H_LOCK_NEXT), FSHM_RELAXED) != 0);
+    if (fshm_load32(U32(base, H_LOCK_WAITERS), FSHM_SEQ_CST) != 0)
+        fshm_futex_wake(U32(base, H_LOCK_WAKE),
+                        fshm_load64(U64(base, H_LOCK_NEXT), FSHM_RELAXED) != 0);
+}
+
+static int lock_acquire(const fshm_seg *s, int nonblock)
+{
+    return fshm__lock_acquire(s->base, nonblock);
+}
+
+static void lock_release(const fshm_seg *s)
+{
+    fshm__lock_release(s->base);
 }
 
 uint64_t fshm_lock_owner(const fshm_seg *s)
@@ -315,17 +354,22 @@ uint64_t fshm_lock_owner(const fshm_seg *s)
     return fshm_load64(U64(s->base, H_LOCK), FSHM_RELAXED);
 }
 
+int fshm__break_lock(unsigned char *base, uint64_t owner)
+{
+    /* Only the owner the caller judged gone: if the word moved meanwhile, a
+     * live writer has it now and must keep it. */
+    if (owner == 0 || !fshm_cas64(U64(base, H_LOCK), &owner, 0))
+        return FSHM_EAGAIN;
+    fshm_add32(U32(base, H_LOCK_WAKE), 1);
+    fshm_futex_wake(U32(base, H_LOCK_WAKE), 1);
+    return 0;
+}
+
 int fshm_break_lock(const fshm_seg *s, uint64_t owner)
 {
     if (s->readonly)
         return EACCES;
-    /* Only the owner the caller judged gone: if the word moved meanwhile, a
-     * live writer has it now and must keep it. */
-    if (owner == 0 || !fshm_cas64(U64(s->base, H_LOCK), &owner, 0))
-        return FSHM_EAGAIN;
-    fshm_add32(U32(s->base, H_LOCK_WAKE), 1);
-    fshm_futex_wake(U32(s->base, H_LOCK_WAKE), 1);
-    return 0;
+    return fshm__break_lock(s->base, owner);
 }
 
 /* ---- store and load ---- */

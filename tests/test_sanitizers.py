@@ -76,7 +76,7 @@ def _build(tmp: Path, harness: str, flags: list[str]) -> Path:
     if why:
         pytest.skip(why)
     exe = tmp / harness
-    built = _compile(exe, [CSRC / "slot.c", CSRC / "map_posix.c", HARNESS / f"{harness}.c"],
+    built = _compile(exe, [CSRC / "slot.c", CSRC / "queue.c", CSRC / "map_posix.c", HARNESS / f"{harness}.c"],
                      flags)
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     return exe
@@ -154,7 +154,7 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
         pytest.skip(f"{CC} has no shared ASan runtime (libasan.so) to preload into Python")
     preload = [asan] + [lib for lib in [_runtime("libubsan.so")] if lib]
     ext = tmp_path / f"_cext{sysconfig.get_config_var('EXT_SUFFIX')}"
-    built = _compile(ext, [ROOT / "src" / "fastshm" / "_cext.c", CSRC / "slot.c",
+    built = _compile(ext, [ROOT / "src" / "fastshm" / "_cext.c", CSRC / "slot.c", CSRC / "queue.c",
                            CSRC / "map_posix.c"],
                      [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")

@@ -29,7 +29,7 @@ from conftest import make_name
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 WIN32_TESTS = CSRC / "tests" / "win32"
-CORE = [CSRC / "slot.c", CSRC / "map_win32.c"]
+CORE = [CSRC / "slot.c", CSRC / "queue.c", CSRC / "map_win32.c"]
 
 MINGW = os.environ.get("FSHM_MINGW_CC") or shutil.which("x86_64-w64-mingw32-gcc")
 # Debian's wine64 package installs its loader outside PATH; the wine package

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
+
+if TYPE_CHECKING:
+    import queue
 
 
 class FormatError(ValueError):
@@ -22,6 +25,80 @@ EEMPTY = -6
 EAGAIN = -7
 EVERSION = -8
 EOWNER = -9
+EBUSY = -10
+EKIND = -11
+EFULL = -12
+ENOMSG = -13
+EPROTOCOL = -14
+
+
+class ProtocolMismatch(FormatError):
+    """A queue made by the other backend: its lock cannot be shared with
+    this one (compare-and-swap against the python backend's flock)."""
+
+
+def kind_error(name: str, found: str) -> FormatError:
+    """The name holds the other kind of fastshm object: ``found`` is
+    "Queue" (opened as a Segment) or "Segment" (opened as a Queue)."""
+    wanted = "Segment" if found == "Queue" else "Queue"
+    return FormatError(
+        f"{name!r} is a fastshm {found}, not a {wanted}: open it with fastshm.{found}"
+    )
+
+
+def protocol_error(name: str, made_by: str) -> ProtocolMismatch:
+    """A queue whose lock this backend cannot take part in; ``made_by`` is the
+    backend that made it ("native" or "python")."""
+    if made_by == "python":
+        why = "whose flock-based lock native code cannot share"
+    else:
+        why = "whose compare-and-swap lock the python backend cannot take part in"
+    return ProtocolMismatch(
+        f"queue {name!r} was made by the {made_by} backend, {why}: open it with "
+        f"backend={made_by!r} (or leave backend unset to choose by the queue)"
+    )
+
+
+def message_too_big(n: int, name: str, max_message: int) -> ValueError:
+    """A put of ``n`` bytes that no queue state could ever take."""
+    return ValueError(
+        f"message of {n} bytes is larger than queue {name!r} holds "
+        f"(max_message {max_message} bytes); nothing was put"
+    )
+
+
+def batch_too_big(total: int, name: str, capacity: int) -> ValueError:
+    """A put_many whose records together exceed the ring."""
+    return ValueError(
+        f"messages taking {total} bytes in all cannot fit queue {name!r} "
+        f"(capacity {capacity} bytes; each message takes 8 bytes plus its length "
+        "rounded up to 8); nothing was put"
+    )
+
+
+def next_too_small(have: int, need: int) -> ValueError:
+    """get_into refused a buffer of ``have`` bytes for the front message."""
+    return ValueError(
+        f"buffer of {have} bytes is too small for the next message ({need} bytes); "
+        "it stays queued"
+    )
+
+
+def full_error(name: str, need: int, capacity: int, used: int) -> "queue.Full":
+    """queue.Full with what was asked and what there was."""
+    import queue
+
+    err = queue.Full(
+        f"queue {name!r} has no room for {need} bytes of records "
+        f"({capacity}-byte ring, {used} bytes used)"
+    )
+    return err
+
+
+def empty_error(name: str) -> "queue.Empty":
+    import queue
+
+    return queue.Empty(f"queue {name!r} is empty")
 
 
 def owner_error(name: str, uid: int) -> PermissionError:
@@ -110,4 +187,9 @@ def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
         )
     if code == ETIMEOUT:
         raise TimeoutError(f"no new message in {name!r} before the timeout")
+    if code == EKIND:
+        # detail: what the name holds, "Queue" or "Segment".
+        raise kind_error(name, detail or "Queue")
+    if code == EPROTOCOL:
+        raise protocol_error(name, detail or "python")
     raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")
