@@ -18,6 +18,13 @@ the loop, so no interpreter cost is in the figure:
   a machine with more runnable work than cores, where the peer may not be
   running; the floor is the faster of the two).
 
+- ``queue``: messages through fastshm's own queue between C processes,
+  producers putting as fast as they can and consumers taking one message a
+  call (``fshm_queue_get``) or many (``fshm_queue_get_packed``): the C core
+  with no interpreter, compiled with it from ``csrc/`` (``queue.c``,
+  ``slot.c``, ``map_posix.c``) into a second library, so the queue cases
+  show what Python adds (n/a where ``csrc/`` is not beside the benchmarks).
+
 Without a compiler (or on a system without these calls) ``available()`` is
 False, the floor is reported as "n/a" and the run goes on.
 """
@@ -32,7 +39,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 SOURCE = r"""
 #define _GNU_SOURCE
@@ -166,9 +173,201 @@ int floor_pingpong(const void *msg, long size, long warm, long n, double *out_ns
 }
 """
 
+# Messages through a fastshm queue between C processes; compiled with the
+# C core's own sources (queue.c, slot.c, map_posix.c).
+QUEUE_SOURCE = r"""
+#define _GNU_SOURCE
+#include "fastshm.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define QF_MAXPROC 64
+
+static double qf_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static double qf_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* What the children share besides the queue: the start, the deadline, how
+   many producers are done, and each child's count, CPU and end time. */
+typedef struct {
+    int go;
+    int producers_done;
+    double start_ns, deadline_ns;
+    uint64_t count[QF_MAXPROC];
+    double cpu_s[QF_MAXPROC];
+    double end_ns[QF_MAXPROC];
+} qf_ctl;
+
+static int qf_producer(const fshm_queue *q, qf_ctl *c, int i, long size) {
+    unsigned char *msg = malloc(size > 0 ? (size_t)size : 1);
+    if (msg == NULL) return 4;
+    memset(msg, 'a' + i, size > 0 ? (size_t)size : 1);
+    while (!__atomic_load_n(&c->go, __ATOMIC_ACQUIRE)) usleep(100);
+    double start = c->start_ns, deadline = c->deadline_ns;
+    while (qf_now_ns() < start) { }
+    double cpu0 = qf_cpu_s();
+    uint64_t sent = 0;
+    for (;;) {
+        if ((sent & 15) == 0 && qf_now_ns() >= deadline) break;
+        int rc = fshm_queue_put(q, msg, (size_t)size, 100000000);
+        if (rc == 0) { sent++; continue; }
+        if (rc != FSHM_EFULL && rc != EINTR) return 2;
+        if (qf_now_ns() >= deadline) break;
+    }
+    c->end_ns[i] = qf_now_ns();
+    c->cpu_s[i] = qf_cpu_s() - cpu0;
+    c->count[i] = sent;
+    __atomic_add_fetch(&c->producers_done, 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Takes until every producer is done and the queue is empty: one message a
+   call (batch 1) or up to `batch` packed into one buffer. */
+static int qf_consumer(const fshm_queue *q, qf_ctl *c, int i, long size, long batch,
+                       long producers) {
+    size_t rec = 8 + (((size_t)size + 7) & ~(size_t)7);
+    size_t cap = batch > 1 ? rec * (size_t)batch : (size_t)size + 1;
+    unsigned char *buf = malloc(cap);
+    size_t *lens = malloc(sizeof(size_t) * (size_t)(batch > 1 ? batch : 1));
+    if (buf == NULL || lens == NULL) return 4;
+    while (!__atomic_load_n(&c->go, __ATOMIC_ACQUIRE)) usleep(100);
+    double cpu0 = qf_cpu_s();
+    double last = c->start_ns;
+    uint64_t got = 0, mark = 0;
+    int finishing = 0;
+    for (;;) {
+        int64_t timeout = finishing ? 0 : 20000000;
+        size_t n = 0, taken = 0;
+        int rc = batch > 1
+            ? fshm_queue_get_packed(q, buf, cap, lens, (size_t)batch, &taken, timeout)
+            : fshm_queue_get(q, buf, cap, &n, timeout);
+        if (rc == 0) {
+            got += batch > 1 ? taken : 1;
+            if (got - mark >= 16) { last = qf_now_ns(); mark = got; }
+            finishing = 0;
+            continue;
+        }
+        if (rc != FSHM_ENOMSG && rc != EINTR) return 2;
+        if (finishing) break;
+        /* Empty: once every producer is done, one more look without
+           waiting takes what was put since. */
+        if (__atomic_load_n(&c->producers_done, __ATOMIC_ACQUIRE) == producers)
+            finishing = 1;
+    }
+    if (got != mark) last = qf_now_ns();
+    c->end_ns[i] = last;
+    c->cpu_s[i] = qf_cpu_s() - cpu0;
+    c->count[i] = got;
+    return 0;
+}
+
+/* `producers` C processes put `size`-byte messages into a fresh queue of
+   `capacity` ring bytes as fast as they can for `seconds`; `consumers`
+   processes take them (batch 1: fshm_queue_get; more: get_packed).
+   out[0]: messages put; out[1]: messages taken; out[2]: CPU seconds of
+   every child from the start; out[3]: seconds the producers put (to the last
+   one's end); out[4]: seconds from the start to the last message taken. */
+int floor_queue(long size, long producers, long consumers, long batch, double seconds,
+                long capacity, double *out) {
+    if (producers < 1 || consumers < 1 || producers + consumers > QF_MAXPROC || size < 0)
+        return -EINVAL;
+    size_t qbytes = fshm_queue_size_for((uint64_t)capacity);
+    if (qbytes == 0) return -EINVAL;
+    void *qb = mmap(NULL, qbytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (qb == MAP_FAILED) return -errno;
+    qf_ctl *c = mmap(NULL, sizeof(qf_ctl), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (c == MAP_FAILED) { int e = errno; munmap(qb, qbytes); return -e; }
+    memset(c, 0, sizeof *c);
+    fshm_queue q;
+    int rc = fshm_queue_init(&q, qb, qbytes, (uint64_t)capacity, 0);
+    if (rc != 0) { munmap(qb, qbytes); munmap(c, sizeof *c); return rc > 0 ? -rc : -EINVAL; }
+    long total = producers + consumers;
+    pid_t pids[QF_MAXPROC];
+    long forked = 0;
+    for (; forked < total; forked++) {
+        pid_t pid = fork();
+        if (pid < 0) { rc = -errno; break; }
+        if (pid == 0) {
+            int i = (int)forked;
+            _exit(i < producers ? qf_producer(&q, c, i, size)
+                                : qf_consumer(&q, c, i, size, batch, producers));
+        }
+        pids[forked] = pid;
+    }
+    if (rc == 0) {
+        c->start_ns = qf_now_ns() + 20e6;
+        c->deadline_ns = c->start_ns + seconds * 1e9;
+        __atomic_store_n(&c->go, 1, __ATOMIC_RELEASE);
+    }
+    double limit = qf_now_ns() + (seconds + 30.0) * 1e9;
+    int failed = 0;
+    for (long k = 0; k < forked; k++) {
+        int status = 0;
+        for (;;) {
+            pid_t w = waitpid(pids[k], &status, rc == 0 ? WNOHANG : 0);
+            if (w == pids[k]) break;
+            if (w < 0 && errno != EINTR) { failed = 1; break; }
+            if (qf_now_ns() > limit) {
+                for (long j = 0; j < forked; j++) kill(pids[j], SIGKILL);
+                rc = -ETIMEDOUT;
+            }
+            usleep(1000);
+        }
+        if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) failed = 1;
+    }
+    if (rc == 0 && failed) rc = -ECHILD;
+    if (rc == 0) {
+        double put = 0, taken = 0, cpu = 0, put_end = c->start_ns, take_end = c->start_ns;
+        for (long k = 0; k < total; k++) {
+            cpu += c->cpu_s[k];
+            if (k < producers) {
+                put += (double)c->count[k];
+                if (c->end_ns[k] > put_end) put_end = c->end_ns[k];
+            } else {
+                taken += (double)c->count[k];
+                if (c->end_ns[k] > take_end) take_end = c->end_ns[k];
+            }
+        }
+        out[0] = put;
+        out[1] = taken;
+        out[2] = cpu;
+        out[3] = (put_end - c->start_ns) / 1e9;
+        out[4] = (take_end - c->start_ns) / 1e9;
+    }
+    munmap(qb, qbytes);
+    munmap(c, sizeof *c);
+    return rc;
+}
+"""
+
 _lib: Any = None
 _why: Optional[str] = None
 _tmp: Optional[str] = None
+_qlib: Any = None
+_qwhy: Optional[str] = None
+# The C core's sources, beside the benchmarks in a checkout of the repository.
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+QUEUE_CORE = ("queue.c", "slot.c", "map_posix.c")
 
 
 def _compiler() -> List[str]:
@@ -235,6 +434,60 @@ def why() -> Optional[str]:
     return _why
 
 
+def load_queue() -> Any:
+    """The queue floor's library (ctypes): its source compiled with the C
+    core's, or None with ``queue_why()`` set."""
+    global _qlib, _qwhy
+    if _qlib is not None or _qwhy is not None:
+        return _qlib
+    if load() is None:
+        _qwhy = _why
+        return None
+    if not sys.platform.startswith("linux") and sys.platform != "darwin":
+        _qwhy = "the C floors are POSIX-only"
+        return None
+    core = [os.path.join(CSRC, f) for f in QUEUE_CORE]
+    if not all(os.path.isfile(f) for f in core):
+        _qwhy = f"the C core's sources are not at {CSRC}"
+        return None
+    assert _tmp is not None
+    src = os.path.join(_tmp, "queue_floor.c")
+    out = os.path.join(_tmp, "queue_floor.so")
+    with open(src, "w") as f:
+        f.write(QUEUE_SOURCE)
+    cmd = _compiler() + ["-O2", "-shared", "-fPIC", "-I", CSRC, "-o", out, src] + core
+    cmd += ["-lrt", "-lpthread"] if sys.platform.startswith("linux") else ["-lpthread"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _qwhy = f"no C compiler ({e})"
+        return None
+    if proc.returncode != 0:
+        _qwhy = f"compiling the queue floor failed: {proc.stderr.strip()[:300]}"
+        return None
+    try:
+        lib = ctypes.CDLL(out)
+    except OSError as e:
+        _qwhy = f"loading the queue floor failed: {e}"
+        return None
+    lib.floor_queue.restype = ctypes.c_int
+    lib.floor_queue.argtypes = [
+        ctypes.c_long,
+        ctypes.c_long,
+        ctypes.c_long,
+        ctypes.c_long,
+        ctypes.c_double,
+        ctypes.c_long,
+        ctypes.POINTER(ctypes.c_double),
+    ]
+    _qlib = lib
+    return lib
+
+
+def queue_why() -> Optional[str]:
+    return _qwhy
+
+
 def cleanup() -> None:
     """Remove the temporary build directory (the library stays mapped)."""
     global _tmp
@@ -296,3 +549,27 @@ def pingpong(msg: bytes, warm: int, n: int, yield_after_ns: float = 1e6) -> Opti
     if rc != 0:
         raise OSError(-rc, f"C ping-pong floor failed: {os.strerror(-rc)}")
     return list(out)
+
+
+def queue_run(
+    size: int, producers: int, consumers: int, batch: int, seconds: float, capacity: int
+) -> Optional[Dict[str, float]]:
+    """C producers putting ``size``-byte messages into a fastshm queue as
+    fast as they can for ``seconds``, C consumers taking them ``batch`` at a
+    time: what was put and taken, the children's CPU seconds, and the
+    seconds the producers put and the consumers took."""
+    lib = load_queue()
+    if lib is None:
+        return None
+    out = (ctypes.c_double * 5)()
+    rc = lib.floor_queue(size, producers, consumers, batch, seconds, capacity, out)
+    if rc != 0:
+        err = -rc if rc < 0 else rc
+        raise OSError(err, f"C queue floor failed: {os.strerror(err) if err < 200 else rc}")
+    return {
+        "put": out[0],
+        "taken": out[1],
+        "cpu_s": out[2],
+        "put_s": out[3],
+        "take_s": out[4],
+    }
