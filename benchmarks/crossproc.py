@@ -315,8 +315,16 @@ def iceoryx2_available() -> bool:
     return True
 
 
+# Channels the queue cases add to the round trip (benchmarks/queues.py).
+QUEUE_KINDS = ("q-native", "q-native-cffi", "q-python", "faster-fifo", "simplequeue")
+
+
 def _make_end(spec: Tuple[Any, ...]) -> Any:
     kind = spec[0]
+    if kind in QUEUE_KINDS:
+        from . import queues
+
+        return queues.make_end(spec)
     if kind in SEGMENTS:
         return _SegEnd(spec[1], spec[2], kind)
     if kind == "iceoryx2":
@@ -337,7 +345,12 @@ class _Channel:
     def __init__(self, kind: str, names: Names, size: int) -> None:
         self.kind = kind
         self.cleanup: List[Any] = []
-        if kind in SEGMENTS:
+        if kind in QUEUE_KINDS:
+            from . import queues
+
+            self.mine, self.theirs, more = queues.channel(kind, names, size)
+            self.cleanup += more
+        elif kind in SEGMENTS:
             a, b = names.new("rt"), names.new("rt")
             for n in (a, b):
                 Segment(n, max(size, 1), create=True, backend=kind).close()
@@ -459,12 +472,17 @@ def round_trip(
     blocks: int,
     progress: Progress,
     kinds: Tuple[str, ...] = ROUND_TRIP,
+    case: str = "round trip",
+    labels: Optional[Dict[str, str]] = None,
 ) -> List[Dict[str, Any]]:
+    """Round trips of each size, per contender, in interleaved blocks; rows
+    of ``case``, each contender named as ``labels`` says (else its kind)."""
     rows = []
+    labels = labels or {}
     all_kinds = kinds
     for size in sizes:
         kinds = _round_trip_kinds(all_kinds, size)
-        progress.step(f"round trip: {size} B ({', '.join(kinds)})")
+        progress.step(f"{case}: {size} B ({', '.join(labels.get(k, k) for k in kinds)})")
         msg = os.urandom(size)
         chans, ends, procs, ctls = {}, {}, [], {}
         try:
@@ -514,9 +532,9 @@ def round_trip(
                 st = summarize(samples[kind])
                 rows.append(
                     {
-                        "case": "round trip",
+                        "case": case,
                         "op": "round trip",
-                        "contender": kind,
+                        "contender": labels.get(kind, kind),
                         "size": size,
                         **st,
                     }
