@@ -217,9 +217,7 @@ def channel(kind: str, names: Names, size: int) -> Tuple[Tuple[Any, ...], Tuple[
         a, b = names.new("q"), names.new("q")
         for n in (a, b):
             fastshm.Queue(n, max(CAPACITY, 8 * size), create=True, backend=route).close()
-            cleanup.append(
-                lambda n=n, r=route: fastshm.Queue(n, create=False, backend=r).delete()
-            )
+            cleanup.append(lambda n=n, r=route: fastshm.Queue(n, create=False, backend=r).delete())
         return (kind, a, b), (kind, b, a), cleanup
     if kind == "faster-fifo":
         ff = _faster_fifo()
@@ -412,7 +410,8 @@ def _run(
     kind: str, names: Names, size: int, producers: int, consumers: int, many: bool, seconds: float
 ) -> Dict[str, Any]:
     if kind == "c-queue":
-        res = cfloor.queue_run(size, producers, consumers, C_BATCH if many else 1, seconds, CAPACITY)
+        batch = C_BATCH if many else 1
+        res = cfloor.queue_run(size, producers, consumers, batch, seconds, CAPACITY)
         assert res is not None
         res["full_share"] = None
         return res
@@ -439,9 +438,7 @@ def throughput(
     for size, producers, consumers, how in plan:
         many = how == "get_many"
         kinds = plan_kinds(producers, consumers, many)
-        progress.step(
-            f"queue: {size} B, {producers} -> {consumers}, {how} ({', '.join(kinds)})"
-        )
+        progress.step(f"queue: {size} B, {producers} -> {consumers}, {how} ({', '.join(kinds)})")
         runs: Dict[str, List[Dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(repeats):
             k = r % len(kinds)
