@@ -450,7 +450,6 @@ def throughput(
                 x["rate"] = x["taken"] / max(x["take_s"], 1e-9)
             rs.sort(key=lambda x: x["rate"])
             med = rs[len(rs) // 2]
-            fulls = [x["full_share"] for x in rs if x["full_share"] is not None]
             rows.append(
                 {
                     "case": "queue",
@@ -471,7 +470,7 @@ def throughput(
                     "messages_put": med["put"],
                     "messages_taken": med["taken"],
                     "lost": sum(x["put"] - x["taken"] for x in rs),
-                    "full_share": max(fulls) if fulls else None,
+                    "full_share": med["full_share"],
                     "runs": len(rs),
                 }
             )

@@ -28,6 +28,9 @@ COLORS = {
     "pipe": "#ff7f0e",
     "queue": "#8c564b",
     "socket": "#17becf",
+    "faster-fifo": "#bcbd22",
+    "simplequeue": "#c49c94",
+    "c-queue": "#000000",
 }
 
 # The floor each table's "× of the floor" column divides by.
@@ -38,7 +41,13 @@ FLOORS = {
     ("copy", "view"): "slice",
     ("open", None): "c-syscalls",
     ("round trip", None): "c-spin",
+    ("queue round trip", None): "c-spin",
+    ("queue", None): "c-queue",
 }
+# T10: a consumer keeps level when it takes this share of the producer's
+# rate and finds the queue full in at most this share of the looks.
+LEVEL_RATE = 0.95
+LEVEL_FULL = 0.05
 # Where two floors are measured, the faster one at each size is the floor.
 FLOOR_ALTERNATIVES = {"c-spin": ("c-spin", "c-spin-yield")}
 
@@ -268,6 +277,110 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 f"{ratio:.2f}x ({human_size(s0)} {human_ns(t0)}, {human_size(s1)} {human_ns(t1)})",
             )
         )
+    out += queue_targets(rows)
+    return out
+
+
+def _qrow(rows: List[Dict[str, Any]], c: str, size: int, n: int, how: str) -> Any:
+    return _find(rows, case="queue", contender=c, size=size, producers=n, consumers=n, consumer=how)
+
+
+def queue_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """T8-T10, the queue's targets, from this run's queue cases."""
+    out = []
+
+    # T8: 64 B one producer to one consumer, against faster-fifo and mp.Queue.
+    goal = (
+        "64 B one-to-one throughput (put / get): >= 10x faster-fifo and >= 10x "
+        "multiprocessing.Queue"
+    )
+    nat = _qrow(rows, "native", 64, 1, "get")
+    ff = _qrow(rows, "faster-fifo", 64, 1, "get")
+    mq = _qrow(rows, "queue", 64, 1, "get")
+    if nat and mq:
+        r_ff = nat["msgs_per_s"] / max(ff["msgs_per_s"], 1e-9) if ff else None
+        r_mq = nat["msgs_per_s"] / max(mq["msgs_per_s"], 1e-9)
+        met: Optional[bool] = r_mq >= 10 and (r_ff is None or r_ff >= 10)
+        if r_ff is None and met:
+            met = None  # half of it could not be measured
+        value = (f"{r_ff:.1f}x vs faster-fifo" if r_ff else "faster-fifo n/a") + (
+            f", {r_mq:.1f}x vs multiprocessing.Queue"
+        )
+        detail = "messages/s: " + ", ".join(
+            f"{r['contender']} {r['msgs_per_s']:,.0f}"
+            + (" (get_many)" if how == "get_many" else "")
+            for how in ("get", "get_many")
+            for r in rows
+            if r["case"] == "queue"
+            and r["size"] == 64
+            and r["producers"] == 1
+            and r["consumers"] == 1
+            and r["consumer"] == how
+        )
+        out.append(_verdict("T8", goal, met, value, detail))
+    else:
+        out.append(_verdict("T8", goal, None, "n/a (fastshm.Queue or 64 B not measured)"))
+
+    # T9: 64 B round trip through two queues, against a Pipe's.
+    goal = "64 B round trip through two queues >= 20x faster than multiprocessing.Pipe"
+    nat = _med(rows, case="queue round trip", contender="native", size=64)
+    pipe = _med(rows, case="queue round trip", contender="pipe", size=64)
+    if nat and pipe:
+        detail = f"native {human_ns(nat)}, pipe {human_ns(pipe)}"
+        for c in ("native-cffi", "python", "faster-fifo", "simplequeue", "queue", "c-spin"):
+            t = _med(rows, case="queue round trip", contender=c, size=64)
+            if t:
+                detail += f", {c} {human_ns(t)}"
+        out.append(
+            _verdict(
+                "T9",
+                goal,
+                pipe / nat >= 20,
+                f"{pipe / nat:.1f}x ({human_ns(nat)} against {human_ns(pipe)})",
+                detail,
+            )
+        )
+    else:
+        out.append(_verdict("T9", goal, None, "n/a (fastshm.Queue or 64 B not measured)"))
+
+    # T10: a get_many consumer keeps level with a producer that puts as fast
+    # as it can.  A bounded queue holds a fast producer back to its
+    # consumer's pace, so matching rates alone would prove nothing: the queue
+    # must also have had room nearly every time it was looked at.
+    goal = (
+        f"get_many keeps one consumer level with one producer putting as fast as it can: "
+        f"it takes >= {LEVEL_RATE}x the messages/s the producer puts, and the queue is "
+        f"found full in <= {100 * LEVEL_FULL:.0f}% of the looks every 2 ms (native, each size)"
+    )
+    checks = []
+    for r in rows:
+        if (
+            r["case"] == "queue"
+            and r["contender"] == "native"
+            and r["consumer"] == "get_many"
+            and r["producers"] == 1
+            and r["consumers"] == 1
+        ):
+            level = r["msgs_per_s"] / max(r["put_msgs_per_s"], 1e-9)
+            full = r["full_share"] if r["full_share"] is not None else 1.0
+            checks.append((r["size"], level, full, level >= LEVEL_RATE and full <= LEVEL_FULL))
+    if checks:
+        value = "; ".join(
+            f"{human_size(sz)}: {lv:.3f}x, full {100 * fu:.1f}%" for sz, lv, fu, _ in checks
+        )
+        detail = "put and taken messages/s, full share: " + "; ".join(
+            f"{r['contender']} ({r['consumer']}) {human_size(r['size'])} "
+            f"{r['put_msgs_per_s']:,.0f} / {r['msgs_per_s']:,.0f}, "
+            + ("n/a" if r["full_share"] is None else f"{100 * r['full_share']:.1f}%")
+            for r in rows
+            if r["case"] == "queue"
+            and r["producers"] == 1
+            and r["consumers"] == 1
+            and r["contender"] in ("native", "faster-fifo")
+        )
+        out.append(_verdict("T10", goal, all(c[3] for c in checks), value, detail))
+    else:
+        out.append(_verdict("T10", goal, None, "n/a (native get_many not measured)"))
     return out
 
 
@@ -532,6 +645,8 @@ def markdown(
             body,
         )
 
+    out += _queue_sections(meta, rows)
+
     gl = [r for r in rows if r["case"] == "gil"]
     if gl:
         thr = gl[0].get("gil_release_bytes")
@@ -581,10 +696,112 @@ def markdown(
             out += ["", cross]
     out += [
         "",
-        "Plots: copy_path.png (main), round_trip.png, open_costs.png, one_way.png, frames.png.",
+        "Plots: copy_path.png (main), round_trip.png, open_costs.png, one_way.png, frames.png, "
+        "queues.png.",
         "",
     ]
     return "\n".join(out)
+
+
+def _queue_plan(rows: List[Dict[str, Any]]) -> List[Tuple[int, int, int, str]]:
+    """The (size, producers, consumers, consumer) of the queue cases, in
+    the order they ran."""
+    seen: List[Tuple[int, int, int, str]] = []
+    for r in rows:
+        if r["case"] == "queue":
+            k = (r["size"], r["producers"], r["consumers"], r["consumer"])
+            if k not in seen:
+                seen.append(k)
+    return seen
+
+
+def _queue_sections(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> List[str]:
+    out: List[str] = []
+    qs = [r for r in rows if r["case"] == "queue"]
+    skipped = meta.get("queue_skipped") or {}
+    if qs:
+        secs = qs[0]["seconds"]
+        out += [
+            "",
+            f"## Queues: producers putting as fast as they can ({secs:g} s each)",
+            "",
+            "Every message put is taken (a message lost would show in the last column). "
+            "`msgs/s` is what the consumers took over the seconds to their last message, "
+            "`put/s` what the producers put over theirs; CPU is every child's own "
+            "(getrusage, all its threads: a multiprocessing.Queue's feeder thread "
+            "pickles and writes), per message taken. fastshm queues and faster-fifo "
+            "hold 1 MiB of messages; `full` is the share of the looks every 2 ms that "
+            "found no room for another message (n/a where the queue cannot be looked "
+            "at): a consumer that keeps level leaves it near 0. `get_many` consumers "
+            "take all that is queued in one call. `faster-fifo` runs on its bytes "
+            "path (no pickling); `queue` is multiprocessing.Queue() (unbounded), "
+            "`simplequeue` multiprocessing.SimpleQueue, `pipe` one direction of "
+            "multiprocessing.Pipe (one producer and one consumer only). The floor, "
+            "`c-queue`, is the same fastshm queue driven by C processes "
+            f"({meta.get('c_queue_floor', 'n/a')}): "
+            '"× of the floor" is how many times fewer messages a contender delivers.',
+            "",
+        ]
+        body = []
+        for size, p, c, how in _queue_plan(rows):
+            sub = [
+                r
+                for r in qs
+                if (r["size"], r["producers"], r["consumers"], r["consumer"]) == (size, p, c, how)
+            ]
+            floor = next((r for r in sub if r["contender"] == "c-queue"), None)
+            for r in sub:
+                body.append(
+                    [
+                        human_size(size),
+                        f"{p} → {c}",
+                        how,
+                        r["contender"],
+                        f"{r['msgs_per_s']:,.0f}",
+                        f"{r['put_msgs_per_s']:,.0f}",
+                        f"{r['throughput_GBps']:.3f}",
+                        f"{r['cpu_us_per_msg']:.2f}",
+                        "n/a" if r["full_share"] is None else f"{100 * r['full_share']:.1f}%",
+                        f"{floor['msgs_per_s'] / max(r['msgs_per_s'], 1e-9):.1f}×"
+                        if floor
+                        else "n/a",
+                        f"{r['lost']:.0f}",
+                    ]
+                )
+        out += _table(
+            [
+                "size",
+                "producers → consumers",
+                "consumer",
+                "contender",
+                "msgs/s",
+                "put/s",
+                "GB/s",
+                "CPU µs per message",
+                "full",
+                "× of the floor (c-queue)",
+                "lost",
+            ],
+            body,
+        )
+    qrt = [r for r in rows if r["case"] == "queue round trip"]
+    if qrt:
+        out += [
+            "",
+            "## Round trip through two queues",
+            "",
+            "One side puts, the other gets and puts the same bytes back into a second "
+            "queue; `pipe` is a duplex multiprocessing.Pipe, `queue` two bounded "
+            "multiprocessing.Queues. The floor is the C ping-pong of the round-trip "
+            "table (`c-spin`, `c-spin-yield`: two C processes spinning on shared "
+            "memory), the faster of the two at each size.",
+            "",
+        ]
+        out += _long_table(qrt, floor_label("queue round trip", ""), ("size",), False)
+    if (qs or qrt) and skipped:
+        out += ["", "Left out of the queue cases here: "]
+        out[-1] += "; ".join(f"`{k}` ({v})" for k, v in skipped.items()) + "."
+    return out
 
 
 def gil_crossover(rows: List[Dict[str, Any]]) -> str:
@@ -759,6 +976,40 @@ def plots(rows: List[Dict[str, Any]], outdir: str, title: str) -> List[str]:
         fig.suptitle(f"1920×1080×3 frames to two consumers: {title}", fontsize=10)
         fig.tight_layout()
         save(fig, "frames.png")
+    qs = [r for r in rows if r["case"] == "queue"]
+    qrt = [r for r in rows if r["case"] == "queue round trip"]
+    if qs or qrt:
+        panels: List[Any] = list(_queue_plan(rows)) + sorted({r["size"] for r in qrt})
+        ncol = min(3, len(panels))
+        nrow = (len(panels) + ncol - 1) // ncol
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+        for ax in axes.flat[len(panels) :]:
+            ax.set_visible(False)
+        for ax, panel in zip(axes.flat, panels):
+            if isinstance(panel, tuple):
+                size, p, c, how = panel
+                sub = [
+                    r
+                    for r in qs
+                    if (r["size"], r["producers"], r["consumers"], r["consumer"]) == panel
+                ]
+                vals = [r["msgs_per_s"] for r in sub]
+                ax.set_title(f"{human_size(size)}, {p} → {c}, {how}", fontsize=9)
+                ax.set_xlabel("messages/s taken (higher is better)")
+            else:
+                sub = [r for r in qrt if r["size"] == panel]
+                vals = [r["median_ns"] / 1e3 for r in sub]
+                ax.set_title(f"round trip, {human_size(panel)}", fontsize=9)
+                ax.set_xlabel("µs (lower is better)")
+            names = [r["contender"] for r in sub]
+            ax.barh(names, vals, color=[COLORS.get(n, "#999999") for n in names])
+            ax.set_xscale("log")
+            ax.invert_yaxis()
+            ax.tick_params(axis="y", labelsize=8)
+            ax.grid(True, axis="x", which="both", alpha=0.3)
+        fig.suptitle(f"Queues across processes: {title}", fontsize=10)
+        fig.tight_layout()
+        save(fig, "queues.png")
     return made
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 import fastshm
 
-from . import cfloor, crossproc, gil, inproc, report
+from . import cfloor, crossproc, gil, inproc, queues, report
 from .names import Names, iceoryx2_entries, sweep_new_iceoryx2
 from .timing import Progress
 
@@ -48,6 +48,18 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "gil_sizes": [4 * KIB, 64 * KIB, MIB],
         "gil_seconds": 0.1,
         "gil_repeats": 1,
+        # (size, producers, consumers, how the consumers take)
+        "queue_plan": [
+            (64, 1, 1, "get"),
+            (64, 1, 1, "get_many"),
+            (64, 4, 4, "get"),
+            (4 * KIB, 1, 1, "get"),
+        ],
+        "queue_seconds": 0.3,
+        "queue_repeats": 1,
+        "queue_rt_sizes": [64],
+        "queue_rt_block_s": 0.02,
+        "queue_rt_blocks": 3,
     },
     "full": {
         "copy_sizes": ALL_SIZES,
@@ -67,6 +79,16 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "gil_sizes": [4 * KIB, 16 * KIB, 32 * KIB, 64 * KIB, 256 * KIB, MIB],
         "gil_seconds": 0.3,
         "gil_repeats": 3,
+        "queue_plan": [
+            (s, p, c, how)
+            for s in (64, 4 * KIB)
+            for p, c, how in ((1, 1, "get"), (1, 1, "get_many"), (4, 4, "get"))
+        ],
+        "queue_seconds": 1.0,
+        "queue_repeats": 3,
+        "queue_rt_sizes": [64, 4 * KIB],
+        "queue_rt_block_s": 0.06,
+        "queue_rt_blocks": 12,
     },
 }
 
@@ -164,6 +186,8 @@ def main(argv: List[str] | None = None) -> int:
         + len(cfg["ow_plan"])
         + len(crossproc.FRAMES) * len(crossproc.FRAME_MODES)
         + 2
+        + len(cfg["queue_plan"])
+        + len(cfg["queue_rt_sizes"])
     )
     progress = Progress(steps)
     names = Names()
@@ -180,6 +204,12 @@ def main(argv: List[str] | None = None) -> int:
         if cfloor.load() is not None
         else f"n/a: {cfloor.why()}"
     )
+    meta["c_queue_floor"] = (
+        "compiled with the C core's " + ", ".join(cfloor.QUEUE_CORE)
+        if cfloor.load_queue() is not None
+        else f"n/a: {cfloor.queue_why()}"
+    )
+    meta["queue_skipped"] = queues.skipped()
     m = meta["machine"]
     sys.stderr.write(
         f"fastshm benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores, "
@@ -204,6 +234,20 @@ def main(argv: List[str] | None = None) -> int:
         )
         rows += crossproc.idle_wait(names, cfg["idle_seconds"], progress)
         rows += crossproc.frames(names, cfg["frames_seconds"], progress)
+        rows += queues.throughput(
+            names,
+            [tuple(x) for x in cfg["queue_plan"]],
+            cfg["queue_seconds"],
+            cfg["queue_repeats"],
+            progress,
+        )
+        rows += queues.round_trip(
+            names,
+            cfg["queue_rt_sizes"],
+            cfg["queue_rt_block_s"],
+            cfg["queue_rt_blocks"],
+            progress,
+        )
         rows += gil.gil(names, cfg["gil_sizes"], cfg["gil_seconds"], cfg["gil_repeats"], progress)
     finally:
         left = names.sweep(quiet=False)
