@@ -18,6 +18,9 @@ Contenders across processes:
 - ``queue``: ``multiprocessing.Queue``;
 - ``socket``: ``socket.socketpair``, length-prefixed.
 
+The queue cases (``queues.py``) add their channels to the round trip:
+fastshm queues (``q-native``, ...), faster-fifo and SimpleQueue.
+
 Children are started with the ``spawn`` method, every blocking call has a
 timeout, and every child is joined with a timeout (then terminated).
 """

@@ -1,8 +1,8 @@
 """Command line of the benchmark suite: runs the cases, prints the targets'
 verdicts, writes results.md, results.json and the plots.
 
-    python -m benchmarks            # the full run (about seven minutes on 2 cores)
-    python -m benchmarks --quick    # a subset, under a minute (to results/quick)
+    python -m benchmarks            # the full run (about twelve minutes on 2 cores)
+    python -m benchmarks --quick    # a subset, about 90 s (to results/quick)
     python -m benchmarks --replot   # results.md and plots again from results.json
 """
 
@@ -147,7 +147,7 @@ def main(argv: List[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--quick", action="store_true", help="a subset that runs in under a minute")
+    ap.add_argument("--quick", action="store_true", help="a subset that runs in about 90 s")
     ap.add_argument(
         "--out",
         default=None,
@@ -272,7 +272,7 @@ def main(argv: List[str] | None = None) -> int:
     )
     for v in verdicts:
         state = "n/a    " if v["met"] is None else "met    " if v["met"] else "NOT MET"
-        print(f"  {v['id']} {state}  {v['value']}")
+        print(f"  {v['id']:<3} {state}  {v['value']}")
     print(
         f"written: {args.out}/results.md, results.json"
         + (", " + ", ".join(os.path.basename(p) for p in made) if made else "")
