@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -446,6 +447,12 @@ def throughput(
                 runs[kind].append(_run(kind, names, size, producers, consumers, many, seconds))
         for kind in kinds:
             rs = runs[kind]
+            lost = sum(x["put"] - x["taken"] for x in rs)
+            if lost:
+                sys.stderr.write(
+                    f"benchmarks: {kind} took {lost:.0f} messages fewer than were put "
+                    f"({size} B, {producers} -> {consumers}, {how})\n"
+                )
             for x in rs:
                 x["rate"] = x["taken"] / max(x["take_s"], 1e-9)
             rs.sort(key=lambda x: x["rate"])
@@ -469,7 +476,7 @@ def throughput(
                     "cpu_us_per_msg": 1e6 * med["cpu_s"] / max(med["taken"], 1),
                     "messages_put": med["put"],
                     "messages_taken": med["taken"],
-                    "lost": sum(x["put"] - x["taken"] for x in rs),
+                    "lost": lost,
                     "full_share": med["full_share"],
                     "runs": len(rs),
                 }

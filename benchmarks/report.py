@@ -1004,6 +1004,7 @@ def plots(rows: List[Dict[str, Any]], outdir: str, title: str) -> List[str]:
             names = [r["contender"] for r in sub]
             ax.barh(names, vals, color=[COLORS.get(n, "#999999") for n in names])
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.invert_yaxis()
             ax.tick_params(axis="y", labelsize=8)
             ax.grid(True, axis="x", which="both", alpha=0.3)
