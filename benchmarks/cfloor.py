@@ -213,6 +213,7 @@ typedef struct {
     int producers_done;
     double start_ns, deadline_ns;
     uint64_t count[QF_MAXPROC];
+    uint64_t by_deadline[QF_MAXPROC];  /* consumers: taken by the deadline */
     double cpu_s[QF_MAXPROC];
     double end_ns[QF_MAXPROC];
 } qf_ctl;
@@ -251,9 +252,9 @@ static int qf_consumer(const fshm_queue *q, qf_ctl *c, int i, long size, long ba
     if (buf == NULL || lens == NULL) return 4;
     while (!__atomic_load_n(&c->go, __ATOMIC_ACQUIRE)) usleep(100);
     double cpu0 = qf_cpu_s();
-    double last = c->start_ns;
-    uint64_t got = 0, mark = 0;
-    int finishing = 0;
+    double last = c->start_ns, deadline = c->deadline_ns;
+    uint64_t got = 0, mark = 0, by_deadline = 0;
+    int finishing = 0, late = 0;
     for (;;) {
         int64_t timeout = finishing ? 0 : 20000000;
         size_t n = 0, taken = 0;
@@ -262,7 +263,11 @@ static int qf_consumer(const fshm_queue *q, qf_ctl *c, int i, long size, long ba
             : fshm_queue_get(q, buf, cap, &n, timeout);
         if (rc == 0) {
             got += batch > 1 ? taken : 1;
-            if (got - mark >= 16) { last = qf_now_ns(); mark = got; }
+            if (got - mark >= 16) {
+                last = qf_now_ns();
+                mark = got;
+                if (!late && last >= deadline) { by_deadline = got; late = 1; }
+            }
             finishing = 0;
             continue;
         }
@@ -277,6 +282,7 @@ static int qf_consumer(const fshm_queue *q, qf_ctl *c, int i, long size, long ba
     c->end_ns[i] = last;
     c->cpu_s[i] = qf_cpu_s() - cpu0;
     c->count[i] = got;
+    c->by_deadline[i] = late ? by_deadline : got;
     return 0;
 }
 
@@ -285,7 +291,8 @@ static int qf_consumer(const fshm_queue *q, qf_ctl *c, int i, long size, long ba
    processes take them (batch 1: fshm_queue_get; more: get_packed).
    out[0]: messages put; out[1]: messages taken; out[2]: CPU seconds of
    every child from the start; out[3]: seconds the producers put (to the last
-   one's end); out[4]: seconds from the start to the last message taken. */
+   one's end); out[4]: seconds from the start to the last message taken;
+   out[5]: messages taken by the deadline (within 16 a consumer). */
 int floor_queue(long size, long producers, long consumers, long batch, double seconds,
                 long capacity, double *out) {
     if (producers < 1 || consumers < 1 || producers + consumers > QF_MAXPROC || size < 0)
@@ -337,7 +344,8 @@ int floor_queue(long size, long producers, long consumers, long batch, double se
     }
     if (rc == 0 && failed) rc = -ECHILD;
     if (rc == 0) {
-        double put = 0, taken = 0, cpu = 0, put_end = c->start_ns, take_end = c->start_ns;
+        double put = 0, taken = 0, by = 0, cpu = 0;
+        double put_end = c->start_ns, take_end = c->start_ns;
         for (long k = 0; k < total; k++) {
             cpu += c->cpu_s[k];
             if (k < producers) {
@@ -345,6 +353,7 @@ int floor_queue(long size, long producers, long consumers, long batch, double se
                 if (c->end_ns[k] > put_end) put_end = c->end_ns[k];
             } else {
                 taken += (double)c->count[k];
+                by += (double)c->by_deadline[k];
                 if (c->end_ns[k] > take_end) take_end = c->end_ns[k];
             }
         }
@@ -353,6 +362,7 @@ int floor_queue(long size, long producers, long consumers, long batch, double se
         out[2] = cpu;
         out[3] = (put_end - c->start_ns) / 1e9;
         out[4] = (take_end - c->start_ns) / 1e9;
+        out[5] = by;
     }
     munmap(qb, qbytes);
     munmap(c, sizeof *c);
@@ -556,12 +566,12 @@ def queue_run(
 ) -> Optional[Dict[str, float]]:
     """C producers putting ``size``-byte messages into a fastshm queue as
     fast as they can for ``seconds``, C consumers taking them ``batch`` at a
-    time: what was put and taken, the children's CPU seconds, and the
-    seconds the producers put and the consumers took."""
+    time: what was put and taken (all, and by the deadline), the children's
+    CPU seconds, and the seconds the producers put and the consumers took."""
     lib = load_queue()
     if lib is None:
         return None
-    out = (ctypes.c_double * 5)()
+    out = (ctypes.c_double * 6)()
     rc = lib.floor_queue(size, producers, consumers, batch, seconds, capacity, out)
     if rc != 0:
         err = -rc if rc < 0 else rc
@@ -572,4 +582,5 @@ def queue_run(
         "cpu_s": out[2],
         "put_s": out[3],
         "take_s": out[4],
+        "by_deadline": out[5],
     }

@@ -14,8 +14,12 @@ Contenders:
 - ``faster-fifo`` (when installed): ``faster_fifo.Queue`` on its bytes path
   (``dumps`` passing the bytes through, ``loads=bytes``, so nothing is
   pickled), ``put`` / ``get`` or ``get_many``;
-- ``queue``: ``multiprocessing.Queue()`` (unbounded, as it is mostly made),
-  ``put(bytes)`` / ``get()``;
+- ``queue``: ``multiprocessing.Queue(maxsize)``, ``put(bytes)`` / ``get()``,
+  holding as many messages as the fastshm queue does.  Unbounded, its
+  ``put`` only appends to a list that a feeder thread pickles and writes;
+  a producer that never pauses keeps that thread from the GIL, its consumer
+  gets next to nothing while it puts, and the backlog grows without end;
+  bounded, the producer waits when it is full, as with the other queues;
 - ``simplequeue``: ``multiprocessing.SimpleQueue``;
 - ``pipe``: one direction of ``multiprocessing.Pipe(duplex=False)``,
   ``send_bytes`` / ``recv_bytes``; one producer and one consumer only (a
@@ -26,9 +30,11 @@ fastshm queues and faster-fifo hold 1 MiB of messages.  The producers put
 for the run's seconds; then each finishes (``multiprocessing.Queue`` flushes
 its feeder thread), and the main process puts one empty message per
 consumer, which ends it.  Every message put is taken: "put/s" is what the
-producers put over their seconds, "msgs/s" what the consumers took over the
-seconds to their last message, and the CPU is every child's own
-(``getrusage``, all its threads) over its part.  While they run, the main
+producers put over their seconds, "msgs/s" what the consumers had taken by
+the deadline (they look at the clock every 32 messages, or every get_many),
+over the same seconds; what was still queued is taken after it.  The CPU
+is every child's own (``getrusage``, all its threads) over its whole part,
+per message taken.  While they run, the main
 process looks every 2 ms whether the queue (fastshm, faster-fifo) has room
 for another message: "full" is the share of looks that found none, which
 says whether the consumers held the producers back.
@@ -45,6 +51,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from itertools import islice
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import fastshm
@@ -81,6 +88,7 @@ ROUND_TRIP = (
 RT_LABELS = {"q-native": "native", "q-native-cffi": "native-cffi", "q-python": "python"}
 SAMPLE_S = 0.002  # how often the main process looks at the queue's fill
 PUT_CHUNK = 32  # puts between two looks at the clock
+GET_CHUNK = 32  # gets likewise
 
 _ctx = mp.get_context("spawn")
 
@@ -262,7 +270,7 @@ class _Contender:
             # Its records are the length (size_t) and the bytes.
             self.probe = lambda: CAPACITY - q.data_size() < size + 8
         elif kind == "queue":
-            q = _ctx.Queue()
+            q = _ctx.Queue(maxsize=CAPACITY // rec)
             self.producer_spec = self.consumer_spec = (kind, q)
             self.end_one = lambda: q.put(b"")
             self.cleanup += [q.join_thread, q.close]
@@ -328,7 +336,9 @@ def _consumer_child(spec: Tuple[Any, ...], many: bool, ctl: Any) -> None:
     ctl.send("ready")
     start, deadline = _recv_ctl(ctl)
     cpu0 = _cpu()
+    clock = time.monotonic
     got = 0
+    by_deadline = None  # messages taken when the clock was first seen past it
     if many:
         # One consumer: the empty message that ends it is the last one.
         get_many = q.get_many
@@ -338,13 +348,24 @@ def _consumer_child(spec: Tuple[Any, ...], many: bool, ctl: Any) -> None:
                 got += len(items) - 1
                 break
             got += len(items)
+            if by_deadline is None and clock() >= deadline:
+                by_deadline = got
     else:
-        get = q.recv_bytes if kind == "pipe" else q.get
-        while get():
-            got += 1
-    end_s = time.monotonic() - start
+        # Messages up to the empty one, GET_CHUNK at a time between two
+        # looks at the clock.
+        it = iter(q.recv_bytes if kind == "pipe" else q.get, b"")
+        while True:
+            n = len(list(islice(it, GET_CHUNK)))
+            got += n
+            if n < GET_CHUNK:
+                break
+            if by_deadline is None and clock() >= deadline:
+                by_deadline = got
+    end_s = clock() - start
     cpu = _cpu() - cpu0
-    ctl.send({"received": got, "end_s": end_s, "cpu_s": cpu})
+    if by_deadline is None:  # what came after the deadline was under a chunk
+        by_deadline = got
+    ctl.send({"received": got, "by_deadline": by_deadline, "end_s": end_s, "cpu_s": cpu})
     if kind in FSHM:
         q.close()
 
@@ -400,6 +421,7 @@ def _python_run(
     return {
         "put": sum(w["sent"] for w in ws),
         "taken": sum(r["received"] for r in rs),
+        "by_deadline": sum(r["by_deadline"] for r in rs),
         "cpu_s": sum(x["cpu_s"] for x in ws + rs),
         "put_s": max(w["put_s"] for w in ws),
         "take_s": max(r["end_s"] for r in rs),
@@ -454,7 +476,7 @@ def throughput(
                     f"({size} B, {producers} -> {consumers}, {how})\n"
                 )
             for x in rs:
-                x["rate"] = x["taken"] / max(x["take_s"], 1e-9)
+                x["rate"] = x["by_deadline"] / seconds
             rs.sort(key=lambda x: x["rate"])
             med = rs[len(rs) // 2]
             rows.append(
@@ -471,6 +493,7 @@ def throughput(
                     "min_msgs_per_s": rs[0]["rate"],
                     "max_msgs_per_s": rs[-1]["rate"],
                     "put_msgs_per_s": med["put"] / max(med["put_s"], 1e-9),
+                    "drain_s": med["take_s"] - seconds,
                     "throughput_GBps": med["rate"] * size / 1e9,
                     "cpu_s": med["cpu_s"],
                     "cpu_us_per_msg": 1e6 * med["cpu_s"] / max(med["taken"], 1),
