@@ -254,6 +254,9 @@ class _Contender:
         self.size = size
         self.cleanup: List[Callable[[], None]] = []
         self.probe: Optional[Callable[[], bool]] = None
+        # Called first when the run failed: a consumer that is gone cannot
+        # drain a multiprocessing.Queue's feeder thread.
+        self.abandon: Optional[Callable[[], None]] = None
         rec = 8 + (size + 7) // 8 * 8
         if kind in FSHM:
             name = names.new("q")
@@ -289,8 +292,8 @@ class _Contender:
             raise ValueError(kind)
 
     def close(self, ok: bool) -> None:
-        if not ok and hasattr(self, "abandon"):
-            self.abandon()  # a consumer that is gone cannot drain the feeder
+        if not ok and self.abandon is not None:
+            self.abandon()
         for c in reversed(self.cleanup):
             c()
         self.cleanup = []
