@@ -5,7 +5,10 @@
   heap blocks of exactly the mapping's size, then over a real named mapping.
 * ThreadSanitizer: csrc/tests/posix/stress_threads.c runs four writers, two
   readers and a waiter as threads on one segment.
-* Queues: csrc/tests/posix/queue_stress.c runs producers and consumers as
+* Queues: csrc/tests/posix/queue_fuzz.c does for queues what fuzz_header.c
+  does for segments (hostile header words and record lengths inside the
+  ring, every operation), and checks intact queues against a model.
+  csrc/tests/posix/queue_stress.c runs producers and consumers as
   threads (under ThreadSanitizer) and as forked processes (under both) on a
   small ring; kills producers and consumers at random instants and checks the
   queue after each round; and single-steps a traced child through puts and
@@ -51,6 +54,7 @@ STORES_PER_WRITER = 100_000 if LONG else 10_000
 QUEUE_MESSAGES = 100_000 if LONG else 10_000
 QUEUE_CRASH_ROUNDS = 600 if LONG else 60
 QUEUE_STEP_ROUNDS = 20 if LONG else 2
+QUEUE_FUZZ_ITERATIONS = 1_000_000 if LONG else 100_000
 QUEUE_CAPACITY = 256  # a few records: wrap-around, full and empty all the time
 # capi_harness.py: model-checked operations; rounds of closing under 16 MiB
 # copies (and ten times as many hostile-header segments).
@@ -146,6 +150,27 @@ TSAN_ENV = {"TSAN_OPTIONS": f"halt_on_error=1 history_size=7 suppressions={HARNE
 ASAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
             "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
 QUEUE_TIMEOUT = 1200 if LONG else 180
+
+
+def test_queue_hostile_headers_under_asan_ubsan(tmp_path: Path,
+                                                shm_name: Callable[..., str]) -> None:
+    """Random header words and record lengths inside the ring, then every
+    queue operation without sleeping, over heap blocks of exactly the
+    mapping's size and over named mappings: only success or a defined
+    refusal, never an access outside the block, never a hang."""
+    exe = _build(tmp_path, "queue_fuzz", ASAN_UBSAN)
+    out = _run([str(exe), str(QUEUE_FUZZ_ITERATIONS), "20260301", shm_name("qfuzz")], ASAN_ENV,
+               timeout=1200 if LONG else 180)
+    numbers = _numbers(out)
+    report("C queue hostile headers (ASan+UBSan)", **numbers)
+    assert numbers["iterations"] >= QUEUE_FUZZ_ITERATIONS
+    # Enough cases got past attach and through each operation, and enough
+    # were refused for the hostile values to have mattered.
+    for key in ("attach_ok", "attach_refused", "puts_ok", "puts_refused", "gets_ok",
+                "gets_refused", "takes_ok", "takes_refused", "waits"):
+        assert numbers[key] > 100, (key, numbers)
+    assert numbers["model_messages"] > 10 * numbers["model_cases"] > 0, numbers
+    assert numbers["ekind"] > 2, numbers
 
 
 @pytest.fixture(scope="module")
