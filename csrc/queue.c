@@ -65,7 +65,9 @@ size_t fshm_queue_size_for(uint64_t capacity)
 
 uint64_t fshm_queue_max_message(uint64_t capacity)
 {
-    return capacity < MIN_CAPACITY ? 0 : round8(capacity) - REC;
+    /* 0 for every capacity no queue can have, as fshm_queue_size_for says:
+     * past the range, round8 would wrap to 0 and the subtraction with it. */
+    return fshm_queue_size_for(capacity) == 0 ? 0 : round8(capacity) - REC;
 }
 
 static void fill(fshm_queue *q, void *base, size_t size, uint64_t capacity,

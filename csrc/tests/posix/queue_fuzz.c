@@ -554,6 +554,23 @@ int main(int argc, char **argv)
     dead_owner = (fshm_self_id() & ~(uint64_t)0xFFFFFFFF) | (uint32_t)pid;
     CHECK(fshm_owner_dead(dead_owner) == 1, "a reaped child must count as dead");
 
+    {
+        /* Sizes at the edges of the range: a capacity no queue can have has
+         * no mapping size and takes no message; any other takes its ring
+         * less one record header. */
+        size_t i;
+        for (i = 0; i < sizeof WORDS / sizeof WORDS[0] + 4; i++) {
+            uint64_t cap = i < sizeof WORDS / 8 ? WORDS[i] : UINT64_MAX - (i - sizeof WORDS / 8);
+            size_t size = fshm_queue_size_for(cap);
+            uint64_t max = fshm_queue_max_message(cap);
+            CHECK((size == 0) == (max == 0), "capacity %llu: size %zu but max_message %llu",
+                  (unsigned long long)cap, size, (unsigned long long)max);
+            if (size != 0)
+                CHECK(max == ((cap + 7) & ~7ULL) - 8 && size == 128 + max + 8,
+                      "capacity %llu: size %zu, max_message %llu", (unsigned long long)cap,
+                      size, (unsigned long long)max);
+        }
+    }
     for (st.iterations = 0; st.iterations < iterations; st.iterations++) {
         if (rnd() % 4 == 0)
             model_case();
