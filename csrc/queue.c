@@ -565,10 +565,12 @@ static void *take_packed(void *ctx, size_t len)
             c->lens[0] = len; /* what the first message needs */
         return NULL;
     }
+    c->lens[c->n++] = len;
+    if (len == 0)
+        return c; /* nothing to copy; dst may be NULL, and NULL + 0 is undefined */
     at = c->dst + c->used;
     c->used += len;
-    c->lens[c->n++] = len;
-    return len > 0 ? (void *)at : (void *)c;
+    return at;
 }
 
 int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t *lens,

@@ -170,6 +170,7 @@ def test_queue_hostile_headers_under_asan_ubsan(tmp_path: Path,
                 "gets_refused", "takes_ok", "takes_refused", "waits"):
         assert numbers[key] > 100, (key, numbers)
     assert numbers["model_messages"] > 10 * numbers["model_cases"] > 0, numbers
+    assert numbers["model_empty"] > 0, numbers
     assert numbers["ekind"] > 2, numbers
 
 

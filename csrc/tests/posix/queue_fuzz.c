@@ -69,7 +69,7 @@ static const uint64_t CAPACITIES[] = {16, 24, 40, 64, 104, 256, 4096};
 static struct {
     unsigned long iterations, attach_ok, attach_refused, puts_ok, puts_refused, gets_ok,
         gets_refused, takes_ok, takes_refused, waits, model_cases, model_ops, model_messages,
-        ekind;
+        model_empty, ekind;
 } st;
 
 #define CHECK(cond, ...)                                                     \
@@ -367,8 +367,10 @@ static void model_case(void)
         size_t len, got = 0, k, i;
         int rc;
         if (op <= 1) {
-            /* Mostly small messages, some as long as the ring allows. */
-            len = (size_t)(rnd() % 4 == 0 ? rnd() % (max + 1) : rnd() % (max / 4 + 1));
+            /* Mostly small messages, some empty, some as long as the ring
+             * allows. */
+            len = (size_t)(rnd() % 4 == 0 ? rnd() % (max + 1)
+                           : rnd() % 3 == 0 ? 0 : rnd() % (max / 4 + 1));
             msg_fill(buf, m.next_id, len);
             rc = fshm_queue_put(&q, buf, len, 0);
             if (cap - m.used >= rec(len)) {
@@ -392,6 +394,31 @@ static void model_case(void)
                 m.first = (m.first + 1) % 4096;
                 m.n--;
                 st.model_messages++;
+            }
+        } else if (rnd() % 4 == 0) {
+            /* Into no buffer at all: only empty messages can be taken, the
+             * leading ones, and a first one with bytes stays queued. */
+            size_t lens[4], want = 1 + (size_t)(rnd() % 4), zeros = 0;
+            while (zeros < want && zeros < m.n && m.lens[(m.first + zeros) % 4096] == 0)
+                zeros++;
+            rc = fshm_queue_get_packed(&q, NULL, 0, lens, want, &k, 0);
+            if (m.n == 0) {
+                CHECK(rc == FSHM_ENOMSG, "model get_packed into nothing, of nothing: rc %d", rc);
+            } else if (zeros == 0) {
+                CHECK(rc == FSHM_ESMALL && k == 0 && lens[0] == m.lens[m.first],
+                      "model get_packed into nothing: rc %d, %zu", rc, k);
+            } else {
+                CHECK(rc == 0 && k == zeros, "model get_packed of empty messages: rc %d: %zu",
+                      rc, k);
+                for (i = 0; i < k; i++) {
+                    CHECK(lens[i] == 0, "model get_packed of empty messages: length %zu",
+                          lens[i]);
+                    m.used -= rec(0);
+                    m.first = (m.first + 1) % 4096;
+                    m.n--;
+                    st.model_messages++;
+                    st.model_empty++;
+                }
             }
         } else {
             size_t lens[4], at = 0, want = 1 + (size_t)(rnd() % 4);
@@ -581,9 +608,9 @@ int main(int argc, char **argv)
         named_cases(name, iterations / 100 + 1);
     printf("iterations=%lu attach_ok=%lu attach_refused=%lu puts_ok=%lu puts_refused=%lu "
            "gets_ok=%lu gets_refused=%lu takes_ok=%lu takes_refused=%lu waits=%lu "
-           "model_cases=%lu model_ops=%lu model_messages=%lu ekind=%lu\n",
+           "model_cases=%lu model_ops=%lu model_messages=%lu model_empty=%lu ekind=%lu\n",
            st.iterations, st.attach_ok, st.attach_refused, st.puts_ok, st.puts_refused,
            st.gets_ok, st.gets_refused, st.takes_ok, st.takes_refused, st.waits,
-           st.model_cases, st.model_ops, st.model_messages, st.ekind);
+           st.model_cases, st.model_ops, st.model_messages, st.model_empty, st.ekind);
     return 0;
 }
