@@ -62,6 +62,10 @@
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 #include <stdarg.h>
+/* Set in a traced child: LeakSanitizer cannot run under ptrace, so it
+ * leaves with _exit. */
+static int traced;
+
 static void die(const char *fmt, ...)
 {
     va_list ap;
@@ -70,6 +74,8 @@ static void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    if (traced)
+        _exit(1);
     exit(1);
 }
 
@@ -952,6 +958,7 @@ static void step_through(scenario *sc, int op, uint32_t producer, uint64_t seq, 
     if (pid < 0)
         die("fork");
     if (pid == 0) {
+        traced = 1;
         if (ptrace(PTRACE_TRACEME, 0, NULL, NULL) != 0)
             _exit(4);
         raise(SIGSTOP);
@@ -1009,7 +1016,12 @@ static int run_steps(unsigned rounds, uint64_t capacity)
         {PUT_ONE, "put"}, {PUT_MANY, "put_many of 2"}, {GET_ONE, "get"},
         {GET_PACKED, "get_packed of 2"},
     };
+    /* Short enough that the four messages the plan can hold always fit. */
     max_len = longest(capacity);
+    if (max_len > ((capacity / 4) & ~7ULL) - 8)
+        max_len = (size_t)(((capacity / 4) & ~7ULL) - 8);
+    if (max_len < HDR)
+        die("capacity %llu is too small for the steps", (unsigned long long)capacity);
     base = shared_zeroed(size);
     if (posix_memalign((void **)&scratch, 4096, size) != 0)
         die("posix_memalign");
