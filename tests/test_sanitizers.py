@@ -263,6 +263,8 @@ def test_queue_killed_after_every_instruction(queue_stress: Callable[[str], Path
     # Both sides of every commit were seen, with the dirty mark set.
     assert numbers["before"] > numbers["scenarios"] and numbers["after"] > numbers["scenarios"]
     assert numbers["dirty_seen"] > 0 and numbers["lock_seen"] > 0
+    # Records crossed the ring's end on the way.
+    assert numbers["wraps"] >= 1, numbers
 
 
 def _runtime(lib: str) -> str:

@@ -1037,7 +1037,17 @@ static int run_steps(unsigned rounds, uint64_t capacity)
     if (fshm_owner_dead(dead_id) != 1)
         die("a reaped child must count as dead");
     {
-        /* One message queued to begin with; the plan keeps 1 to 4. */
+        /* Head and tail moved near the ring's end first, so the first
+         * operations already wrap; then one message queued to begin with
+         * (the plan keeps 1 to 4). */
+        static unsigned char filler[1 << 16];
+        size_t n;
+        if ((size_t)capacity - 40 > sizeof filler ||
+            fshm_queue_put(&q, filler, (size_t)capacity - 40, 0) != 0 ||
+            fshm_queue_get(&q, filler, sizeof filler, &n, 0) != 0)
+            die("filler");
+    }
+    {
         unsigned char buf[MAX_MSG];
         if (fshm_queue_put(&q, buf, make_msg(buf, 1, next_seq, max_len), 0) != 0)
             die("first put");
