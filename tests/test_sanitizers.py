@@ -242,7 +242,19 @@ def test_queue_survives_killed_producers_and_consumers(
     report(f"C queue killed children ({sanitizer})", **numbers)
     assert numbers["rounds"] == QUEUE_CRASH_ROUNDS
     assert numbers["killed_consumers"] > 10 and numbers["killed_producers"] > 10, numbers
-    assert numbers["acked"] > 1000 and numbers["taken"] > 1000, numbers
+    assert numbers["acked"] > 100 and numbers["taken"] > 100, numbers
+
+
+@pytest.mark.parametrize("sanitizer", ["tsan", "asan"])
+def test_queue_commits_wake_sleepers(queue_stress: Callable[[str], Path],
+                                     sanitizer: str) -> None:
+    """Sleepers on the notify word with no re-check of their own are woken
+    by a put on an empty queue and by a get on a full one (the futex half of
+    the notify/waiters pair), and a get and a put blocked with no timeout
+    complete."""
+    env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
+    out = _run([str(queue_stress(sanitizer)), "wake", "5"], env, timeout=QUEUE_TIMEOUT)
+    assert _numbers(out)["wake_rounds"] == 5
 
 
 def test_queue_killed_after_every_instruction(queue_stress: Callable[[str], Path]) -> None:

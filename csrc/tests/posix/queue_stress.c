@@ -13,6 +13,9 @@
  *       forked producers and consumers SIGKILLed at random instants while
  *       they put and take in a loop; after every round the queue must be
  *       consistent, and at the end every message accounted for exactly once.
+ *   queue_stress wake ROUNDS
+ *       sleepers on the notify word with no timeout of their own are woken
+ *       by a put on an empty queue and by a get on a full one.
  *   queue_stress steps ROUNDS CAPACITY
  *       a traced child single-stepped through puts and takes: the queue as
  *       a kill after any one instruction would leave it must recover to the
@@ -1114,6 +1117,120 @@ static int run_steps(unsigned rounds, uint64_t capacity)
     return 0;
 }
 
+/* ---- wake: a sleeper on the notify word is woken by the other side ----
+ *
+ * Threads sleep on the queue's notify word by hand, registered in waiters
+ * as a blocked put or get is, but with no re-check of their own (a 10 s
+ * bound fails the run): only the futex wake of a put (on an empty queue) or of a get (on a
+ * full one) can end their sleep.  Beside them, a real blocked get and a real
+ * blocked put with no timeout, which must complete. */
+#define Q_NOTIFY 24
+#define Q_WAITERS 28
+
+static void *hand_sleeper(void *arg)
+{
+    uint32_t *notify = (uint32_t *)(q.base + Q_NOTIFY);
+    uint32_t *waiters = (uint32_t *)(q.base + Q_WAITERS);
+    uint32_t v;
+    (void)arg;
+    __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+    v = __atomic_load_n(notify, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(notify, __ATOMIC_SEQ_CST) == v) {
+        /* The wake-up comes within milliseconds of the commit, or never: a
+         * sleep that runs to its 10 s bound was not woken. */
+        int64_t t0 = fshm_monotonic_ns();
+        fshm_futex_wait(notify, v, 10000000000LL);
+        if (fshm_monotonic_ns() - t0 >= 10000000000LL)
+            die("a sleeper on the notify word was not woken in 10 s");
+    }
+    __atomic_sub_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+static void *blocked_get(void *arg)
+{
+    unsigned char buf[MAX_MSG];
+    size_t n;
+    int rc = fshm_queue_get(&q, buf, sizeof buf, &n, -1);
+    if (rc != 0 || n != 5 || memcmp(buf, "hello", 5) != 0)
+        die("blocked get: rc %d, %zu bytes", rc, n);
+    (void)arg;
+    return NULL;
+}
+
+static void *blocked_put(void *arg)
+{
+    int rc = fshm_queue_put(&q, "late", 4, -1);
+    if (rc != 0)
+        die("blocked put: rc %d", rc);
+    (void)arg;
+    return NULL;
+}
+
+/* Until n threads are registered as sleepers, and a moment more for them
+ * to be asleep. */
+static void await_sleepers(uint32_t n)
+{
+    int64_t start = fshm_monotonic_ns();
+    while (__atomic_load_n((uint32_t *)(q.base + Q_WAITERS), __ATOMIC_SEQ_CST) < n) {
+        if (fshm_monotonic_ns() - start > STALL_NS)
+            die("never %u sleepers", n);
+        fshm_sleep_ns(1000000);
+    }
+    fshm_sleep_ns(20000000);
+}
+
+static int run_wake(unsigned rounds)
+{
+    size_t size = fshm_queue_size_for(64), n;
+    void *base = NULL;
+    unsigned r;
+    unsigned char buf[MAX_MSG];
+    if (posix_memalign(&base, 4096, size) != 0)
+        die("posix_memalign");
+    memset(base, 0, size);
+    if (fshm_queue_init(&q, base, size, 64, 0) != 0)
+        die("init");
+    for (r = 0; r < rounds; r++) {
+        pthread_t t[3];
+        int i;
+        /* Empty: a put wakes them. */
+        pthread_create(&t[0], NULL, hand_sleeper, NULL);
+        pthread_create(&t[1], NULL, hand_sleeper, NULL);
+        pthread_create(&t[2], NULL, blocked_get, NULL);
+        await_sleepers(3);
+        if (fshm_queue_put(&q, "hello", 5, 0) != 0)
+            die("put");
+        for (i = 0; i < 3; i++)
+            pthread_join(t[i], NULL);
+        if (fshm_queue_count(&q) != 0)
+            die("the blocked get did not take the message");
+        /* Full (four 16-byte records): a get wakes them. */
+        for (i = 0; i < 4; i++)
+            if (fshm_queue_put(&q, "early", 5, 0) != 0)
+                die("fill");
+        if (fshm_queue_put(&q, "x", 1, 0) != FSHM_EFULL)
+            die("not full");
+        pthread_create(&t[0], NULL, hand_sleeper, NULL);
+        pthread_create(&t[1], NULL, hand_sleeper, NULL);
+        pthread_create(&t[2], NULL, blocked_put, NULL);
+        await_sleepers(3);
+        if (fshm_queue_get(&q, buf, sizeof buf, &n, 0) != 0)
+            die("get");
+        for (i = 0; i < 3; i++)
+            pthread_join(t[i], NULL);
+        for (i = 0; i < 4; i++)
+            if (fshm_queue_get(&q, buf, sizeof buf, &n, 0) != 0 ||
+                memcmp(buf, i < 3 ? "early" : "late", n) != 0)
+                die("after the blocked put: message %d", i);
+        if (__atomic_load_n((uint32_t *)(q.base + Q_WAITERS), __ATOMIC_SEQ_CST) != 0)
+            die("sleepers left registered");
+    }
+    printf("wake_rounds=%u\n", rounds);
+    free(base);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -1131,6 +1248,8 @@ int main(int argc, char **argv)
     if (strcmp(mode, "crash") == 0 && argc == 6)
         return run_crash(strtoul(argv[2], NULL, 10), strtoull(argv[3], NULL, 10),
                          strtoull(argv[4], NULL, 10), argv[5]);
+    if (strcmp(mode, "wake") == 0 && argc == 3)
+        return run_wake((unsigned)strtoul(argv[2], NULL, 10));
     if (strcmp(mode, "steps") == 0 && argc == 4)
         return run_steps((unsigned)strtoul(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of queue_stress.c\n");
