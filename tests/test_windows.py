@@ -544,9 +544,10 @@ def test_queue_error_codes_match_posix(
     wine: Wine, win_exes: dict[str, Path], posix_queue_check: Path
 ) -> None:
     """Create-existing, attach-missing, empty, full, too big, too small, a
-    batch that can never fit, a segment opened as a queue and the reverse
-    (EKIND), a python-backend queue (EPROTOCOL), a corrupt header: the same
-    codes and counts from map_win32.c as from map_posix.c."""
+    batch that can never fit, a lock broken by hand (only from the owner
+    named), a segment opened as a queue and the reverse (EKIND), a
+    python-backend queue (EPROTOCOL), a corrupt header: the same codes and
+    counts from map_win32.c as from map_posix.c."""
     on_windows = wine.run(win_exes["queue"], "errors", make_name("qerr"))
     name = make_name("qerr")
     try:
@@ -560,7 +561,8 @@ def test_queue_error_codes_match_posix(
         "get_empty": "FSHM_ENOMSG", "get_empty_waiting": "FSHM_ENOMSG",
         "put_too_big": "FSHM_ETOOBIG", "put_largest": "OK", "put_full": "FSHM_EFULL",
         "put_full_waiting": "FSHM_EFULL", "get_small": "FSHM_ESMALL",
-        "put_many_never_fits": "FSHM_ETOOBIG", "queue_as_segment": "FSHM_EKIND",
+        "put_many_never_fits": "FSHM_ETOOBIG", "break_lock_other": "FSHM_EAGAIN",
+        "break_lock": "OK", "put_after_break": "OK", "queue_as_segment": "FSHM_EKIND",
         "segment_as_queue": "FSHM_EKIND", "segment_as_queue_open_or_create": "FSHM_EKIND",
         "pylock_put": "FSHM_EPROTOCOL", "corrupt_magic": "FSHM_EFORMAT",
         "corrupt_head_put": "FSHM_EFORMAT", "all_as_expected": "1",

@@ -59,6 +59,7 @@ static const char *code_name(int rc)
     case FSHM_ENOMSG: return "FSHM_ENOMSG";
     case FSHM_EPROTOCOL: return "FSHM_EPROTOCOL";
     case FSHM_EBUSY: return "FSHM_EBUSY";
+    case FSHM_EAGAIN: return "FSHM_EAGAIN";
     default: {
         static char buf[32];
         snprintf(buf, sizeof buf, "code%d", rc);
@@ -387,6 +388,20 @@ static int cmd_errors(const char *name)
         EXPECT("put_many", fshm_queue_put_many(&q, two, 2, 0), 0);
         printf("count=%llu used=%llu\n", (unsigned long long)fshm_queue_count(&q),
                (unsigned long long)fshm_queue_used(&q));
+    }
+
+    /* The lock of a holder judged gone, broken by hand: only while it still
+     * holds that owner. */
+    {
+        uint64_t someone = fshm_self_id() ^ 1;
+        memcpy(q.base + 64, &someone, 8);
+        EXPECT("break_lock_other", fshm_queue_break_lock(&q, someone ^ 2), FSHM_EAGAIN);
+        bad |= fshm_queue_lock_owner(&q) != someone;
+        EXPECT("break_lock", fshm_queue_break_lock(&q, someone), 0);
+        bad |= fshm_queue_lock_owner(&q) != 0;
+        EXPECT("put_after_break", fshm_queue_put(&q, "", 0, 0), 0); /* 8 bytes: full */
+        printf("count=%llu lock=%llu\n", (unsigned long long)fshm_queue_count(&q),
+               (unsigned long long)fshm_queue_lock_owner(&q));
     }
 
     /* The other kind at a name. */
