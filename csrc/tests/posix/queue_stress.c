@@ -15,7 +15,8 @@
  *       consistent, and at the end every message accounted for exactly once.
  *   queue_stress wake ROUNDS
  *       sleepers on the notify word with no timeout of their own are woken
- *       by a put on an empty queue and by a get on a full one.
+ *       by a put on an empty queue and by a get on a full one; a signal
+ *       ends a blocked get and a blocked put with EINTR.
  *   queue_stress steps ROUNDS CAPACITY
  *       a traced child single-stepped through puts and takes: the queue as
  *       a kill after any one instruction would leave it must recover to the
@@ -1167,6 +1168,45 @@ static void *blocked_put(void *arg)
     return NULL;
 }
 
+static volatile sig_atomic_t signals;
+static int eintr_full, interrupted_done;
+static void await_sleepers(uint32_t n);
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    signals++;
+}
+
+static void *interrupted(void *arg)
+{
+    unsigned char buf[MAX_MSG];
+    size_t n;
+    int rc = eintr_full ? fshm_queue_put(&q, "x", 1, -1)
+                        : fshm_queue_get(&q, buf, sizeof buf, &n, -1);
+    if (rc != EINTR)
+        die("a signal during a blocked %s: rc %d", eintr_full ? "put" : "get", rc);
+    __atomic_store_n(&interrupted_done, 1, __ATOMIC_RELEASE);
+    (void)arg;
+    return NULL;
+}
+
+/* Signal t once it sleeps, again every 200 ms in case a signal came just
+ * before its sleep began, until its call has returned. */
+static void interrupt(pthread_t t)
+{
+    int64_t start = fshm_monotonic_ns();
+    await_sleepers(1);
+    while (!__atomic_load_n(&interrupted_done, __ATOMIC_ACQUIRE)) {
+        if (fshm_monotonic_ns() - start > STALL_NS)
+            die("a blocked call did not return on a signal");
+        pthread_kill(t, SIGUSR1);
+        fshm_sleep_ns(200000000);
+    }
+    pthread_join(t, NULL);
+    interrupted_done = 0;
+}
+
 /* Until n threads are registered as sleepers, and a moment more for them
  * to be asleep. */
 static void await_sleepers(uint32_t n)
@@ -1226,7 +1266,28 @@ static int run_wake(unsigned rounds)
         if (__atomic_load_n((uint32_t *)(q.base + Q_WAITERS), __ATOMIC_SEQ_CST) != 0)
             die("sleepers left registered");
     }
-    printf("wake_rounds=%u\n", rounds);
+    {
+        /* A signal ends a blocked get and a blocked put with EINTR, nothing
+         * taken or put (the caller runs its handler and calls again). */
+        pthread_t t;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal; /* no SA_RESTART */
+        sigaction(SIGUSR1, &sa, NULL);
+        eintr_full = 0;
+        pthread_create(&t, NULL, interrupted, NULL);
+        interrupt(t);
+        for (n = 0; n < 4; n++)
+            if (fshm_queue_put(&q, "early", 5, 0) != 0)
+                die("fill");
+        eintr_full = 1;
+        pthread_create(&t, NULL, interrupted, NULL);
+        interrupt(t);
+        if (fshm_queue_count(&q) != 4 || signals < 2)
+            die("after the interrupted calls: count %llu, %d signals",
+                (unsigned long long)fshm_queue_count(&q), signals);
+    }
+    printf("wake_rounds=%u eintr=2\n", rounds);
     free(base);
     return 0;
 }
