@@ -251,11 +251,12 @@ def test_queue_commits_wake_sleepers(queue_stress: Callable[[str], Path],
     """Sleepers on the notify word with no re-check of their own are woken
     by a put on an empty queue and by a get on a full one (the futex half of
     the notify/waiters pair), and a get and a put blocked with no timeout
-    complete; a signal ends a blocked get and a blocked put with EINTR,
-    nothing taken or put."""
+    complete; on Linux, where the sleep is a futex, a signal ends a blocked
+    get and a blocked put with EINTR, nothing taken or put."""
     env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
     out = _run([str(queue_stress(sanitizer)), "wake", "5"], env, timeout=QUEUE_TIMEOUT)
-    assert _numbers(out) == {"wake_rounds": 5, "eintr": 2}
+    linux = sys.platform.startswith("linux")
+    assert _numbers(out) == {"wake_rounds": 5, "eintr": 2 if linux else 0}
 
 
 def test_queue_killed_after_every_instruction(queue_stress: Callable[[str], Path]) -> None:

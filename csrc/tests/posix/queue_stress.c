@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -866,6 +867,7 @@ static int run_crash(unsigned long rounds, uint64_t seed, uint64_t capacity, con
 }
 
 
+#ifdef __linux__
 /* ---- steps: a process killed after every single instruction ----
  *
  * A child is traced and single-stepped through one put or take; after each
@@ -1117,6 +1119,16 @@ static int run_steps(unsigned rounds, uint64_t capacity)
     munmap(base, size);
     return 0;
 }
+#else
+/* Single-stepping a child is Linux ptrace (PTRACE_SINGLESTEP). */
+static int run_steps(unsigned rounds, uint64_t capacity)
+{
+    (void)rounds;
+    (void)capacity;
+    printf("ptrace=unavailable\n");
+    return 0;
+}
+#endif
 
 /* ---- wake: a sleeper on the notify word is woken by the other side ----
  *
@@ -1168,6 +1180,7 @@ static void *blocked_put(void *arg)
     return NULL;
 }
 
+#ifdef __linux__
 static volatile sig_atomic_t signals;
 static int eintr_full, interrupted_done;
 static void await_sleepers(uint32_t n);
@@ -1206,6 +1219,7 @@ static void interrupt(pthread_t t)
     pthread_join(t, NULL);
     interrupted_done = 0;
 }
+#endif
 
 /* Until n threads are registered as sleepers, and a moment more for them
  * to be asleep. */
@@ -1266,9 +1280,12 @@ static int run_wake(unsigned rounds)
         if (__atomic_load_n((uint32_t *)(q.base + Q_WAITERS), __ATOMIC_SEQ_CST) != 0)
             die("sleepers left registered");
     }
+#ifdef __linux__
     {
         /* A signal ends a blocked get and a blocked put with EINTR, nothing
-         * taken or put (the caller runs its handler and calls again). */
+         * taken or put (the caller runs its handler and calls again).  Only
+         * where the sleep is a futex: elsewhere it polls, and the polling
+         * loop (poll_wait.h) goes on after a signal. */
         pthread_t t;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -1288,6 +1305,9 @@ static int run_wake(unsigned rounds)
                 (unsigned long long)fshm_queue_count(&q), signals);
     }
     printf("wake_rounds=%u eintr=2\n", rounds);
+#else
+    printf("wake_rounds=%u eintr=0\n", rounds);
+#endif
     free(base);
     return 0;
 }
