@@ -159,7 +159,7 @@ def test_queue_hostile_headers_under_asan_ubsan(tmp_path: Path,
     mapping's size and over named mappings: only success or a defined
     refusal, never an access outside the block, never a hang."""
     exe = _build(tmp_path, "queue_fuzz", ASAN_UBSAN)
-    out = _run([str(exe), str(QUEUE_FUZZ_ITERATIONS), "20260301", shm_name("qfuzz")], ASAN_ENV,
+    out = _run([str(exe), str(QUEUE_FUZZ_ITERATIONS), "20260301", shm_name("qf")], ASAN_ENV,
                timeout=1200 if LONG else 180)
     numbers = _numbers(out)
     report("C queue hostile headers (ASan+UBSan)", **numbers)
@@ -219,7 +219,7 @@ def test_queue_processes(queue_stress: Callable[[str], Path], sanitizer: str,
     env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
     exe = queue_stress(sanitizer)
     out = _run([str(exe), "procs", "2", "2", str(QUEUE_MESSAGES // 2), str(QUEUE_CAPACITY),
-                shm_name("qprocs")], env, timeout=QUEUE_TIMEOUT)
+                shm_name("qp")], env, timeout=QUEUE_TIMEOUT)
     numbers = _numbers(out)
     report(f"C queue processes ({sanitizer})", **numbers)
     assert numbers["messages"] == numbers["taken"] == QUEUE_MESSAGES, numbers
@@ -237,7 +237,7 @@ def test_queue_survives_killed_producers_and_consumers(
     env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
     exe = queue_stress(sanitizer)
     out = _run([str(exe), "crash", str(QUEUE_CRASH_ROUNDS), "20260301", "512",
-                shm_name("qcrash")], env, timeout=QUEUE_TIMEOUT)
+                shm_name("qc")], env, timeout=QUEUE_TIMEOUT)
     numbers = _numbers(out)
     report(f"C queue killed children ({sanitizer})", **numbers)
     assert numbers["rounds"] == QUEUE_CRASH_ROUNDS
