@@ -11,9 +11,10 @@
   csrc/tests/posix/queue_stress.c runs producers and consumers as
   threads (under ThreadSanitizer) and as forked processes (under both) on a
   small ring; kills producers and consumers at random instants and checks the
-  queue after each round; and single-steps a traced child through puts and
-  takes, recovering the queue as a kill after each instruction would leave
-  it (ASan + UBSan).
+  queue after each round; checks that a commit wakes sleepers of the other
+  side and that a signal ends a blocked call; and single-steps a traced
+  child through puts and takes, recovering the queue as a kill after each
+  instruction would leave it (ASan + UBSan).
 * The C-API binding: src/fastshm/_cext.c is built with ASan + UBSan as an
   extension module, and csrc/tests/posix/capi_harness.py drives every method
   of SegmentCore and Mapping with it in a child Python (the ASan runtime
