@@ -35,14 +35,11 @@ U64 = struct.Struct("<Q")
 SLOT_WORDS = struct.Struct("<QQ")  # slot sequence word, length
 HEAD = struct.Struct("<IHHQ")  # magic, version, header size, capacity
 
-# Queues (docs/FORMAT.md, "Queues"): a 128-byte header, then a ring of
-# records (u64 length, payload, padding to 8); the same numbers as
-# csrc/fastshm.h and csrc/queue.c.
+# A queue's header (docs/FORMAT.md, "Queues"; csrc/queue.c); its ring of
+# records follows at HEADER_SIZE.
 QUEUE_MAGIC = 0x51485346  # the bytes "FSHQ" read little-endian
 QUEUE_VERSION = 1
 QUEUE_PYLOCK = 1  # flags bit 0: locked the python backend's way (flock)
-QUEUE_RECORD = 8  # a record's length word
-QUEUE_MIN_CAPACITY = 16
 Q_HEAD = 16
 Q_NOTIFY = 24
 Q_WAITERS = 28
@@ -63,14 +60,6 @@ def seg_size_for(capacity: int) -> int:
     if capacity <= 0 or capacity > (1 << 62) - 1:
         return 0
     return HEADER_SIZE + 2 * stride_for(capacity)
-
-
-def queue_size_for(capacity: int) -> int:
-    """Mapping bytes a queue whose ring holds ``capacity`` bytes (rounded up
-    to 8) needs; 0 when it is under 16 or overflows (fshm_queue_size_for)."""
-    if capacity < QUEUE_MIN_CAPACITY or capacity > U64_MASK >> 2:
-        return 0
-    return HEADER_SIZE + ((capacity + 7) & ~7)
 
 
 def stride_for(capacity: int) -> int:

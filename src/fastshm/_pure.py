@@ -1081,7 +1081,7 @@ class SegmentHandle(_Mapped):
 # done its work).
 
 _Q_RING = C.HEADER_SIZE
-_Q_REC = C.QUEUE_RECORD
+_Q_REC = C.QUEUE_RECORD_HEADER
 _M64 = C.U64_MASK
 _Q_HEAD_SL = slice(C.Q_HEAD, C.Q_HEAD + 8)
 _Q_TAIL_SL = slice(C.Q_TAIL, C.Q_TAIL + 8)
