@@ -1094,6 +1094,7 @@ _ONE4 = _p32(1)
 # Zero padding after a payload of n bytes, by n % 8.
 _PADS = tuple(bytes(-i & 7) for i in range(8))
 _HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
+_QH, _QT, _QC = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT
 
 # What _QueueLocked does under the lock.
 _PUT, _TAKE, _TAKE_INTO = 0, 1, 2
@@ -1139,6 +1140,14 @@ class QueueHandle(_Mapped):
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
     ) -> None:
+        if fcntl is None:
+            # Without flock nothing would keep two processes' puts apart.
+            raise OSError(
+                errno.ENOSYS,
+                "the python backend's queue locks with flock, which this platform "
+                "lacks: use backend='native'",
+                name,
+            )
         capacity = C.as_int(capacity, "capacity")
         mode = C.as_int(mode, "mode")
         need = 0
@@ -1239,8 +1248,11 @@ class QueueHandle(_Mapped):
                 self._recount()
             cap = self.capacity
             mv = self._mv
-            head, tail = self._positions()
-            count: int = _u64(mm, C.Q_COUNT)[0]
+            head: int = _HEADTAIL(mm, _QH)[0]
+            tail: int = _HEADTAIL(mm, _QT)[0]
+            if (head | tail) & 7 or (tail - head) & _M64 > cap:
+                self._positions()  # raises
+            count: int = _u64(mm, _QC)[0]
             done = False
             if what == _PUT:
                 lens: "list[int]" = arg2
