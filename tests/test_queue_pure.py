@@ -171,7 +171,7 @@ def test_python_queue_bytes_are_the_c_cores(name: str, shm_name: Any) -> None:
         nat.put(m)
     mine = bytes(py._mm)
     theirs = bytes(ffi.buffer(nat._h._owner, nat._mapped_size))
-    for off in (8, 16, 32, 40, 64, 88):  # notify and flags differ by design
+    for off in (8, 16, 24, 32, 40, 64, 88):  # all but the flags word
         assert mine[off : off + 8] == theirs[off : off + 8], off
     # The C core reads the python backend's bytes ...
     other = fastshm.Queue(shm_name("c2"), 256, create=True, backend="native-cffi")

@@ -1253,6 +1253,8 @@ class QueueHandle(_Mapped):
             if (head | tail) & 7 or (tail - head) & _M64 > cap:
                 self._positions()  # raises
             count: int = _u64(mm, _QC)[0]
+            # notify + 1, ready before the commit (the flock makes it exact).
+            bump = _p32((_u32(mm, C.Q_NOTIFY)[0] + 1) & 0xFFFFFFFF)
             done = False
             if what == _PUT:
                 lens: "list[int]" = arg2
@@ -1289,6 +1291,7 @@ class QueueHandle(_Mapped):
                     mm[_Q_TAIL_SL] = end
                     mm[_Q_COUNT_SL] = cnt
                     mm[_Q_DIRTY_SL] = _ZERO4
+                    mm[_Q_NOTIFY_SL] = bump
                     out = done = True
             else:
                 pos = head
@@ -1334,11 +1337,12 @@ class QueueHandle(_Mapped):
                     mm[_Q_HEAD_SL] = start
                     mm[_Q_COUNT_SL] = cnt
                     mm[_Q_DIRTY_SL] = _ZERO4
+                    mm[_Q_NOTIFY_SL] = bump
                     done = True
             if done and mm[_Q_WAITERS_SL] != _ZERO4:
-                # Native sleepers of the format's notify protocol (none can
-                # use this queue, but the word is kept as the format says).
-                mm[_Q_NOTIFY_SL] = _p32((_u32(mm, C.Q_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+                # Sleepers of the format's notify protocol (native code
+                # refuses this queue before it sleeps, but the format keeps
+                # the word and its wake-up).
                 _futex_wake(self._anchor, C.Q_NOTIFY)
             if rel is not None:
                 _consume(rel)  # released here; the finally's call finds nothing left
