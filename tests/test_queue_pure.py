@@ -134,6 +134,18 @@ def test_python_queue_timeouts(handle: Any) -> None:
     assert h.take(5, None) == [b"after"]
     assert h.take(5, 5.0) == [b"more"]
     th.join()
+    buf = bytearray(16)
+    for timeout in (5.0, None):
+        th = threading.Thread(target=later, args=(lambda: h.put_many([b"into"], 0),))
+        th.start()
+        t = time.monotonic()
+        assert h.take_into(memoryview(buf), timeout) == 4 and buf[:4] == b"into"
+        assert time.monotonic() - t >= 0.04  # it waited for the put
+        th.join()
+    th = threading.Thread(target=later, args=(lambda: h.put_many([b""], 0),))
+    th.start()
+    assert h.take_into(memoryview(buf), 5.0) == 0  # an empty message, not "none"
+    th.join()
 
 
 def test_python_queue_kind_errors(name: str, shm_name: Any) -> None:

@@ -1428,7 +1428,7 @@ class QueueHandle(_Mapped):
         deadline = None
         while True:
             out = self._locked(what, arg, None)
-            if out or (what == _TAKE_INTO and out == 0):
+            if (out >= 0) if what == _TAKE_INTO else out:  # a length, or messages
                 return out
             if timeout == 0:
                 return out
