@@ -1073,12 +1073,12 @@ class SegmentHandle(_Mapped):
 # drops them with one store of head.  Everything before that store can be
 # interrupted (a KeyboardInterrupt, SIGKILL) without changing the queue; the
 # count word beside it is fixed by whoever next finds the dirty mark.  The
-# statements from the head or tail store to the end of the locked section
-# make no call, so that on CPython 3.11 and later no signal handler runs
-# between the commit and the release: a handler's exception after the commit
-# surfaces only after the lock is given back (and a take's messages are then
-# lost to the caller, as with any Python function interrupted after it has
-# done its work).
+# statements from the head or tail store to the release make no call (but
+# the futex wake when something sleeps on notify), so that on CPython 3.11
+# and later no signal handler runs between the commit and the release: a
+# handler's exception after the commit surfaces only once the lock is given
+# back, and a take's messages are then lost to its caller, as the result of
+# any Python function interrupted after it has done its work.
 
 _Q_RING = C.HEADER_SIZE
 _Q_REC = C.QUEUE_RECORD_HEADER
@@ -1096,7 +1096,7 @@ _PADS = tuple(bytes(-i & 7) for i in range(8))
 _HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
 _QH, _QT, _QC = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT
 
-# What _QueueLocked does under the lock.
+# What QueueHandle._locked does under the lock.
 _PUT, _TAKE, _TAKE_INTO = 0, 1, 2
 
 
@@ -1171,8 +1171,9 @@ class QueueHandle(_Mapped):
             name, how, need, mode, any_owner, init, _queue_attach, "Segment"
         )
         if not created:
+            # Both read once: later scribbles on the header cannot move the
+            # ring's bounds or change the lock protocol under this handle.
             capacity = code
-            # Read once, as the ring's bounds: later scribbles cannot move them.
             if not _u32(mm, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK:
                 mm.close()
                 if fd >= 0:
