@@ -1006,7 +1006,9 @@ static PyTypeObject SegmentType = {
  * the lock); only a call that must wait, for the lock or for room or a
  * message, lets the GIL go, and then the lock is waited for, held and
  * released without it.  Under the lock with the GIL held, nothing waits for
- * anything: the callback of a take only allocates. */
+ * anything: the callback of a take only allocates.  A wait comes back for
+ * the GIL every WAIT_SLICE_NS, so signal handlers run and a close() from
+ * another thread ends it (ValueError, nothing put or taken). */
 
 typedef struct {
     PyObject_HEAD
@@ -1225,12 +1227,26 @@ static int may_wait(int wait, int64_t deadline)
     return wait && (deadline == INT64_MAX || fshm_monotonic_ns() < deadline);
 }
 
+/* Between two slices of a wait that has changed nothing yet, with the
+ * GIL: Python's signal handlers run (Ctrl-C ends the wait), and a close()
+ * from another thread ends it too.  0 to go on, else PY_ERROR_SET. */
+static int between_slices(QueueObject *self)
+{
+    if (PyErr_CheckSignals() != 0)
+        return PY_ERROR_SET;
+    if (self->q.base == NULL) {
+        queue_closed_error(self);
+        return PY_ERROR_SET;
+    }
+    return 0;
+}
+
 /* -- put -- */
 
 /* A put that could not be made with the GIL: without it, in slices, until
  * done, the deadline, or a signal handler that raised. */
-static int put_without_gil(const fshm_queue *q, const fshm_msg *msgs, size_t count, int wait,
-                           int64_t deadline)
+static int put_without_gil(QueueObject *self, const fshm_queue *q, const fshm_msg *msgs,
+                           size_t count, int wait, int64_t deadline)
 {
     int rc;
     for (;;) {
@@ -1241,20 +1257,20 @@ static int put_without_gil(const fshm_queue *q, const fshm_msg *msgs, size_t cou
         /* EINTR: a signal came while it slept; nothing was put. */
         if (rc != EINTR && !(rc == FSHM_EFULL && slice > 0))
             return rc;
-        if (PyErr_CheckSignals() != 0)
-            return PY_ERROR_SET;
+        if ((rc = between_slices(self)) != 0)
+            return rc;
     }
 }
 
-static int put_messages(const fshm_queue *q, const fshm_msg *msgs, size_t count, uint64_t need,
-                        int wait, int64_t deadline)
+static int put_messages(QueueObject *self, const fshm_queue *q, const fshm_msg *msgs,
+                        size_t count, uint64_t need, int wait, int64_t deadline)
 {
     int rc;
     if (need >= GIL_RELEASE_BYTES)
-        return put_without_gil(q, msgs, count, wait, deadline);
+        return put_without_gil(self, q, msgs, count, wait, deadline);
     rc = fshm_queue_try_put_many(q, msgs, count);
     if (rc == FSHM_EBUSY || (rc == FSHM_EFULL && may_wait(wait, deadline)))
-        rc = put_without_gil(q, msgs, count, wait, deadline);
+        rc = put_without_gil(self, q, msgs, count, wait, deadline);
     return rc;
 }
 
@@ -1299,7 +1315,7 @@ static PyObject *queue_do_put(QueueObject *self, PyObject *data, int wait, int64
         goto done;
     }
     need = record_bytes(msg.len);
-    rc = put_messages(&q, &msg, 1, need, wait, deadline);
+    rc = put_messages(self, &q, &msg, 1, need, wait, deadline);
     if (rc != 0) {
         put_error(self, &q, rc, need);
         goto done;
@@ -1391,7 +1407,7 @@ static PyObject *queue_put_many(QueueObject *self, PyObject *const *args, Py_ssi
                    (unsigned long long)q.capacity);
         goto done;
     }
-    rc = put_messages(&q, msgs, (size_t)count, need, wait, deadline);
+    rc = put_messages(self, &q, msgs, (size_t)count, need, wait, deadline);
     if (rc != 0) {
         put_error(self, &q, rc, need);
         goto done;
@@ -1535,8 +1551,8 @@ static void *take_raw(void *ctx, size_t len)
 
 /* A take that could not be made with the GIL: without it, in slices, into
  * raw memory; then, with the GIL, the bytes objects (into *out). */
-static int take_without_gil(const fshm_queue *q, size_t max, int wait, int64_t deadline,
-                            took *out)
+static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, int wait,
+                            int64_t deadline, took *out)
 {
     raw_took t;
     size_t taken = 0, i;
@@ -1553,10 +1569,8 @@ static int take_without_gil(const fshm_queue *q, size_t max, int wait, int64_t d
         /* EINTR and "none yet" took nothing: a signal handler may run. */
         if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
             break;
-        if (PyErr_CheckSignals() != 0) {
-            rc = PY_ERROR_SET;
+        if ((rc = between_slices(self)) != 0)
             break;
-        }
     }
     if (rc == 0 && t.n == 0) { /* the first message found no memory */
         PyErr_NoMemory();
@@ -1581,7 +1595,8 @@ static int take_without_gil(const fshm_queue *q, size_t max, int wait, int64_t d
 
 /* Up to `max` messages into *out, waiting as wait and deadline say: 0, or
  * FSHM_ENOMSG, PY_ERROR_SET or another code. */
-static int take_messages(const fshm_queue *q, size_t max, int wait, int64_t deadline, took *out)
+static int take_messages(QueueObject *self, const fshm_queue *q, size_t max, int wait,
+                         int64_t deadline, took *out)
 {
     size_t taken = 0;
     int rc;
@@ -1601,7 +1616,7 @@ static int take_messages(const fshm_queue *q, size_t max, int wait, int64_t dead
               (rc == FSHM_ENOMSG && may_wait(wait, deadline))))
             return rc;
     }
-    return take_without_gil(q, max, wait, deadline, out);
+    return take_without_gil(self, q, max, wait, deadline, out);
 }
 
 static PyObject *take_error(QueueObject *self, const fshm_queue *q, int rc)
@@ -1621,7 +1636,7 @@ static PyObject *queue_do_get(QueueObject *self, int wait, int64_t deadline)
     if (keep == NULL)
         return NULL;
     took_init(&t);
-    rc = take_messages(&q, 1, wait, deadline, &t);
+    rc = take_messages(self, &q, 1, wait, deadline, &t);
     if (rc != 0) {
         take_error(self, &q, rc);
     } else {
@@ -1700,7 +1715,7 @@ static PyObject *queue_get_many(QueueObject *self, PyObject *const *args, Py_ssi
     if ((keep = queue_hold(self, &q)) == NULL)
         return NULL;
     took_init(&t);
-    rc = take_messages(&q, max, wait, deadline, &t);
+    rc = take_messages(self, &q, max, wait, deadline, &t);
     if (rc != 0) {
         take_error(self, &q, rc);
     } else if ((list = PyList_New((Py_ssize_t)t.n)) != NULL) {
@@ -1788,10 +1803,8 @@ static PyObject *queue_get_into(QueueObject *self, PyObject *const *args, Py_ssi
             Py_END_ALLOW_THREADS
             if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
                 break;
-            if (PyErr_CheckSignals() != 0) {
-                rc = PY_ERROR_SET;
+            if ((rc = between_slices(self)) != 0)
                 break;
-            }
         }
     }
     if (rc != 0)
