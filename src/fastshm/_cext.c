@@ -1679,20 +1679,26 @@ static int parse_max_messages(PyObject *obj, size_t *max)
         *max = SIZE_MAX;
         return 0;
     }
+    /* The wording of fastshm.queue's _max_messages_arg. */
     if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "max_messages must be an int or None, not %R", obj);
+        PyErr_Format(PyExc_TypeError, "max_messages must be an int, not %.200s",
+                     PyBool_Check(obj) ? "bool" : Py_TYPE(obj)->tp_name);
         return -1;
     }
     if ((index = PyNumber_Index(obj)) == NULL)
         return -1;
     v = PyLong_AsLongLongAndOverflow(index, &overflow);
-    Py_DECREF(index);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow < 0 || (overflow == 0 && v < 1)) {
-        PyErr_Format(PyExc_ValueError, "max_messages must be >= 1, not %R", obj);
+    if (v == -1 && PyErr_Occurred()) {
+        Py_DECREF(index);
         return -1;
     }
+    if (overflow < 0 || (overflow == 0 && v < 1)) {
+        PyErr_Format(PyExc_ValueError,
+                     "max_messages must be at least 1 (or None for all), not %S", index);
+        Py_DECREF(index);
+        return -1;
+    }
+    Py_DECREF(index);
     *max = overflow > 0 || (unsigned long long)v > SIZE_MAX ? SIZE_MAX : (size_t)v;
     return 0;
 }
