@@ -1283,7 +1283,7 @@ static PyObject *queue_op_error(QueueObject *self, const fshm_queue *q, int rc)
     if (rc == FSHM_EPROTOCOL)
         return raise_from("protocol_error", "(Os)", self->name, "python");
     if (rc == FSHM_EFORMAT)
-        return raise_code(rc, self->name, "the queue's positions or records are inconsistent");
+        return raise_code(rc, self->name, "the queue's records are inconsistent");
     return raise_code(rc, self->name, "");
 }
 
