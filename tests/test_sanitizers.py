@@ -207,6 +207,7 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
     assert numbers["q_thread_rounds"] == CAPI_ROUNDS
     assert numbers["q_hostile_rounds"] == 10 * CAPI_ROUNDS
     assert numbers["q_constructor_checks"] == 1 and numbers["q_closing_arguments"] == 5
+    assert numbers["q_raw_takes"] == 5
     assert numbers["q_closed_calls"] >= 23
     for key in ("q_puts", "q_gets", "q_get_intos", "q_get_manys", "q_put_manys"):
         assert numbers[key] > CAPI_ITERATIONS // 40, (key, numbers)

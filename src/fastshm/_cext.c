@@ -1434,7 +1434,8 @@ typedef struct {
     size_t n, cap;
     PyObject *inline_items[INLINE_MSGS];
     int error;  /* a Python exception is set: take no more */
-    int big;    /* the first message is one to copy without the GIL */
+    int big;    /* the first message is one to copy without the GIL... */
+    size_t big_len; /* ...of this many bytes */
 } took;
 
 static void took_init(took *t)
@@ -1444,6 +1445,7 @@ static void took_init(took *t)
     t->cap = INLINE_MSGS;
     t->error = 0;
     t->big = 0;
+    t->big_len = 0;
 }
 
 static void took_clear(took *t)
@@ -1496,6 +1498,7 @@ static void *take_with_gil(void *ctx, size_t len)
     PyObject *b;
     if (t->n == 0 && len >= GIL_RELEASE_BYTES) {
         t->big = 1;
+        t->big_len = len;
         return NULL;
     }
     if (took_reserve(t) != 0 || (b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len)) == NULL) {
@@ -1506,7 +1509,15 @@ static void *take_with_gil(void *ctx, size_t len)
     return PyBytes_AS_STRING(b);
 }
 
-/* The messages of a take made without the GIL, in PyMem_RawMalloc memory. */
+/* The messages of a take made without the GIL, in PyMem_RawMalloc memory:
+ * chunks of at least RAW_CHUNK bytes, each message after the one before. */
+#define RAW_CHUNK (64 * 1024)
+
+typedef struct raw_chunk {
+    struct raw_chunk *next;
+    size_t size, used;
+} raw_chunk; /* the bytes follow */
+
 typedef struct {
     char *buf;
     size_t len;
@@ -1516,7 +1527,34 @@ typedef struct {
     raw_msg *msgs;
     size_t n, cap;
     raw_msg inline_msgs[INLINE_MSGS];
+    raw_chunk *chunks;  /* newest first */
+    char *spare;        /* the buffer of a new bytes object for the first
+                           message, when its length is spare_len */
+    size_t spare_len;
+    int spare_used;
 } raw_took;
+
+static char *raw_alloc(raw_took *t, size_t len)
+{
+    raw_chunk *c = t->chunks;
+    char *p;
+    if (len == 0)
+        return (char *)t; /* somewhere that is not NULL */
+    if (c == NULL || c->size - c->used < len) {
+        size_t size = len > RAW_CHUNK ? len : RAW_CHUNK;
+        if (size > SIZE_MAX - sizeof(raw_chunk))
+            return NULL;
+        if ((c = (raw_chunk *)PyMem_RawMalloc(sizeof(raw_chunk) + size)) == NULL)
+            return NULL;
+        c->next = t->chunks;
+        c->size = size;
+        c->used = 0;
+        t->chunks = c;
+    }
+    p = (char *)(c + 1) + c->used;
+    c->used += len;
+    return p;
+}
 
 /* fshm_take_fn without the GIL: raw memory only.  When it runs out the take
  * stops, and that message stays queued. */
@@ -1524,25 +1562,32 @@ static void *take_raw(void *ctx, size_t len)
 {
     raw_took *t = (raw_took *)ctx;
     char *buf;
-    if (t->n == t->cap) {
-        raw_msg *msgs;
-        size_t cap = t->cap * 2;
-        if (cap > PY_SSIZE_T_MAX / sizeof(raw_msg))
-            return NULL;
-        if (t->msgs == t->inline_msgs) {
-            msgs = (raw_msg *)PyMem_RawMalloc(cap * sizeof(raw_msg));
-            if (msgs != NULL)
-                memcpy(msgs, t->inline_msgs, t->n * sizeof(raw_msg));
-        } else {
-            msgs = (raw_msg *)PyMem_RawRealloc(t->msgs, cap * sizeof(raw_msg));
+    if (t->n == 0 && t->spare != NULL && len == t->spare_len) {
+        /* No other reference to that bytes object exists yet: it may be
+         * written without the GIL, and the message is copied once. */
+        t->spare_used = 1;
+        buf = t->spare;
+    } else {
+        if (t->n == t->cap) {
+            raw_msg *msgs;
+            size_t cap = t->cap * 2;
+            if (cap > PY_SSIZE_T_MAX / sizeof(raw_msg))
+                return NULL;
+            if (t->msgs == t->inline_msgs) {
+                msgs = (raw_msg *)PyMem_RawMalloc(cap * sizeof(raw_msg));
+                if (msgs != NULL)
+                    memcpy(msgs, t->inline_msgs, t->n * sizeof(raw_msg));
+            } else {
+                msgs = (raw_msg *)PyMem_RawRealloc(t->msgs, cap * sizeof(raw_msg));
+            }
+            if (msgs == NULL)
+                return NULL;
+            t->msgs = msgs;
+            t->cap = cap;
         }
-        if (msgs == NULL)
+        if ((buf = raw_alloc(t, len)) == NULL)
             return NULL;
-        t->msgs = msgs;
-        t->cap = cap;
     }
-    if ((buf = (char *)PyMem_RawMalloc(len ? len : 1)) == NULL)
-        return NULL;
     t->msgs[t->n].buf = buf;
     t->msgs[t->n].len = len;
     t->n++;
@@ -1550,9 +1595,11 @@ static void *take_raw(void *ctx, size_t len)
 }
 
 /* A take that could not be made with the GIL: without it, in slices, into
- * raw memory; then, with the GIL, the bytes objects (into *out). */
+ * raw memory; then, with the GIL, the bytes objects (into *out).  `spare`
+ * (or NULL) is a new bytes object the first message lands in directly when
+ * it has that length. */
 static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, int wait,
-                            int64_t deadline, took *out)
+                            int64_t deadline, took *out, PyObject *spare)
 {
     raw_took t;
     size_t taken = 0, i;
@@ -1561,6 +1608,10 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
     t.msgs = t.inline_msgs;
     t.n = 0;
     t.cap = INLINE_MSGS;
+    t.chunks = NULL;
+    t.spare = spare != NULL ? PyBytes_AS_STRING(spare) : NULL;
+    t.spare_len = spare != NULL ? (size_t)PyBytes_GET_SIZE(spare) : 0;
+    t.spare_used = 0;
     for (;;) {
         int64_t slice = slice_for(wait, deadline);
         Py_BEGIN_ALLOW_THREADS
@@ -1576,17 +1627,26 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
         PyErr_NoMemory();
         rc = PY_ERROR_SET;
     }
-    for (i = 0; i < t.n; i++) {
-        if (rc == 0) {
-            PyObject *b = NULL;
-            if (took_reserve(out) != 0 ||
-                (b = PyBytes_FromStringAndSize(t.msgs[i].buf, (Py_ssize_t)t.msgs[i].len)) ==
-                    NULL)
-                rc = PY_ERROR_SET; /* taken, but lost: memory ran out */
-            else
-                out->items[out->n++] = b;
+    for (i = 0; i < t.n && rc == 0; i++) {
+        PyObject *b;
+        if (took_reserve(out) != 0) {
+            rc = PY_ERROR_SET; /* taken, but lost: memory ran out */
+            break;
         }
-        PyMem_RawFree(t.msgs[i].buf);
+        if (i == 0 && t.spare_used) {
+            Py_INCREF(spare);
+            b = spare;
+        } else if ((b = PyBytes_FromStringAndSize(t.msgs[i].buf,
+                                                  (Py_ssize_t)t.msgs[i].len)) == NULL) {
+            rc = PY_ERROR_SET;
+            break;
+        }
+        out->items[out->n++] = b;
+    }
+    while (t.chunks != NULL) {
+        raw_chunk *next = t.chunks->next;
+        PyMem_RawFree(t.chunks);
+        t.chunks = next;
     }
     if (t.msgs != t.inline_msgs)
         PyMem_RawFree(t.msgs);
@@ -1594,13 +1654,17 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
 }
 
 /* Up to `max` messages into *out, waiting as wait and deadline say: 0, or
- * FSHM_ENOMSG, PY_ERROR_SET or another code. */
+ * FSHM_ENOMSG, PY_ERROR_SET or another code.  Tried with the GIL, unless
+ * more than GIL_RELEASE_BYTES may be taken at once (a get_many): then, as
+ * a copy that long, without it.  Every message queued goes in one lock
+ * round (max_messages None), so the GIL cannot bound a get_many's copy by
+ * stopping it early. */
 static int take_messages(QueueObject *self, const fshm_queue *q, size_t max, int wait,
                          int64_t deadline, took *out)
 {
     size_t taken = 0;
     int rc;
-    /* Many messages, or a lot of bytes: copy them without the GIL. */
+    PyObject *spare = NULL;
     if (max == 1 || fshm_queue_used(q) < GIL_RELEASE_BYTES) {
         rc = fshm_queue_try_take(q, take_with_gil, out, max, &taken);
         if (out->n > 0) {
@@ -1615,8 +1679,16 @@ static int take_messages(QueueObject *self, const fshm_queue *q, size_t max, int
         if (!(rc == FSHM_EBUSY || (rc == 0 && out->big) ||
               (rc == FSHM_ENOMSG && may_wait(wait, deadline))))
             return rc;
+        /* A big front message: its bytes object now, with the GIL, so that
+         * it is copied once, and without the GIL (unless another consumer
+         * takes it first).  Without the memory, the raw copy tries. */
+        if (out->big &&
+            (spare = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)out->big_len)) == NULL)
+            PyErr_Clear();
     }
-    return take_without_gil(self, q, max, wait, deadline, out);
+    rc = take_without_gil(self, q, max, wait, deadline, out, spare);
+    Py_XDECREF(spare);
+    return rc;
 }
 
 static PyObject *take_error(QueueObject *self, const fshm_queue *q, int rc)

@@ -915,6 +915,44 @@ def q_model_run(name, cap, n):
     return q
 
 
+def q_raw_take_checks(name):
+    """Takes made without the GIL into raw memory: a get_many with more than
+    GIL_RELEASE_BYTES queued (many messages, and some longer than a raw
+    chunk), and blocked calls that wake to many messages."""
+    q = open_q(name, 3 * GIL_BYTES, create=True)
+    other = open_q(name, 16, create=False)
+    try:
+        for _ in range(3):
+            sent = []
+            while q.bytes_used < GIL_BYTES + 4096:
+                batch = [rng.randbytes(rng.choice([0, 1, 9, 100, 2000, 70000]))
+                         for _ in range(rng.randrange(1, 200))]
+                q.put_many(batch)
+                sent += batch
+            k = rng.choice([None, 37, len(sent), len(sent) + 5])
+            got = q.get_many(k)
+            want = sent if k is None else sent[:k]
+            assert got == want, (len(got), len(want))
+            rest = q.get_many(block=False) if len(want) < len(sent) else []
+            assert got + rest == sent and q.qsize() == 0
+            counts["q_raw_takes"] += 1
+        for call in (lambda: q.get_many(), lambda: q.get_many(50, True, 10)):
+            batch = [rng.randbytes(rng.randrange(0, 300)) for _ in range(40)]
+            timer = threading.Timer(0.005, other.put_many, (batch,))
+            timer.start()
+            try:
+                got = call()
+            finally:
+                timer.join()
+            assert got == batch[:len(got)] and len(got) >= 1
+            got += q.get_many(block=False) if q.qsize() else []
+            assert got == batch
+            counts["q_raw_takes"] += 1
+    finally:
+        other.close()
+        q.delete()
+
+
 def q_closing_argument_checks(name):
     """Arguments whose conversion closes the object mid-call."""
     calls = [
@@ -1179,6 +1217,7 @@ def queue_phases(qmain_name, qbig_name, seg_name):
     # takes messages copied without the GIL.
     q = q_model_run(qmain_name, rng.choice([256, 512, 1000, 2048]), iterations)
     q.delete()
+    q_raw_take_checks(qmain_name)
     q = q_model_run(qmain_name, 2 * GIL_BYTES + 8 * rng.randrange(1, 512),
                     max(100, iterations // 20))
     q_closing_argument_checks(qmain_name)
