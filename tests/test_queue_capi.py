@@ -105,7 +105,8 @@ def test_close_from_another_thread_ends_a_blocked_call(name: str, call: str) -> 
         assert len(box) == 1 and isinstance(box[0], ValueError), box
         assert "closed" in str(box[0])
         assert other.qsize() == before  # nothing put or taken
-        assert other.get_many(block=False) == [b""] * before if before else True
+        if before:  # make room again
+            assert other.get_many(block=False) == [b""] * before
         other.put(b"after", timeout=5)
         assert other.get_nowait() == b"after"
     finally:
