@@ -1477,7 +1477,8 @@ static int took_reserve(took *t)
         if (items != NULL)
             memcpy(items, t->inline_items, t->n * sizeof(PyObject *));
     } else {
-        items = PyMem_Resize(t->items, PyObject *, cap);
+        /* (Not PyMem_Resize: it overwrites t->items with NULL on failure.) */
+        items = (PyObject **)PyMem_Realloc(t->items, cap * sizeof(PyObject *));
     }
     if (items == NULL) {
         PyErr_NoMemory();
