@@ -35,6 +35,21 @@ U64 = struct.Struct("<Q")
 SLOT_WORDS = struct.Struct("<QQ")  # slot sequence word, length
 HEAD = struct.Struct("<IHHQ")  # magic, version, header size, capacity
 
+# A queue's header (docs/FORMAT.md, "Queues"; csrc/queue.c); its ring of
+# records follows at HEADER_SIZE.
+QUEUE_MAGIC = 0x51485346  # the bytes "FSHQ" read little-endian
+QUEUE_VERSION = 1
+QUEUE_PYLOCK = 1  # flags bit 0: locked the python backend's way (flock)
+Q_HEAD = 16
+Q_NOTIFY = 24
+Q_WAITERS = 28
+Q_TAIL = 32
+Q_COUNT = 40
+Q_FLAGS = 48
+Q_LOCK = 64
+Q_DIRTY = 88
+U64_MASK = (1 << 64) - 1
+
 WINDOWS = sys.platform == "win32"
 
 BytesLike = Union[bytes, bytearray, memoryview]
