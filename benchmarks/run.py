@@ -1,7 +1,7 @@
 """Command line of the benchmark suite: runs the cases, prints the targets'
 verdicts, writes results.md, results.json and the plots.
 
-    python -m benchmarks            # the full run (about twelve minutes on 2 cores)
+    python -m benchmarks            # the full run (about ten minutes on 2 cores)
     python -m benchmarks --quick    # a subset, about 90 s (to results/quick)
     python -m benchmarks --replot   # results.md and plots again from results.json
 """
