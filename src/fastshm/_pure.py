@@ -1575,7 +1575,7 @@ class QueueHandle(_Mapped):
         if need > self.capacity:
             raise batch_too_big(need, self.name, self.capacity)
         if self.readonly:
-            raise read_only_error(self.name)
+            raise read_only_error(self.name, "queue")
         deadline = None
         while True:
             if self._locked(_PUT, msgs, lens):
@@ -1589,7 +1589,7 @@ class QueueHandle(_Mapped):
 
     def _take(self, what: int, arg: Any, timeout: Optional[float]) -> Any:
         if self.readonly:
-            raise read_only_error(self.name)
+            raise read_only_error(self.name, "queue")
         deadline = None
         while True:
             out = self._locked(what, arg, None)
@@ -1628,7 +1628,7 @@ class QueueHandle(_Mapped):
 
     def break_lock(self, owner: int) -> bool:
         if self.readonly:
-            raise read_only_error(self.name)
+            raise read_only_error(self.name, "queue")
         # The flock is what excludes; the word only names the holder.
         if owner == 0 or self.lock_owner() != owner:
             return False
