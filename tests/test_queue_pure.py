@@ -498,3 +498,31 @@ def test_python_queue_one_put_wakes_every_sleeper(handle: Any) -> None:
         assert not th.is_alive()
     assert sorted(got) == [b"m0", b"m1", b"m2"]
     assert _word(h, C.Q_WAITERS, 4) == 0 and h.count() == 0
+
+
+@pytest.mark.skipif(_pure.ctypes is None, reason="needs the futex (Linux, ctypes)")
+def test_python_queue_waits_poll_without_the_futex(handle: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A futex call that fails for good (a seccomp filter's ENOSYS, say)
+    turns the waits to polling, which still see a put."""
+    import errno
+
+    h = handle
+    calls = []
+
+    def refused(*args: Any) -> int:
+        calls.append(args)
+        return errno.ENOSYS
+
+    monkeypatch.setattr(_pure, "_futex_waits", True)
+    monkeypatch.setattr(_pure, "_futex_wait", refused)
+    for attempt in range(2):
+        timer = threading.Timer(0.2, h.put_many, ([b"late%d" % attempt], 0))
+        timer.start()
+        try:
+            assert h.take(1, 10.0) == [b"late%d" % attempt]
+        finally:
+            timer.join()
+        assert _word(h, C.Q_WAITERS, 4) == 0
+        assert not _pure._futex_waits and len(calls) == 1
+    assert h.take(1, 0.05) == [] and len(calls) == 1
