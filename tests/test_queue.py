@@ -488,7 +488,8 @@ def _model_run(q: fastshm.Queue, seed: int, steps: int) -> None:
     for step in range(steps):
         op = rnd.random()
         if op < 0.35:
-            n = rnd.choice([0, 1, rnd.randrange(0, 17), rnd.randrange(0, big + 1), big])
+            small = rnd.randrange(0, min(17, big + 1))
+            n = rnd.choice([0, 1, small, rnd.randrange(0, big + 1), big])
             m = fresh(n)
             if cap - used >= rec(n):
                 q.put(m, block=False)

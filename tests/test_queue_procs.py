@@ -1,0 +1,516 @@
+"""fastshm.Queue between real processes: many producers and consumers,
+producers and consumers killed with SIGKILL at random instants, and an idle
+waiter's CPU use.
+
+Every message names its producer and its number and carries a BLAKE2b
+checksum of itself, so a consumer can tell a torn, foreign or repeated
+message from a good one (sizes 6 B - 4 KiB: six bytes are the name).
+Every wait is bounded, and every child is killed on the way out.  The quick
+form runs 2 000 messages per producer and 40 kills per route;
+``FASTSHM_LONG=1`` runs 20 000 and 200.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+from conftest import BACKENDS
+
+import fastshm
+
+LONG = os.environ.get("FASTSHM_LONG") == "1"
+PER_PRODUCER = 20000 if LONG else 2000
+KILLS = 200 if LONG else 40
+MAX_SIZE = 4096
+# The most messages one get_many of the kill test's consumers takes, and one
+# put_many of its producers puts.
+TAKE_MAX = 4
+PUT_MAX = 3
+
+# ---- the children: one program, run with ``python -c`` (no pytest import) ----
+
+CHILD = r"""
+import hashlib, json, os, queue, random, struct, sys, time
+import fastshm
+
+NAME_FMT = struct.Struct("<HI")  # producer, number
+
+
+def make_message(producer, seq, n, pool, rnd):
+    head = NAME_FMT.pack(producer, seq)
+    k = min(8, n - NAME_FMT.size)
+    off = rnd.randrange(len(pool) - MAX_SIZE)
+    body = pool[off : off + n - NAME_FMT.size - k]
+    digest = hashlib.blake2b(head + body, digest_size=k).digest() if k else b""
+    return head + body + digest
+
+
+def check_message(m):
+    # (producer, seq) of an intact message, or None.
+    if len(m) < NAME_FMT.size:
+        return None
+    k = min(8, len(m) - NAME_FMT.size)
+    if k and hashlib.blake2b(m[: len(m) - k], digest_size=k).digest() != m[len(m) - k :]:
+        return None
+    return NAME_FMT.unpack_from(m)
+
+
+MAX_SIZE = 4096
+
+
+def sizes(rnd):
+    while True:
+        r = rnd.random()
+        if r < 0.1:
+            yield rnd.randint(NAME_FMT.size, 16)
+        elif r < 0.15:
+            yield MAX_SIZE
+        else:
+            yield rnd.randint(NAME_FMT.size, MAX_SIZE)
+
+
+def producer(name, backend, ident, count, seed):
+    # Puts `count` messages, alone or in batches; says how it went.
+    q = fastshm.Queue(name, create=False, backend=backend)
+    rnd = random.Random(seed)
+    pool = os.urandom(1 << 16)
+    size = sizes(rnd)
+    seq = 0
+    print("ready", flush=True)
+    while seq < count:
+        k = min(count - seq, rnd.choice([1, 1, 1, 2, 3]))
+        msgs = [make_message(ident, seq + i, next(size), pool, rnd) for i in range(k)]
+        if k == 1 and rnd.random() < 0.5:
+            q.put(msgs[0], timeout=60)
+        elif k == 1:
+            try:
+                q.put_nowait(msgs[0])
+            except queue.Full:
+                q.put(msgs[0], timeout=60)
+        else:
+            q.put_many(msgs, timeout=60)
+        seq += k
+    print(json.dumps({"put": seq}), flush=True)
+
+
+def consumer(name, backend, ident, out_path, seed):
+    # Gets until it sees an empty message (the parent's stop mark); writes
+    # what it got, in order, with the monotonic time before and after each
+    # call: producer, number, start ns, end ns.
+    q = fastshm.Queue(name, create=False, backend=backend)
+    rnd = random.Random(seed)
+    rec = struct.Struct("<HIqq")
+    out = bytearray()
+    bad = 0
+    buf = bytearray(MAX_SIZE)
+    print("ready", flush=True)
+    while True:
+        how = rnd.random()
+        t0 = time.monotonic_ns()
+        if how < 0.4:
+            got = [q.get(timeout=60)]
+        elif how < 0.6:
+            n = q.get_into(buf, timeout=60)
+            got = [bytes(buf[:n])]
+        else:
+            got = q.get_many(rnd.choice([2, 5, 8, None]), timeout=60)
+        t1 = time.monotonic_ns()
+        stops = [m for m in got if m == b""]
+        for m in got:
+            if m == b"":
+                continue
+            ps = check_message(m)
+            if ps is None:
+                bad += 1
+                continue
+            out += rec.pack(ps[0], ps[1], t0, t1)
+        if stops:
+            assert got[-len(stops):] == stops, "a message after the stop mark"
+            for _ in stops[1:]:
+                q.put(b"")  # for the other consumers
+            break
+    with open(out_path, "wb") as f:
+        f.write(out)
+    print(json.dumps({"got": len(out) // rec.size, "bad": bad}), flush=True)
+
+
+def killable_producer(name, backend, ident, log_path, stop_path, seed):
+    # Puts until told to stop; after each put returns, appends the numbers
+    # it put to its log (one write).
+    q = fastshm.Queue(name, create=False, backend=backend)
+    rnd = random.Random(seed)
+    pool = os.urandom(1 << 16)
+    size = sizes(rnd)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    seq = 0
+    print("ready", flush=True)
+    while not os.path.exists(stop_path):
+        k = rnd.choice([1, 1, 2, PUT_MAX])
+        msgs = [make_message(ident, seq + i, next(size), pool, rnd) for i in range(k)]
+        try:
+            if k == 1:
+                q.put(msgs[0], timeout=0.05)
+            else:
+                q.put_many(msgs, timeout=0.05)
+        except queue.Full:
+            continue  # none went in: the same numbers again
+        os.write(log, b"".join(b"%d\n" % (seq + i) for i in range(k)))
+        seq += k
+
+
+def killable_consumer(name, backend, ident, log_path, stop_path, seed):
+    # Gets until told to stop; after each call returns, appends what it got
+    # to its log (one write): "producer number" per message, BAD for one
+    # whose checksum or name is wrong.
+    q = fastshm.Queue(name, create=False, backend=backend)
+    rnd = random.Random(seed)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    print("ready", flush=True)
+    while not os.path.exists(stop_path):
+        try:
+            if rnd.random() < 0.5:
+                got = [q.get(timeout=0.05)]
+            else:
+                got = q.get_many(rnd.randint(1, TAKE_MAX), timeout=0.05)
+        except queue.Empty:
+            continue
+        lines = []
+        for m in got:
+            ps = check_message(m)
+            lines.append(b"BAD %r\n" % m[:32] if ps is None else b"%d %d\n" % ps)
+        os.write(log, b"".join(lines))
+
+
+def idle_getter(name, backend):
+    q = fastshm.Queue(name, create=False, backend=backend)
+    print("waiting", flush=True)
+    print(q.get().decode(), flush=True)
+
+
+PUT_MAX = int(os.environ.get("QPUT_MAX", "3"))
+TAKE_MAX = int(os.environ.get("QTAKE_MAX", "4"))
+
+if __name__ == "__main__":
+    fn = globals()[sys.argv[1]]
+    args = [int(a) if a.lstrip("-").isdigit() else a for a in sys.argv[2:]]
+    fn(*args)
+"""
+
+HDR = struct.Struct("<HI")
+REC = struct.Struct("<HIqq")
+
+
+def _check_message(m: bytes) -> Optional[Tuple[int, int]]:
+    import hashlib
+
+    if len(m) < HDR.size:
+        return None
+    k = min(8, len(m) - HDR.size)
+    if k and hashlib.blake2b(m[: len(m) - k], digest_size=k).digest() != m[len(m) - k :]:
+        return None
+    return HDR.unpack_from(m)  # type: ignore[return-value]
+
+
+class Child:
+    """A child process running one function of CHILD; stdout is a pipe."""
+
+    ident = -1  # the kill test's producer or consumer number
+    kill_at: Optional[float] = None  # when the kill test kills it
+
+    def __init__(self, kind: str, fn: str, *args: object) -> None:
+        env = dict(os.environ, QPUT_MAX=str(PUT_MAX), QTAKE_MAX=str(TAKE_MAX))
+        self.kind = kind
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, fn, *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )
+        self.ready = False
+
+    def poll_ready(self, timeout: float = 0) -> bool:
+        if not self.ready:
+            r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if r:
+                line = self.proc.stdout.readline()  # type: ignore[union-attr]
+                assert line in (b"ready\n", b"waiting\n"), self.failure(line)
+                self.ready = True
+        return self.ready
+
+    def failure(self, what: object = "") -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, err = self.proc.communicate(timeout=30)
+        return f"{self.kind} child failed ({what!r}, status {self.proc.returncode}):\n" + (
+            err.decode(errors="replace")[-4000:]
+        )
+
+    def finish(self, timeout: float) -> Tuple[int, bytes, bytes]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.communicate(timeout=30)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            pass
+
+
+def _cleanup(children: List[Child]) -> None:
+    for c in children:
+        c.cleanup()
+
+
+# ---- 4 producers x 3 consumers ----
+
+ROUTES = BACKENDS + (["mixed"] if "native-cffi" in BACKENDS else [])
+
+
+def _route(route: str, i: int) -> str:
+    if route == "mixed":
+        return ["native", "native-cffi"][i % 2]
+    return route
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_producers_and_consumers(route: str, name: str, tmp_path: Path) -> None:
+    producers, consumers = 4, 3
+    ring = 1 << 16
+    q = fastshm.Queue(name, ring, create=True, backend=_route(route, 0))
+    children: List[Child] = []
+    try:
+        for c in range(consumers):
+            children.append(Child("consumer", "consumer", name, _route(route, c + 1), c,
+                                  str(tmp_path / f"c{c}.bin"), 1000 + c))
+        for p in range(producers):
+            children.append(Child("producer", "producer", name, _route(route, p), p,
+                                  PER_PRODUCER, 2000 + p))
+        deadline = time.monotonic() + (600 if LONG else 120)
+        for ch in children:
+            assert ch.poll_ready(max(1.0, deadline - time.monotonic())), ch.failure("no ready")
+        for ch in children[consumers:]:
+            rc, out, err = ch.finish(max(1.0, deadline - time.monotonic()))
+            assert rc == 0, err.decode(errors="replace")
+            assert json.loads(out.splitlines()[-1]) == {"put": PER_PRODUCER}
+        for _ in range(consumers):
+            q.put(b"", timeout=30)  # the stop marks, behind every message
+        stats = []
+        for ch in children[:consumers]:
+            rc, out, err = ch.finish(max(1.0, deadline - time.monotonic()))
+            assert rc == 0, err.decode(errors="replace")
+            stats.append(json.loads(out.splitlines()[-1]))
+    finally:
+        _cleanup(children)
+    assert all(s["bad"] == 0 for s in stats), f"corrupt messages: {stats}"
+    assert q.qsize() == 0 and q.bytes_used == 0
+    q.close()
+
+    seen: Dict[Tuple[int, int], Tuple[int, int, int]] = {}  # -> consumer, start, end
+    for c in range(consumers):
+        data = (tmp_path / f"c{c}.bin").read_bytes()
+        last: Dict[int, int] = {}
+        for p, s, t0, t1 in REC.iter_unpack(data):
+            assert (p, s) not in seen, f"message {(p, s)} delivered twice"
+            seen[(p, s)] = (c, t0, t1)
+            # One consumer sees each producer's messages in the order put.
+            assert s > last.get(p, -1), f"consumer {c} got {(p, s)} after {(p, last[p])}"
+            last[p] = s
+    want = {(p, s) for p in range(producers) for s in range(PER_PRODUCER)}
+    missing = want - seen.keys()
+    assert not missing, f"{len(missing)} messages never delivered, e.g. {sorted(missing)[:5]}"
+    assert seen.keys() == want
+    # Across consumers: a later message of a producer was never taken by a
+    # call that ended before the call that took an earlier one began.
+    for p in range(producers):
+        latest_start = -1
+        for s in range(PER_PRODUCER):
+            _, t0, t1 = seen[(p, s)]
+            assert t1 >= latest_start, f"producer {p}'s message {s} taken before an earlier one"
+            latest_start = max(latest_start, t0)
+    counts = sorted(sum(1 for v in seen.values() if v[0] == c) for c in range(consumers))
+    print(f"[queue stress {route}] messages={len(seen)} per consumer={counts}")
+
+
+# ---- SIGKILL at random instants ----
+
+
+def _parse_log(path: Path) -> List[bytes]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path.name}: a torn log line"
+    return data.splitlines()
+
+
+@pytest.mark.parametrize("backend_", BACKENDS)
+def test_killed_producers_and_consumers(backend_: str, name: str, tmp_path: Path) -> None:
+    backend = backend_
+    n_prod, n_cons = 2, 2
+    q = fastshm.Queue(name, 1 << 15, create=True, backend=backend)
+    stop = tmp_path / "stop"
+    rnd = random.Random()
+    children: List[Child] = []
+    live: List[Child] = []
+    ident = [0]
+    kills = {"producer": 0, "consumer": 0}
+    inside_lock = 0
+
+    def spawn(kind: str) -> Child:
+        i = ident[0]
+        ident[0] += 1
+        log = tmp_path / f"{kind[0]}{i}.log"
+        ch = Child(kind, f"killable_{kind}", name, backend, i, str(log), str(stop),
+                   rnd.randrange(1 << 30))
+        ch.ident = i
+        children.append(ch)
+        live.append(ch)
+        return ch
+
+    try:
+        for _ in range(n_prod):
+            spawn("producer")
+        for _ in range(n_cons):
+            spawn("consumer")
+        deadline = time.monotonic() + (900 if LONG else 150)
+        while sum(kills.values()) < KILLS:
+            assert time.monotonic() < deadline, f"only {kills} kills before the deadline"
+            time.sleep(rnd.uniform(0.001, 0.005))
+            now = time.monotonic()
+            for ch in live:
+                if ch.proc.poll() is not None:
+                    pytest.fail(ch.failure("exited by itself"))
+                if ch.kill_at is None and ch.poll_ready():
+                    # Its own random while of work before it is killed.
+                    ch.kill_at = now + rnd.uniform(0.0, 0.15)
+            due = [ch for ch in live if ch.kill_at is not None and ch.kill_at <= now]
+            if not due:
+                continue
+            victim = rnd.choice(due)
+            victim.proc.send_signal(signal.SIGKILL)
+            victim.proc.wait(timeout=30)
+            assert victim.proc.returncode == -signal.SIGKILL, victim.failure("not killed")
+            owner = q._lock_owner()
+            if owner & 0xFFFFFFFF == victim.proc.pid:
+                inside_lock += 1
+            kills[victim.kind] += 1
+            live.remove(victim)
+            victim.cleanup()
+            spawn(victim.kind)
+        stop.touch()
+        for ch in live:
+            rc, _, err = ch.finish(60)
+            assert rc == 0, f"{ch.kind}: status {rc}\n{err.decode(errors='replace')[-3000:]}"
+    finally:
+        stop.touch()
+        _cleanup(children)
+
+    # The queue works, and its count is right once a lock holder has
+    # recounted it (a kill can leave the count stale until then).
+    marker = b"after the kills"
+    q.put(marker, timeout=10)
+    left = q.qsize()
+    rest = []
+    while True:
+        try:
+            rest.extend(q.get_many(block=False))
+        except queue.Empty:
+            break
+    assert rest and rest[-1] == marker, "the marker did not come out last"
+    rest.pop()
+    assert left == len(rest) + 1, f"qsize() said {left}, the queue held {len(rest) + 1}"
+    assert q.qsize() == 0 and q.bytes_used == 0
+    q.put(b"round trip")
+    assert q.get(timeout=10) == b"round trip"
+    assert q._lock_owner() == 0
+    q.close()
+
+    # What the consumers logged, and what was left: each message once, intact.
+    delivered: Dict[Tuple[int, int], int] = {}
+    bad: List[bytes] = []
+    for ch in children:
+        if ch.kind != "consumer":
+            continue
+        for line in _parse_log(tmp_path / f"c{ch.ident}.log"):
+            if line.startswith(b"BAD"):
+                bad.append(line)
+                continue
+            p, s = map(int, line.split())
+            delivered[(p, s)] = delivered.get((p, s), 0) + 1
+    for m in rest:
+        ps = _check_message(m)
+        if ps is None:
+            bad.append(m[:32])
+            continue
+        delivered[ps] = delivered.get(ps, 0) + 1
+    assert not bad, f"corrupt messages: {bad[:5]}"
+    twice = [k for k, v in delivered.items() if v > 1]
+    assert not twice, f"delivered more than once: {twice[:10]}"
+
+    # What the producers' puts returned for: all delivered, but for what
+    # the killed consumers were taking (a get_many each, at most).
+    acked: Set[Tuple[int, int]] = set()
+    for ch in children:
+        if ch.kind != "producer":
+            continue
+        i = ch.ident
+        seqs = [int(x) for x in _parse_log(tmp_path / f"p{i}.log")]
+        assert seqs == list(range(len(seqs))), f"producer {i} logged {seqs[:20]}..."
+        acked.update((i, s) for s in seqs)
+        # A killed producer may have put one batch it did not get to log.
+        extra = [s for (p, s) in delivered if p == i and s >= len(seqs)]
+        assert not extra or max(extra) < len(seqs) + PUT_MAX, (i, len(seqs), extra)
+    producers = {ch.ident for ch in children if ch.kind == "producer"}
+    assert {p for (p, _) in delivered} <= producers, "a message from no producer"
+    lost = acked - delivered.keys()
+    allowed = kills["consumer"] * TAKE_MAX
+    assert len(lost) <= allowed, (
+        f"{len(lost)} acknowledged messages lost; {kills['consumer']} consumer kills allow "
+        f"{allowed}: {sorted(lost)[:10]}"
+    )
+    print(f"[queue kills {backend}] kills={kills} inside_lock={inside_lock} "
+          f"acked={len(acked)} delivered={len(delivered)} lost={len(lost)}")
+    assert len(acked) > 10 * KILLS, "too little traffic for the kills to mean much"
+
+
+# ---- an idle waiter ----
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/<pid>/stat")
+def test_blocked_get_is_idle(backend: str, name: str) -> None:
+    """A get with nothing to get sleeps: under 1% of a core over 3 s."""
+    window = 3.0
+    q = fastshm.Queue(name, 1024, create=True, backend=backend)
+    ch = Child("getter", "idle_getter", name, backend)
+    try:
+        assert ch.poll_ready(30), ch.failure("no ready")
+        time.sleep(0.5)  # past the spin, and the interpreter's start-up
+        assert ch.proc.poll() is None, ch.failure("exited")
+        before = _cpu_seconds(ch.proc.pid)
+        time.sleep(window)
+        used = _cpu_seconds(ch.proc.pid) - before
+        q.put(b"wake up")
+        rc, out, err = ch.finish(30)
+    finally:
+        ch.cleanup()
+        q.close()
+    assert rc == 0, err.decode(errors="replace")
+    assert out.decode().split() == ["wake", "up"]
+    assert used < 0.01 * window, f"an idle get used {used:.3f} s of CPU in {window} s"
