@@ -374,16 +374,53 @@ def test_block_false_ignores_timeout(backend: str, name: str) -> None:
             q.get(False, float("nan"))
 
 
-def test_timeout_waits_then_gives_up(backend: str, name: str) -> None:
-    """A timed call on an empty queue raises only after its timeout: a
-    message put by a thread while it waits is returned instead."""
+def _get_into(q: fastshm.Queue, **kw: Any) -> bytes:
+    buf = bytearray(100)
+    return bytes(buf[: q.get_into(buf, **kw)])
+
+
+GETS: List[Callable[..., Any]] = [
+    lambda q, **kw: q.get(**kw),
+    lambda q, **kw: q.get_many(**kw)[0],
+    _get_into,
+]
+
+
+@pytest.mark.parametrize("how", range(len(GETS)), ids=["get", "get_many", "get_into"])
+@pytest.mark.parametrize("timeout", [30, None])
+def test_get_waits_for_a_put(backend: str, name: str, how: int, timeout: Any) -> None:
+    """A blocking call on an empty queue waits: a message put by a thread
+    while it waits is returned (the watchdog puts one if the first is lost)."""
     with make(name, backend) as q:
         t = threading.Timer(0.2, q.put, args=(b"late",))
+        guard = threading.Timer(20, q.put, args=(b"watchdog",))
         t.start()
+        guard.start()
         try:
-            assert q.get(timeout=30) == b"late"
+            assert GETS[how](q, timeout=timeout) == b"late"
         finally:
             t.join()
+            guard.cancel()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["put", "put_many"])
+@pytest.mark.parametrize("timeout", [30, None])
+def test_put_waits_for_room(backend: str, name: str, many: bool, timeout: Any) -> None:
+    with make(name, backend, 32) as q:
+        q.put(b"x" * 24)  # full
+        t = threading.Timer(0.2, q.get)
+        guard = threading.Timer(20, q.get)
+        t.start()
+        guard.start()
+        try:
+            if many:
+                q.put_many([b"a", b"b"], timeout=timeout)
+            else:
+                q.put(b"y" * 8, timeout=timeout)
+        finally:
+            t.join()
+            guard.cancel()
+        assert drain(q) == ([b"a", b"b"] if many else [b"y" * 8])
 
 
 def test_gil_released_while_blocked(backend: str, name: str) -> None:

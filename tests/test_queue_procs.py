@@ -300,8 +300,16 @@ def test_producers_and_consumers(route: str, name: str, tmp_path: Path) -> None:
         deadline = time.monotonic() + (600 if LONG else 120)
         for ch in children:
             assert ch.poll_ready(max(1.0, deadline - time.monotonic())), ch.failure("no ready")
+        # Until the producers are done; any child that fails meanwhile is
+        # reported at once, with its own error.
+        while any(ch.proc.poll() is None for ch in children[consumers:]):
+            assert time.monotonic() < deadline, "the producers did not finish in time"
+            for ch in children:
+                if ch.proc.poll() not in (None, 0):
+                    pytest.fail(ch.failure("failed"))
+            time.sleep(0.05)
         for ch in children[consumers:]:
-            rc, out, err = ch.finish(max(1.0, deadline - time.monotonic()))
+            rc, out, err = ch.finish(30)
             assert rc == 0, err.decode(errors="replace")
             assert json.loads(out.splitlines()[-1]) == {"put": PER_PRODUCER}
         for _ in range(consumers):
