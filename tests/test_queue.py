@@ -1198,3 +1198,147 @@ def test_ctrl_c_from_a_thread_in_process(backend: str, name: str) -> None:
         assert q.qsize() == 0 and header(name)["waiters"] == 0
         q.put(b"still works")
         assert q.get(timeout=5) == b"still works"
+
+
+# ---- threads and forked children on one Queue object ----
+
+
+def _tagged(who: int, seq: int, rnd: random.Random) -> bytes:
+    body = bytes([rnd.randrange(256)]) * rnd.randrange(0, 300)
+    head = struct.pack("<II", who, seq)
+    return head + body + struct.pack("<I", zlib_crc(head + body))
+
+
+def zlib_crc(data: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(data)
+
+
+def _untag(m: bytes) -> tuple[int, int]:
+    assert len(m) >= 12 and struct.unpack_from("<I", m, len(m) - 4)[0] == zlib_crc(m[:-4]), (
+        f"corrupt message of {len(m)} bytes"
+    )
+    return struct.unpack_from("<II", m)  # type: ignore[return-value]
+
+
+def _check_delivery(got: List[List[bytes]], producers: int, each: int) -> None:
+    seen = set()
+    for c, msgs in enumerate(got):
+        last: dict = {}
+        for m in msgs:
+            who, seq = _untag(m)
+            assert (who, seq) not in seen, f"{(who, seq)} delivered twice"
+            seen.add((who, seq))
+            assert seq > last.get(who, -1), f"consumer {c}: {(who, seq)} out of order"
+            last[who] = seq
+    missing = {(w, s) for w in range(producers) for s in range(each)} - seen
+    assert not missing, f"{len(missing)} never delivered, e.g. {sorted(missing)[:5]}"
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-object", "object-per-thread"])
+def test_threads_share_one_queue(backend: str, name: str, shared: bool) -> None:
+    producers, consumers, each = 3, 2, 1500
+    q = make(name, backend, 4096)
+    errors: List[BaseException] = []
+    got: List[List[bytes]] = [[] for _ in range(consumers)]
+    handles: List[fastshm.Queue] = []
+
+    def handle() -> fastshm.Queue:
+        if shared:
+            return q
+        h = fastshm.Queue(name, create=False, backend=backend)
+        handles.append(h)
+        return h
+
+    def producer(who: int) -> None:
+        try:
+            h, rnd = handle(), random.Random(who)
+            for seq in range(each):
+                h.put(_tagged(who, seq, rnd), timeout=30)
+        except BaseException as e:  # noqa: BLE001 -- reported in the test's thread
+            errors.append(e)
+
+    def consumer(c: int) -> None:
+        try:
+            h = handle()
+            while True:
+                batch = h.get_many(c + 2, timeout=30)
+                for i, m in enumerate(batch):
+                    if m == b"":
+                        # Marks taken beyond its own go back for the others.
+                        assert batch[i:] == [b""] * (len(batch) - i), batch[i:]
+                        for _ in batch[i + 1 :]:
+                            h.put(b"", timeout=30)
+                        return
+                    got[c].append(m)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    try:
+        cs = [threading.Thread(target=consumer, args=(c,), daemon=True) for c in range(consumers)]
+        ps = [threading.Thread(target=producer, args=(p,), daemon=True) for p in range(producers)]
+        for t in cs + ps:
+            t.start()
+        for t in ps:
+            t.join(60)
+        assert not any(t.is_alive() for t in ps), "producers did not finish"
+        assert not errors, errors
+        for _ in range(consumers):
+            q.put(b"", timeout=30)  # one stop mark each, behind every message
+        for t in cs:
+            t.join(60)
+        assert not any(t.is_alive() for t in cs), "consumers did not finish"
+        assert not errors, errors
+        _check_delivery(got, producers, each)
+        assert drain(q) == []
+    finally:
+        for h in handles:
+            h.close()
+        q.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_share_the_queue(backend: str, name: str) -> None:
+    """Children forked after the queue was opened put through the object
+    they inherited, while the parent gets: they exclude one another."""
+    children, each = 2, 2000
+    q = make(name, backend, 4096)
+    q.put(b"")  # used before the fork, so any per-process state exists
+    assert q.get() == b""
+    pids = []
+    try:
+        for who in range(children):
+            pid = os.fork()
+            if pid == 0:  # the child
+                code = 1
+                try:
+                    rnd = random.Random(who)
+                    for seq in range(each):
+                        q.put(_tagged(who, seq, rnd), timeout=30)
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        got: List[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < children * each:
+            assert time.monotonic() < deadline, f"only {len(got)} messages arrived"
+            try:
+                got.extend(q.get_many(50, timeout=1))
+            except queue.Empty:
+                pass
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        pids.clear()
+        _check_delivery([got], children, each)
+        assert q.qsize() == 0 and q.bytes_used == 0
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        q.close()
