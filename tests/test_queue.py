@@ -95,6 +95,17 @@ def state(q: fastshm.Queue) -> tuple:
     return q.qsize(), q.bytes_used, h["head"], h["tail"], h["count"], h["lock"], h["dirty"]
 
 
+@pytest.fixture(autouse=True)
+def bounded() -> Any:
+    """A test that hangs (a wait that ignores its timeout) ends the run with
+    every thread's traceback instead of blocking it."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(300, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
 # ---- round trips ----
 
 
@@ -122,6 +133,33 @@ def test_round_trip_of_every_bytes_like(backend: str, name: str) -> None:
         assert q.qsize() == 0 and q.empty() and q.bytes_used == 0
     finally:
         q.close()
+
+
+def test_numpy_arrays(backend: str, name: str) -> None:
+    np = pytest.importorskip("numpy")
+    with make(name, backend, 4096) as q:
+        a = np.arange(12, dtype=np.float64).reshape(3, 4)
+        q.put(a)
+        assert q.get() == a.tobytes()
+        with pytest.raises(ValueError):
+            q.put(a[:, ::2])  # not contiguous
+        assert q.qsize() == 0
+        q.put(a[1])
+        out = np.zeros(8, dtype=np.float64)
+        assert q.get_into(out) == 32
+        assert list(out[:4]) == [4.0, 5.0, 6.0, 7.0] and not out[4:].any()
+
+
+def test_get_into_counts_bytes_not_items(backend: str, name: str) -> None:
+    with make(name, backend) as q:
+        q.put(b"\x01\x00\x00\x00\x02\x00\x00\x00")
+        ints = array.array("i", [0, 0, 0])
+        assert q.get_into(ints) == 8
+        assert list(ints) == [1, 2, 0]
+        q.put(b"x" * 13)
+        with pytest.raises(ValueError, match="too small"):
+            q.get_into(ints)  # 12 bytes
+        assert q.get() == b"x" * 13
 
 
 def test_put_copies_at_once(backend: str, name: str) -> None:
@@ -233,6 +271,10 @@ def test_get_many(backend: str, name: str) -> None:
         assert q.empty()
         q.put(b"one")
         assert q.get_many(None, False) == [b"one"]
+        # A limit beyond any count is "all".
+        for m in msgs:
+            q.put(m)
+        assert q.get_many(1 << 70) == msgs
 
 
 @pytest.mark.parametrize("bad,exc", [
@@ -625,7 +667,7 @@ def test_bad_timeouts_change_nothing(backend: str, name: str, bad: Any, exc: typ
 
 def test_good_timeouts(backend: str, name: str) -> None:
     with make(name, backend, 64) as q:
-        for t in (0, 0.0, 1, 0.01, math.inf, 10**12, None):
+        for t in (0, 0.0, 1, 0.01, math.inf, 10**12, 1e300, 2**100, None):
             q.put(b"t", timeout=t)
             assert q.get(timeout=t) == b"t"
 
@@ -720,6 +762,14 @@ def test_delete_and_unlink(backend: str, name: str) -> None:
 
 
 # ---- opening ----
+
+
+def test_leading_slash_is_dropped(backend: str, name: str) -> None:
+    with fastshm.Queue("/" + name, 64, create=True, backend=backend) as q:
+        assert q.name == name
+        q.put(b"slash")
+        with fastshm.Queue(name, create=False, backend=backend) as q2:
+            assert q2.get() == b"slash"
 
 
 def test_opening_rules(backend: str, name: str) -> None:
