@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BACKENDS, PREFIX, backend_name, run_python
+from conftest import BACKENDS, PREFIX, backend_name, run_python, shm_entries, unlink_quietly
 from test_hostile import _dead_pid, _owner_word
 
 import fastshm
@@ -466,13 +466,6 @@ def case(capacity, extra, msgs, taken, when, f, noise, noise_at):
         early = None
         if when == "after_attach":
             early = fastshm.Queue(name, create=False, backend=backend)
-        elif extra < 0:
-            # Shrink the object under the header: a later opener maps less
-            # than the header says it needs.  (Not under a live mapping:
-            # pages cut off there fault, as with any mmap.)
-            os.truncate(f"/dev/shm/{name}", size + extra)
-        elif extra > 0:
-            os.truncate(f"/dev/shm/{name}", size + extra)
         write(buf, capacity, f)
         if noise is not None and noise_at < len(buf):
             end = min(len(buf), noise_at + len(noise))
@@ -480,6 +473,12 @@ def case(capacity, extra, msgs, taken, when, f, noise, noise_at):
             for off in (64, 80):  # keep the lock and its turn free or dead-owned
                 if buf[off:off + 8] != bytes(8):
                     struct.pack_into("<Q", buf, off, dead_owner)
+        if early is None and extra != 0:
+            # Shrink the object under the header, or grow it: a later opener
+            # maps less, or more, than the header says it needs.  (Not under
+            # a live mapping: pages cut off there fault, as with any mmap;
+            # nothing here touches buf after this.)
+            os.truncate(f"/dev/shm/{name}", size + extra)
         outcomes["examples"] += 1
         if early is not None:
             run_ops(early)
@@ -508,10 +507,16 @@ print(json.dumps(outcomes), flush=True)
 @pytest.mark.parametrize("backend_", BACKENDS)
 def test_hypothesis_hostile_queue_headers(backend_: str) -> None:
     dead = _owner_word(_dead_pid())
-    proc = subprocess.run(
-        [sys.executable, "-c", FUZZ, backend_, PREFIX, str(dead), str(EXAMPLES)],
-        check=False, capture_output=True, timeout=900 if LONG else 150, cwd=TESTS_DIR,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", FUZZ, backend_, PREFIX, str(dead), str(EXAMPLES)],
+            check=False, capture_output=True, timeout=900 if LONG else 150, cwd=TESTS_DIR,
+        )
+    finally:
+        # A child that died mid-example leaves that example's queue.
+        for entry in shm_entries():
+            if entry.startswith(PREFIX + "qfz"):
+                unlink_quietly(entry)
     assert proc.returncode == 0, (
         f"fuzz child exited with status {proc.returncode} (negative: killed by that "
         f"signal)\n{proc.stdout.decode(errors='replace')[-3000:]}\n"
