@@ -1392,3 +1392,69 @@ def test_forked_children_share_the_queue(backend: str, name: str) -> None:
             except OSError:
                 pass
         q.close()
+
+
+# ---- big messages, and a signal handler that puts ----
+
+
+def test_big_messages(backend: str, name: str) -> None:
+    """Messages far beyond any internal scratch buffer, alone and in one
+    get_many, wrapping round the ring's end."""
+    rnd = random.Random(5)
+    with fastshm.Queue(name, 1 << 20, create=True, backend=backend) as q:
+        biggest = os.urandom(q.max_message)
+        q.put(biggest)
+        assert q.get() == biggest
+        for _ in range(3):
+            sizes = [70000, 10, 65536, 1, 200000, 0, 131072, 4097, 300001]
+            msgs = [rnd.randbytes(n) for n in sizes]
+            q.put_many(msgs[:4])
+            for m in msgs[4:]:
+                q.put(m)
+            assert q.get_many() == msgs
+            q.put_many(msgs)
+            out = [q.get() for _ in msgs[:3]]
+            buf = bytearray(400000)
+            for _ in msgs[3:6]:
+                n = q.get_into(buf)
+                out.append(bytes(buf[:n]))
+            out += q.get_many(2) + q.get_many(None)
+            assert out == msgs
+        assert q.qsize() == 0 and q.bytes_used == 0
+
+
+def test_signal_handler_puts_while_get_waits(backend: str, name: str) -> None:
+    """A signal handler that puts, on the same object, while this thread
+    waits in get: the handler runs during the wait, and the get returns
+    what it put (the python backend may refuse the handler's put with
+    RuntimeError, as its README says)."""
+    with make(name, backend) as q:
+        errors: List[BaseException] = []
+
+        def handler(signum: int, frame: Any) -> None:
+            try:
+                q.put(b"from the handler", timeout=5)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                q2 = fastshm.Queue(name, create=False, backend=backend)
+                q2.put(b"from a second object")
+                q2.close()
+
+        old = signal.signal(signal.SIGALRM, handler)
+        guard = threading.Timer(20, lambda: fastshm.Queue(
+            name, create=False, backend=backend).put(b"watchdog"))
+        guard.start()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            got = q.get(timeout=30)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            guard.cancel()
+        if backend_name(backend) == "python" and errors:
+            assert isinstance(errors[0], RuntimeError), errors
+            assert got == b"from a second object"
+        else:
+            assert not errors, errors
+            assert got == b"from the handler"
+        assert q.qsize() == 0
