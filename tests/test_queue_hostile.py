@@ -23,6 +23,10 @@ from test_hostile import _dead_pid, _owner_word
 
 import fastshm
 
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/dev/shm"), reason="resizes and reads objects in /dev/shm"
+)
+
 LONG = os.environ.get("FASTSHM_LONG") == "1"
 EXAMPLES = 10000 if LONG else 1000
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -30,6 +30,10 @@ from conftest import BACKENDS
 
 import fastshm
 
+pytestmark = pytest.mark.skipif(
+    sys.platform == "win32", reason="POSIX signals, and select() on pipes"
+)
+
 LONG = os.environ.get("FASTSHM_LONG") == "1"
 PER_PRODUCER = 100000 if LONG else 25000
 KILLS = 200 if LONG else 40
