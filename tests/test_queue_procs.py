@@ -252,6 +252,18 @@ def sigint_worker(name, backend, stop_path):
                       "get_intr": get_intr, "left": len(left)}), flush=True)
 
 
+def racer(name, backend, size, workdir, index):
+    # Waits for the go file, opens (or creates) the queue, puts its pid.
+    open(os.path.join(workdir, "ready.%d" % index), "w").close()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(workdir, "go")):
+        if time.monotonic() > deadline:
+            sys.exit("no go signal")
+        time.sleep(0.001)
+    q = fastshm.Queue(name, size, backend=None if backend == "default" else backend)
+    q.put(json.dumps([os.getpid(), q.created, q.capacity, q.backend]), timeout=30)
+
+
 def idle_getter(name, backend):
     q = fastshm.Queue(name, create=False, backend=backend)
     print("waiting", flush=True)
@@ -288,8 +300,9 @@ class Child:
     ident = -1  # the kill test's producer or consumer number
     kill_at: Optional[float] = None  # when the kill test kills it
 
-    def __init__(self, kind: str, fn: str, *args: object) -> None:
-        env = dict(os.environ, QPUT_MAX=str(PUT_MAX), QTAKE_MAX=str(TAKE_MAX))
+    def __init__(self, kind: str, fn: str, *args: object,
+                 env: Optional[Dict[str, str]] = None) -> None:
+        env = dict(os.environ, QPUT_MAX=str(PUT_MAX), QTAKE_MAX=str(TAKE_MAX), **(env or {}))
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, fn, *map(str, args)],
@@ -652,3 +665,54 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
     q.close()
     print(f"[queue ctrl-c {backend}] puts={len(put_ok)} interrupted puts={len(put_intr)} "
           f"interrupted gets={r['get_intr']} lost={len(lost)}")
+
+
+# ---- many processes open one new name at once ----
+
+RACES = [b for b in BACKENDS] + (["mixed-natives"] if "native-cffi" in BACKENDS else []) + (
+    ["default-mixed"] if len(BACKENDS) > 1 else [])
+
+
+@pytest.mark.parametrize("race", RACES)
+def test_open_or_create_race(race: str, name: str, tmp_path: Path) -> None:
+    """Six processes open the same new name at the same moment: exactly one
+    creates it, every one sees its capacity and puts into it.  With no
+    backend chosen and FASTSHM_BACKEND differing, all follow the creator."""
+    n = 6
+    children: List[Child] = []
+    try:
+        for i in range(n):
+            env = {}
+            if race == "mixed-natives":
+                b = ["native-capi", "native-cffi"][i % 2]
+            elif race == "default-mixed":
+                b = "default"
+                env["FASTSHM_BACKEND"] = ["native", "python"][i % 2]
+            else:
+                b = race
+            children.append(Child("racer", "racer", name, b, 1000 + 8 * i, str(tmp_path), i,
+                                  env=env))
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("ready.*"))) < n:
+            assert time.monotonic() < deadline, "the racers did not start"
+            for ch in children:
+                if ch.proc.poll() is not None:
+                    pytest.fail(ch.failure("died before the start"))
+            time.sleep(0.005)
+        (tmp_path / "go").touch()
+        for ch in children:
+            rc, _, err = ch.finish(60)
+            assert rc == 0, err.decode(errors="replace")[-3000:]
+    finally:
+        _cleanup(children)
+    with fastshm.Queue(name, create=False) as q:
+        results = [json.loads(m) for m in q.get_many(block=False)]
+        assert q.qsize() == 0
+    assert len(results) == n, results
+    assert sorted(r[0] for r in results) == sorted(ch.proc.pid for ch in children)
+    creators = [r for r in results if r[1]]
+    assert len(creators) == 1, results
+    cap = creators[0][2]
+    assert cap in range(1000, 1000 + 8 * n, 8)
+    assert {r[2] for r in results} == {cap}
+    assert {r[3] for r in results} == {creators[0][3]}, "two lock protocols on one queue"
