@@ -2,9 +2,10 @@
 
 Semantics in one process (round trips, order, batches, room accounting,
 wrap-around against a ``collections.deque`` model, bad input, opening rules,
-kinds, pickling, ObjectQueue), then what needs a second process or a user:
-mixing backends, read-only access, a blocked call woken from elsewhere, and
-Ctrl-C in a blocked call.  Many processes, SIGKILL and idle CPU are in
+kinds, pickling, ObjectQueue, threads, big messages), then what needs a
+second process or a user: mixing backends, read-only access, forked
+children, a blocked call woken from elsewhere, and Ctrl-C in a blocked
+call.  Many processes, SIGKILL and idle CPU are in
 test_queue_procs.py; hostile headers in test_queue_hostile.py.
 """
 

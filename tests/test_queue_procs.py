@@ -1,6 +1,7 @@
 """fastshm.Queue between real processes: many producers and consumers,
-producers and consumers killed with SIGKILL at random instants, and an idle
-waiter's CPU use.
+producers and consumers killed with SIGKILL at random instants, SIGINTs
+inside puts and gets, many processes opening one new name at once, and an
+idle waiter's CPU use.
 
 Every message names its producer and its number and carries a BLAKE2b
 checksum of itself, so a consumer can tell a torn, foreign or repeated
