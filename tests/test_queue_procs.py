@@ -43,6 +43,9 @@ MAX_SIZE = 4096
 # put_many of its producers puts.
 TAKE_MAX = 4
 PUT_MAX = 3
+# How many times the kill test stops a victim, looking for an instant when it
+# holds the lock, before it kills it wherever it is.
+HUNT = 40
 
 # ---- the children: one program, run with ``python -c`` (no pytest import) ----
 
@@ -500,8 +503,18 @@ def test_killed_producers_and_consumers(backend_: str, name: str, tmp_path: Path
             victim = rnd.choice(due)
             # Stopped first, so the lock word shows whether it dies inside
             # a put or get (a live process would take the lock over at once).
-            if _stop(victim.proc.pid) and q._lock_owner() & 0xFFFFFFFF == victim.proc.pid:
-                inside_lock += 1
+            # Every other kill hunts for such an instant: stopped and let go
+            # again until it is caught holding the lock, or tries run out.
+            tries = HUNT if kills[victim.kind] % 2 else 1
+            for attempt in range(tries):
+                if not _stop(victim.proc.pid):
+                    break
+                if q._lock_owner() & 0xFFFFFFFF == victim.proc.pid:
+                    inside_lock += 1
+                    break
+                if attempt + 1 < tries:
+                    victim.proc.send_signal(signal.SIGCONT)
+                    time.sleep(rnd.uniform(0, 0.0003))
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(timeout=30)
             assert victim.proc.returncode == -signal.SIGKILL, victim.failure("not killed")
