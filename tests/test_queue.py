@@ -1482,3 +1482,103 @@ def test_signal_handler_puts_while_get_waits(backend: str, name: str) -> None:
             assert not errors, errors
             assert got == b"from the handler"
         assert q.qsize() == 0
+
+
+# ---- hypothesis: a state machine against the same model ----
+
+
+@pytest.mark.parametrize("size", [16, 40, 200])
+def test_state_machine_against_a_model(backend: str, size: int) -> None:
+    from conftest import make_name, unlink_quietly
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        rule,
+        run_state_machine_as_test,
+    )
+
+    payload = st.binary(max_size=size)
+
+    class QueueModel(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = make_name("sm")
+            self.q = fastshm.Queue(self.name, size, create=True, backend=backend)
+            self.model: collections.deque = collections.deque()
+
+        def used(self) -> int:
+            return sum(rec(len(m)) for m in self.model)
+
+        @rule(data=payload)
+        def put(self, data: bytes) -> None:
+            if len(data) > self.q.max_message:
+                with pytest.raises(ValueError):
+                    self.q.put_nowait(data)
+            elif self.q.capacity - self.used() >= rec(len(data)):
+                self.q.put_nowait(data)
+                self.model.append(data)
+            else:
+                with pytest.raises(queue.Full):
+                    self.q.put_nowait(data)
+
+        @rule(batch=st.lists(payload, max_size=4))
+        def put_many(self, batch: List[bytes]) -> None:
+            need = sum(rec(len(m)) for m in batch)
+            if any(len(m) > self.q.max_message for m in batch) or need > self.q.capacity:
+                with pytest.raises(ValueError):
+                    self.q.put_many(batch, block=False)
+            elif self.q.capacity - self.used() >= need:
+                self.q.put_many(batch, block=False)
+                self.model.extend(batch)
+            else:
+                with pytest.raises(queue.Full):
+                    self.q.put_many(batch, block=False)
+
+        @rule()
+        def get(self) -> None:
+            if self.model:
+                assert self.q.get_nowait() == self.model.popleft()
+            else:
+                with pytest.raises(queue.Empty):
+                    self.q.get_nowait()
+
+        @rule(k=st.one_of(st.none(), st.integers(1, 5)))
+        def get_many(self, k: Any) -> None:
+            if self.model:
+                n = len(self.model) if k is None else min(k, len(self.model))
+                want = [self.model.popleft() for _ in range(n)]
+                assert self.q.get_many(k, block=False) == want
+            else:
+                with pytest.raises(queue.Empty):
+                    self.q.get_many(k, block=False)
+
+        @rule(cap=st.integers(0, size))
+        def get_into(self, cap: int) -> None:
+            buf = bytearray(cap)
+            if not self.model:
+                with pytest.raises(queue.Empty):
+                    self.q.get_into(buf, block=False)
+            elif len(self.model[0]) > cap:
+                with pytest.raises(ValueError):
+                    self.q.get_into(buf, block=False)
+            else:
+                m = self.model.popleft()
+                assert self.q.get_into(buf, block=False) == len(m) and buf[: len(m)] == m
+
+        @invariant()
+        def snapshots(self) -> None:
+            assert self.q.qsize() == len(self.model)
+            assert self.q.bytes_used == self.used()
+            assert self.q.empty() == (not self.model)
+            assert self.q.full() == (self.q.capacity - self.used() < 8)
+
+        def teardown(self) -> None:
+            self.q.close()
+            unlink_quietly(self.name)
+
+    run_state_machine_as_test(QueueModel, settings=settings(
+        max_examples=300 if LONG else 40, stateful_step_count=40, deadline=None,
+        database=None, suppress_health_check=list(HealthCheck),
+    ))
