@@ -204,7 +204,7 @@ def killable_consumer(name, backend, ident, log_path, stop_path, seed):
         os.write(log, b"".join(lines))
 
 
-def sigint_worker(name, backend, stop_path):
+def sigint_worker(name, backend, stop_path, count_path):
     # Puts and gets in a loop while SIGINTs raise KeyboardInterrupt inside
     # the calls (once per call; signals between calls are only counted);
     # then says what went in and out, and checks the queue still works.
@@ -221,9 +221,12 @@ def sigint_worker(name, backend, stop_path):
 
     signal.signal(signal.SIGINT, on_sigint)
     put_ok, put_intr, got, get_intr = [], [], [], 0
+    counter = os.open(count_path, os.O_WRONLY | os.O_CREAT, 0o600)
     i = 0
     print("ready", flush=True)
     while not os.path.exists(stop_path):
+        # How many calls were interrupted so far, for the parent to see.
+        os.pwrite(counter, b"%8d" % (len(put_intr) + get_intr), 0)
         try:
             state["inside"] = True
             q.put(b"%d." % i + bytes(rnd.randrange(2000)), timeout=1)
@@ -252,7 +255,16 @@ def sigint_worker(name, backend, stop_path):
     got.extend(int(m.split(b".")[0]) for m in left)
     q.put(b"after the storm", timeout=10)  # hangs if an interrupted call kept the lock
     assert q.get(timeout=10) == b"after the storm"
-    print(json.dumps({"put_ok": put_ok, "put_intr": put_intr, "got": got,
+    def runs(xs):
+        # [first, last] of each run of consecutive numbers, in order.
+        out = []
+        for x in xs:
+            if out and x == out[-1][1] + 1:
+                out[-1][1] = x
+            else:
+                out.append([x, x])
+        return out
+    print(json.dumps({"put_ok": runs(put_ok), "put_intr": put_intr, "got": runs(got),
                       "get_intr": get_intr, "left": len(left)}), flush=True)
 
 
@@ -648,15 +660,20 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
     kept, nothing is delivered twice or made up, and a message whose put
     returned is lost only to a get that was interrupted (after its commit)."""
     q = fastshm.Queue(name, 1 << 14, create=True, backend=backend)
-    stop = tmp_path / "stop"
-    ch = Child("worker", "sigint_worker", name, backend, str(stop))
+    stop, count = tmp_path / "stop", tmp_path / "count"
+    ch = Child("worker", "sigint_worker", name, backend, str(stop), str(count))
     try:
         assert ch.poll_ready(30), ch.failure("no ready")
         rnd = random.Random()
-        for _ in range(300):
+        # Until 10 signals have landed inside calls, at least 300 sent.
+        deadline = time.monotonic() + 30
+        sent = 0
+        while sent < 300 or int(count.read_bytes() or b"0") < 10:
+            assert time.monotonic() < deadline, f"{count.read_bytes()!r} interrupted calls"
             time.sleep(rnd.uniform(0, 0.004))
             assert ch.proc.poll() is None, ch.failure("died in the storm")
             ch.proc.send_signal(signal.SIGINT)
+            sent += 1
         stop.touch()
         rc, out, err = ch.finish(60)
     finally:
@@ -664,7 +681,11 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
         ch.cleanup()
     assert rc == 0, err.decode(errors="replace")[-3000:]
     r = json.loads(out.splitlines()[-1])
-    got, put_ok, put_intr = r["got"], set(r["put_ok"]), set(r["put_intr"])
+
+    def expand(runs: List[List[int]]) -> List[int]:
+        return [x for a, b in runs for x in range(a, b + 1)]
+
+    got, put_ok, put_intr = expand(r["got"]), set(expand(r["put_ok"])), set(r["put_intr"])
     assert len(got) == len(set(got)), "a message was delivered twice"
     assert set(got) <= put_ok | put_intr, "a message nobody put"
     lost = put_ok - set(got)
@@ -672,7 +693,7 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
         f"{len(lost)} messages whose put returned were lost, "
         f"with {r['get_intr']} interrupted gets: {sorted(lost)[:10]}"
     )
-    assert len(put_intr) + r["get_intr"] >= 1, "no signal landed inside a call"
+    assert len(put_intr) + r["get_intr"] >= 10
     assert q.qsize() == 0 and q._lock_owner() == 0
     q.put(b"from the parent", timeout=5)
     assert q.get(timeout=5) == b"from the parent"
