@@ -263,6 +263,8 @@ def test_get_into_bad_buffers(backend: str, name: str) -> None:
             q.get_into(12)
         with pytest.raises(TypeError):
             q.get_into(None)
+        with pytest.raises(TypeError):
+            q.get_into(memoryview(bytearray(40)).toreadonly())
         with pytest.raises((TypeError, ValueError)):
             q.get_into(memoryview(bytearray(40))[::2])
         assert state(q) == before
@@ -1582,3 +1584,38 @@ def test_state_machine_against_a_model(backend: str, size: int) -> None:
         max_examples=300 if LONG else 40, stateful_step_count=40, deadline=None,
         database=None, suppress_health_check=list(HealthCheck),
     ))
+
+
+# ---- a queue made by another user ----
+
+SQUAT_QUEUE = r"""
+import fastshm
+q = fastshm.Queue(args[0], 256, create=True, backend=args[1], mode=0o666)
+q.put(b"squatted")
+print("made")
+"""
+
+VICTIM_QUEUE = r"""
+import errno, fastshm
+name, backend = args[0], args[1]
+for label, kw in [("attach", {"create": False}), ("open_or_create", {})]:
+    try:
+        fastshm.Queue(name, backend=backend, **kw)
+    except PermissionError as e:
+        ok = e.errno == errno.EPERM and "any_owner=True" in str(e)
+        print(label, "refused" if ok else f"wrong error {e!r}")
+    else:
+        print(label, "attached")
+q = fastshm.Queue(name, create=False, backend=backend, any_owner=True)
+print("any_owner", q.get(timeout=5).decode())
+"""
+
+
+@needs_root
+def test_queue_of_another_user_is_refused(backend: str, name: str) -> None:
+    from test_hardening import NOBODY, VICTIM, as_user
+
+    assert as_user(NOBODY, SQUAT_QUEUE, name, backend) == ["made"]
+    assert as_user(VICTIM, VICTIM_QUEUE, name, backend) == [
+        "attach refused", "open_or_create refused", "any_owner squatted",
+    ]
