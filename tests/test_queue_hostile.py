@@ -533,3 +533,17 @@ def test_hypothesis_hostile_queue_headers(backend_: str) -> None:
     # all refused at the door.
     assert outcomes["attach_refused"] > 0 and outcomes["attach_ok"] > 0
     assert outcomes["op_refused"] > 0 and outcomes["op_ok"] > 0
+
+
+def test_size_zero_object_is_format_error(backend: str, name: str) -> None:
+    """A name that exists with size 0 (a creator that died before sizing it,
+    or another program's): refused however it is opened, and left alone."""
+    import _posixshmem
+
+    os.close(_posixshmem.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=0o600))
+    for kw in ({"create": False}, {}):
+        with pytest.raises(fastshm.FormatError):
+            fastshm.Queue(name, backend=backend, **kw)
+    with pytest.raises(FileExistsError):
+        fastshm.Queue(name, create=True, backend=backend)
+    assert os.stat(os.path.join("/dev/shm", name)).st_size == 0
