@@ -407,6 +407,8 @@ def test_full_and_empty(backend: str, name: str) -> None:
         with pytest.raises(queue.Full):
             q.put(b"x", timeout=0)
         assert state(q) == before
+        # Waits that ran out left no sleeper registered.
+        assert header(name)["waiters"] == 0
         assert q.get_nowait() == b"12345678"
         assert not q.full()
         q.put(b"", timeout=0)
