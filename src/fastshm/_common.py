@@ -152,17 +152,17 @@ def as_bytes_view(data: object) -> BytesLike:
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 
-def writable_view(buffer: object) -> memoryview:
+def writable_view(buffer: object, what: str = "load_into") -> memoryview:
     try:
         mv = memoryview(buffer)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
-            f"load_into needs a writable bytes-like object, not {type(buffer).__name__}"
+            f"{what} needs a writable bytes-like object, not {type(buffer).__name__}"
         ) from None
     if mv.readonly:
-        raise TypeError("load_into needs a writable buffer; this one is read-only")
+        raise TypeError(f"{what} needs a writable buffer; this one is read-only")
     if not mv.c_contiguous:
-        raise ValueError("load_into needs a C-contiguous buffer")
+        raise ValueError(f"{what} needs a C-contiguous buffer")
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 
