@@ -973,6 +973,11 @@ def test_object_queue(backend: str, name: str) -> None:
         finally:
             oq2.close()
     assert oq.queue.closed
+    oq3 = fastshm.ObjectQueue(name, create=False, backend=backend)
+    oq3.put(None)
+    assert oq3.qsize() == 1 and oq3.get_nowait() is None
+    oq3.delete()
+    assert oq3.queue.closed and not exists(name)
 
 
 def test_object_queue_too_big(backend: str, name: str) -> None:
