@@ -368,6 +368,43 @@ def test_put_many_never_fits(backend: str, name: str) -> None:
         assert drain(q) == [b"kept"]
 
 
+def test_put_many_many_empty_messages(backend: str, name: str) -> None:
+    """A batch of 131 072 empty messages exactly fills a 1 MiB ring; one
+    more could never fit."""
+    with fastshm.Queue(name, create=True, backend=backend) as q:
+        with pytest.raises(ValueError):
+            q.put_many([b""] * (DEFAULT_SIZE // 8 + 1))
+        assert q.qsize() == 0
+        q.put_many([b""] * (DEFAULT_SIZE // 8), block=False)
+        assert q.full() and q.qsize() == DEFAULT_SIZE // 8
+        got = q.get_many()
+        assert len(got) == DEFAULT_SIZE // 8 and set(got) == {b""}
+
+
+def test_put_many_buffer_resized_meanwhile(backend: str, name: str) -> None:
+    """A generator that resizes a buffer it already yielded: the batch is
+    refused (the buffer is held) or holds the bytes as they were at some
+    point, never freed memory."""
+    ba = bytearray(b"abc")
+
+    def gen() -> Any:
+        yield ba
+        try:
+            ba.extend(b"more" * 10000)  # a reallocation, unless the buffer is held
+        except BufferError:
+            pass
+        yield b"x"
+
+    with make(name, backend, 1 << 18) as q:
+        try:
+            q.put_many(gen())
+        except BufferError:
+            assert q.qsize() == 0
+            return
+        got = drain(q)
+        assert got[1:] == [b"x"] and got[0] in (b"abc", bytes(ba)), got[0][:20]
+
+
 def test_put_many_generator_error_puts_nothing(backend: str, name: str) -> None:
     def gen() -> Any:
         yield b"first"
