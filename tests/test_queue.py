@@ -1288,10 +1288,14 @@ def test_ctrl_c_interrupts_a_blocked_call(backend: str, name: str, what: str) ->
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_from_a_thread_in_process(backend: str, name: str) -> None:
+@pytest.mark.parametrize("what", ["get", "put"])
+def test_ctrl_c_from_a_thread_in_process(backend: str, name: str, what: str) -> None:
     """SIGINT sent from a thread of this very process (os.kill) interrupts a
-    get blocked forever in the main thread."""
-    with make(name, backend) as q:
+    get or put blocked forever in the main thread, and changes nothing."""
+    with make(name, backend, 32) as q:
+        if what == "put":
+            q.put(b"f" * 24)  # full
+        before = state(q)
         fired = threading.Event()
 
         def interrupt() -> None:
@@ -1300,21 +1304,24 @@ def test_ctrl_c_from_a_thread_in_process(backend: str, name: str) -> None:
             os.kill(os.getpid(), signal.SIGINT)
 
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
-        # A watchdog: if the get ignores the signal, a message frees it.
-        guard = threading.Timer(20, q.put, args=(b"watchdog",))
+        # A watchdog: if the call ignores the signal, the other side frees it.
+        guard = threading.Timer(20, q.put if what == "get" else q.get,
+                                args=(b"watchdog",) if what == "get" else ())
         guard.start()
         t = threading.Thread(target=interrupt, daemon=True)
         t.start()
         try:
             with pytest.raises(KeyboardInterrupt):
-                got = q.get()
-                pytest.fail(f"get returned {got!r} instead of being interrupted")
+                got = q.get() if what == "get" else q.put(b"more")
+                pytest.fail(f"{what} returned {got!r} instead of being interrupted")
         finally:
             guard.cancel()
             t.join()
             signal.signal(signal.SIGINT, old)
         assert fired.is_set()
-        assert q.qsize() == 0 and header(name)["waiters"] == 0
+        assert state(q) == before and header(name)["waiters"] == 0
+        if what == "put":
+            assert q.get(timeout=5) == b"f" * 24
         q.put(b"still works")
         assert q.get(timeout=5) == b"still works"
 
