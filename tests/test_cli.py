@@ -62,8 +62,8 @@ def test_store_too_large_is_refused_and_keeps_message(backend: str, name: str) -
 
 @pytest.mark.parametrize("args, words", [
     (["load", "{name}"], ["no segment named"]),
-    (["delete", "{name}"], ["no segment named"]),
-    (["info", "{name}"], ["no segment named"]),
+    (["delete", "{name}"], ["no segment or queue named"]),
+    (["info", "{name}"], ["no segment or queue named"]),
     (["store", "a/b", "x"], ["'/'"]),
     (["store", "", "x"], ["empty"]),
     (["store", "x" * 300, "x"], ["300 bytes"]),
