@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import fastshm
 from fastshm import Segment
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -41,5 +42,26 @@ def test_pingpong_example(tmp_path: Path) -> None:
             pong.wait(timeout=10)
         try:
             Segment(name, create=False).delete()
+        except FileNotFoundError:
+            pass
+
+
+def test_queue_example(tmp_path: Path) -> None:
+    from conftest import make_name
+
+    name = make_name("readme")
+    code = _block("<!-- queue example").replace('Queue("jobs"', f'Queue("{name}"')
+    assert name in code
+    script = tmp_path / "queue_example.py"
+    script.write_text(code, encoding="utf-8")
+    try:
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+        assert run.returncode == 0, run.stderr.decode()
+        assert run.stdout.decode("utf-8").split("\n") == [
+            "b'resize img_0001.png' [b'a', b'b', b'c'] wörld 0 True", "empty", "",
+        ]
+    finally:
+        try:
+            fastshm.Queue(name, create=False).delete()
         except FileNotFoundError:
             pass

@@ -76,8 +76,8 @@ def _build(tmp: Path, harness: str, flags: list[str]) -> Path:
     if why:
         pytest.skip(why)
     exe = tmp / harness
-    built = _compile(exe, [CSRC / "slot.c", CSRC / "queue.c", CSRC / "map_posix.c", HARNESS / f"{harness}.c"],
-                     flags)
+    built = _compile(exe, [CSRC / "slot.c", CSRC / "queue.c", CSRC / "map_posix.c",
+                           HARNESS / f"{harness}.c"], flags)
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     return exe
 

@@ -2,7 +2,8 @@
 
 ``Segment`` is a named message slot: ``store`` in one process, ``load`` in any
 other, never a torn message, ``wait`` for the next one without polling.
-``SharedMemory`` is a raw named mapping, a drop-in for
+``Queue`` is a named FIFO: every message put is got exactly once, in order,
+by any process that opens the name.  ``SharedMemory`` is a raw named mapping, a drop-in for
 ``multiprocessing.shared_memory.SharedMemory``.
 """
 
@@ -10,13 +11,15 @@ from typing import Any
 
 from . import _backend
 from ._errors import FormatError
+from .queue import ObjectQueue, Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Segment", "SharedMemory", "FormatError", "backend", "binding", "features", "__version__",
+    "Segment", "Queue", "ObjectQueue", "SharedMemory", "FormatError",
+    "backend", "binding", "features", "__version__",
 ]
 
 

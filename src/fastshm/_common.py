@@ -149,3 +149,36 @@ def writable_view(buffer: object) -> memoryview:
     if not mv.c_contiguous:
         raise ValueError("load_into needs a C-contiguous buffer")
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
+
+
+# ---- queues (docs/FORMAT.md, "Queues") ----
+
+QUEUE_RECORD_HEADER = 8
+QUEUE_MIN_CAPACITY = 16
+
+
+def queue_size_for(capacity: int) -> int:
+    """Mapping bytes a queue whose ring holds ``capacity`` bytes needs; 0
+    when out of range (as fshm_queue_size_for)."""
+    if capacity < QUEUE_MIN_CAPACITY or capacity > (1 << 62) - 1:
+        return 0
+    return HEADER_SIZE + ((capacity + 7) & ~7)
+
+
+def check_queue_size(size: object) -> int:
+    size = as_int(size, "size")
+    if size < QUEUE_MIN_CAPACITY:
+        raise ValueError(
+            f"size must be at least {QUEUE_MIN_CAPACITY} bytes for a queue "
+            f"(its ring holds 8 bytes per message plus the message), got {size}"
+        )
+    need = queue_size_for(size)
+    if need == 0 or need > sys.maxsize:
+        raise ValueError(f"size of {size} bytes is too large for this platform")
+    return size
+
+
+def record_size(n: int) -> int:
+    """Ring bytes a message of ``n`` bytes takes: its length word, itself,
+    and padding to 8."""
+    return QUEUE_RECORD_HEADER + ((n + 7) & ~7)

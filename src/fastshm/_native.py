@@ -13,11 +13,17 @@ from typing import Any, Optional, Tuple
 
 from . import _common as C
 from ._errors import (
+    EFULL,
+    EKIND,
+    ENOMSG,
     EOWNER,
     ESMALL,
     ETIMEOUT,
     ETOOBIG,
+    batch_too_big,
+    next_too_small,
     owner_error,
+    protocol_error,
     raise_for,
     read_only_error,
     too_big,
@@ -293,3 +299,169 @@ class SegmentHandle:
                     return None
             elif rc != errno.EINTR:  # EINTR: a signal, whose handler runs here
                 raise_for(rc, self.name)
+
+
+class _QueueScratch:
+    """A take's landing buffer and its lengths, pooled like _Scratch."""
+
+    __slots__ = ("buf", "fbuf", "size", "lens", "nlens", "out")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf = ffi.new("unsigned char[]", size)
+        self.fbuf = ffi.buffer(self.buf)
+        self.nlens = _TAKE_MAX
+        self.lens = ffi.new("size_t[]", _TAKE_MAX)
+        self.out = ffi.new("size_t *")
+
+
+# One take lands at most this many bytes / messages in the pooled buffer (a
+# longer first message gets a buffer of its own).
+_TAKE_BYTES = 1 << 16
+_TAKE_MAX = 1024
+
+
+class QueueHandle:
+    """An open fastshm queue: the C ``fshm_queue`` and its mapping."""
+
+    __slots__ = ("name", "_q", "_owner", "capacity", "max_message", "size", "created",
+                 "readonly", "_pool", "_take_bytes")
+
+    def __init__(
+        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
+    ) -> None:
+        q = ffi.new("fshm_queue *")
+        m = ffi.new("fshm_map *")
+        cname, chow = name.encode("utf-8"), _how(how, any_owner)
+        rc = lib.fshm_queue_open(q, m, cname, chow, capacity, 0, mode)
+        while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
+            rc = lib.fshm_queue_open(q, m, cname, chow, capacity, 0, mode)
+        if rc:
+            if rc == EKIND:
+                raise_for(rc, name, "Segment")
+            _raise_open(rc, m, name)
+        size = int(m.size)
+        base = m.base
+        # Unmapped when this handle (and so any call in flight on it) is gone.
+        self._owner = ffi.gc(ffi.cast("unsigned char *", base),
+                             lambda p: lib.fshm_unmap(p, size), size=size)
+        if q.flags & lib.FSHM_QUEUE_PYLOCK:
+            raise protocol_error(name, "python")
+        self.name = name
+        self._q = q
+        self.size = size
+        self.created = bool(m.created)
+        self.readonly = bool(m.readonly)
+        self.capacity = int(q.capacity)
+        self.max_message = int(lib.fshm_queue_max_message(q.capacity))
+        self._take_bytes = min(self.capacity, _TAKE_BYTES)
+        self._pool: "list[_QueueScratch]" = []
+
+    def _call(self, fn: Any, timeout: Optional[float], *args: Any) -> int:
+        """fn(*args, timeout_ns) in slices of at most _WAIT_SLICE_NS, so signal
+        handlers run between them; the last slice never sleeps past the
+        deadline.  Returns fn's code (EFULL / ENOMSG once out of time)."""
+        if timeout == 0:
+            return fn(*args, 0)  # type: ignore[no-any-return]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            slice_ns = _WAIT_SLICE_NS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                slice_ns = 0 if left <= 0 else min(slice_ns, int(left * 1e9))
+            rc = fn(*args, slice_ns)
+            if rc == EFULL or rc == ENOMSG:
+                if slice_ns == 0 or (deadline is not None and time.monotonic() >= deadline):
+                    return rc  # type: ignore[no-any-return]
+            elif rc != _EINTR:  # EINTR: a signal, whose handler runs here
+                return rc  # type: ignore[no-any-return]
+
+    def _fail(self, rc: int) -> None:
+        if self.readonly and rc == errno.EACCES:
+            raise read_only_error(self.name)
+        raise_for(rc, self.name, "the queue's records are inconsistent")
+
+    def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
+        if len(msgs) == 1:
+            data = msgs[0]
+            src = data if type(data) is bytes else ffi.from_buffer(data)
+            rc = self._call(lib.fshm_queue_put, timeout, self._q, src, len(data))
+        else:
+            arr = ffi.new("fshm_msg[]", len(msgs))
+            keep = []
+            for i, data in enumerate(msgs):
+                p = ffi.from_buffer(data)
+                keep.append(p)
+                arr[i].data = p
+                arr[i].len = len(data)
+            rc = self._call(lib.fshm_queue_put_many, timeout, self._q, arr, len(msgs))
+            del keep
+        if rc == 0:
+            return True
+        if rc == EFULL:
+            return False
+        if rc == ETOOBIG:
+            total = sum(C.record_size(len(m)) for m in msgs)
+            raise batch_too_big(total, self.name, self.capacity)
+        self._fail(rc)
+        return False  # not reached
+
+    def take(self, max: int, timeout: Optional[float]) -> "list[bytes]":
+        try:
+            sc = self._pool.pop()
+        except IndexError:
+            sc = _QueueScratch(self._take_bytes)
+        try:
+            want = min(max, sc.nlens)
+            rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf, sc.size,
+                            sc.lens, want, sc.out)
+            while rc == ESMALL:
+                # A first message longer than the pooled buffer: one of its
+                # own (and again if a longer one got to the front meanwhile).
+                big = _QueueScratch(int(sc.lens[0]))
+                rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
+                                               sc.out, 0)
+                if rc == 0:
+                    return [big.fbuf[0 : sc.lens[0]]]
+                if rc == ENOMSG:  # another consumer took it: wait as asked
+                    rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf,
+                                    sc.size, sc.lens, want, sc.out)
+            if rc == ENOMSG:
+                return []
+            if rc:
+                self._fail(rc)
+            out = []
+            fbuf, lens = sc.fbuf, sc.lens
+            pos = 0
+            for i in range(sc.out[0]):
+                n = lens[i]
+                out.append(fbuf[pos : pos + n])
+                pos += n
+            return out
+        finally:
+            self._pool.append(sc)
+
+    def take_into(self, dst: memoryview, timeout: Optional[float]) -> int:
+        out = ffi.new("size_t *")
+        cap = len(dst)
+        rc = self._call(lib.fshm_queue_get, timeout, self._q, ffi.from_buffer(dst), cap, out)
+        if rc == 0:
+            return int(out[0])
+        if rc == ENOMSG:
+            return -1
+        if rc == ESMALL:
+            raise next_too_small(cap, int(out[0]))
+        self._fail(rc)
+        return -1  # not reached
+
+    def count(self) -> int:
+        return int(lib.fshm_queue_count(self._q))
+
+    def used(self) -> int:
+        return int(lib.fshm_queue_used(self._q))
+
+    def lock_owner(self) -> int:
+        return int(lib.fshm_queue_lock_owner(self._q))
+
+    def break_lock(self, owner: int) -> bool:
+        return lib.fshm_queue_break_lock(self._q, owner) == 0  # type: ignore[no-any-return]

@@ -68,6 +68,28 @@ def _timeout_arg(value: object) -> Optional[float]:
     return None if secs > _FOREVER_S else secs
 
 
+def _open_args(
+    impl: Any, name: object, size: object, create: object, mode: object, any_owner: object,
+    check_size: Callable[[object], int],
+) -> Tuple[str, int, int, int]:
+    """The checked arguments of an open, as Segment and Queue take them:
+    (name, how, capacity -- 0 when attaching --, mode)."""
+    name = C.check_name(name, impl.NAME_MAX)
+    if create is None:
+        how = C.OPEN_OR_CREATE
+    elif create is True:
+        how = C.CREATE
+    elif create is False:
+        how = C.ATTACH
+    else:
+        raise TypeError(f"create must be None, True or False, not {create!r}")
+    capacity = check_size(size) if how != C.ATTACH else 0
+    mode = C.check_mode(mode)
+    if not isinstance(any_owner, bool):
+        raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
+    return name, how, capacity, mode
+
+
 class Segment:
     """A named shared-memory segment that holds one message at a time.
 
@@ -97,21 +119,8 @@ class Segment:
         any_owner: bool = False,
     ) -> "Segment":
         impl = resolve(backend)
-        name = C.check_name(name, impl.NAME_MAX)
-        if create is None:
-            how = C.OPEN_OR_CREATE
-        elif create is True:
-            how = C.CREATE
-        elif create is False:
-            how = C.ATTACH
-        else:
-            raise TypeError(f"create must be None, True or False, not {create!r}")
-        if how != C.ATTACH:
-            size = C.check_size(size)
-        mode = C.check_mode(mode)
-        if not isinstance(any_owner, bool):
-            raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
-        capacity = size if how != C.ATTACH else 0
+        name, how, capacity, mode = _open_args(impl, name, size, create, mode, any_owner,
+                                               C.check_size)
         core = getattr(impl, "SegmentCore", None)
         if core is not None:
             flags = impl.ANY_OWNER if any_owner else 0
