@@ -102,7 +102,8 @@ def test_info_and_list(backend: str, name: str) -> None:
     assert fields["mode"].startswith("0o600")
     listing = cli("list", backend=backend).stdout.decode().splitlines()
     row = [line.split() for line in listing if line.split()[0] == name]
-    assert row == [[name, "100", "2", str(os.stat(f"/dev/shm/{name}").st_size)]]
+    mapped = str(os.stat(f"/dev/shm/{name}").st_size)
+    assert row == [[name, "segment", "100", "2", "-", "-", mapped, "-", "-"]]
 
 
 def test_menu_store_load_delete(backend: str, name: str) -> None:

@@ -36,7 +36,6 @@ FOLLOW_CHECK_S = 0.5
 # The longest slice a queue wait is cut into, so Ctrl-C ends it this soon.
 INTERRUPT_CHECK_S = 0.1
 DEFAULT_QUEUE_SIZE = 1 << 20
-MIN_QUEUE_SIZE = 16
 
 # A queue's header (docs/FORMAT.md, "Queues"); a segment's magic is C.MAGIC.
 QMAGIC = 0x51485346  # "FSHQ"
@@ -610,15 +609,9 @@ def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
 
 def _queue_size(text: str) -> int:
     try:
-        size = C.check_size(int(text, 0))
+        return C.check_queue_size(int(text, 0))
     except (ValueError, TypeError) as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if size < MIN_QUEUE_SIZE:
-        raise argparse.ArgumentTypeError(
-            f"a queue needs at least {MIN_QUEUE_SIZE} bytes (room for one 8-byte record "
-            f"header and a message), not {text!r}"
-        )
-    return size
 
 
 def _ring(size: int) -> int:
@@ -682,7 +675,7 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-def _sliced(attempt: Callable[[float], T], miss: type, timeout: Optional[float],
+def _sliced(attempt: Callable[[float], T], miss: "type[Exception]", timeout: Optional[float],
             stop: _Interrupt, still_there: Callable[[], None]) -> T:
     """``attempt(seconds)`` in waits of INTERRUPT_CHECK_S at most until it
     returns, or raises ``miss`` once ``timeout`` (None or inf: never) has
@@ -710,7 +703,7 @@ def _put_too_big(n: int, exact: bool, name: str, room: int, creating: bool) -> _
     size = f"{n} bytes" if exact else f"at least {n} bytes"
     if creating:
         hint = (f"a queue made with --size S takes messages of up to S - 8 bytes: "
-                f"pass --size {n + 8} or more")
+                f"pass --size {C.record_size(n)} or more")
     else:
         hint = ("its size was set when it was made: delete it and put again with a "
                 "larger --size, or send the message in parts")
