@@ -437,7 +437,7 @@ def _queue_rows(args: argparse.Namespace) -> List[Tuple[str, str]]:
             ("max_message", f"{q.max_message} bytes"),
             ("messages", str(q.qsize())),
             ("used", f"{q.bytes_used} bytes"),
-            ("format", f"fastshm version {C.VERSION}"),
+            ("format", f"fastshm version {_version(got[1] if got else None)}"),
         ]
         if got is not None:
             rows.append(("mapped", f"{got[0]} bytes"))
@@ -448,6 +448,14 @@ def _queue_rows(args: argparse.Namespace) -> List[Tuple[str, str]]:
             ("backend", q.backend),
         ]
     return rows
+
+
+def _version(head: Optional[bytes]) -> int:
+    """The format version in a header read raw; the one this fastshm writes
+    (the only one it opens) when there is none."""
+    if head is None or len(head) < C.HEAD.size:
+        return C.VERSION
+    return int(C.HEAD.unpack_from(head, 0)[1])
 
 
 def _lock_text(owner: int, protocol: str, backend: str) -> str:
