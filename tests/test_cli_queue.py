@@ -26,9 +26,10 @@ def run(*args: str, backend: Optional[str], input: bytes = b"", timeout: float =
         **kw: Any) -> subprocess.CompletedProcess:
     """``fastshm [--backend B] ARGS``; ``backend=None`` leaves --backend out."""
     pick = ["--backend", backend] if backend is not None else []
+    if "stdout" not in kw:
+        kw["capture_output"] = True
     return subprocess.run(
-        [sys.executable, "-m", "fastshm", *pick, *args],
-        input=input, capture_output=True, timeout=timeout, **kw,
+        [sys.executable, "-m", "fastshm", *pick, *args], input=input, timeout=timeout, **kw,
     )
 
 
@@ -263,6 +264,26 @@ def test_follow_ctrl_c_exits_130_and_takes_nothing_more(backend: str, name: str)
             assert q.get(timeout=5) == b"after"
         finally:
             finish(follower)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="poll() on a pipe")
+def test_nothing_is_taken_for_a_reader_that_is_gone(backend: str, name: str) -> None:
+    with Queue(name, 4096, backend=backend) as q:
+        q.put(b"stays")
+        for args, status in ((["get", name], 1), (["get", name, "--follow"], 0)):
+            r, w = os.pipe()
+            os.close(r)  # standard output leads nowhere from the start
+            try:
+                proc = run(*args, backend=backend, stdout=w, stderr=subprocess.PIPE,
+                           input=None, timeout=30)
+            finally:
+                os.close(w)
+            assert proc.returncode == status, proc.stderr
+            assert b"Traceback" not in proc.stderr
+            if status:
+                assert b"standard output is closed; nothing was taken" in proc.stderr
+            assert q.qsize() == 1
+        assert q.get_nowait() == b"stays"
 
 
 @needs_shm_dir
