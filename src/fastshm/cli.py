@@ -905,7 +905,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastshm",
         description="Named shared memory between processes: store a message in one, "
-        "load it in any other.",
+        "load it in any other; or put messages in a queue, each got once by any other.",
     )
     p.add_argument("--backend", choices=CHOICES, default=None,
                    help="which implementation to use (default: FASTSHM_BACKEND or auto)")
@@ -959,7 +959,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-f", "--follow", action="store_true",
                    help="take and print every message, one per line, as they come, until "
                         "Ctrl-C (exit 130) or until --timeout seconds pass without one "
-                        "(exit 0); --nowait prints those queued now")
+                        "(exit 0); --nowait prints those queued now. A message "
+                        "written to a pipe has left the queue, even if the reader "
+                        "stops before reading it")
     _wait_options(g, "for a message")
 
     d = sub.add_parser("delete", help="remove NAME (a segment or a queue)")
