@@ -306,6 +306,32 @@ def test_follow_ends_when_the_queue_is_deleted(backend: str, name: str) -> None:
             finish(follower)
 
 
+@needs_shm_dir
+@pytest.mark.parametrize("args, words", [
+    (["put", "{name}", "-"], "was deleted while waiting for room in it; nothing was put"),
+    (["get", "{name}"], "was deleted while waiting for a message"),
+])
+def test_a_blocked_put_or_get_ends_when_the_queue_is_deleted(
+        backend: str, name: str, args: List[str], words: str) -> None:
+    with Queue(name, 16, backend=backend) as q:
+        if args[0] == "put":
+            q.put(b"full")
+        waiter = popen(*[a.format(name=name) for a in args], backend=backend,
+                       stdin=subprocess.PIPE)
+        try:
+            assert waiter.stdin is not None
+            waiter.stdin.write(b"blocked")
+            waiter.stdin.close()
+            time.sleep(0.5)
+            assert waiter.poll() is None
+            q.delete()
+            assert waiter.wait(timeout=30) == 1
+            err = waiter.stderr.read()  # type: ignore[union-attr]
+            assert f"{name!r} {words}".encode() in err and b"Traceback" not in err
+        finally:
+            finish(waiter)
+
+
 # ---- info, list, delete, unlock ----
 
 
