@@ -65,7 +65,9 @@ size_t fshm_queue_size_for(uint64_t capacity)
 
 uint64_t fshm_queue_max_message(uint64_t capacity)
 {
-    return capacity < MIN_CAPACITY ? 0 : round8(capacity) - REC;
+    /* 0 for every capacity no queue can have, as fshm_queue_size_for says:
+     * past the range, round8 would wrap to 0 and the subtraction with it. */
+    return fshm_queue_size_for(capacity) == 0 ? 0 : round8(capacity) - REC;
 }
 
 static void fill(fshm_queue *q, void *base, size_t size, uint64_t capacity,
@@ -563,10 +565,12 @@ static void *take_packed(void *ctx, size_t len)
             c->lens[0] = len; /* what the first message needs */
         return NULL;
     }
+    c->lens[c->n++] = len;
+    if (len == 0)
+        return c; /* nothing to copy; dst may be NULL, and NULL + 0 is undefined */
     at = c->dst + c->used;
     c->used += len;
-    c->lens[c->n++] = len;
-    return len > 0 ? (void *)at : (void *)c;
+    return at;
 }
 
 int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t *lens,

@@ -5,6 +5,16 @@
   heap blocks of exactly the mapping's size, then over a real named mapping.
 * ThreadSanitizer: csrc/tests/posix/stress_threads.c runs four writers, two
   readers and a waiter as threads on one segment.
+* Queues: csrc/tests/posix/queue_fuzz.c does for queues what fuzz_header.c
+  does for segments (hostile header words and record lengths inside the
+  ring, every operation), and checks intact queues against a model.
+  csrc/tests/posix/queue_stress.c runs producers and consumers as
+  threads (under ThreadSanitizer) and as forked processes (under both) on a
+  small ring; kills producers and consumers at random instants and checks the
+  queue after each round; checks that a commit wakes sleepers of the other
+  side and that a signal ends a blocked call; and single-steps a traced
+  child through puts and takes, recovering the queue as a kill after each
+  instruction would leave it (ASan + UBSan).
 * The C-API binding: src/fastshm/_cext.c is built with ASan + UBSan as an
   extension module, and csrc/tests/posix/capi_harness.py drives every method
   of SegmentCore and Mapping with it in a child Python (the ASan runtime
@@ -41,6 +51,12 @@ pytestmark = [
 
 FUZZ_ITERATIONS = 2_000_000 if LONG else 200_000
 STORES_PER_WRITER = 100_000 if LONG else 10_000
+# queue_stress.c: messages per producer; crash rounds; single-step rounds.
+QUEUE_MESSAGES = 100_000 if LONG else 10_000
+QUEUE_CRASH_ROUNDS = 600 if LONG else 60
+QUEUE_STEP_ROUNDS = 20 if LONG else 2
+QUEUE_FUZZ_ITERATIONS = 1_000_000 if LONG else 100_000
+QUEUE_CAPACITY = 256  # a few records: wrap-around, full and empty all the time
 # capi_harness.py: model-checked operations; rounds of closing under 16 MiB
 # copies (and ten times as many hostile-header segments).
 CAPI_ITERATIONS = 200_000 if LONG else 20_000
@@ -128,6 +144,142 @@ def test_many_writers_under_tsan(tmp_path: Path) -> None:
     report("C many writers (TSan threads)", **numbers)
     assert numbers["stores"] == 4 * STORES_PER_WRITER
     assert numbers["torn"] == 0 and numbers["distinct"] > 100
+
+
+TSAN = ["-fsanitize=thread", "-Wno-tsan"]
+TSAN_ENV = {"TSAN_OPTIONS": f"halt_on_error=1 history_size=7 suppressions={HARNESS / 'tsan.supp'}"}
+ASAN_ENV = {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:abort_on_error=0",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+QUEUE_TIMEOUT = 1200 if LONG else 180
+
+
+def test_queue_hostile_headers_under_asan_ubsan(tmp_path: Path,
+                                                shm_name: Callable[..., str]) -> None:
+    """Random header words and record lengths inside the ring, then every
+    queue operation without sleeping, over heap blocks of exactly the
+    mapping's size and over named mappings: only success or a defined
+    refusal, never an access outside the block, never a hang."""
+    exe = _build(tmp_path, "queue_fuzz", ASAN_UBSAN)
+    out = _run([str(exe), str(QUEUE_FUZZ_ITERATIONS), "20260301", shm_name("qf")], ASAN_ENV,
+               timeout=1200 if LONG else 180)
+    numbers = _numbers(out)
+    report("C queue hostile headers (ASan+UBSan)", **numbers)
+    assert numbers["iterations"] >= QUEUE_FUZZ_ITERATIONS
+    # Enough cases got past attach and through each operation, and enough
+    # were refused for the hostile values to have mattered.
+    for key in ("attach_ok", "attach_refused", "puts_ok", "puts_refused", "gets_ok",
+                "gets_refused", "takes_ok", "takes_refused", "waits"):
+        assert numbers[key] > 100, (key, numbers)
+    assert numbers["model_messages"] > 10 * numbers["model_cases"] > 0, numbers
+    assert numbers["model_empty"] > 0, numbers
+    assert numbers["ekind"] > 2, numbers
+
+
+@pytest.fixture(scope="module")
+def queue_stress(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """queue_stress.c built once per sanitizer for the module's tests."""
+    built: dict[str, Path] = {}
+
+    def build(sanitizer: str) -> Path:
+        if sanitizer not in built:
+            flags = TSAN if sanitizer == "tsan" else ASAN_UBSAN
+            built[sanitizer] = _build(tmp_path_factory.mktemp(f"queue-{sanitizer}"),
+                                      "queue_stress", flags)
+        return built[sanitizer]
+
+    return build
+
+
+def _check_queue_run(numbers: dict[str, int], producers: int) -> None:
+    assert numbers["messages"] == numbers["taken"] == producers * QUEUE_MESSAGES, numbers
+    # The ring wrapped many times, and both sides really waited.
+    assert numbers["wraps"] > 100, numbers
+    assert numbers["full_waits"] > 0 and numbers["empty_waits"] > 0, numbers
+    for key in ("puts", "put_manys", "try_puts", "gets", "packed", "takes"):
+        assert numbers[key] > 0, (key, numbers)
+
+
+@pytest.mark.parametrize("sanitizer", ["tsan", "asan"])
+def test_queue_threads(queue_stress: Callable[[str], Path], sanitizer: str) -> None:
+    """Three producer and two consumer threads: every message taken exactly
+    once, each producer's in order, with ThreadSanitizer judging the lock."""
+    env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
+    exe = queue_stress(sanitizer)
+    out = _run([str(exe), "threads", "3", "2", str(QUEUE_MESSAGES), str(QUEUE_CAPACITY)], env,
+               timeout=QUEUE_TIMEOUT)
+    numbers = _numbers(out)
+    report(f"C queue threads ({sanitizer})", **numbers)
+    _check_queue_run(numbers, 3)
+
+
+@pytest.mark.parametrize("sanitizer", ["tsan", "asan"])
+def test_queue_processes(queue_stress: Callable[[str], Path], sanitizer: str,
+                         shm_name: Callable[..., str]) -> None:
+    """The same with two producer and two consumer processes, each opening
+    the named queue."""
+    env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
+    exe = queue_stress(sanitizer)
+    out = _run([str(exe), "procs", "2", "2", str(QUEUE_MESSAGES // 2), str(QUEUE_CAPACITY),
+                shm_name("qp")], env, timeout=QUEUE_TIMEOUT)
+    numbers = _numbers(out)
+    report(f"C queue processes ({sanitizer})", **numbers)
+    assert numbers["messages"] == numbers["taken"] == QUEUE_MESSAGES, numbers
+    assert numbers["wraps"] > 100, numbers
+
+
+@pytest.mark.parametrize("sanitizer", ["tsan", "asan"])
+def test_queue_survives_killed_producers_and_consumers(
+        queue_stress: Callable[[str], Path], sanitizer: str,
+        shm_name: Callable[..., str]) -> None:
+    """Producer and consumer processes SIGKILLed at random instants, round
+    after round: after each, the next user finds every record whole and the
+    count right; at the end every acknowledged message was taken exactly
+    once, and any other was lost only inside a killed consumer's take."""
+    env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
+    exe = queue_stress(sanitizer)
+    out = _run([str(exe), "crash", str(QUEUE_CRASH_ROUNDS), "20260301", "512",
+                shm_name("qc")], env, timeout=QUEUE_TIMEOUT)
+    numbers = _numbers(out)
+    report(f"C queue killed children ({sanitizer})", **numbers)
+    assert numbers["rounds"] == QUEUE_CRASH_ROUNDS
+    assert numbers["killed_consumers"] > 10 and numbers["killed_producers"] > 10, numbers
+    assert numbers["acked"] > 100 and numbers["taken"] > 100, numbers
+
+
+@pytest.mark.parametrize("sanitizer", ["tsan", "asan"])
+def test_queue_commits_wake_sleepers(queue_stress: Callable[[str], Path],
+                                     sanitizer: str) -> None:
+    """Sleepers on the notify word with no re-check of their own are woken
+    by a put on an empty queue and by a get on a full one (the futex half of
+    the notify/waiters pair), and a get and a put blocked with no timeout
+    complete; on Linux, where the sleep is a futex, a signal ends a blocked
+    get and a blocked put with EINTR, nothing taken or put."""
+    env = TSAN_ENV if sanitizer == "tsan" else ASAN_ENV
+    out = _run([str(queue_stress(sanitizer)), "wake", "5"], env, timeout=QUEUE_TIMEOUT)
+    linux = sys.platform.startswith("linux")
+    assert _numbers(out) == {"wake_rounds": 5, "eintr": 2 if linux else 0}
+
+
+def test_queue_killed_after_every_instruction(queue_stress: Callable[[str], Path]) -> None:
+    """A traced child single-stepped through puts, put_many, get and
+    get_packed (some after a dead holder left the lock and a stale count):
+    after every instruction the queue, recovered as the next user would,
+    holds exactly the messages before or exactly those after."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("single-stepping uses Linux ptrace")
+    exe = queue_stress("asan")
+    out = _run([str(exe), "steps", str(QUEUE_STEP_ROUNDS), str(QUEUE_CAPACITY)], ASAN_ENV,
+               timeout=QUEUE_TIMEOUT)
+    if "ptrace=unavailable" in out:
+        pytest.skip("this system does not let a process trace its child")
+    numbers = _numbers(out)
+    report("C queue single-stepped kills (ASan+UBSan)", **numbers)
+    assert numbers["scenarios"] == 4 * QUEUE_STEP_ROUNDS
+    # Both sides of every commit were seen, with the dirty mark set.
+    assert numbers["before"] > numbers["scenarios"] and numbers["after"] > numbers["scenarios"]
+    assert numbers["dirty_seen"] > 0 and numbers["lock_seen"] > 0
+    # Records crossed the ring's end on the way.
+    assert numbers["wraps"] >= 1, numbers
 
 
 def _runtime(lib: str) -> str:

@@ -2,13 +2,14 @@
 MinGW-w64 and run under Wine.
 
 The programs are csrc/tests/win32/fshm_check.c (a command-line driver of the
-C API) and csrc/tests/win32/original.c (a plain Win32 program that shares
+C API), csrc/tests/win32/queue_check.c (the same for queues) and
+csrc/tests/win32/original.c (a plain Win32 program that shares
 memory the way the program fastshm grew from does).  Every Wine process of a
 module runs in one temporary WINEPREFIX, so they share one wineserver and see
 each other's named objects, as processes of one Windows session do.
 
-fshm_check.c is also built for this host with the native compiler, and the
-error cases must give the same codes on both.
+fshm_check.c and queue_check.c are also built for this host with the native
+compiler, and the error cases must give the same codes on both.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_name
+from conftest import make_name, unlink_quietly
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -115,40 +116,67 @@ def win_exes(build_dir: Path) -> dict[str, Path]:
     return {
         "check": compile_c(MINGW, build_dir / "fshm_check.exe",
                            [*CORE, WIN32_TESTS / "fshm_check.c"], "-static"),
+        "queue": compile_c(MINGW, build_dir / "queue_check.exe",
+                           [*CORE, WIN32_TESTS / "queue_check.c"], "-static"),
         "original": compile_c(MINGW, build_dir / "original.exe",
                               [WIN32_TESTS / "original.c"], "-static"),
     }
 
 
 @pytest.fixture(scope="module")
-def msvc_atomics_check(build_dir: Path) -> Path:
-    """fshm_check.exe with slot.c built on atomics.h's MSVC branch (volatile
-    accesses, MemoryBarrier, Interlocked*), which MSVC wheels use: GCC
-    compiles it when told it is MSVC, and MinGW's headers provide the
-    intrinsics.  Only slot.c is built so: told the same, MinGW's headers
-    would define their inline helpers in every file."""
+def msvc_atomics(build_dir: Path) -> dict[str, Path]:
+    """fshm_check.exe and queue_check.exe with slot.c and queue.c built on
+    atomics.h's MSVC branch (volatile accesses, MemoryBarrier, Interlocked*),
+    which MSVC wheels use: GCC compiles it when told it is MSVC, and MinGW's
+    headers provide the intrinsics.  Told the same, MinGW's headers define
+    their inline helpers (atoll, strcasecmp, ...) in every object, so the two
+    files are built as one translation unit; map_win32.c is built normally."""
     assert MINGW is not None
-    obj = build_dir / "slot_msvc_atomics.o"
+    unity = build_dir / "core_msvc_atomics.c"
+    unity.write_text('#include "slot.c"\n#include "queue.c"\n')
+    obj = build_dir / "core_msvc_atomics.o"
     proc = subprocess.run(
         [MINGW, "-O2", "-Wall", "-Wextra", "-Werror", "-D_MSC_VER=1930", f"-I{CSRC}", "-c",
-         str(CSRC / "slot.c"), "-o", str(obj)],
+         str(unity), "-o", str(obj)],
         capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
     )
     if proc.returncode != 0:
         pytest.skip(f"this MinGW cannot build atomics.h's MSVC branch: {proc.stderr[-500:]}")
-    return compile_c(MINGW, build_dir / "fshm_check_msvc_atomics.exe",
-                     [obj, CSRC / "map_win32.c", WIN32_TESTS / "fshm_check.c"], "-static")
+    return {
+        "check": compile_c(MINGW, build_dir / "fshm_check_msvc_atomics.exe",
+                           [obj, CSRC / "map_win32.c", WIN32_TESTS / "fshm_check.c"], "-static"),
+        "queue": compile_c(MINGW, build_dir / "queue_check_msvc_atomics.exe",
+                           [obj, CSRC / "map_win32.c", WIN32_TESTS / "queue_check.c"], "-static"),
+    }
+
+
+@pytest.fixture(scope="module")
+def msvc_atomics_check(msvc_atomics: dict[str, Path]) -> Path:
+    return msvc_atomics["check"]
+
+
+def _native_cc() -> tuple[str, list[str]]:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or os.name != "posix":
+        pytest.skip("no native C compiler to build the POSIX twins of the Windows programs")
+    libs = ["-lrt", "-lpthread"] if os.uname().sysname == "Linux" else ["-lpthread"]
+    return cc, libs
 
 
 @pytest.fixture(scope="module")
 def posix_check(build_dir: Path) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None or os.name != "posix":
-        pytest.skip("no native C compiler to build the POSIX twin of fshm_check.c")
-    libs = ["-lrt", "-lpthread"] if os.uname().sysname == "Linux" else ["-lpthread"]
+    cc, libs = _native_cc()
     return compile_c(cc, build_dir / "fshm_check",
                      [CSRC / "slot.c", CSRC / "map_posix.c", WIN32_TESTS / "fshm_check.c"],
                      *libs)
+
+
+@pytest.fixture(scope="module")
+def posix_queue_check(build_dir: Path) -> Path:
+    cc, libs = _native_cc()
+    return compile_c(cc, build_dir / "queue_check",
+                     [*(CSRC / f for f in ("slot.c", "queue.c", "map_posix.c")),
+                      WIN32_TESTS / "queue_check.c"], *libs)
 
 
 # ---- Wine ----
@@ -487,3 +515,158 @@ def test_stress_one_writer_two_readers_no_torn_reads(
         assert int(got["loads"]) >= int(got["changes"])
         assert r["returncode"] == "0"
     assert stores >= 2
+
+
+# ---- queues ----
+
+# Bounds for one blocked call of queue_check.exe: long enough for a loaded
+# machine, short enough that a lost wake-up fails the test rather than hangs.
+QUEUE_WAIT_MS = "60000"
+QUEUE_MESSAGES = 3000
+
+
+def wait_for_sleepers(wine: Wine, exe: Path, name: str, sleepers: int,
+                      timeout: float = RUN_TIMEOUT) -> dict[str, str]:
+    """Poll the queue's sleeper count (the waiters word) until it reaches
+    ``sleepers``: the blocked processes are then asleep, or about to be."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stat = wine.run(exe, "stat", name)
+        assert stat["attach"] == "OK", stat["stdout"]
+        if int(stat["sleepers"]) >= sleepers:
+            return stat
+        assert time.monotonic() < deadline, f"never {sleepers} sleepers: {stat['stdout']}"
+        time.sleep(0.05)
+
+
+@needs_wine
+def test_queue_error_codes_match_posix(
+    wine: Wine, win_exes: dict[str, Path], posix_queue_check: Path
+) -> None:
+    """Create-existing, attach-missing, empty, full, too big, too small, a
+    batch that can never fit, a lock broken by hand (only from the owner
+    named), a segment opened as a queue and the reverse (EKIND), a
+    python-backend queue (EPROTOCOL), a corrupt header: the same codes and
+    counts from map_win32.c as from map_posix.c."""
+    on_windows = wine.run(win_exes["queue"], "errors", make_name("qerr"))
+    name = make_name("qerr")
+    try:
+        posix = subprocess.run([str(posix_queue_check), "errors", name], capture_output=True,
+                               text=True, timeout=RUN_TIMEOUT, check=False)
+    finally:
+        for suffix in ("", "_other"):
+            unlink_quietly(name + suffix)
+    expected = {
+        "create": "OK", "create_existing": "EEXIST", "attach_missing": "ENOENT",
+        "get_empty": "FSHM_ENOMSG", "get_empty_waiting": "FSHM_ENOMSG",
+        "put_too_big": "FSHM_ETOOBIG", "put_largest": "OK", "put_full": "FSHM_EFULL",
+        "put_full_waiting": "FSHM_EFULL", "get_small": "FSHM_ESMALL",
+        "put_many_never_fits": "FSHM_ETOOBIG", "break_lock_other": "FSHM_EAGAIN",
+        "break_lock": "OK", "put_after_break": "OK", "queue_as_segment": "FSHM_EKIND",
+        "segment_as_queue": "FSHM_EKIND", "segment_as_queue_open_or_create": "FSHM_EKIND",
+        "pylock_put": "FSHM_EPROTOCOL", "corrupt_magic": "FSHM_EFORMAT",
+        "corrupt_head_put": "FSHM_EFORMAT", "all_as_expected": "1",
+    }
+    assert {k: on_windows.get(k) for k in expected} == expected, on_windows["stdout"]
+    assert on_windows["returncode"] == "0"
+    assert posix.returncode == 0, posix.stdout
+    assert posix.stdout.replace("\r", "") == on_windows["stdout"].replace("\r", "")
+
+
+@needs_wine
+def test_queue_get_blocks_until_a_put_wakes_it(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A get on an empty queue sleeps; another Wine process's put ends it.
+    Beside it, a sleeper on the notify word that never looks again on its
+    own: only the put's release of the wake semaphore can end its sleep."""
+    exe = win_exes["queue"]
+    name = make_name("qwake")
+    holder = wine.start(exe, "hold", name, "256")
+    held.append(holder)
+    assert holder.wait_for("ready")["open"] == "OK"
+    getter = wine.start(exe, "get", name, QUEUE_WAIT_MS)
+    sleeper = wine.start(exe, "sleeper", name, QUEUE_WAIT_MS)
+    held.extend([getter, sleeper])
+    assert getter.wait_for("blocking")["attach"] == "OK"
+    assert sleeper.wait_for("sleeping")["count"] == "0"
+    wait_for_sleepers(wine, exe, name, 2)
+
+    put = wine.run(exe, "put", name, "hello from the producer", "0")
+    assert put["put"] == "OK", put["stdout"]
+    got = getter.finish()
+    assert (got["get"], got["got"], got["returncode"]) == ("OK", "hello from the producer", "0")
+    woke = sleeper.finish()
+    assert (woke["woken"], woke["semaphore"], woke["returncode"]) == ("1", "OK", "0"), woke
+    assert wine.run(exe, "stat", name)["count"] == "0"
+    assert holder.finish()["returncode"] == "0"
+
+
+@needs_wine
+def test_queue_put_blocks_until_a_get_wakes_it(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A put on a full queue sleeps; another Wine process's get ends it (and
+    the hand-made sleeper beside it, as above)."""
+    exe = win_exes["queue"]
+    name = make_name("qfull")
+    holder = wine.start(exe, "hold", name, "64")
+    held.append(holder)
+    assert holder.wait_for("ready")["open"] == "OK"
+    fill = wine.run(exe, "fill", name, "early")  # 16-byte records: 4 fill 64
+    assert (fill["fill"], fill["puts"], fill["used"]) == ("FSHM_EFULL", "4", "64"), fill
+    putter = wine.start(exe, "put", name, "late", QUEUE_WAIT_MS)
+    sleeper = wine.start(exe, "sleeper", name, QUEUE_WAIT_MS)
+    held.extend([putter, sleeper])
+    assert putter.wait_for("putting")["attach"] == "OK"
+    assert sleeper.wait_for("sleeping")["count"] == "4"
+    wait_for_sleepers(wine, exe, name, 2)
+
+    got = wine.run(exe, "get", name, "0")
+    assert (got["get"], got["got"]) == ("OK", "early"), got["stdout"]
+    put = putter.finish()
+    assert (put["put"], put["returncode"]) == ("OK", "0"), put
+    woke = sleeper.finish()
+    assert (woke["woken"], woke["semaphore"], woke["returncode"]) == ("1", "OK", "0"), woke
+    # The late message went in behind the three left, and comes out last.
+    for expected in ["early"] * 3 + ["late"]:
+        assert wine.run(exe, "get", name, "0")["got"] == expected
+    assert holder.finish()["returncode"] == "0"
+
+
+@needs_wine
+@pytest.mark.parametrize("atomics", ["gcc", "msvc"])
+def test_queue_producers_and_consumer_across_wine_processes(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held],
+    request: pytest.FixtureRequest, atomics: str,
+) -> None:
+    """Two producer processes put 3000 self-checking messages through a ring
+    that holds about three, and one consumer process gets them: every
+    message whole, exactly once, each producer's in order, the ring wrapped
+    hundreds of times and both sides blocked (full and empty) on the way.
+    Once with each branch of atomics.h."""
+    exe = win_exes["queue"] if atomics == "gcc" else request.getfixturevalue(
+        "msvc_atomics")["queue"]
+    name = make_name("qflow")
+    holder = wine.start(exe, "hold", name, "512")
+    held.append(holder)
+    assert holder.wait_for("ready")["open"] == "OK"
+    consumer = wine.start(exe, "consumer", name, str(QUEUE_MESSAGES), "2")
+    held.append(consumer)
+    assert consumer.wait_for("ready")["attach"] == "OK"
+    producers = [wine.start(exe, "producer", name, str(i), str(QUEUE_MESSAGES // 2))
+                 for i in (1, 2)]
+    held.extend(producers)
+    results = [p.finish() for p in producers]
+    got = consumer.finish()
+    for r in results:
+        assert (r["put"], r["puts"], r["returncode"]) == (
+            "OK", str(QUEUE_MESSAGES // 2), "0"), r
+    assert (got["get"], got["taken"], got["bad"], got["left"], got["returncode"]) == (
+        "OK", str(QUEUE_MESSAGES), "0", "0", "0"), got
+    assert int(got["wraps"]) > 100, got
+    # The consumer started first, so it found the queue empty at least once;
+    # the producers, two against one, found it full.
+    assert int(got["empty_waits"]) > 0, got
+    assert sum(int(r["full_waits"]) for r in results) > 0, results
+    assert holder.finish()["returncode"] == "0"
