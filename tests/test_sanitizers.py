@@ -292,7 +292,10 @@ def _runtime(lib: str) -> str:
 def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., str]) -> None:
     """fastshm._cext built with ASan + UBSan, imported in place of the normal
     build, and driven hard: every store, load and argument path, closes
-    under concurrent 16 MiB copies, and hostile headers (capi_harness.py)."""
+    under concurrent 16 MiB copies, and hostile headers (capi_harness.py);
+    then the same for QueueCore: puts and gets of every kind against a
+    model, a ring full and wrapping around, blocked calls woken by another
+    thread or ended by close(), and scribbled queues."""
     if sys.implementation.name != "cpython":
         pytest.skip("the C-API binding is built for CPython only")
     include = sysconfig.get_paths()["include"]
@@ -310,8 +313,9 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
                            CSRC / "map_posix.c"],
                      [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")
-    # main, big, hostile, raw, absent (never made), spare (a create that fails)
-    names = [shm_name(f"capi{i}") for i in range(6)]
+    # main, big, hostile, raw, absent (never made), spare (a create that
+    # fails), queue main, queue big
+    names = [shm_name(f"capi{i}") for i in range(8)]
     env = {
         "LD_PRELOAD": " ".join(preload),
         # CPython leaks at exit by design: no leak check.
@@ -349,4 +353,18 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
                 "thread_loads", "thread_other_stores", "scribbles", "hostile_ops",
                 "err_ValueError", "err_TypeError", "err_TimeoutError", "err_OverflowError",
                 "err_UnicodeEncodeError", "err_FormatError", "err_FileNotFoundError"):
+        assert numbers.get(key, 0) > 0, (key, numbers)
+    # QueueCore
+    assert numbers["q_iterations"] >= CAPI_ITERATIONS
+    assert numbers["q_thread_rounds"] == CAPI_ROUNDS
+    assert numbers["q_hostile_rounds"] == 10 * CAPI_ROUNDS
+    assert numbers["q_constructor_checks"] == 1 and numbers["q_closing_arguments"] == 5
+    assert numbers["q_raw_takes"] == 5
+    assert numbers["q_closed_calls"] >= 23
+    for key in ("q_puts", "q_gets", "q_get_intos", "q_get_manys", "q_put_manys"):
+        assert numbers[key] > CAPI_ITERATIONS // 40, (key, numbers)
+    for key in ("q_full", "q_empty", "q_wraps", "q_too_small", "q_without_gil", "q_woken_get",
+                "q_woken_put", "q_bad_arguments", "q_thread_gets", "q_thread_puts",
+                "q_closed_under_threads", "q_scribbles", "q_hostile_ops", "err_Full",
+                "err_Empty", "err_ProtocolMismatch", "err_ZeroDivisionError"):
         assert numbers.get(key, 0) > 0, (key, numbers)

@@ -3,7 +3,7 @@ route CPython takes.
 
 ``Segment``'s hot methods are the C methods of ``_cext.SegmentCore``, which
 ``fastshm.segment`` subclasses, so a ``store`` or ``load`` goes from the
-caller straight into C.  The rest of the backend interface (raw mappings,
+caller straight into C; ``Queue``'s are those of ``_cext.QueueCore``.  The rest of the backend interface (raw mappings,
 unlink, the lock owner's identity) is here, over the same C core the cffi
 binding (``_native``) compiles.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from . import _cext
-from ._cext import SegmentCore
+from ._cext import QueueCore, SegmentCore
 
 name = "native"
 binding = "capi"
@@ -43,4 +43,4 @@ class RawMapping:
         self.buf = memoryview(mapping)
 
 
-__all__ = ["RawMapping", "SegmentCore", "unlink", "self_id", "owner_dead"]
+__all__ = ["RawMapping", "SegmentCore", "QueueCore", "unlink", "self_id", "owner_dead"]

@@ -4,11 +4,13 @@ UndefinedBehaviorSanitizer (tests/test_sanitizers.py builds it with
 and PYTHONMALLOC=malloc, so the sanitizers see Python's own allocations).
 
     capi_harness.py EXTENSION SEED ITERATIONS ROUNDS MAIN BIG HOSTILE RAW ABSENT SPARE
+                    QMAIN QBIG
 
 EXTENSION is the instrumented build; it is imported as ``fastshm._cext``
 before anything imports the normal one, so every ``fastshm.Segment(...,
-backend="native")`` and ``fastshm.SharedMemory`` below runs on it.  The six
-names are fresh segment names; everything made under them is deleted here.
+backend="native")``, ``fastshm.Queue(..., backend="native")`` and
+``fastshm.SharedMemory`` below runs on it.  The eight names are fresh
+names; everything made under them is deleted here.
 
 Phases, all with a fixed seed:
   mapping   map_open / Mapping / unlink / self_id / owner_dead / SegmentCore()
@@ -22,6 +24,15 @@ Phases, all with a fixed seed:
   closed    every method after close(); views used after close and delete
   hostile   10 * ROUNDS segments whose header is scribbled over (through
             fastshm.SharedMemory) between operations
+  queue     QueueCore: its constructor's refusals (segments, the python
+            backend's queues, bad sizes); ROUNDS rounds of threads blocked
+            in or copying through put, get, get_into, get_many and put_many
+            (big messages without the GIL) while the object is closed;
+            ITERATIONS model-checked operations on a small ring (full,
+            empty, wrapping around), and fewer on a ring of messages copied
+            without the GIL, with blocked calls woken by another thread,
+            and bad arguments; closing arguments; every method after
+            close(); 10 * ROUNDS queues scribbled over between operations
 
 Prints `key=value` counts on one line and exits 0 when every check held.
 """
@@ -30,6 +41,7 @@ import array
 import collections
 import importlib.util
 import math
+import queue as queue_mod
 import random
 import reprlib
 import struct
@@ -43,6 +55,7 @@ from fastshm import _common as C
 
 ext_path, seed, iterations, rounds = sys.argv[1], *map(int, sys.argv[2:5])
 main_name, big_name, hostile_name, raw_name, absent_name, spare_name = sys.argv[5:11]
+qmain_name, qbig_name = sys.argv[11:13]
 
 # The instrumented build goes in before anything imports the normal one.
 assert "fastshm._cext" not in sys.modules and "fastshm._capi" not in sys.modules, sorted(
@@ -577,6 +590,642 @@ def hostile_run(name, n):
         counts["hostile_rounds"] += 1
 
 
+# ==== QueueCore ====
+
+QUEUE_FLAGS = 48  # header offsets of docs/FORMAT.md, "Queues"
+Q_HEAD, Q_TAIL, Q_COUNT, Q_DIRTY = 16, 32, 40, 88
+
+
+def rec(n):
+    """Ring bytes of a message of n bytes."""
+    return 8 + ((n + 7) & ~7)
+
+
+def open_q(name, size, **kw):
+    q = fastshm.Queue(name, size, backend="native", **kw)
+    assert isinstance(q, cext.QueueCore) and cext.QueueCore in type(q).__mro__, type(q).__mro__
+    return q
+
+
+def q_size(mx):
+    r = rng.random()
+    if r < 0.6:
+        return rng.randrange(0, min(mx, 200) + 1)
+    if r < 0.7:
+        return rng.randrange(0, mx + 1)
+    if r < 0.8 and mx >= GIL_BYTES:  # copied without the GIL
+        return GIL_BYTES + rng.randrange(-3, 4)
+    if r < 0.9:
+        return mx
+    return mx + rng.choice([1, 2, 7, 8, 9, 64])
+
+
+def is_error(want):
+    return isinstance(want, type) and issubclass(want, BaseException)
+
+
+class QModel:
+    """What the queue must hold: the messages, and the ring bytes they take."""
+
+    def __init__(self, cap):
+        self.cap, self.msgs, self.used, self.put_bytes = cap, collections.deque(), 0, 0
+
+    def free(self):
+        return self.cap - self.used
+
+    def push(self, m):
+        self.msgs.append(m)
+        self.used += rec(len(m))
+        self.put_bytes += rec(len(m))
+
+    def pop(self):
+        m = self.msgs.popleft()
+        self.used -= rec(len(m))
+        return m
+
+
+def q_put_forms(q, obj, fits):
+    """One way of putting obj; those that may block only when it fits."""
+    forms = [lambda: q.put_nowait(obj), lambda: q.put(obj, False),
+             lambda: q.put(obj, timeout=0), lambda: q.put(obj, True, 1e-4),
+             lambda: q.put(obj, block=False, timeout=-1),  # (ignored when not blocking)
+             lambda: q.put(data=obj, timeout=0.0)]
+    if fits:
+        forms += [lambda: q.put(obj), lambda: q.put(obj, True, None),
+                  lambda: q.put(obj, timeout=math.inf)]
+    return rng.choice(forms)
+
+
+def q_check_put(q, model):
+    obj, want = make_data(q_size(q.max_message))
+    counts["q_puts"] += 1
+    if is_error(want):
+        expect(want, q_put_forms(q, obj, True))
+    elif len(want) > q.max_message:
+        e = expect(ValueError, q_put_forms(q, obj, True))
+        assert "larger than queue" in str(e), e
+    elif rec(len(want)) > model.free():
+        e = expect(queue_mod.Full, q_put_forms(q, obj, False))
+        assert str(rec(len(want))) in str(e), e
+        counts["q_full"] += 1
+    else:
+        q_put_forms(q, obj, True)()
+        model.push(want)
+        counts["q_without_gil"] += len(want) >= GIL_BYTES
+
+
+def q_items(k, mx):
+    items, wants = [], []
+    for _ in range(k):
+        n = q_size(mx) if rng.random() < 0.3 else rng.randrange(0, min(mx, 64) + 1)
+        obj, want = make_data(n)
+        items.append(obj)
+        wants.append(want)
+    return items, wants
+
+
+def q_check_put_many(q, model):
+    items, wants = q_items(rng.randrange(0, 7), q.max_message)
+    counts["q_put_manys"] += 1
+    shape = rng.randrange(3)
+    arg = items if shape == 0 else tuple(items) if shape == 1 else (x for x in items)
+    error = None
+    for w in wants:  # the first bad message decides, in order
+        if is_error(w):
+            error = w
+            break
+        if len(w) > q.max_message:
+            error = ValueError
+            break
+    total = sum(rec(len(w)) for w in wants) if error is None else 0
+    if error is None and total > q.capacity:
+        error = ValueError
+    if error is not None:
+        expect(error, lambda: q.put_many(arg, rng.choice([True, False]), 1e-4))
+    elif total > model.free():
+        expect(queue_mod.Full, rng.choice([lambda: q.put_many(arg, False),
+                                           lambda: q.put_many(arg, timeout=1e-4),
+                                           lambda: q.put_many(messages=arg, timeout=0)]))
+        counts["q_full"] += 1
+    else:
+        rng.choice([lambda: q.put_many(arg), lambda: q.put_many(arg, False),
+                    lambda: q.put_many(arg, True, 10)])()
+        for w in wants:
+            model.push(w)
+
+
+def q_check_get(q, model):
+    counts["q_gets"] += 1
+    if model.msgs:
+        got = rng.choice([q.get, q.get_nowait, lambda: q.get(False), lambda: q.get(timeout=0),
+                          lambda: q.get(True, 1e-3), lambda: q.get(block=False, timeout=-1),
+                          lambda: q.get(timeout=None)])()
+        assert type(got) is bytes and got == model.pop()
+    else:
+        e = expect(queue_mod.Empty, rng.choice([q.get_nowait, lambda: q.get(False),
+                                                lambda: q.get(timeout=0),
+                                                lambda: q.get(True, 1e-4),
+                                                lambda: q.get(block=False, timeout=math.nan)]))
+        assert "is empty" in str(e)
+        counts["q_empty"] += 1
+
+
+def q_buffer(m):
+    """A writable buffer of m bytes, and how to read its bytes back."""
+    kind = rng.randrange(5 if np is not None else 4)
+    if kind == 0:
+        b = bytearray(m)
+        return b, lambda: bytes(b)
+    if kind == 1:
+        raw = bytearray(m + 3)
+        return memoryview(raw)[3:], lambda: bytes(raw[3:])
+    if kind == 2:
+        a = array.array("B", bytes(m))
+        return a, a.tobytes
+    if kind == 3:
+        a = array.array("d", bytes(m - m % 8))
+        return a, a.tobytes
+    a = np.zeros(m, dtype=np.uint8)
+    return a, a.tobytes
+
+
+def q_check_get_into(q, model):
+    counts["q_get_intos"] += 1
+    if not model.msgs:
+        buf, _ = q_buffer(rng.randrange(0, 64))
+        expect(queue_mod.Empty, rng.choice([lambda: q.get_into(buf, False),
+                                            lambda: q.get_into(buf, timeout=1e-4),
+                                            lambda: q.get_into(buffer=buf, block=False)]))
+        counts["q_empty"] += 1
+        return
+    front = model.msgs[0]
+    m = rng.choice([len(front), len(front) + rng.randrange(1, 100), max(0, len(front) - 1),
+                    rng.randrange(0, len(front) + 1)])
+    buf, read = q_buffer(m)
+    room = len(read())
+    call = rng.choice([lambda: q.get_into(buf), lambda: q.get_into(buf, False),
+                       lambda: q.get_into(buf, True, 1.0), lambda: q.get_into(buffer=buf)])
+    if room < len(front):
+        e = expect(ValueError, call)
+        assert "stays queued" in str(e) and str(len(front)) in str(e), e
+        assert q.qsize() == len(model.msgs)
+        counts["q_too_small"] += 1
+    else:
+        n = call()
+        assert n == len(front) and read()[:n] == front
+        model.pop()
+        counts["q_without_gil"] += n >= GIL_BYTES
+
+
+def q_check_get_many(q, model):
+    counts["q_get_manys"] += 1
+    k = rng.choice([None, None, 1, 2, 3, 7, 1000, 1 << 70] +
+                   ([np.int64(2), np.uint8(5)] if np is not None else []))
+    if not model.msgs:
+        expect(queue_mod.Empty, rng.choice([lambda: q.get_many(k, False),
+                                            lambda: q.get_many(k, timeout=1e-4),
+                                            lambda: q.get_many(max_messages=k, block=False)]))
+        counts["q_empty"] += 1
+        return
+    got = rng.choice([lambda: q.get_many(k), lambda: q.get_many(k, False),
+                      lambda: q.get_many(max_messages=k, timeout=1.0)])()
+    want = len(model.msgs) if k is None else min(int(k), len(model.msgs))
+    assert type(got) is list and len(got) == want, (len(got), want)
+    for g in got:
+        assert type(g) is bytes and g == model.pop()
+
+
+def q_check_snapshots(q, model):
+    assert q.qsize() == len(model.msgs) and q.bytes_used == model.used
+    assert q.empty() == (not model.msgs) and q.full() == (model.free() < 8)
+    assert not q.closed and q._lock_owner() == 0
+    assert repr(q).startswith("Queue(")
+
+
+def q_check_bad_arguments(q, model):
+    counts["q_bad_arguments"] += 1
+    r = rng.randrange(7)
+    if r == 0:
+        expect(ValueError, rng.choice([q.get, q.get_many, lambda **kw: q.put(b"x", **kw)]),
+               timeout=rng.choice([math.nan, -1, -1e-9, -math.inf, -(1 << 70)]))
+    elif r == 1:
+        expect(TypeError, rng.choice([lambda t: q.get(True, t), lambda t: q.put(b"", True, t),
+                                      lambda t: q.get_into(bytearray(1), True, t),
+                                      lambda t: q.put_many([], True, t),
+                                      lambda t: q.get_many(None, True, t)]),
+               rng.choice([True, False, "1", b"", [], 1j]))
+    elif r == 2:
+        expect(ValueError, q.get_many, rng.choice([0, -1, -(1 << 70)]))
+        expect(TypeError, q.get_many, rng.choice([True, 1.5, "3", b"", math.nan]))
+    elif r == 3:
+        expect(TypeError, rng.choice([
+            lambda: q.put(), lambda: q.put(b"x", True, 1, 2), lambda: q.put(b"x", blok=1),
+            lambda: q.put(b"x", True, block=True), lambda: q.get(1, 2, 3),
+            lambda: q.get(timeout=0, extra=1), lambda: q.get_into(),
+            lambda: q.get_many(foo=1), lambda: q.put_many(), lambda: q.put_many(1),
+            lambda: q.put_nowait(), lambda: q.get_nowait(1), lambda: q.qsize(1),
+            lambda: q.get_into(b"read-only"), lambda: q.get_into(42),
+            lambda: q.get_into(memoryview(b"abc")), lambda: q._break_lock("x")]))
+    elif r == 4:
+        expect(ValueError, rng.choice([
+            lambda: q.get_into(memoryview(bytearray(64))[::2]),
+            lambda: q.put(memoryview(bytearray(64))[::2]),
+            lambda: q.put_many([b"a", memoryview(bytearray(64))[::2]])]))
+        expect(OverflowError, q._break_lock, -1)
+        assert q._break_lock(12345) is False
+    elif r == 5:  # a block argument whose truth is an error
+        class Bad:
+            def __bool__(self):
+                raise ZeroDivisionError("bool")
+        expect(ZeroDivisionError, rng.choice([lambda: q.get(Bad()), lambda: q.put(b"", Bad()),
+                                              lambda: q.get_many(1, Bad())]))
+    else:  # truthy and falsy objects as block
+        if model.msgs:
+            assert q.get(rng.choice([0, "", None, [], 1, "yes"]), 1.0) == model.pop()
+    assert q.qsize() == len(model.msgs)
+
+
+def q_check_woken(q, model, name):
+    """A blocked call that another thread's call lets go on."""
+    other = open_q(name, 16, create=False)
+    try:
+        if not model.msgs:  # get, woken by a put
+            timer = threading.Timer(0.002, other.put, (b"wake",))
+            timer.start()
+            try:
+                got = rng.choice([lambda: q.get(), lambda: q.get(timeout=10),
+                                  lambda: q.get_many(None, True, 10),
+                                  lambda: [bytes(b[:q.get_into(b)]) for b in [bytearray(8)]]])()
+            finally:
+                timer.join()
+            assert got in (b"wake", [b"wake"]), got
+            counts["q_woken_get"] += 1
+        else:  # a put that waits for room, which a get_many makes
+            size = min(q.max_message, model.free() + rng.randrange(0, 64))
+            data = rng.randbytes(size)
+            taken = []
+            timer = threading.Timer(0.002, lambda: taken.extend(other.get_many()))
+            timer.start()
+            try:
+                rng.choice([lambda: q.put(data), lambda: q.put(data, True, 10),
+                            lambda: q.put_many([data], timeout=10)])()
+            finally:
+                timer.join()
+            want = []
+            while model.msgs:
+                want.append(model.pop())
+            if taken == want:  # the put came after the take
+                model.push(data)
+            else:  # there was room after all: the take got it too
+                assert taken == want + [data], (len(taken), len(want))
+            counts["q_woken_put"] += 1
+    finally:
+        other.close()
+
+
+def q_model_run(name, cap, n):
+    q = open_q(name, cap, create=True)
+    assert q.capacity == cap and q.max_message == cap - 8 and q.created and not q.readonly
+    assert q.backend == "native" and q.name == name and q._mapped_size >= 128 + cap
+    assert q.qsize() == 0 and q.bytes_used == 0 and q._lock_owner() == 0 and not q.closed
+    model = QModel(cap)
+    for _ in range(n):
+        counts["q_iterations"] += 1
+        op = rng.randrange(24)
+        if op < 6:
+            q_check_put(q, model)
+        elif op < 8:
+            q_check_put_many(q, model)
+        elif op < 12:
+            q_check_get(q, model)
+        elif op < 15:
+            q_check_get_into(q, model)
+        elif op < 18:
+            q_check_get_many(q, model)
+        elif op < 20:
+            q_check_snapshots(q, model)
+        elif op < 23:
+            q_check_bad_arguments(q, model)
+        else:
+            q_check_woken(q, model, name)
+    q_check_snapshots(q, model)
+    rest = q.get_many(block=False) if model.msgs else []
+    assert rest == list(model.msgs)
+    counts["q_wraps"] += model.put_bytes // cap
+    return q
+
+
+def q_raw_take_checks(name):
+    """Takes made without the GIL into raw memory: a get_many with more than
+    GIL_RELEASE_BYTES queued (many messages, and some longer than a raw
+    chunk), and blocked calls that wake to many messages."""
+    q = open_q(name, 3 * GIL_BYTES, create=True)
+    other = open_q(name, 16, create=False)
+    try:
+        for _ in range(3):
+            sent = []
+            while q.bytes_used < GIL_BYTES + 4096:
+                batch = [rng.randbytes(rng.choice([0, 1, 9, 100, 2000, 70000]))
+                         for _ in range(rng.randrange(1, 200))]
+                q.put_many(batch)
+                sent += batch
+            k = rng.choice([None, 37, len(sent), len(sent) + 5])
+            got = q.get_many(k)
+            want = sent if k is None else sent[:k]
+            assert got == want, (len(got), len(want))
+            rest = q.get_many(block=False) if len(want) < len(sent) else []
+            assert got + rest == sent and q.qsize() == 0
+            counts["q_raw_takes"] += 1
+        for call in (lambda: q.get_many(), lambda: q.get_many(50, True, 10)):
+            batch = [rng.randbytes(rng.randrange(0, 300)) for _ in range(40)]
+            timer = threading.Timer(0.005, other.put_many, (batch,))
+            timer.start()
+            try:
+                got = call()
+            finally:
+                timer.join()
+            assert got == batch[:len(got)] and len(got) >= 1
+            got += q.get_many(block=False) if q.qsize() else []
+            assert got == batch
+            counts["q_raw_takes"] += 1
+    finally:
+        other.close()
+        q.delete()
+
+
+def q_closing_argument_checks(name):
+    """Arguments whose conversion closes the object mid-call."""
+    calls = [
+        lambda q: q.get(True, Closer(q, 0)),
+        lambda q: q.put(b"x", True, Closer(q, 0)),
+        lambda q: q.get_many(Closer(q, 1), False),
+        lambda q: q.get_into(bytearray(8), True, Closer(q, 0)),
+        lambda q: q.put_many((q.close() or b"m" for _ in range(3)), False),
+    ]
+    for call in calls:
+        q = open_q(name, 4096, create=False)
+        try:
+            call(q)
+        except (ValueError, queue_mod.Empty, queue_mod.Full) as e:
+            counts["err_" + type(e).__name__] += 1
+        assert q.closed
+        counts["q_closing_arguments"] += 1
+    q = open_q(name, 4096, create=False)
+    q.get_many(block=False) if q.qsize() else None
+    q.close()
+
+
+def q_closed_checks(q):
+    q.close()
+    q.close()
+    assert q.closed and q.name and q.backend == "native" and "closed" in repr(q)
+    buf = bytearray(16)
+    for fn in (lambda: q.put(b"x"), lambda: q.put(""), lambda: q.put_nowait(b"x"),
+               lambda: q.put_many([b"x"]), lambda: q.put_many([]), q.get, q.get_nowait,
+               lambda: q.get(False), lambda: q.get_into(buf), lambda: q.get_many(),
+               lambda: q.get_many(1, False), q.qsize, q.empty, q.full,
+               lambda: q.capacity, lambda: q.max_message, lambda: q.created,
+               lambda: q.readonly, lambda: q.bytes_used, lambda: q._mapped_size,
+               q._lock_owner, lambda: q._break_lock(1), q.__enter__):
+        expect(ValueError, fn)
+        counts["q_closed_calls"] += 1
+
+
+def q_constructor_checks(name, seg_name):
+    QC = cext.QueueCore
+    expect(TypeError, QC, name, C.CREATE, 64, 0o600, extra=1)
+    expect(TypeError, QC, name, C.CREATE, 64)
+    expect(TypeError, QC, b"name", C.CREATE, 64, 0o600)
+    expect(FileNotFoundError, QC, absent_name, C.ATTACH, 0, 0o600)
+    for cap in (0, 8, 15, (1 << 64) - 1, 1 << 62):
+        expect((OSError, ValueError, MemoryError), QC, name, C.CREATE, cap, 0o600)
+        try:
+            cext.unlink(name)
+        except OSError:
+            pass
+    # A segment is no queue, and a queue no segment.
+    seg = open_seg(seg_name, 64, create=True)
+    e = expect(fastshm.FormatError, QC, seg_name, C.ATTACH, 0, 0o600)
+    assert "is a fastshm Segment, not a Queue" in str(e), e
+    seg.delete()
+    q = QC(name, C.CREATE | cext.ANY_OWNER, 64, 0o600)
+    assert q.created and q.capacity == 64
+    e = expect(fastshm.FormatError, fastshm.Segment, name, create=False, backend="native")
+    assert "is a fastshm Queue, not a Segment" in str(e), e
+    q.put(b"kept")
+    # A queue made by the python backend (its lock flag set): refused.
+    raw = fastshm.SharedMemory(name, backend="native")
+    struct.pack_into("<I", raw.buf, QUEUE_FLAGS, 1)
+    e = expect(fastshm.FormatError, QC, name, C.ATTACH, 0, 0o600)
+    assert type(e).__name__ == "ProtocolMismatch" and "python backend" in str(e), e
+    e = expect(fastshm.FormatError, fastshm.Queue, name, backend="native")
+    struct.pack_into("<I", raw.buf, QUEUE_FLAGS, 0)
+    q2 = QC(name, C.OPEN_OR_CREATE, 16, 0o600)
+    assert not q2.created and q2.capacity == 64 and q2.get_nowait() == b"kept"
+    struct.pack_into("<I", raw.buf, 0, 0x12345678)  # not a queue any more
+    expect(fastshm.FormatError, QC, name, C.ATTACH, 0, 0o600)
+    raw.close()
+    q2.close()
+    q.close()
+    cext.unlink(name)
+    counts["q_constructor_checks"] += 1
+
+
+# ---- threads: copies without the GIL, and waits, while the object is closed ----
+
+def q_thread_round(name, big, kinds):
+    cap = 4 * GIL_BYTES + 4096
+    q = open_q(name, cap)
+    other = open_q(name, cap, create=False)
+    small = rng.randbytes(100)
+    target = bytearray(GIL_BYTES + 64)
+    trng = random.Random(rng.random())  # for the threads (the main sequence stays seeded)
+    stop = threading.Event()
+    failures = []
+
+    def put_one():
+        q.put(big if trng.random() < 0.5 else small)
+
+    work = {
+        "get": ("q_thread_gets", q.get),
+        "get_into": ("q_thread_gets", lambda: q.get_into(target)),
+        "get_many": ("q_thread_gets", q.get_many),
+        "put": ("q_thread_puts", put_one),
+        "put_many": ("q_thread_puts", lambda: q.put_many([small, big, small])),
+    }
+
+    def loop(key, fn):
+        try:
+            while True:
+                fn()
+                counts[key] += 1
+        except ValueError as e:
+            if "closed" not in str(e):
+                failures.append(repr(e))
+            else:
+                counts["q_closed_under_threads"] += 1
+        except BaseException as e:
+            failures.append(repr(e))
+
+    def traffic():  # the other side, now and then, so calls both wait and go
+        while not stop.is_set():
+            try:
+                if trng.random() < 0.5:
+                    other.put(big if trng.random() < 0.3 else small, timeout=0.01)
+                else:
+                    other.get_many(timeout=0.01)
+                counts["q_thread_other"] += 1
+            except (queue_mod.Full, queue_mod.Empty):
+                pass
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=loop, args=work[k]) for k in kinds]
+    side = threading.Thread(target=traffic)
+    for t in threads + [side]:
+        t.start()
+    time.sleep(rng.uniform(0.0, 0.05))
+    q.close()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    stop.set()
+    side.join(60)
+    assert not failures, failures
+    while other.qsize():
+        for m in other.get_many():
+            assert m in (big, small), len(m)
+    other.close()
+    counts["q_thread_rounds"] += 1
+
+
+# ---- hostile bytes in the header and the ring between operations ----
+
+def q_scribble(buf, cap, lock_values):
+    put = struct.pack_into
+    f = rng.randrange(10)
+    u64 = rng.choice(U64_VALUES + [cap, cap - 8, cap + 8]) if rng.random() < 0.7 \
+        else rng.getrandbits(64)
+    if f == 0:
+        put("<Q", buf, rng.choice([Q_HEAD, Q_TAIL]), u64)
+    elif f == 1:  # head and tail that agree with each other, not with the records
+        head = rng.randrange(0, 1 << 40) & ~7
+        put("<Q", buf, Q_HEAD, head)
+        put("<Q", buf, Q_TAIL, head + (rng.randrange(0, cap + 1) & ~7))
+    elif f == 2:
+        put("<Q", buf, Q_COUNT, u64)
+    elif f == 3:
+        put("<I", buf, Q_DIRTY, rng.choice([0, 1, 0xFFFFFFFF]))
+    elif f == 4:  # notify, waiters, lock_wake, lock_waiters
+        put("<I", buf, rng.choice([24, 28, 72, 76]), rng.getrandbits(32))
+    elif f == 5:
+        put("<Q", buf, C.H_LOCK, rng.choice(lock_values))
+    elif f == 6:  # a record length word anywhere in the ring
+        put("<Q", buf, 128 + (rng.randrange(0, cap) & ~7), u64)
+    elif f == 7:
+        off = 128 + rng.randrange(0, cap)
+        buf[off] = rng.randrange(256)
+    elif f == 8:  # read by a later open only: the open object keeps its own
+        put("<Q", buf, C.H_CAPACITY, u64)
+    else:
+        put("<I", buf, rng.choice([0, QUEUE_FLAGS]), rng.getrandbits(32))
+    counts["q_scribbles"] += 1
+
+
+def q_attempt(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except (ValueError, queue_mod.Full, queue_mod.Empty) as e:  # FormatError is a ValueError
+        counts["err_" + type(e).__name__] += 1
+        return None
+
+
+def q_hostile_op(q, name):
+    cap = q.capacity  # as this object read it when it opened
+    op = rng.randrange(11)
+    counts["q_hostile_ops"] += 1
+    if op == 0:
+        r = q_attempt(rng.choice([q.get_nowait, lambda: q.get(timeout=1e-4)]))
+        assert r is None or len(r) <= cap - 8
+    elif op == 1:
+        buf = bytearray(rng.choice([0, 1, cap // 2, cap]))
+        r = q_attempt(q.get_into, buf, rng.choice([False, True]), 1e-4)
+        assert r is None or r <= len(buf)
+    elif op == 2:
+        r = q_attempt(q.get_many, rng.choice([None, 1, 3]), rng.choice([False, True]), 1e-4)
+        assert r is None or sum(rec(len(m)) for m in r) <= cap
+    elif op == 3:
+        q_attempt(q.put, rng.randbytes(rng.choice([0, 1, cap // 3, cap - 8])),
+                  rng.choice([False, True]), 1e-4)
+    elif op == 4:
+        q_attempt(q.put_many, [b"a" * rng.randrange(0, 20) for _ in range(rng.randrange(4))],
+                  rng.choice([False, True]), 1e-4)
+    elif op == 5:
+        assert 0 <= q.bytes_used <= cap and q.qsize() >= 0 and q._lock_owner() >= 0
+        q.full()
+        q.empty()
+    elif op == 6:
+        q._break_lock(q._lock_owner())
+    elif op == 7:
+        q2 = q_attempt(fastshm.Queue, name, create=False, backend="native")
+        if q2 is not None:
+            q_attempt(q2.get_nowait)
+            q_attempt(q2.put_nowait, b"x")
+            q2.close()
+    elif op == 8:
+        q_attempt(lambda: q.get_many(block=False))
+    elif op == 9:
+        q_attempt(q.put_nowait, "text \u20ac")
+    else:
+        q.close()
+        expect(ValueError, q.get_nowait)
+        return q_attempt(open_q, name, 16, create=False)
+    return q
+
+
+def q_hostile_run(name, n):
+    lock_values = [0, 0, dead_owner()]
+    for _ in range(n):
+        cap = rng.choice([16, 24, 64, 200, 4096])
+        q = open_q(name, cap, create=True)
+        for i in range(rng.randrange(4)):
+            q_attempt(q.put_nowait, b"m%d" % i)  # (a 16-byte ring holds one)
+        raw = fastshm.SharedMemory(name, backend="native")
+        try:
+            for _ in range(40):
+                if rng.random() < 0.6:
+                    q_scribble(raw.buf, cap, lock_values)
+                nxt = q_hostile_op(q, name)
+                if nxt is None:
+                    break
+                q = nxt
+        finally:
+            q.close()
+            raw.close()
+            raw.unlink()
+        counts["q_hostile_rounds"] += 1
+
+
+def queue_phases(qmain_name, qbig_name, seg_name):
+    q_constructor_checks(qmain_name, seg_name)
+    big = rng.randbytes(GIL_BYTES + 5)
+    kinds = ["get", "get_into", "get_many", "put", "put_many"]
+    for i in range(rounds):
+        ks = [kinds[i]] if i < len(kinds) else rng.sample(kinds, rng.randrange(2, len(kinds) + 1))
+        q_thread_round(qbig_name, big, ks)
+    fastshm.Queue(qbig_name, create=False, backend="native").delete()
+    # A small ring (full and wrapped around all the time), then one that
+    # takes messages copied without the GIL.
+    q = q_model_run(qmain_name, rng.choice([256, 512, 1000, 2048]), iterations)
+    q.delete()
+    q_raw_take_checks(qmain_name)
+    q = q_model_run(qmain_name, 2 * GIL_BYTES + 8 * rng.randrange(1, 512),
+                    max(100, iterations // 20))
+    q_closing_argument_checks(qmain_name)
+    q_closed_checks(q)
+    fastshm.Queue(qmain_name, create=False, backend="native").delete()
+    q_hostile_run(qmain_name, 10 * rounds)
+
+
 mapping_checks(raw_name)
 payload = rng.randbytes(BIG)
 target = bytearray(BIG)
@@ -598,5 +1247,6 @@ for v in views:
     counts["views_after_delete"] += 1
 del views
 hostile_run(hostile_name, 10 * rounds)
+queue_phases(qmain_name, qbig_name, spare_name)
 counts["numpy"] = int(np is not None)
 print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
