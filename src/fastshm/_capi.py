@@ -3,9 +3,10 @@ route CPython takes.
 
 ``Segment``'s hot methods are the C methods of ``_cext.SegmentCore``, which
 ``fastshm.segment`` subclasses, so a ``store`` or ``load`` goes from the
-caller straight into C; ``Queue``'s are those of ``_cext.QueueCore``.  The rest of the backend interface (raw mappings,
-unlink, the lock owner's identity) is here, over the same C core the cffi
-binding (``_native``) compiles.
+caller straight into C; ``Queue``'s are those of ``_cext.QueueCore``.
+The rest of the backend interface (raw mappings, unlink, the lock owner's
+identity) is here, over the same C core the cffi binding (``_native``)
+compiles.
 """
 
 from __future__ import annotations

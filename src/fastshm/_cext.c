@@ -1279,7 +1279,7 @@ static PyObject *queue_op_error(QueueObject *self, const fshm_queue *q, int rc)
     if (rc == PY_ERROR_SET)
         return NULL;
     if (rc == EACCES && q->readonly)
-        return raise_from("read_only_error", "(O)", self->name);
+        return raise_from("read_only_error", "(Os)", self->name, "queue");
     if (rc == FSHM_EPROTOCOL)
         return raise_from("protocol_error", "(Os)", self->name, "python");
     if (rc == FSHM_EFORMAT)
@@ -1932,7 +1932,7 @@ static PyObject *queue_break_lock(QueueObject *self, PyObject *owner)
     if (self->q.base == NULL)
         return queue_closed_error(self);
     if (self->q.readonly)
-        return raise_from("read_only_error", "(O)", self->name);
+        return raise_from("read_only_error", "(Os)", self->name, "queue");
     return PyBool_FromLong(fshm_queue_break_lock(&self->q, (uint64_t)v) == 0);
 }
 

@@ -35,6 +35,21 @@ U64 = struct.Struct("<Q")
 SLOT_WORDS = struct.Struct("<QQ")  # slot sequence word, length
 HEAD = struct.Struct("<IHHQ")  # magic, version, header size, capacity
 
+# A queue's header (docs/FORMAT.md, "Queues"; csrc/queue.c); its ring of
+# records follows at HEADER_SIZE.
+QUEUE_MAGIC = 0x51485346  # the bytes "FSHQ" read little-endian
+QUEUE_VERSION = 1
+QUEUE_PYLOCK = 1  # flags bit 0: locked the python backend's way (flock)
+Q_HEAD = 16
+Q_NOTIFY = 24
+Q_WAITERS = 28
+Q_TAIL = 32
+Q_COUNT = 40
+Q_FLAGS = 48
+Q_LOCK = 64
+Q_DIRTY = 88
+U64_MASK = (1 << 64) - 1
+
 WINDOWS = sys.platform == "win32"
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -137,17 +152,17 @@ def as_bytes_view(data: object) -> BytesLike:
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 
-def writable_view(buffer: object) -> memoryview:
+def writable_view(buffer: object, what: str = "load_into") -> memoryview:
     try:
         mv = memoryview(buffer)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(
-            f"load_into needs a writable bytes-like object, not {type(buffer).__name__}"
+            f"{what} needs a writable bytes-like object, not {type(buffer).__name__}"
         ) from None
     if mv.readonly:
-        raise TypeError("load_into needs a writable buffer; this one is read-only")
+        raise TypeError(f"{what} needs a writable buffer; this one is read-only")
     if not mv.c_contiguous:
-        raise ValueError("load_into needs a C-contiguous buffer")
+        raise ValueError(f"{what} needs a C-contiguous buffer")
     return mv.cast("B") if (mv.format != "B" or mv.ndim != 1) else mv
 
 

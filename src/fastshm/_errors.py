@@ -114,12 +114,16 @@ def owner_error(name: str, uid: int) -> PermissionError:
     )
 
 
-def read_only_error(name: str) -> PermissionError:
-    """A store through a handle that could open the segment only for reading."""
+def read_only_error(name: str, kind: str = "segment") -> PermissionError:
+    """A change through a handle that could open the segment (or, with
+    kind "queue", the queue) only for reading."""
+    if kind == "queue":
+        works = "qsize and the other snapshots work; put and get (which removes) do not"
+    else:
+        works = "load, view and wait work, store does not"
     return PermissionError(
         errno.EACCES,
-        f"{name!r} is open read-only (its permissions let you read but not write "
-        "it): load, view and wait work, store does not",
+        f"{name!r} is open read-only (its permissions let you read but not write it): {works}",
         name,
     )
 

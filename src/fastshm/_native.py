@@ -378,7 +378,7 @@ class QueueHandle:
 
     def _fail(self, rc: int) -> None:
         if self.readonly and rc == errno.EACCES:
-            raise read_only_error(self.name)
+            raise read_only_error(self.name, "queue")
         raise_for(rc, self.name, "the queue's records are inconsistent")
 
     def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:

@@ -25,11 +25,16 @@ from . import _common as C
 from ._errors import (
     EEMPTY,
     EFORMAT,
+    EKIND,
     ENOTREADY,
     EVERSION,
     FormatError,
+    batch_too_big,
+    message_too_big,
+    next_too_small,
     os_error,
     owner_error,
+    protocol_error,
     raise_for,
     read_only_error,
     too_big,
@@ -471,7 +476,7 @@ class _ThreadState:
             pass
 
 
-_open_handles: "weakref.WeakSet[SegmentHandle]" = weakref.WeakSet()
+_open_handles: "weakref.WeakSet[_Mapped]" = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -496,6 +501,8 @@ def _attach(mm: mmap.mmap, size: int) -> int:
     magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
     if magic == 0:
         return ENOTREADY
+    if magic == C.QUEUE_MAGIC:
+        return EKIND
     if magic != C.MAGIC:
         return EFORMAT
     if version != C.VERSION:
@@ -507,9 +514,19 @@ def _attach(mm: mmap.mmap, size: int) -> int:
 
 
 def _initialise(mm: mmap.mmap, fd: int, size: int, capacity: int) -> None:
-    """Write a new segment's header (docs/FORMAT.md, "Creating").  While the
-    magic is 0 the lock word names the creator, so that openers wait for a
-    creator that is alive and give up at once on one that died."""
+    """Write a new segment's header (docs/FORMAT.md, "Creating")."""
+
+    def fields() -> None:
+        C.HEAD.pack_into(mm, 0, 0, C.VERSION, C.HEADER_SIZE, capacity)
+
+    _publish(mm, fd, size, fields, C.MAGIC)
+
+
+def _publish(mm: mmap.mmap, fd: int, size: int, fields: Any, magic: int) -> None:
+    """Reserve a new object's memory and write its header: ``fields()``
+    writes all of it but the magic, which goes last.  While the magic is 0
+    the lock word names the creator, so that openers wait for a creator that
+    is alive and give up at once on one that died."""
     reserve = fd >= 0 and _LINUX
     if reserve:
         # The header's page first: writing it cannot fault on a full /dev/shm.
@@ -519,80 +536,87 @@ def _initialise(mm: mmap.mmap, fd: int, size: int, capacity: int) -> None:
         # As FSHM_RESERVE in map_posix.c: a full /dev/shm is an ENOSPC now
         # rather than a SIGBUS at the first write.
         os.posix_fallocate(fd, 0, size)
-    C.HEAD.pack_into(mm, 0, 0, C.VERSION, C.HEADER_SIZE, capacity)
+    fields()
     _put(mm, C.H_LOCK, C.U64, 0)
     # The magic last: an opener that sees it sees the rest.
-    _put(mm, C.H_MAGIC, C.U32, C.MAGIC)
+    _put(mm, C.H_MAGIC, C.U32, magic)
+
+
+def _open_object(
+    name: str, how: int, need: int, mode: int, any_owner: bool,
+    init: Any, attach: Any, other: str,
+) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+    """Map a segment or a queue, as fshm__open in slot.c: (mapping, size,
+    created, fd, read_only, capacity).  ``init(mm, fd, size)`` writes the
+    header of one made here; ``attach(mm, size)`` checks the one found and
+    returns its capacity or an error code (EKIND: the name holds ``other``,
+    the other kind of object)."""
+    start = time.monotonic()
+    deadline = start + _READY_WAIT_S
+    backoff = 20e-6
+    while True:
+        creator_alive = False
+        try:
+            mm, size, created, fd, read_only = _map(name, how, need, mode, any_owner)
+        except _Empty:  # size 0: its creator has not sized it yet
+            code = EEMPTY
+        else:
+            if created:
+                try:
+                    init(mm, fd, size)
+                except BaseException as e:
+                    mm.close()
+                    if fd >= 0:
+                        os.close(fd)
+                    unlink(name)
+                    if isinstance(e, OSError):
+                        raise os_error(e.errno or errno.EIO, name) from None
+                    raise
+                code = 1
+            else:
+                code = attach(mm, size)
+                if code == ENOTREADY:
+                    owner = _u64(mm, C.H_LOCK)[0]
+                    state = owner_dead(owner) if owner else -1
+                    if state == 1 and _u32(mm, C.H_MAGIC)[0] == 0:
+                        # Its creator died before finishing it (and did
+                        # not finish it just now, the lock word then
+                        # being a writer's).
+                        mm.close()
+                        if fd >= 0:
+                            os.close(fd)
+                        raise_for(ENOTREADY, name)
+                    creator_alive = (state == 0
+                                     and time.monotonic() - start < _CREATOR_WAIT_S)
+            if code > 0:
+                return mm, size, created, fd, read_only, code
+            mm.close()
+            if fd >= 0:
+                os.close(fd)
+        if code not in (ENOTREADY, EEMPTY):
+            raise_for(code, name, other if code == EKIND else "")
+        # A creator that is alive is waited for as long as it takes (a
+        # large segment can take seconds to pre-allocate); one that cannot
+        # be judged, or a name of size 0, for a bounded time.
+        if not creator_alive and time.monotonic() >= deadline:
+            raise_for(code, name)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 0.01)
 
 
 # ---- the segment ----
 
 
-class SegmentHandle:
-    """An open fastshm segment over an mmap."""
+class _Mapped:
+    """A mapped fastshm object and every thread's lock state for it."""
 
     __slots__ = (
         "name", "_mm", "_mv", "_fd", "_src", "_key", "_anchor", "_tls", "_states",
-        "capacity", "size", "created", "readonly", "_stride", "__weakref__",
+        "size", "created", "readonly", "__weakref__",
     )
 
-    def __init__(
-        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
-    ) -> None:
-        capacity = C.as_int(capacity, "capacity")
-        mode = C.as_int(mode, "mode")
-        need = C.seg_size_for(capacity) if how != C.ATTACH else 0
-        start = time.monotonic()
-        deadline = start + _READY_WAIT_S
-        backoff = 20e-6
-        while True:
-            creator_alive = False
-            try:
-                mm, size, created, fd, read_only = _map(name, how, need, mode, any_owner)
-            except _Empty:  # size 0: its creator has not sized it yet
-                code = EEMPTY
-            else:
-                if created:
-                    try:
-                        _initialise(mm, fd, size, capacity)
-                    except BaseException as e:
-                        mm.close()
-                        if fd >= 0:
-                            os.close(fd)
-                        unlink(name)
-                        if isinstance(e, OSError):
-                            raise os_error(e.errno or errno.EIO, name) from None
-                        raise
-                    code = capacity
-                else:
-                    code = _attach(mm, size)
-                    if code == ENOTREADY:
-                        owner = _u64(mm, C.H_LOCK)[0]
-                        state = owner_dead(owner) if owner else -1
-                        if state == 1 and _u32(mm, C.H_MAGIC)[0] == 0:
-                            # Its creator died before finishing it (and did
-                            # not finish it just now, the lock word then
-                            # being a writer's).
-                            mm.close()
-                            if fd >= 0:
-                                os.close(fd)
-                            raise_for(ENOTREADY, name)
-                        creator_alive = (state == 0
-                                         and time.monotonic() - start < _CREATOR_WAIT_S)
-                if code > 0:
-                    break
-                mm.close()
-                if fd >= 0:
-                    os.close(fd)
-            if code not in (ENOTREADY, EEMPTY):
-                raise_for(code, name)
-            # A creator that is alive is waited for as long as it takes (a
-            # large segment can take seconds to pre-allocate); one that cannot
-            # be judged, or a name of size 0, for a bounded time.
-            if not creator_alive and time.monotonic() >= deadline:
-                raise_for(code, name)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 0.01)
+    def _setup(self, name: str, mm: mmap.mmap, fd: int, size: int, created: bool,
+               read_only: bool) -> None:
         self.name = name
         self._mm = mm
         self._mv = memoryview(mm)
@@ -614,10 +638,8 @@ class SegmentHandle:
         self._states: "weakref.WeakSet[_ThreadState]" = weakref.WeakSet()
         if not C.WINDOWS:
             _open_handles.add(self)
-        self.capacity = code
         self.size = size
         self.created = created
-        self._stride = C.stride_for(code)
 
     def __del__(self) -> None:
         try:
@@ -701,7 +723,30 @@ class SegmentHandle:
             # the handle's description, so this thread's stores exclude other
             # processes' but not those of the handle's other threads.
             return os.dup(self._fd)
-        raise OSError(errno.EBADF, f"cannot reopen the segment {self.name!r} for locking")
+        raise OSError(errno.EBADF, f"cannot reopen {self.name!r} for locking")
+
+
+class SegmentHandle(_Mapped):
+    """An open fastshm segment over an mmap."""
+
+    __slots__ = ("capacity", "_stride")
+
+    def __init__(
+        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
+    ) -> None:
+        capacity = C.as_int(capacity, "capacity")
+        mode = C.as_int(mode, "mode")
+        need = C.seg_size_for(capacity) if how != C.ATTACH else 0
+
+        def init(mm: mmap.mmap, fd: int, size: int) -> None:
+            _initialise(mm, fd, size, capacity)
+
+        mm, size, created, fd, read_only, code = _open_object(
+            name, how, need, mode, any_owner, init, _attach, "Queue"
+        )
+        self._setup(name, mm, fd, size, created, read_only)
+        self.capacity = code if not created else capacity
+        self._stride = C.stride_for(self.capacity)
 
     def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
         """Wait for the lock word, then write this process's id into it (the
@@ -1011,4 +1056,423 @@ class SegmentHandle:
             pause = min(pause * 2, _WAIT_SLEEP_MAX_S)
 
 
-__all__ = ["FormatError", "RawMapping", "SegmentHandle", "unlink", "self_id", "owner_dead"]
+# ---- the queue ----
+#
+# The layout and the commit protocol of csrc/queue.c (docs/FORMAT.md,
+# "Queues").  A queue this backend makes has flags = PYLOCK: its producers
+# and consumers exclude each other with the exclusive flock alone (every
+# thread on a descriptor of its own, as the segment's writers), and inside
+# it write their id into the lock word while they work, for `fastshm info`
+# and for the next holder: a non-zero word found under the flock was left by
+# a holder that died (the kernel dropped its flock).  Native code refuses
+# such a queue, and this backend refuses a native one (flags = 0): a
+# compare-and-swap lock and a flock do not exclude each other.
+#
+# A put writes its records beyond tail, where nobody looks, then publishes
+# them with one store of tail; a take copies the front records out, then
+# drops them with one store of head.  Everything before that store can be
+# interrupted (a KeyboardInterrupt, SIGKILL) without changing the queue; the
+# count word beside it is fixed by whoever next finds the dirty mark.  The
+# statements from the head or tail store to the release make no call (but
+# the futex wake when something sleeps on notify), so that on CPython 3.11
+# and later no signal handler runs between the commit and the release: a
+# handler's exception after the commit surfaces only once the lock is given
+# back, and a take's messages are then lost to its caller, as the result of
+# any Python function interrupted after it has done its work.
+
+_Q_RING = C.HEADER_SIZE
+_Q_REC = C.QUEUE_RECORD_HEADER
+_M64 = C.U64_MASK
+_Q_HEAD_SL = slice(C.Q_HEAD, C.Q_HEAD + 8)
+_Q_TAIL_SL = slice(C.Q_TAIL, C.Q_TAIL + 8)
+_Q_COUNT_SL = slice(C.Q_COUNT, C.Q_COUNT + 8)
+_Q_DIRTY_SL = slice(C.Q_DIRTY, C.Q_DIRTY + 4)
+_Q_WAITERS_SL = slice(C.Q_WAITERS, C.Q_WAITERS + 4)
+_Q_NOTIFY_SL = slice(C.Q_NOTIFY, C.Q_NOTIFY + 4)
+_ZERO4 = bytes(4)
+_ONE4 = _p32(1)
+# Zero padding after a payload of n bytes, by n % 8.
+_PADS = tuple(bytes(-i & 7) for i in range(8))
+_HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
+_QH, _QT, _QC = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT
+
+# What QueueHandle._locked does under the lock.
+_PUT, _TAKE, _TAKE_INTO = 0, 1, 2
+
+
+def _queue_attach(mm: mmap.mmap, size: int) -> int:
+    """The queue's capacity, after the checks of fshm_queue_attach."""
+    if size < C.HEADER_SIZE:
+        return EFORMAT
+    capacity: int
+    magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
+    if magic == 0:
+        return ENOTREADY
+    if magic == C.MAGIC:
+        return EKIND
+    if magic != C.QUEUE_MAGIC:
+        return EFORMAT
+    if version != C.QUEUE_VERSION:
+        return EVERSION
+    flags: int = _u32(mm, C.Q_FLAGS)[0]
+    need = C.queue_size_for(capacity)
+    if (header_size != C.HEADER_SIZE or need == 0 or need > size or capacity & 7
+            or flags & ~C.QUEUE_PYLOCK):
+        return EFORMAT
+    return capacity
+
+
+def _reentrant_queue(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"put or get called from a signal handler while this thread is inside a put "
+        f"or get on the same queue {name!r}; the python backend cannot go on there "
+        "without waiting for its own lock. Put or get from the main code (e.g. let "
+        "the handler set a flag), or use the native backend"
+    )
+
+
+class QueueHandle(_Mapped):
+    """An open fastshm queue over an mmap (the python backend's lock: flags
+    PYLOCK)."""
+
+    __slots__ = ("capacity", "max_message")
+
+    def __init__(
+        self, name: str, how: int, capacity: int, mode: int, any_owner: bool
+    ) -> None:
+        if fcntl is None:
+            # Without flock nothing would keep two processes' puts apart.
+            raise OSError(
+                errno.ENOSYS,
+                "the python backend's queue locks with flock, which this platform "
+                "lacks: use backend='native'",
+                name,
+            )
+        capacity = C.as_int(capacity, "capacity")
+        mode = C.as_int(mode, "mode")
+        need = 0
+        if how != C.ATTACH:
+            need = C.queue_size_for(capacity)
+            if need == 0 or need > sys.maxsize:
+                raise ValueError(
+                    f"a queue's size must be between {C.QUEUE_MIN_CAPACITY} bytes and "
+                    f"what this platform maps, got {capacity}"
+                )
+            capacity = need - C.HEADER_SIZE  # rounded up to 8
+
+        def init(mm: mmap.mmap, fd: int, size: int) -> None:
+            def fields() -> None:
+                C.HEAD.pack_into(mm, 0, 0, C.QUEUE_VERSION, C.HEADER_SIZE, capacity)
+                _put(mm, C.Q_FLAGS, C.U32, C.QUEUE_PYLOCK)
+
+            _publish(mm, fd, size, fields, C.QUEUE_MAGIC)
+
+        mm, size, created, fd, read_only, code = _open_object(
+            name, how, need, mode, any_owner, init, _queue_attach, "Segment"
+        )
+        if not created:
+            # Both read once: later scribbles on the header cannot move the
+            # ring's bounds or change the lock protocol under this handle.
+            capacity = code
+            if not _u32(mm, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK:
+                mm.close()
+                if fd >= 0:
+                    os.close(fd)
+                raise protocol_error(name, "native")
+        self._setup(name, mm, fd, size, created, read_only)
+        self.capacity = capacity
+        self.max_message = capacity - _Q_REC
+
+    # -- under the lock --
+
+    def _positions(self) -> Tuple[int, int]:
+        """head and tail, checked (the lock held)."""
+        mm = self._mm
+        head: int = _HEADTAIL(mm, C.Q_HEAD)[0]
+        tail: int = _HEADTAIL(mm, C.Q_TAIL)[0]
+        if (head | tail) & 7 or (tail - head) & _M64 > self.capacity:
+            raise_for(EFORMAT, self.name, "the queue's head and tail are inconsistent")
+        return head, tail
+
+    def _bad_record(self) -> None:
+        raise_for(EFORMAT, self.name, "a queued record's length is out of range")
+
+    def _recount(self) -> None:
+        """After a holder died (or was interrupted) between its dirty marks:
+        head and tail are each whole, the count may be stale."""
+        mm = self._mm
+        cap = self.capacity
+        head, tail = self._positions()
+        pos, n = head, 0
+        while pos != tail:
+            length: int = _u64(mm, _Q_RING + pos % cap)[0]
+            rec = _Q_REC + ((length + 7) & ~7)
+            if length > cap - _Q_REC or rec > (tail - pos) & _M64:
+                self._bad_record()
+            pos = (pos + rec) & _M64
+            n += 1
+        mm[_Q_COUNT_SL] = _p64(n)
+        mm[_Q_DIRTY_SL] = _ZERO4
+
+    def _locked(self, what: int, arg: Any, arg2: Any) -> Any:
+        """One attempt under the lock: _PUT (arg: messages, arg2: their
+        lengths) -> bool; _TAKE (arg: at most that many) -> list;
+        _TAKE_INTO (arg: the buffer) -> length, or -1 when empty."""
+        try:
+            t: _ThreadState = self._tls.t
+        except AttributeError:
+            t = self._thread_state()
+        busy = t.busy
+        key = self._key
+        inner = busy.get(key)
+        if inner is not None and _on_stack(inner):
+            raise _reentrant_queue(self.name)
+        mm = self._mm
+        fd = t.fd
+        ops = rel = None
+        if not _INLINE_RELEASE:
+            ops = [t.noop, t.unflock]
+            rel = map(_pcall, ops)
+        # From here until the release, see "what a signal may interrupt".
+        busy[key] = sys._getframe()
+        try:
+            if fd >= 0:
+                _flock(fd, _LOCK_EX)
+            # The flock is the lock: a word found here that is not 0 (nor
+            # ours, left by an old CPython's interrupted release) belongs to
+            # a holder that died; the dirty mark says whether to recount.
+            t.claimed = True
+            if ops is not None:
+                ops[0] = t.clear
+            mm[_LOCK_SL] = t.ident
+            if mm[_Q_DIRTY_SL] != _ZERO4:
+                self._recount()
+            cap = self.capacity
+            mv = self._mv
+            head: int = _HEADTAIL(mm, _QH)[0]
+            tail: int = _HEADTAIL(mm, _QT)[0]
+            if (head | tail) & 7 or (tail - head) & _M64 > cap:
+                self._positions()  # raises
+            count: int = _u64(mm, _QC)[0]
+            # notify + 1, ready before the commit (the flock makes it exact).
+            bump = _p32((_u32(mm, C.Q_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+            done = False
+            if what == _PUT:
+                lens: "list[int]" = arg2
+                need = 0
+                for n in lens:
+                    need += _Q_REC + ((n + 7) & ~7)
+                if cap - ((tail - head) & _M64) < need:
+                    out: Any = False
+                else:
+                    cnt = _p64((count + len(lens)) & _M64)
+                    mm[_Q_DIRTY_SL] = _ONE4
+                    # The records go beyond tail, where nobody looks until
+                    # tail moves.
+                    pos = tail
+                    for data, n in zip(arg, lens):
+                        at = _Q_RING + pos % cap
+                        mm[at : at + 8] = _p64(n)
+                        at = pos + _Q_REC
+                        off = at % cap
+                        first = cap - off
+                        if n <= first:
+                            mv[_Q_RING + off : _Q_RING + off + n] = data
+                        else:  # it wraps around the ring's end
+                            src = memoryview(data)
+                            mv[_Q_RING + off : _Q_RING + cap] = src[:first]
+                            mv[_Q_RING : _Q_RING + n - first] = src[first:]
+                        if n & 7:
+                            # Never across the ring's end: it stops at a multiple of 8.
+                            off = (at + n) % cap
+                            mm[_Q_RING + off : _Q_RING + off + 8 - (n & 7)] = _PADS[n & 7]
+                        pos = (pos + _Q_REC + ((n + 7) & ~7)) & _M64
+                    end = _p64(pos)
+                    # The commit, and no call from here to the release.
+                    mm[_Q_TAIL_SL] = end
+                    mm[_Q_COUNT_SL] = cnt
+                    mm[_Q_DIRTY_SL] = _ZERO4
+                    mm[_Q_NOTIFY_SL] = bump
+                    out = done = True
+            else:
+                pos = head
+                limit: int = 1 if what == _TAKE_INTO else arg
+                got: "list[bytes]" = []
+                length = -1
+                while len(got) < limit and pos != tail:
+                    at = _Q_RING + pos % cap
+                    length = _u64(mm, at)[0]
+                    rec = _Q_REC + ((length + 7) & ~7)
+                    if length > cap - _Q_REC or rec > (tail - pos) & _M64:
+                        if got:
+                            break  # the good ones first; the next take reports it
+                        self._bad_record()
+                    off = (pos + _Q_REC) % cap
+                    first = cap - off
+                    if what == _TAKE_INTO:
+                        dst: memoryview = arg
+                        if length > dst.nbytes:
+                            raise next_too_small(dst.nbytes, length)
+                        if length <= first:
+                            dst[:length] = mv[_Q_RING + off : _Q_RING + off + length]
+                        else:
+                            dst[:first] = mv[_Q_RING + off : _Q_RING + cap]
+                            dst[first:length] = mv[_Q_RING : _Q_RING + length - first]
+                        got.append(b"")
+                    elif length <= first:
+                        got.append(mm[_Q_RING + off : _Q_RING + off + length])
+                    else:
+                        got.append(mm[_Q_RING + off : _Q_RING + cap]
+                                   + mm[_Q_RING : _Q_RING + length - first])
+                    pos = (pos + rec) & _M64
+                if what == _TAKE_INTO:
+                    out = length if got else -1
+                else:
+                    out = got
+                if got:
+                    k = len(got)
+                    cnt = _p64(count - k if count >= k else 0)
+                    start = _p64(pos)
+                    mm[_Q_DIRTY_SL] = _ONE4
+                    # The commit, and no call from here to the release.
+                    mm[_Q_HEAD_SL] = start
+                    mm[_Q_COUNT_SL] = cnt
+                    mm[_Q_DIRTY_SL] = _ZERO4
+                    mm[_Q_NOTIFY_SL] = bump
+                    done = True
+            if done and mm[_Q_WAITERS_SL] != _ZERO4:
+                # Sleepers of the format's notify protocol (native code
+                # refuses this queue before it sleeps, but the format keeps
+                # the word and its wake-up).
+                _futex_wake(self._anchor, C.Q_NOTIFY)
+            if rel is not None:
+                _consume(rel)  # released here; the finally's call finds nothing left
+        finally:
+            if rel is None:
+                # No point where a signal handler runs until LOCK_UN is done.
+                if t.claimed:
+                    mm[_LOCK_SL] = _ZERO8
+                    t.claimed = False
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+            else:
+                _consume(rel)
+            busy[key] = None
+        return out
+
+    # -- waiting, without the lock --
+
+    def _poll(self, room: int, deadline: Optional[float]) -> bool:
+        """Until there is a message (room 0) or room for ``room`` bytes of
+        records, or the header looks wrong (the locked attempt reports it):
+        True; False at the deadline.  It writes nothing shared and holds
+        nothing, so a KeyboardInterrupt here changes nothing."""
+        mm = self._mm
+        cap = self.capacity
+        start = time.monotonic()
+        pause = 0.0
+        while True:
+            head: int = _HEADTAIL(mm, C.Q_HEAD)[0]
+            tail: int = _HEADTAIL(mm, C.Q_TAIL)[0]
+            used = (tail - head) & _M64
+            if (head | tail) & 7 or used > cap:
+                return True
+            if (used != 0) if room == 0 else (cap - used >= room):
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if pause == 0.0:
+                if now - start < _WAIT_SPIN_S:
+                    continue
+                pause = 50e-6
+            else:
+                pause = min(pause * 2, _WAIT_SLEEP_MAX_S)
+            time.sleep(pause if deadline is None else min(pause, deadline - now))
+
+    @staticmethod
+    def _deadline(timeout: Optional[float]) -> Optional[float]:
+        if timeout is None or timeout == float("inf"):
+            return None
+        return time.monotonic() + timeout
+
+    # -- the operations --
+
+    def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
+        lens = [len(m) for m in msgs]
+        if not lens:
+            return True
+        biggest = max(lens)
+        if biggest > self.max_message:
+            raise message_too_big(biggest, self.name, self.max_message)
+        need = 0
+        for n in lens:
+            need += _Q_REC + ((n + 7) & ~7)
+        if need > self.capacity:
+            raise batch_too_big(need, self.name, self.capacity)
+        if self.readonly:
+            raise read_only_error(self.name, "queue")
+        deadline = None
+        while True:
+            if self._locked(_PUT, msgs, lens):
+                return True
+            if timeout == 0:
+                return False
+            if deadline is None:
+                deadline = self._deadline(timeout)
+            if not self._poll(need, deadline):
+                return False
+
+    def _take(self, what: int, arg: Any, timeout: Optional[float]) -> Any:
+        if self.readonly:
+            raise read_only_error(self.name, "queue")
+        deadline = None
+        while True:
+            out = self._locked(what, arg, None)
+            if (out >= 0) if what == _TAKE_INTO else out:  # a length, or messages
+                return out
+            if timeout == 0:
+                return out
+            if deadline is None:
+                deadline = self._deadline(timeout)
+            if not self._poll(0, deadline):
+                return out
+
+    def take(self, max: Optional[int], timeout: Optional[float]) -> "list[bytes]":
+        limit = sys.maxsize if max is None else max
+        if limit < 1:
+            raise ValueError(f"max_messages must be at least 1, got {limit}")
+        return self._take(_TAKE, limit, timeout)  # type: ignore[no-any-return]
+
+    def take_into(self, dst: memoryview, timeout: Optional[float]) -> int:
+        return self._take(_TAKE_INTO, dst, timeout)  # type: ignore[no-any-return]
+
+    # -- snapshots, without the lock --
+
+    def count(self) -> int:
+        return _u64(self._mm, C.Q_COUNT)[0]  # type: ignore[no-any-return]
+
+    def used(self) -> int:
+        mm = self._mm
+        head: int = _HEADTAIL(mm, C.Q_HEAD)[0]
+        tail: int = _HEADTAIL(mm, C.Q_TAIL)[0]
+        # Two loads, not one moment: the difference can exceed the ring.
+        return min((tail - head) & _M64, self.capacity)
+
+    def lock_owner(self) -> int:
+        return _u64(self._mm, C.H_LOCK)[0]  # type: ignore[no-any-return]
+
+    def break_lock(self, owner: int) -> bool:
+        if self.readonly:
+            raise read_only_error(self.name, "queue")
+        # The flock is what excludes; the word only names the holder.
+        if owner == 0 or self.lock_owner() != owner:
+            return False
+        _put(self._mm, C.H_LOCK, C.U64, 0)
+        return True
+
+
+__all__ = [
+    "FormatError", "QueueHandle", "RawMapping", "SegmentHandle", "unlink", "self_id",
+    "owner_dead",
+]

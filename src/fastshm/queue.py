@@ -375,7 +375,8 @@ class _HandleQueue(Queue):
 
     def get_into(self, buffer: Any, block: bool = True, timeout: Optional[float] = None) -> int:
         h = self._handle()
-        dst = memoryview(buffer) if type(buffer) is bytearray else C.writable_view(buffer)
+        dst = (memoryview(buffer) if type(buffer) is bytearray
+               else C.writable_view(buffer, "get_into"))
         n: int = h.take_into(dst, _block_arg(block, timeout))
         if n < 0:
             raise empty_error(self._name)
