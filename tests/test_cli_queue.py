@@ -66,19 +66,6 @@ def list_rows(backend: str) -> Dict[str, List[str]]:
     return {cells[0]: cells[1:] for cells in (line.split() for line in lines[1:])}
 
 
-def _need_queue(backend: str) -> None:
-    from conftest import make_name
-    try:
-        Queue(make_name("route"), 16, create=True, backend=backend).delete()
-    except AttributeError:
-        pytest.skip(f"no Queue on the {backend} route yet")
-
-
-@pytest.fixture(autouse=True)
-def _queue_route(backend: str) -> None:
-    _need_queue(backend)
-
-
 # ---- put and get ----
 
 
@@ -437,7 +424,6 @@ def test_queue_commands_refuse_a_segment_and_change_nothing(backend: str,
 def test_the_other_backends_queue_names_the_backend_to_use(backend: str,
                                                            other_backend: str,
                                                            name: str) -> None:
-    _need_queue(other_backend)
     assert run("put", name, "from one", backend=backend).returncode == 0
     made_by = backend_name(backend)
     proc = run("get", name, "--nowait", backend=other_backend)

@@ -37,16 +37,6 @@ FOLLOW_CHECK_S = 0.5
 INTERRUPT_CHECK_S = 0.1
 DEFAULT_QUEUE_SIZE = 1 << 20
 
-# A queue's header (docs/FORMAT.md, "Queues"); a segment's magic is C.MAGIC.
-QMAGIC = 0x51485346  # "FSHQ"
-Q_CAPACITY = 8
-Q_HEAD = 16
-Q_TAIL = 32
-Q_COUNT = 40
-Q_FLAGS = 48
-Q_LOCK = 64
-Q_PYLOCK = 1
-
 
 class _Usage(Exception):
     """An expected error: one line on stderr, exit status 1."""
@@ -109,7 +99,7 @@ def _kind(head: bytes) -> Optional[str]:
     if len(head) < 4:
         return None
     magic = C.U32.unpack_from(head, 0)[0]
-    return "segment" if magic == C.MAGIC else "queue" if magic == QMAGIC else None
+    return "segment" if magic == C.MAGIC else "queue" if magic == C.QUEUE_MAGIC else None
 
 
 def _kind_of(args: argparse.Namespace, name: str) -> Optional[str]:
@@ -418,8 +408,8 @@ def _protocol(head: Optional[bytes], q: Queue) -> str:
     """Which backend's lock protocol the queue uses, from its header's
     flags (or, where the header cannot be read raw, from the backend that
     could open it)."""
-    if head is not None and len(head) >= Q_FLAGS + 4:
-        pylock = bool(C.U32.unpack_from(head, Q_FLAGS)[0] & Q_PYLOCK)
+    if head is not None and len(head) >= C.Q_FLAGS + 4:
+        pylock = bool(C.U32.unpack_from(head, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK)
     else:
         pylock = q.backend == "python"
     return "python" if pylock else "native"
@@ -563,7 +553,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             continue
         size, head = got
         shown = _escape(entry)
-        kind = _kind(head) if len(head) >= Q_LOCK + 8 else None
+        kind = _kind(head) if len(head) >= C.Q_LOCK + 8 else None
         row: Optional[Tuple[object, ...]] = None
         if kind is not None:
             capacity = C.U64.unpack_from(head, C.H_CAPACITY)[0]
@@ -573,9 +563,9 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             seq = C.U64.unpack_from(head, C.H_SEQ)[0]
             row = (shown, kind, capacity, seq, "-", "-", size, lock, "-")
         elif kind == "queue":
-            used = C.U64.unpack_from(head, Q_TAIL)[0] - C.U64.unpack_from(head, Q_HEAD)[0]
-            count = C.U64.unpack_from(head, Q_COUNT)[0]
-            pylock = C.U32.unpack_from(head, Q_FLAGS)[0] & Q_PYLOCK
+            used = C.U64.unpack_from(head, C.Q_TAIL)[0] - C.U64.unpack_from(head, C.Q_HEAD)[0]
+            count = C.U64.unpack_from(head, C.Q_COUNT)[0]
+            pylock = C.U32.unpack_from(head, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK
             row = (shown, kind, capacity, "-", count, max(used, 0), size, lock,
                    "python" if pylock else "native")
         elif args.all:
