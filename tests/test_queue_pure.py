@@ -378,3 +378,154 @@ def test_python_queue_through_fastshm_queue(name: str) -> None:
         assert q.empty() and not q.full()
     if sys.platform.startswith("linux"):
         assert os.path.exists(f"/dev/shm/{name}")
+
+
+_IDLE_CHILD = r"""
+import resource, struct, sys, time, queue
+import fastshm
+from fastshm import _pure
+
+q = fastshm.Queue(sys.argv[1], create=False, backend="python")
+
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+try:
+    q.get(timeout=0.01)  # this thread's lock state, made outside the measure
+except queue.Empty:
+    pass
+c0, t0 = cpu(), time.monotonic()
+try:
+    q.get(timeout=2.0)
+    sys.exit("a message came")
+except queue.Empty:
+    pass
+print(cpu() - c0, time.monotonic() - t0, flush=True)
+# Long slices: only the put's wake-up, not a slice's end, gets it out soon.
+_pure._Q_SLICE_S = 30.0
+m = q.get(timeout=60)
+print(time.monotonic() - struct.unpack("d", m)[0], flush=True)
+"""
+
+
+@pytest.mark.skipif(not _pure._futex_waits, reason="needs the futex (Linux, ctypes)")
+def test_python_queue_idle_get_sleeps_and_a_put_wakes_it(handle: Any) -> None:
+    """A get blocked on an empty queue sleeps in the kernel: under 1% of a
+    core over 2 s on CPython (polling took about 2%), counted in waiters, and
+    a put from another process wakes it at once."""
+    import subprocess
+
+    h = handle
+    child = subprocess.Popen([sys.executable, "-c", _IDLE_CHILD, h.name],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stderr is not None
+        line = child.stdout.readline()
+        assert line, child.stderr.read()
+        used, idle = map(float, line.split())
+        assert idle >= 1.9
+        if sys.implementation.name == "cpython":
+            # PyPy's ctypes takes 0.1-0.3 ms a call, one every 50 ms slice:
+            # 1-2% of a core there (polling: about 2.6%).
+            assert used / idle < 0.01, f"{used:.4f} s of CPU over {idle:.2f} s idle"
+        # Asleep again (the spin is 50 us): counted, and woken by the put.
+        end = time.monotonic() + 10
+        while _word(h, C.Q_WAITERS, 4) != 1:
+            assert time.monotonic() < end, "the getter never counted itself"
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert h.put_many([struct.pack("d", time.monotonic())], 0)
+        latency = float(child.stdout.readline())
+        assert latency < 5.0  # its slices are 30 s: only the wake-up ends one
+        assert child.wait(30) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _word(h, C.Q_WAITERS, 4) == 0 and h.count() == 0 and h.lock_owner() == 0
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_python_queue_interrupted_sleep_uncounts_itself(handle: Any) -> None:
+    """A KeyboardInterrupt in a blocked take comes at once (the sleep ends
+    with EINTR) and leaves waiters as it found it; so does a timeout."""
+    h = handle
+    fired = {}
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        fired["at"] = time.monotonic()
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        for room in (False, True):
+            if room:
+                assert h.put_many([b"x" * 200], 0)  # no room for another
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(KeyboardInterrupt):
+                if room:
+                    h.put_many([b"y" * 200], None)
+                else:
+                    h.take(1, None)
+            assert time.monotonic() - fired["at"] < 0.5
+            assert _word(h, C.Q_WAITERS, 4) == 0 and h.lock_owner() == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not h.put_many([b"y" * 200], 0.1)
+    assert h.take(5, 0) == [b"x" * 200] and h.take(5, 0.1) == []
+    assert _word(h, C.Q_WAITERS, 4) == 0
+
+
+def test_python_queue_one_put_wakes_every_sleeper(handle: Any) -> None:
+    """Threads asleep on the same queue (each counted): a put wakes them
+    all, one takes the message, the others sleep again until theirs."""
+    h = handle
+    got: "list[bytes]" = []
+
+    def getter() -> None:
+        got.extend(h.take(1, 30.0))
+
+    threads = [threading.Thread(target=getter) for _ in range(3)]
+    for th in threads:
+        th.start()
+    end = time.monotonic() + 10
+    while _word(h, C.Q_WAITERS, 4) != 3 and time.monotonic() < end:
+        time.sleep(0.01)
+    assert _word(h, C.Q_WAITERS, 4) == 3
+    for i in range(3):
+        assert h.put_many([b"m%d" % i], 0)
+    for th in threads:
+        th.join(10)
+        assert not th.is_alive()
+    assert sorted(got) == [b"m0", b"m1", b"m2"]
+    assert _word(h, C.Q_WAITERS, 4) == 0 and h.count() == 0
+
+
+@pytest.mark.skipif(_pure.ctypes is None, reason="needs the futex (Linux, ctypes)")
+def test_python_queue_waits_poll_without_the_futex(handle: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A futex call that fails for good (a seccomp filter's ENOSYS, say)
+    turns the waits to polling, which still see a put."""
+    import errno
+
+    h = handle
+    calls = []
+
+    def refused(*args: Any) -> int:
+        calls.append(args)
+        return errno.ENOSYS
+
+    monkeypatch.setattr(_pure, "_futex_waits", True)
+    monkeypatch.setattr(_pure, "_futex_wait", refused)
+    for attempt in range(2):
+        timer = threading.Timer(0.2, h.put_many, ([b"late%d" % attempt], 0))
+        timer.start()
+        try:
+            assert h.take(1, 10.0) == [b"late%d" % attempt]
+        finally:
+            timer.join()
+        assert _word(h, C.Q_WAITERS, 4) == 0
+        assert not _pure._futex_waits and len(calls) == 1
+    assert h.take(1, 0.05) == [] and len(calls) == 1

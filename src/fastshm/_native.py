@@ -407,36 +407,47 @@ class QueueHandle:
         return False  # not reached
 
     def take(self, max: int, timeout: Optional[float]) -> "list[bytes]":
+        """Up to ``max`` messages, waiting up to ``timeout`` for the first.
+        Each round lands what fits the pooled buffer; a batch larger than
+        that takes further rounds that never wait (so a get_many may return
+        messages put while it ran), and a message larger than the buffer
+        gets one of its own."""
         try:
             sc = self._pool.pop()
         except IndexError:
             sc = _QueueScratch(self._take_bytes)
+        out: "list[bytes]" = []
+        wait = timeout
         try:
-            want = min(max, sc.nlens)
-            rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf, sc.size,
-                            sc.lens, want, sc.out)
-            while rc == ESMALL:
-                # A first message longer than the pooled buffer: one of its
-                # own (and again if a longer one got to the front meanwhile).
-                big = _QueueScratch(int(sc.lens[0]))
-                rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
-                                               sc.out, 0)
-                if rc == 0:
-                    return [big.fbuf[0 : sc.lens[0]]]
-                if rc == ENOMSG:  # another consumer took it: wait as asked
-                    rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf,
-                                    sc.size, sc.lens, want, sc.out)
-            if rc == ENOMSG:
-                return []
-            if rc:
-                self._fail(rc)
-            out = []
-            fbuf, lens = sc.fbuf, sc.lens
-            pos = 0
-            for i in range(sc.out[0]):
-                n = lens[i]
-                out.append(fbuf[pos : pos + n])
-                pos += n
+            while len(out) < max:
+                want = min(max - len(out), sc.nlens)
+                rc = self._call(lib.fshm_queue_get_packed, wait, self._q, sc.buf, sc.size,
+                                sc.lens, want, sc.out)
+                if rc == ESMALL:
+                    big = _QueueScratch(int(sc.lens[0]))
+                    rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
+                                                   sc.out, 0)
+                    if rc == 0:
+                        out.append(big.fbuf[0 : sc.lens[0]])
+                        wait = 0
+                        continue
+                    if rc == ENOMSG and not out:
+                        continue  # another consumer took it: wait as asked
+                    if rc == ESMALL:
+                        continue  # a longer one got to the front meanwhile
+                if rc == ENOMSG:
+                    break
+                if rc:
+                    if out:
+                        break  # return what was taken; the error comes next call
+                    self._fail(rc)
+                fbuf, lens = sc.fbuf, sc.lens
+                pos = 0
+                for i in range(sc.out[0]):
+                    n = lens[i]
+                    out.append(fbuf[pos : pos + n])
+                    pos += n
+                wait = 0
             return out
         finally:
             self._pool.append(sc)

@@ -6,7 +6,8 @@ It is the fallback where the C extension is not built, and the baseline the
 benchmarks compare against.  What pure Python cannot do is said where it
 matters: it has no atomic compare-and-swap, so its writers exclude each other
 with an OS file lock (POSIX) rather than with the lock word alone, and its
-waiters poll with a growing sleep instead of sleeping on a futex.
+segment waiters poll with a growing sleep instead of sleeping on a futex
+(its queue waiters do sleep on one, on Linux, through ctypes).
 """
 
 from __future__ import annotations
@@ -147,8 +148,10 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-# ---- futex wake through ctypes, so native waiters see python stores at once ----
+# ---- the futex through ctypes: wakes, so native waiters see python stores at
+# once, and the queue's waits ----
 
+_Timespec: Any = None
 try:
     if not sys.platform.startswith("linux"):
         raise ImportError
@@ -162,8 +165,20 @@ try:
     _SYS_futex = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine, 0)
     if not _SYS_futex:
         raise ImportError
+
+    class _Timespec(ctypes.Structure):  # type: ignore[no-redef]
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
 except (ImportError, OSError):
     ctypes = None  # type: ignore[assignment]
+
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # not the _PRIVATE ones: the word is shared
+# What a FUTEX_WAIT may end with besides a wake: the word had changed
+# already, the timeout, a signal.  Anything else (a seccomp filter's ENOSYS
+# or EPERM, say) turns the queue's waits back to polling for good, rather
+# than into a busy loop of failing calls.
+_FUTEX_WAIT_OK = frozenset({0, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR})
+_futex_waits = ctypes is not None
 
 
 def _futex_anchor(mm: mmap.mmap) -> Any:
@@ -176,8 +191,25 @@ def _futex_wake(anchor: Any, offset: int) -> None:
     if anchor is not None:
         _syscall(
             ctypes.c_long(_SYS_futex), ctypes.c_void_p(ctypes.addressof(anchor) + offset),
-            ctypes.c_int(1), ctypes.c_int(0x7FFFFFFF), None, None, ctypes.c_int(0),
+            ctypes.c_int(_FUTEX_WAKE), ctypes.c_int(0x7FFFFFFF), None, None, ctypes.c_int(0),
         )
+
+
+def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> int:
+    """Sleep while the u32 at ``offset`` holds ``expected``, for at most
+    ``timeout_s`` seconds (a relative timeout): 0 when woken, else the errno
+    (EAGAIN: it held another value already; ETIMEDOUT; EINTR: a signal).
+    Woken or not, the caller re-checks what it waits for.  ctypes drops the
+    GIL around the call, and a signal ends it with EINTR, after which the
+    interpreter runs the Python handler as the call returns."""
+    ns = int(timeout_s * 1e9) if timeout_s > 0 else 0
+    ts = _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+    r = _syscall(
+        ctypes.c_long(_SYS_futex), ctypes.c_void_p(ctypes.addressof(anchor) + offset),
+        ctypes.c_int(_FUTEX_WAIT), ctypes.c_uint(expected & 0xFFFFFFFF), ctypes.byref(ts),
+        None, ctypes.c_int(0),
+    )
+    return 0 if r == 0 else ctypes.get_errno()
 
 
 def _put(mm: mmap.mmap, offset: int, st: Any, value: int) -> None:
@@ -1073,8 +1105,8 @@ class SegmentHandle(_Mapped):
 # drops them with one store of head.  Everything before that store can be
 # interrupted (a KeyboardInterrupt, SIGKILL) without changing the queue; the
 # count word beside it is fixed by whoever next finds the dirty mark.  The
-# statements from the head or tail store to the release make no call (but
-# the futex wake when something sleeps on notify), so that on CPython 3.11
+# statements from the head or tail store to the release make no call (the
+# futex wake of sleepers comes after the release), so that on CPython 3.11
 # and later no signal handler runs between the commit and the release: a
 # handler's exception after the commit surfaces only once the lock is given
 # back, and a take's messages are then lost to its caller, as the result of
@@ -1091,6 +1123,9 @@ _Q_WAITERS_SL = slice(C.Q_WAITERS, C.Q_WAITERS + 4)
 _Q_NOTIFY_SL = slice(C.Q_NOTIFY, C.Q_NOTIFY + 4)
 _ZERO4 = bytes(4)
 _ONE4 = _p32(1)
+# The longest a queue wait sleeps in the kernel at a time: signal handlers
+# (Ctrl-C) run between the slices.
+_Q_SLICE_S = 0.05
 # Zero padding after a payload of n bytes, by n % 8.
 _PADS = tuple(bytes(-i & 7) for i in range(8))
 _HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
@@ -1233,6 +1268,7 @@ class QueueHandle(_Mapped):
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
             rel = map(_pcall, ops)
+        wake = False
         # From here until the release, see "what a signal may interrupt".
         busy[key] = sys._getframe()
         try:
@@ -1340,11 +1376,10 @@ class QueueHandle(_Mapped):
                     mm[_Q_DIRTY_SL] = _ZERO4
                     mm[_Q_NOTIFY_SL] = bump
                     done = True
-            if done and mm[_Q_WAITERS_SL] != _ZERO4:
-                # Sleepers of the format's notify protocol (native code
-                # refuses this queue before it sleeps, but the format keeps
-                # the word and its wake-up).
-                _futex_wake(self._anchor, C.Q_NOTIFY)
+            # Sleepers count themselves in waiters under the flock, so this
+            # read, under it too, after the notify store, sees every sleeper
+            # that could have missed the commit (see "waiting" below).
+            wake = done and mm[_Q_WAITERS_SL] != _ZERO4
             if rel is not None:
                 _consume(rel)  # released here; the finally's call finds nothing left
         finally:
@@ -1358,15 +1393,144 @@ class QueueHandle(_Mapped):
             else:
                 _consume(rel)
             busy[key] = None
+        if wake:
+            # After the release, so the woken take the flock at once.  An
+            # interrupt before it loses the wake-up: the sleepers find the
+            # change at the end of their slice.
+            _futex_wake(self._anchor, C.Q_NOTIFY)
         return out
 
-    # -- waiting, without the lock --
+    # -- waiting --
+    #
+    # A blocked put or take spins briefly, then sleeps on the notify futex
+    # word until a commit changes it (Linux; elsewhere, without ctypes, and
+    # for a handle that cannot write the header, it polls).  Only processes
+    # of this backend use a PYLOCK queue, so the sleeper count `waiters`
+    # changes only under the flock, and a commit reads it under the same
+    # flock as it bumps notify: a sleeper registered before the commit's
+    # critical section is counted and woken (or finds notify moved and does
+    # not sleep at all); one that registers after it sees the change in its
+    # re-check under the flock and does not sleep.
+    #
+    # The count is kept exact against interrupts where it can be: the
+    # increment and the record that it was made are two stores with no call
+    # between (where no signal handler runs on CPython 3.11 and later), and
+    # a finally undoes it.  What can leak one count: a process killed while
+    # registered, a second interrupt during the decrement's flock, or, on
+    # older CPythons, an interrupt between the two stores.  A leaked count
+    # costs only a futex wake system call in every commit (with no sleeper
+    # to wake), never a missed wake-up.
+
+    def _ready(self, room: int) -> bool:
+        """A message is queued (room 0), or there is room for ``room`` bytes
+        of records, or the header looks wrong (the locked attempt reports
+        it).  Holding the lock or not: head and tail are each read whole."""
+        mm = self._mm
+        cap = self.capacity
+        head: int = _HEADTAIL(mm, _QH)[0]
+        tail: int = _HEADTAIL(mm, _QT)[0]
+        used = (tail - head) & _M64
+        if (head | tail) & 7 or used > cap:
+            return True
+        return (used != 0) if room == 0 else (cap - used >= room)
+
+    def _enlist(self, delta: int, room: int, mark: "list[bool]") -> int:
+        """Under the flock: with ``delta`` 1, unless ``_ready(room)``, count
+        this thread in ``waiters`` and return the notify word it then holds
+        (-1 when ready: nothing counted); with -1, uncount it.  ``mark[0]``
+        says whether this thread is counted, stored right beside the count."""
+        try:
+            t: _ThreadState = self._tls.t
+        except AttributeError:
+            t = self._thread_state()
+        busy = t.busy
+        key = self._key
+        inner = busy.get(key)
+        if inner is not None and _on_stack(inner):
+            raise _reentrant_queue(self.name)
+        mm = self._mm
+        fd = t.fd
+        rel = None
+        if not _INLINE_RELEASE:
+            rel = map(_pcall, [t.noop, t.unflock])
+        out = -1
+        busy[key] = sys._getframe()
+        try:
+            if fd >= 0:
+                _flock(fd, _LOCK_EX)
+            n: int = _u32(mm, C.Q_WAITERS)[0]
+            if delta > 0:
+                if not self._ready(room):
+                    more = _p32((n + 1) & 0xFFFFFFFF)
+                    out = _u32(mm, C.Q_NOTIFY)[0]
+                    # The count and its record: no call between the two.
+                    mm[_Q_WAITERS_SL] = more
+                    mark[0] = True
+            else:
+                fewer = _p32(n - 1) if n else _ZERO4  # never below 0 (a scribbled word)
+                mm[_Q_WAITERS_SL] = fewer
+                mark[0] = False
+            if rel is not None:
+                _consume(rel)  # released here; the finally's call finds nothing left
+        finally:
+            if rel is None:
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+            else:
+                _consume(rel)
+            busy[key] = None
+        return out
+
+    def _sleep(self, room: int, deadline: Optional[float]) -> bool:
+        """Counted in ``waiters``, sleep on notify in slices of at most
+        ``_Q_SLICE_S`` (signal handlers run between them) until notify moves
+        or ``_ready(room)`` (a slice's end re-checks: a holder killed between
+        its commit and its wake-up leaves none); False at the deadline."""
+        global _futex_waits
+        mark = [False]
+        try:
+            seen = self._enlist(1, room, mark)
+            if seen < 0:
+                return True
+            mm = self._mm
+            anchor = self._anchor
+            while True:
+                left = _Q_SLICE_S
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        return False
+                err = _futex_wait(anchor, C.Q_NOTIFY, seen, left)
+                if err not in _FUTEX_WAIT_OK:
+                    _futex_waits = False  # the caller's next wait polls
+                    return True
+                if _u32(mm, C.Q_NOTIFY)[0] != seen or self._ready(room):
+                    return True
+        finally:
+            if mark[0]:
+                self._enlist(-1, room, mark)
+
+    def _wait(self, room: int, deadline: Optional[float]) -> bool:
+        """Until ``_ready(room)``: True; False at the deadline.  It may end
+        early (on any commit): the caller retries and waits again."""
+        if self._anchor is None or not _futex_waits:
+            return self._poll(room, deadline)
+        start = time.monotonic()
+        while True:
+            if self._ready(room):
+                return True
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now - start >= _WAIT_SPIN_S:
+                return self._sleep(room, deadline)
 
     def _poll(self, room: int, deadline: Optional[float]) -> bool:
-        """Until there is a message (room 0) or room for ``room`` bytes of
-        records, or the header looks wrong (the locked attempt reports it):
-        True; False at the deadline.  It writes nothing shared and holds
-        nothing, so a KeyboardInterrupt here changes nothing."""
+        """``_wait`` without the futex: until there is a message (room 0) or
+        room for ``room`` bytes of records, or the header looks wrong (the
+        locked attempt reports it): True; False at the deadline.  It writes
+        nothing shared and holds nothing, so a KeyboardInterrupt here
+        changes nothing."""
         mm = self._mm
         cap = self.capacity
         start = time.monotonic()
@@ -1420,7 +1584,7 @@ class QueueHandle(_Mapped):
                 return False
             if deadline is None:
                 deadline = self._deadline(timeout)
-            if not self._poll(need, deadline):
+            if not self._wait(need, deadline):
                 return False
 
     def _take(self, what: int, arg: Any, timeout: Optional[float]) -> Any:
@@ -1435,7 +1599,7 @@ class QueueHandle(_Mapped):
                 return out
             if deadline is None:
                 deadline = self._deadline(timeout)
-            if not self._poll(0, deadline):
+            if not self._wait(0, deadline):
                 return out
 
     def take(self, max: Optional[int], timeout: Optional[float]) -> "list[bytes]":
