@@ -17,7 +17,8 @@ from conftest import BACKENDS, SHM_DIR, backend_name
 from test_cli import assert_clean_error
 from test_cli_hardening import ENDLESS, _cap_memory
 
-from fastshm import Queue, Segment
+from fastshm import Queue, Segment, SharedMemory
+from fastshm import _common as C
 
 needs_shm_dir = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 
@@ -51,6 +52,18 @@ def finish(proc: subprocess.Popen, timeout: float = 30) -> None:
 
 def exists(name: str) -> bool:
     return os.path.lexists(os.path.join(SHM_DIR, name))
+
+
+def wait_for_sleeper(name: str, limit: float = 30) -> None:
+    """Until a process sleeps in a put or get of the queue (its header's
+    waiters word is non-zero), ``limit`` seconds at most."""
+    with SharedMemory(name) as shm:
+        assert shm.buf is not None
+        deadline = time.monotonic() + limit
+        while C.U32.unpack_from(shm.buf, C.Q_WAITERS)[0] == 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"nothing waited in {name!r} within {limit} seconds")
+            time.sleep(0.01)
 
 
 def fields(out: bytes) -> Dict[str, str]:
@@ -170,7 +183,7 @@ def test_blocked_put_goes_through_when_a_consumer_makes_room(backend: str,
         q.put(b"12345678")
         producer = popen("put", name, "waiting", "--timeout", "30", backend=backend)
         try:
-            time.sleep(0.3)
+            wait_for_sleeper(name)
             assert producer.poll() is None  # still waiting for room
             assert q.get() == b"12345678"
             out, err = producer.communicate(timeout=30)
@@ -185,7 +198,7 @@ def test_blocked_get_prints_the_message_put_by_another_process(backend: str,
     Queue(name, 1024, backend=backend).close()
     consumer = popen("get", name, backend=backend)  # no --timeout: as long as it takes
     try:
-        time.sleep(0.3)
+        wait_for_sleeper(name)
         assert consumer.poll() is None
         assert run("put", name, "hello", backend=backend).returncode == 0
         out, err = consumer.communicate(timeout=30)
@@ -309,7 +322,7 @@ def test_a_blocked_put_or_get_ends_when_the_queue_is_deleted(
             assert waiter.stdin is not None
             waiter.stdin.write(b"blocked")
             waiter.stdin.close()
-            time.sleep(0.5)
+            wait_for_sleeper(name)  # it opened the queue: deleting it now is noticed
             assert waiter.poll() is None
             q.delete()
             assert waiter.wait(timeout=30) == 1
