@@ -62,8 +62,8 @@ def test_store_too_large_is_refused_and_keeps_message(backend: str, name: str) -
 
 @pytest.mark.parametrize("args, words", [
     (["load", "{name}"], ["no segment named"]),
-    (["delete", "{name}"], ["no segment named"]),
-    (["info", "{name}"], ["no segment named"]),
+    (["delete", "{name}"], ["no segment or queue named"]),
+    (["info", "{name}"], ["no segment or queue named"]),
     (["store", "a/b", "x"], ["'/'"]),
     (["store", "", "x"], ["empty"]),
     (["store", "x" * 300, "x"], ["300 bytes"]),
@@ -102,7 +102,8 @@ def test_info_and_list(backend: str, name: str) -> None:
     assert fields["mode"].startswith("0o600")
     listing = cli("list", backend=backend).stdout.decode().splitlines()
     row = [line.split() for line in listing if line.split()[0] == name]
-    assert row == [[name, "100", "2", str(os.stat(f"/dev/shm/{name}").st_size)]]
+    mapped = str(os.stat(f"/dev/shm/{name}").st_size)
+    assert row == [[name, "segment", "100", "2", "-", "-", mapped, "-", "-"]]
 
 
 def test_menu_store_load_delete(backend: str, name: str) -> None:

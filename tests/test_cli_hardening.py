@@ -230,7 +230,7 @@ def test_delete_removes_broken_objects(backend: str, name: str, content: bytes,
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == f"deleted {name!r}\n"
     assert not exists(name)
-    assert_clean_error(run("delete", name, backend=backend), "no segment named")
+    assert_clean_error(run("delete", name, backend=backend), "no segment or queue named")
 
 
 @needs_shm_dir

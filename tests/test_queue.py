@@ -368,6 +368,43 @@ def test_put_many_never_fits(backend: str, name: str) -> None:
         assert drain(q) == [b"kept"]
 
 
+def test_put_many_many_empty_messages(backend: str, name: str) -> None:
+    """A batch of 131 072 empty messages exactly fills a 1 MiB ring; one
+    more could never fit."""
+    with fastshm.Queue(name, create=True, backend=backend) as q:
+        with pytest.raises(ValueError):
+            q.put_many([b""] * (DEFAULT_SIZE // 8 + 1))
+        assert q.qsize() == 0
+        q.put_many([b""] * (DEFAULT_SIZE // 8), block=False)
+        assert q.full() and q.qsize() == DEFAULT_SIZE // 8
+        got = q.get_many()
+        assert len(got) == DEFAULT_SIZE // 8 and set(got) == {b""}
+
+
+def test_put_many_buffer_resized_meanwhile(backend: str, name: str) -> None:
+    """A generator that resizes a buffer it already yielded: the batch is
+    refused (the buffer is held) or holds the bytes as they were at some
+    point, never freed memory."""
+    ba = bytearray(b"abc")
+
+    def gen() -> Any:
+        yield ba
+        try:
+            ba.extend(b"more" * 10000)  # a reallocation, unless the buffer is held
+        except BufferError:
+            pass
+        yield b"x"
+
+    with make(name, backend, 1 << 18) as q:
+        try:
+            q.put_many(gen())
+        except BufferError:
+            assert q.qsize() == 0
+            return
+        got = drain(q)
+        assert got[1:] == [b"x"] and got[0] in (b"abc", bytes(ba)), got[0][:20]
+
+
 def test_put_many_generator_error_puts_nothing(backend: str, name: str) -> None:
     def gen() -> Any:
         yield b"first"
@@ -973,6 +1010,11 @@ def test_object_queue(backend: str, name: str) -> None:
         finally:
             oq2.close()
     assert oq.queue.closed
+    oq3 = fastshm.ObjectQueue(name, create=False, backend=backend)
+    oq3.put(None)
+    assert oq3.qsize() == 1 and oq3.get_nowait() is None
+    oq3.delete()
+    assert oq3.queue.closed and not exists(name)
 
 
 def test_object_queue_too_big(backend: str, name: str) -> None:
@@ -1246,10 +1288,14 @@ def test_ctrl_c_interrupts_a_blocked_call(backend: str, name: str, what: str) ->
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_from_a_thread_in_process(backend: str, name: str) -> None:
+@pytest.mark.parametrize("what", ["get", "put"])
+def test_ctrl_c_from_a_thread_in_process(backend: str, name: str, what: str) -> None:
     """SIGINT sent from a thread of this very process (os.kill) interrupts a
-    get blocked forever in the main thread."""
-    with make(name, backend) as q:
+    get or put blocked forever in the main thread, and changes nothing."""
+    with make(name, backend, 32) as q:
+        if what == "put":
+            q.put(b"f" * 24)  # full
+        before = state(q)
         fired = threading.Event()
 
         def interrupt() -> None:
@@ -1258,21 +1304,24 @@ def test_ctrl_c_from_a_thread_in_process(backend: str, name: str) -> None:
             os.kill(os.getpid(), signal.SIGINT)
 
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
-        # A watchdog: if the get ignores the signal, a message frees it.
-        guard = threading.Timer(20, q.put, args=(b"watchdog",))
+        # A watchdog: if the call ignores the signal, the other side frees it.
+        guard = threading.Timer(20, q.put if what == "get" else q.get,
+                                args=(b"watchdog",) if what == "get" else ())
         guard.start()
         t = threading.Thread(target=interrupt, daemon=True)
         t.start()
         try:
             with pytest.raises(KeyboardInterrupt):
-                got = q.get()
-                pytest.fail(f"get returned {got!r} instead of being interrupted")
+                got = q.get() if what == "get" else q.put(b"more")
+                pytest.fail(f"{what} returned {got!r} instead of being interrupted")
         finally:
             guard.cancel()
             t.join()
             signal.signal(signal.SIGINT, old)
         assert fired.is_set()
-        assert q.qsize() == 0 and header(name)["waiters"] == 0
+        assert state(q) == before and header(name)["waiters"] == 0
+        if what == "put":
+            assert q.get(timeout=5) == b"f" * 24
         q.put(b"still works")
         assert q.get(timeout=5) == b"still works"
 

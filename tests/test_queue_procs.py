@@ -280,6 +280,38 @@ def racer(name, backend, size, workdir, index):
     q.put(json.dumps([os.getpid(), q.created, q.capacity, q.backend]), timeout=30)
 
 
+def seq_producer(name, backend, stop_path):
+    # 8-byte numbered messages, in batches, as fast as they go in.
+    q = fastshm.Queue(name, create=False, backend=backend)
+    seq = 0
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(stop_path) and time.monotonic() < deadline:
+        try:
+            q.put_many([struct.pack("<Q", seq + i) for i in range(256)], timeout=0.05)
+        except queue.Full:
+            continue
+        seq += 256
+    print(json.dumps({"put": seq}), flush=True)
+
+
+def seq_getter(name, backend, stop_path, out_path):
+    # One message per get, in bursts, until told to stop; writes the numbers.
+    import array
+    q = fastshm.Queue(name, create=False, backend=backend)
+    got = array.array("Q")
+    print("ready", flush=True)
+    while not os.path.exists(stop_path):
+        for _ in range(100):
+            try:
+                got.append(struct.unpack("<Q", q.get(timeout=0.05))[0])
+            except queue.Empty:
+                break
+        time.sleep(0.001)
+    with open(out_path, "wb") as f:
+        got.tofile(f)
+
+
 def idle_getter(name, backend):
     q = fastshm.Queue(name, create=False, backend=backend)
     print("waiting", flush=True)
@@ -666,7 +698,7 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
         assert ch.poll_ready(30), ch.failure("no ready")
         rnd = random.Random()
         # Until 10 signals have landed inside calls, at least 300 sent.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         sent = 0
         while sent < 300 or int(count.read_bytes() or b"0") < 10:
             assert time.monotonic() < deadline, f"{count.read_bytes()!r} interrupted calls"
@@ -751,3 +783,68 @@ def test_open_or_create_race(race: str, name: str, tmp_path: Path) -> None:
     assert cap in range(1000, 1000 + 8 * n, 8)
     assert {r[2] for r in results} == {cap}
     assert {r[3] for r in results} == {creators[0][3]}, "two lock protocols on one queue"
+
+
+# ---- get_many takes its messages in one lock round ----
+
+
+def test_get_many_is_one_round(backend: str, name: str, tmp_path: Path) -> None:
+    """While a producer keeps the queue busy and another process gets one
+    message at a time, every get_many(None) returns a run of consecutive
+    messages (nothing taken from its middle by the other consumer) and no
+    more than the ring holds at once: one lock round, not several."""
+    import array
+
+    q = fastshm.Queue(name, 1 << 18, create=True, backend=backend)
+    per_ring = q.capacity // 16  # 8-byte messages take 16 bytes each
+    stop, other_path = tmp_path / "stop", tmp_path / "other.bin"
+    producer = Child("producer", "seq_producer", name, backend, str(stop))
+    getter = Child("getter", "seq_getter", name, backend, str(stop), str(other_path))
+    batches: List[List[int]] = []
+    try:
+        for ch in (producer, getter):
+            assert ch.poll_ready(30), ch.failure("no ready")
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                got = q.get_many(None, timeout=1)
+            except queue.Empty:
+                continue
+            batches.append([struct.unpack("<Q", m)[0] for m in got])
+            time.sleep(0.02)  # let the queue fill up again
+        stop.touch()
+        rc, out, err = producer.finish(60)
+        assert rc == 0, err.decode(errors="replace")
+        put = json.loads(out.splitlines()[-1])["put"]
+        rc, _, err = getter.finish(60)
+        assert rc == 0, err.decode(errors="replace")
+    finally:
+        stop.touch()
+        _cleanup([producer, getter])
+    other = array.array("Q")
+    other.frombytes(other_path.read_bytes())
+    rest = [struct.unpack("<Q", m)[0] for m in drain_queue(q)]
+    q.close()
+    seen = bytearray(put)
+    for x in [x for b in batches for x in b] + list(other) + rest:
+        assert x < put and not seen[x], f"message {x} made up or delivered twice"
+        seen[x] = 1
+    assert all(seen), f"{put - sum(seen)} messages lost"
+    big = max(len(b) for b in batches)
+    gapped = [b for b in batches if any(y != x + 1 for x, y in zip(b, b[1:]))]
+    assert not gapped, (
+        f"{len(gapped)} of {len(batches)} get_many calls lost their middle to another "
+        f"consumer, e.g. {[(x, y) for x, y in zip(gapped[0], gapped[0][1:]) if y != x + 1][:3]}"
+    )
+    assert big <= per_ring, f"a get_many returned {big} messages; the ring holds {per_ring}"
+    print(f"[queue get_many {backend}] batches={len(batches)} largest={big} "
+          f"single gets={len(other)} put={put}")
+
+
+def drain_queue(q: fastshm.Queue) -> List[bytes]:
+    out: List[bytes] = []
+    while True:
+        try:
+            out.extend(q.get_many(block=False))
+        except queue.Empty:
+            return out

@@ -29,6 +29,8 @@ H_LOCK = 64
 H_LOCK_NEXT = 80
 S_SEQ = 0
 S_LENGTH = 8
+# The largest store number (SEQ_MAX in slot.c): its slot word, 2 * seq, fits 64 bits.
+SEQ_MAX = (1 << 63) - 1
 
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")

@@ -306,12 +306,12 @@ class _QueueScratch:
 
     __slots__ = ("buf", "fbuf", "size", "lens", "nlens", "out")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, nlens: int = 0) -> None:
         self.size = size
         self.buf = ffi.new("unsigned char[]", size)
         self.fbuf = ffi.buffer(self.buf)
-        self.nlens = _TAKE_MAX
-        self.lens = ffi.new("size_t[]", _TAKE_MAX)
+        self.nlens = nlens or _TAKE_MAX
+        self.lens = ffi.new("size_t[]", self.nlens)
         self.out = ffi.new("size_t *")
 
 
@@ -407,50 +407,51 @@ class QueueHandle:
         return False  # not reached
 
     def take(self, max: int, timeout: Optional[float]) -> "list[bytes]":
-        """Up to ``max`` messages, waiting up to ``timeout`` for the first.
-        Each round lands what fits the pooled buffer; a batch larger than
-        that takes further rounds that never wait (so a get_many may return
-        messages put while it ran), and a message larger than the buffer
-        gets one of its own."""
+        """Up to ``max`` messages in one lock round, waiting up to
+        ``timeout`` for the first.  They land in a pooled buffer, or, when
+        more is queued than it holds, in one sized to what is queued; a
+        first message longer than the buffer gets one of its own."""
+        used = int(lib.fshm_queue_used(self._q))
+        pooled = used <= self._take_bytes and (max <= _TAKE_MAX or used // 8 <= _TAKE_MAX)
+        if pooled:
+            try:
+                sc = self._pool.pop()
+            except IndexError:
+                sc = _QueueScratch(self._take_bytes)
+        else:
+            # Every record takes at least 8 bytes: no more than used // 8 of them.
+            sc = _QueueScratch(used, min(max, used // 8))
         try:
-            sc = self._pool.pop()
-        except IndexError:
-            sc = _QueueScratch(self._take_bytes)
-        out: "list[bytes]" = []
-        wait = timeout
-        try:
-            while len(out) < max:
-                want = min(max - len(out), sc.nlens)
-                rc = self._call(lib.fshm_queue_get_packed, wait, self._q, sc.buf, sc.size,
+            want = min(max, sc.nlens)
+            while True:
+                rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf, sc.size,
                                 sc.lens, want, sc.out)
-                if rc == ESMALL:
-                    big = _QueueScratch(int(sc.lens[0]))
-                    rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
-                                                   sc.out, 0)
-                    if rc == 0:
-                        out.append(big.fbuf[0 : sc.lens[0]])
-                        wait = 0
-                        continue
-                    if rc == ENOMSG and not out:
-                        continue  # another consumer took it: wait as asked
-                    if rc == ESMALL:
-                        continue  # a longer one got to the front meanwhile
-                if rc == ENOMSG:
+                if rc != ESMALL:
                     break
-                if rc:
-                    if out:
-                        break  # return what was taken; the error comes next call
-                    self._fail(rc)
-                fbuf, lens = sc.fbuf, sc.lens
-                pos = 0
-                for i in range(sc.out[0]):
-                    n = lens[i]
-                    out.append(fbuf[pos : pos + n])
-                    pos += n
-                wait = 0
+                big = _QueueScratch(int(sc.lens[0]), 1)
+                rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
+                                               sc.out, 0)
+                if rc == 0:
+                    return [big.fbuf[0 : sc.lens[0]]]
+                if rc != ENOMSG and rc != ESMALL:
+                    break
+                # Another consumer took it, or a longer one got to the front:
+                # again, waiting as asked.
+            if rc == ENOMSG:
+                return []
+            if rc:
+                self._fail(rc)
+            out = []
+            fbuf, lens = sc.fbuf, sc.lens
+            pos = 0
+            for i in range(sc.out[0]):
+                n = lens[i]
+                out.append(fbuf[pos : pos + n])
+                pos += n
             return out
         finally:
-            self._pool.append(sc)
+            if pooled:
+                self._pool.append(sc)
 
     def take_into(self, dst: memoryview, timeout: Optional[float]) -> int:
         out = ffi.new("size_t *")

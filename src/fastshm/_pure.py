@@ -65,8 +65,6 @@ _READY_WAIT_S = 1.0
 _CREATOR_WAIT_S = 60.0
 _WAIT_SPIN_S = 50e-6
 _WAIT_SLEEP_MAX_S = 0.002
-# The largest store number (as SEQ_MAX in slot.c): its slot word, 2 * seq, fits 64 bits.
-_SEQ_MAX = (1 << 63) - 1
 
 # ---- process identity for the writer lock (the same word the C core uses) ----
 
@@ -850,7 +848,7 @@ class SegmentHandle(_Mapped):
                 _flock(fd, _LOCK_EX)
             self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
-            if nxt > _SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
+            if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
                 raise_for(EFORMAT, self.name, "the store counter is out of range")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
             # Each shared word in one copy (a slice assignment is one memcpy).
@@ -1020,7 +1018,7 @@ class SegmentHandle(_Mapped):
             raise ValueError(f"seq must be a message number >= 0, not {seq}")
         if seq == 0:
             return True
-        if seq > _SEQ_MAX:
+        if seq > C.SEQ_MAX:
             return False
         if not _STRONG_ORDER:
             self._fence()

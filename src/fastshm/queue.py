@@ -12,7 +12,6 @@ the python backend, ``_HandleQueue``, whose methods below call the backend's
 
 from __future__ import annotations
 
-import functools
 import pickle
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -25,7 +24,7 @@ from ._errors import (
     full_error,
     message_too_big,
 )
-from .segment import _open_args, _timeout_arg
+from ._named import HandleNamed, Named, _open_args, _timeout_arg, native_class
 
 _DEFAULT_SIZE = 1 << 20
 
@@ -38,7 +37,7 @@ def _open(impl: Any, name: str, how: int, capacity: int, mode: int, any_owner: b
     core = getattr(impl, "QueueCore", None)
     if core is not None:
         flags = impl.ANY_OWNER if any_owner else 0
-        return core.__new__(_native_class(core), name, how | flags, capacity, mode)  # type: ignore[no-any-return]
+        return core.__new__(native_class(core, Queue), name, how | flags, capacity, mode)  # type: ignore[no-any-return]
     self = object.__new__(_HandleQueue)
     self._name = name
     self._backend = impl.name
@@ -63,7 +62,7 @@ def _block_arg(block: object, timeout: object) -> Optional[float]:
     return _timeout_arg(timeout)
 
 
-class Queue:
+class Queue(Named):
     """A named, bounded queue of byte messages in shared memory: any number
     of processes put and get, every message is delivered to exactly one
     ``get``, and the messages of one producer come out in the order it put
@@ -83,6 +82,8 @@ class Queue:
     """
 
     __slots__ = ()
+    _KIND = "queue"
+    _REATTACH = staticmethod(_reattach)
 
     def __new__(
         cls,
@@ -243,41 +244,6 @@ class Queue:
         Closing twice is harmless."""
         raise NotImplementedError
 
-    def unlink(self) -> None:
-        """Remove the name (POSIX) so no new process can open it; queued
-        messages go with the last process that has it open."""
-        resolve(self.backend).unlink(self.name)
-
-    def delete(self) -> None:
-        """Close and unlink."""
-        self.close()
-        self.unlink()
-
-    # -- for `fastshm info` and `fastshm unlock` --
-
-    @property
-    def _mapped_size(self) -> int:
-        raise NotImplementedError
-
-    def _lock_owner(self) -> int:
-        raise NotImplementedError
-
-    def _break_lock(self, owner: int) -> bool:
-        raise NotImplementedError
-
-    # -- Python protocols --
-
-    def __enter__(self) -> "Queue":
-        if self.closed:
-            raise ValueError(f"queue {self.name!r} is closed")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
-        return (_reattach, (self.name, self.backend))
-
     def __repr__(self) -> str:
         if self.closed:
             return f"<Queue {self.name!r} closed>"
@@ -287,7 +253,7 @@ class Queue:
         )
 
 
-class _HandleQueue(Queue):
+class _HandleQueue(HandleNamed, Queue):
     """Queue over a backend's QueueHandle: the python backend, and the
     native backend through cffi."""
 
@@ -296,39 +262,13 @@ class _HandleQueue(Queue):
     _name: str
     _backend: str
 
-    def _handle(self) -> Any:
-        h = self._h
-        if h is None:
-            raise ValueError(f"queue {self._name!r} is closed")
-        return h
-
-    name = property(lambda self: self._name, doc=Queue.name.__doc__)
-    backend = property(lambda self: self._backend, doc=Queue.backend.__doc__)
-    closed = property(lambda self: self._h is None, doc=Queue.closed.__doc__)
-
-    @property
-    def capacity(self) -> int:
-        return self._handle().capacity  # type: ignore[no-any-return]
-
     @property
     def max_message(self) -> int:
         return self._handle().max_message  # type: ignore[no-any-return]
 
     @property
-    def created(self) -> bool:
-        return self._handle().created  # type: ignore[no-any-return]
-
-    @property
-    def readonly(self) -> bool:
-        return self._handle().readonly  # type: ignore[no-any-return]
-
-    @property
     def bytes_used(self) -> int:
         return self._handle().used()  # type: ignore[no-any-return]
-
-    @property
-    def _mapped_size(self) -> int:
-        return self._handle().size  # type: ignore[no-any-return]
 
     def _put(self, h: Any, msgs: List[C.BytesLike], wait: Optional[float]) -> None:
         if not h.put_many(msgs, wait):
@@ -394,20 +334,6 @@ class _HandleQueue(Queue):
     def qsize(self) -> int:
         return self._handle().count()  # type: ignore[no-any-return]
 
-    def close(self) -> None:
-        self._h = None
-
-    def _lock_owner(self) -> int:
-        return self._handle().lock_owner()  # type: ignore[no-any-return]
-
-    def _break_lock(self, owner: int) -> bool:
-        return self._handle().break_lock(owner)  # type: ignore[no-any-return]
-
-
-@functools.lru_cache(maxsize=None)
-def _native_class(core: type) -> type:
-    """Queue with the C-API binding's hot methods first in the method order."""
-    return type("_NativeQueue", (core, Queue), {"__slots__": (), "__module__": __name__})
 
 
 class ObjectQueue:

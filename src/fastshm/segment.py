@@ -11,20 +11,15 @@ on each.
 
 from __future__ import annotations
 
-import functools
-import math
 import operator
-from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Iterator, Optional, TypeVar, Union
 
 from . import _common as C
 from ._backend import resolve
+from ._named import HandleNamed, Named, _open_args, _timeout_arg, native_class
 
 T = TypeVar("T")
 
-# The largest message number (as SEQ_MAX in slot.c).
-_SEQ_MAX = (1 << 63) - 1
-# A timeout longer than this many seconds is no timeout (31 years), as in _cext.c.
-_FOREVER_S = 1e9
 
 
 def _reattach(name: str, backend: str) -> "Segment":
@@ -41,56 +36,12 @@ def _seq_arg(value: object, what: str) -> int:
         raise TypeError(f"{what} must be an int message number, not {value!r}") from None
     if n < 0:
         raise ValueError(f"{what} must be a message number >= 0, not {value!r}")
-    if n > _SEQ_MAX:
+    if n > C.SEQ_MAX:
         raise ValueError(f"{what} must be a message number below 2**63, not {value!r}")
     return n
 
 
-def _timeout_arg(value: object) -> Optional[float]:
-    """Seconds to wait, None for no timeout (None, inf, or beyond 31 years)."""
-    if value is None:
-        return None
-    if isinstance(value, float):
-        secs = value
-    else:
-        if isinstance(value, bool):
-            n = None
-        else:
-            try:
-                n = operator.index(value)  # type: ignore[arg-type]
-            except TypeError:
-                n = None
-        if n is None:
-            raise TypeError(f"timeout must be a number of seconds or None, not {value!r}")
-        secs = -1.0 if n < 0 else math.inf if n > _FOREVER_S else float(n)
-    if not secs >= 0:  # negative, or NaN
-        raise ValueError(f"timeout must be >= 0 seconds, not {value!r}")
-    return None if secs > _FOREVER_S else secs
-
-
-def _open_args(
-    impl: Any, name: object, size: object, create: object, mode: object, any_owner: object,
-    check_size: Callable[[object], int],
-) -> Tuple[str, int, int, int]:
-    """The checked arguments of an open, as Segment and Queue take them:
-    (name, how, capacity -- 0 when attaching --, mode)."""
-    name = C.check_name(name, impl.NAME_MAX)
-    if create is None:
-        how = C.OPEN_OR_CREATE
-    elif create is True:
-        how = C.CREATE
-    elif create is False:
-        how = C.ATTACH
-    else:
-        raise TypeError(f"create must be None, True or False, not {create!r}")
-    capacity = check_size(size) if how != C.ATTACH else 0
-    mode = C.check_mode(mode)
-    if not isinstance(any_owner, bool):
-        raise TypeError(f"any_owner must be True or False, not {any_owner!r}")
-    return name, how, capacity, mode
-
-
-class Segment:
+class Segment(Named):
     """A named shared-memory segment that holds one message at a time.
 
     ``Segment(name)`` opens the segment called ``name``, creating it with room
@@ -107,6 +58,8 @@ class Segment:
     """
 
     __slots__ = ()
+    _KIND = "segment"
+    _REATTACH = staticmethod(_reattach)
 
     def __new__(
         cls,
@@ -124,7 +77,7 @@ class Segment:
         core = getattr(impl, "SegmentCore", None)
         if core is not None:
             flags = impl.ANY_OWNER if any_owner else 0
-            return core.__new__(_native_class(core), name, how | flags, capacity, mode)  # type: ignore[no-any-return]
+            return core.__new__(native_class(core, Segment), name, how | flags, capacity, mode)  # type: ignore[no-any-return]
         self = object.__new__(_HandleSegment)
         self._name = name
         self._backend = impl.name
@@ -276,42 +229,6 @@ class Segment:
         Closing twice is harmless."""
         raise NotImplementedError
 
-    def unlink(self) -> None:
-        """Remove the name (POSIX) so no new process can open it; processes
-        that have it open keep their mapping. On Windows this does nothing:
-        the segment disappears with the last handle."""
-        resolve(self.backend).unlink(self.name)
-
-    def delete(self) -> None:
-        """Close and unlink: the menu's "3. delete"."""
-        self.close()
-        self.unlink()
-
-    # -- for `fastshm info` and `fastshm unlock` --
-
-    @property
-    def _mapped_size(self) -> int:
-        raise NotImplementedError
-
-    def _lock_owner(self) -> int:
-        raise NotImplementedError
-
-    def _break_lock(self, owner: int) -> bool:
-        raise NotImplementedError
-
-    # -- Python protocols --
-
-    def __enter__(self) -> "Segment":
-        if self.closed:
-            raise ValueError(f"segment {self.name!r} is closed")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __reduce__(self) -> Tuple[Any, Tuple[str, str]]:
-        return (_reattach, (self.name, self.backend))
-
     def __repr__(self) -> str:
         if self.closed:
             return f"<Segment {self.name!r} closed>"
@@ -321,7 +238,7 @@ class Segment:
         )
 
 
-class _HandleSegment(Segment):
+class _HandleSegment(HandleNamed, Segment):
     """Segment over a backend's SegmentHandle: the python backend, and the
     native backend through cffi."""
 
@@ -331,36 +248,11 @@ class _HandleSegment(Segment):
     _backend: str
     _last_seq: int
 
-    def _handle(self) -> Any:
-        h = self._h
-        if h is None:
-            raise ValueError(f"segment {self._name!r} is closed")
-        return h
-
-    name = property(lambda self: self._name, doc=Segment.name.__doc__)
-    backend = property(lambda self: self._backend, doc=Segment.backend.__doc__)
     last_seq = property(lambda self: self._last_seq, doc=Segment.last_seq.__doc__)
-    closed = property(lambda self: self._h is None, doc=Segment.closed.__doc__)
-
-    @property
-    def capacity(self) -> int:
-        return self._handle().capacity  # type: ignore[no-any-return]
-
-    @property
-    def created(self) -> bool:
-        return self._handle().created  # type: ignore[no-any-return]
-
-    @property
-    def readonly(self) -> bool:
-        return self._handle().readonly  # type: ignore[no-any-return]
 
     @property
     def seq(self) -> int:
         return self._handle().seq()  # type: ignore[no-any-return]
-
-    @property
-    def _mapped_size(self) -> int:
-        return self._handle().size  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         # Through view(): a length read without the seqlock's re-check could
@@ -417,19 +309,3 @@ class _HandleSegment(Segment):
             )
         self._last_seq = seq
         return seq
-
-    def close(self) -> None:
-        self._h = None
-
-    def _lock_owner(self) -> int:
-        return self._handle().lock_owner()  # type: ignore[no-any-return]
-
-    def _break_lock(self, owner: int) -> bool:
-        return self._handle().break_lock(owner)  # type: ignore[no-any-return]
-
-
-@functools.lru_cache(maxsize=None)
-def _native_class(core: type) -> type:
-    """Segment with the C-API binding's hot methods: they come first in the
-    method order, and Segment supplies the rest."""
-    return type("_NativeSegment", (core, Segment), {"__slots__": (), "__module__": __name__})
