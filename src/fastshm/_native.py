@@ -306,14 +306,18 @@ class _QueueScratch:
 
     __slots__ = ("buf", "fbuf", "size", "lens", "nlens", "out")
 
-    def __init__(self, size: int, nlens: int = 0) -> None:
+    def __init__(self, size: int, nlens: int = 0, clear: bool = True) -> None:
         self.size = size
-        self.buf = ffi.new("unsigned char[]", size)
+        # A one-off landing buffer is written before it is read: no need to
+        # zero a megabyte first.
+        self.buf = (ffi.new if clear else _new_raw)("unsigned char[]", size)
         self.fbuf = ffi.buffer(self.buf)
         self.nlens = nlens or _TAKE_MAX
         self.lens = ffi.new("size_t[]", self.nlens)
         self.out = ffi.new("size_t *")
 
+
+_new_raw = ffi.new_allocator(should_clear_after_alloc=False)
 
 # One take lands at most this many bytes / messages in the pooled buffer (a
 # longer first message gets a buffer of its own).
@@ -411,8 +415,10 @@ class QueueHandle:
         ``timeout`` for the first.  They land in a pooled buffer, or, when
         more is queued than it holds, in one sized to what is queued; a
         first message longer than the buffer gets one of its own."""
-        used = int(lib.fshm_queue_used(self._q))
-        pooled = used <= self._take_bytes and (max <= _TAKE_MAX or used // 8 <= _TAKE_MAX)
+        pooled = max == 1  # one message: the pooled buffer, or one of its own
+        if not pooled:
+            used = int(lib.fshm_queue_used(self._q))
+            pooled = used <= self._take_bytes and (max <= _TAKE_MAX or used // 8 <= _TAKE_MAX)
         if pooled:
             try:
                 sc = self._pool.pop()
@@ -420,7 +426,7 @@ class QueueHandle:
                 sc = _QueueScratch(self._take_bytes)
         else:
             # Every record takes at least 8 bytes: no more than used // 8 of them.
-            sc = _QueueScratch(used, min(max, used // 8))
+            sc = _QueueScratch(used, min(max, used // 8), clear=False)
         try:
             want = min(max, sc.nlens)
             while True:
@@ -428,7 +434,7 @@ class QueueHandle:
                                 sc.lens, want, sc.out)
                 if rc != ESMALL:
                     break
-                big = _QueueScratch(int(sc.lens[0]), 1)
+                big = _QueueScratch(int(sc.lens[0]), 1, clear=False)
                 rc = lib.fshm_queue_get_packed(self._q, big.buf, big.size, sc.lens, 1,
                                                sc.out, 0)
                 if rc == 0:
