@@ -74,6 +74,18 @@ class Named:
     backend: Any
     closed: Any
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The public class (Segment, Queue) is the one that names Named as a
+        # base; its constructor picks among the subclasses in its module.
+        public = next(c for c in cls.__mro__ if Named in c.__bases__)
+        if cls is not public and cls.__module__ != public.__module__:
+            kind = public.__name__
+            raise TypeError(
+                f"fastshm.{kind} cannot be subclassed ({kind}() picks the class that "
+                f"fits its backend); hold a {kind} in an attribute instead"
+            )
+        super().__init_subclass__(**kwargs)
+
     def close(self) -> None:
         raise NotImplementedError
 

@@ -110,14 +110,6 @@ class Queue(Named):
                 raise
             return _open(other, name, C.ATTACH, 0, mode, any_owner)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        if cls.__module__ != __name__:
-            raise TypeError(
-                "fastshm.Queue cannot be subclassed (Queue() picks the class that fits "
-                "its backend); hold a Queue in an attribute instead"
-            )
-        super().__init_subclass__(**kwargs)
-
     # -- what it is (each subclass answers these its own way) --
 
     @property

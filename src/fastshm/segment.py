@@ -85,14 +85,6 @@ class Segment(Named):
         self._h = impl.SegmentHandle(name, how, capacity, mode, any_owner)
         return self
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        if cls.__module__ != __name__:
-            raise TypeError(
-                "fastshm.Segment cannot be subclassed (Segment() picks the class that "
-                "fits its backend); hold a Segment in an attribute instead"
-            )
-        super().__init_subclass__(**kwargs)
-
     # -- what it is (each subclass answers these its own way) --
 
     @property
