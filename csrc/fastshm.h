@@ -309,6 +309,16 @@ int fshm_queue_get(const fshm_queue *q, void *dst, size_t dst_cap, size_t *n,
  * FSHM_ESMALL with lens[0] its length (it stays queued). */
 int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t *lens,
                           size_t max, size_t *taken, int64_t timeout_ns);
+/* Sleep until a message is queued (room 0) or there is room for `room`
+ * bytes of records (8 + n rounded up to 8 for each message of n bytes): 0,
+ * else FSHM_ETIMEOUT, or EINTR on a signal; FSHM_ETOOBIG when room is more
+ * than the ring holds; EACCES on a read-only mapping (a sleeper counts
+ * itself in the header) and FSHM_EPROTOCOL on a python-backend queue, as a
+ * put or take.  Unlike a put or take, it does not spin first: it
+ * is for bindings that block in slices, so that their signal handlers run
+ * between them.  The first slice is the put or take itself, which spins;
+ * the later ones sleep here, then try the put or take again. */
+int fshm_queue_wait(const fshm_queue *q, uint64_t room, int64_t timeout_ns);
 /* Snapshots, without the lock: messages queued, and ring bytes they use
  * (records with their headers and padding). */
 uint64_t fshm_queue_count(const fshm_queue *q);

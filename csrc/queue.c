@@ -289,9 +289,9 @@ static int64_t deadline_for(int64_t timeout_ns)
                                                               : start + timeout_ns;
 }
 
-/* Until ready(q, room): spin briefly, then sleep on the notify word.
+/* Until ready(q, room): spin for spin_ns, then sleep on the notify word.
  * FSHM_ETIMEOUT at the deadline, EINTR on a signal. */
-static int wait_until(const fshm_queue *q, uint64_t room, int64_t deadline)
+static int wait_until(const fshm_queue *q, uint64_t room, int64_t deadline, int64_t spin_ns)
 {
     uint32_t *word = U32(q->base, Q_NOTIFY);
     uint32_t *waiters = U32(q->base, Q_WAITERS);
@@ -306,7 +306,7 @@ static int wait_until(const fshm_queue *q, uint64_t room, int64_t deadline)
             int64_t now = fshm_monotonic_ns();
             if (now >= deadline)
                 return FSHM_ETIMEOUT;
-            if (now - start >= SPIN_NS)
+            if (now - start >= spin_ns)
                 break;
             fshm_sleep_ns(0);
         }
@@ -331,6 +331,19 @@ static int wait_until(const fshm_queue *q, uint64_t room, int64_t deadline)
     }
     fshm_add32(waiters, -1);
     return rc;
+}
+
+int fshm_queue_wait(const fshm_queue *q, uint64_t room, int64_t timeout_ns)
+{
+    if (q->readonly)
+        return EACCES;
+    if (q->flags & FSHM_QUEUE_PYLOCK)
+        return FSHM_EPROTOCOL;
+    if (room > q->capacity)
+        return FSHM_ETOOBIG;
+    if (timeout_ns == 0)
+        return ready(q, room, FSHM_ACQUIRE) ? 0 : FSHM_ETIMEOUT;
+    return wait_until(q, room, deadline_for(timeout_ns), 0);
 }
 
 /* ---- put ---- */
@@ -412,7 +425,7 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
             return rc;
         if (deadline == 0)
             deadline = deadline_for(timeout_ns);
-        rc = wait_until(q, need, deadline);
+        rc = wait_until(q, need, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
         if (rc != 0)
@@ -497,7 +510,7 @@ static int take(const fshm_queue *q, fshm_take_fn fn, void *ctx, size_t max,
             return rc;
         if (deadline == 0)
             deadline = deadline_for(timeout_ns);
-        rc = wait_until(q, 0, deadline);
+        rc = wait_until(q, 0, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_ENOMSG;
         if (rc != 0)

@@ -1035,6 +1035,37 @@ needs_both_kinds = pytest.mark.skipif(
 )
 
 
+def test_core_queue_wait(name: str) -> None:
+    """fshm_queue_wait, the sleep of a binding's later slices: 0 at once when
+    the queue is ready, FSHM_ETIMEOUT when it stays unready, woken by a put
+    from another thread; it refuses room the ring cannot hold and changes
+    nothing (the sleeper count is back to 0)."""
+    from fastshm import _errors as E
+
+    lib = pytest.importorskip("fastshm._fastshm", reason="needs the cffi binding").lib
+    with make(name, "native-cffi", 64) as q:
+        h = q._h._q
+        assert lib.fshm_queue_wait(h, 0, 0) == E.ETIMEOUT  # empty: no message
+        assert lib.fshm_queue_wait(h, 64, 0) == 0  # room for the whole ring
+        assert lib.fshm_queue_wait(h, 72, 0) == E.ETOOBIG
+        assert lib.fshm_queue_wait(h, 72, 10**9) == E.ETOOBIG  # at once, never sleeps
+        start = time.monotonic()
+        assert lib.fshm_queue_wait(h, 0, 50_000_000) == E.ETIMEOUT
+        assert time.monotonic() - start >= 0.04
+        t = threading.Timer(0.2, q.put, args=(b"x" * 40,))
+        t.start()
+        try:
+            assert lib.fshm_queue_wait(h, 0, 20 * 10**9) == 0  # woken by the put
+        finally:
+            t.join()
+        assert lib.fshm_queue_wait(h, 0, 0) == 0
+        # 48 of 64 bytes used (a length word and 40 bytes): room for 16, not 24.
+        assert lib.fshm_queue_wait(h, 16, 0) == 0
+        assert lib.fshm_queue_wait(h, 24, 0) == E.ETIMEOUT
+        assert header(name)["waiters"] == 0
+        assert q.get_nowait() == b"x" * 40
+
+
 @needs_two_natives
 def test_native_bindings_share_one_queue(name: str) -> None:
     with make(name, "native-capi", 256) as a, fastshm.Queue(

@@ -39,8 +39,14 @@
  * (5 ms), a hundred times a 1 MiB copy; under 1 MiB a copy holds the GIL
  * for less than about 0.1 ms. */
 #define GIL_RELEASE_BYTES (1024 * 1024)
-/* A blocking wait comes back for Python's signal handlers this often. */
+/* A blocking wait comes back for Python's signal handlers this often: a
+ * segment's (whose waiters on Windows see python-backend stores only at a
+ * slice's end), and a queue's (whose every store wakes its sleepers: the
+ * slice's end is for a close() from another thread, a signal that went to
+ * another thread, and a waker killed before its wake-up; each costs an idle
+ * waiter a context switch). */
 #define WAIT_SLICE_NS 50000000LL
+#define QUEUE_SLICE_NS 100000000LL
 /* A timeout longer than this many seconds is no timeout (31 years). */
 #define TIMEOUT_FOREVER_S 1e9
 /* A status code of this file, apart from the core's: a Python exception is
@@ -1007,7 +1013,7 @@ static PyTypeObject SegmentType = {
  * message, lets the GIL go, and then the lock is waited for, held and
  * released without it.  Under the lock with the GIL held, nothing waits for
  * anything: the callback of a take only allocates.  A wait comes back for
- * the GIL every WAIT_SLICE_NS, so signal handlers run and a close() from
+ * the GIL every QUEUE_SLICE_NS, so signal handlers run and a close() from
  * another thread ends it (ValueError, nothing put or taken). */
 
 typedef struct {
@@ -1208,7 +1214,7 @@ static int message_data(PyObject *data, fshm_msg *msg, Py_buffer *view, int *has
 }
 
 /* How long the next blocking call may sleep: a slice of at most
- * WAIT_SLICE_NS, so Python's signal handlers run between slices; 0 once the
+ * QUEUE_SLICE_NS, so Python's signal handlers run between slices; 0 once the
  * deadline has passed. */
 static int64_t slice_for(int wait, int64_t deadline)
 {
@@ -1216,9 +1222,9 @@ static int64_t slice_for(int wait, int64_t deadline)
     if (!wait)
         return 0;
     if (deadline == INT64_MAX)
-        return WAIT_SLICE_NS;
+        return QUEUE_SLICE_NS;
     left = deadline - fshm_monotonic_ns();
-    return left <= 0 ? 0 : left < WAIT_SLICE_NS ? left : WAIT_SLICE_NS;
+    return left <= 0 ? 0 : left < QUEUE_SLICE_NS ? left : QUEUE_SLICE_NS;
 }
 
 /* Whether a call that found no room or no message should wait for it. */
@@ -1241,23 +1247,49 @@ static int between_slices(QueueObject *self)
     return 0;
 }
 
+/* After a blocking put or take came back with nothing done (no room or no
+ * message in its slice, or a signal): run the signal handlers, then sleep in
+ * slices, without the spin that call made, until the queue has room for
+ * `room` bytes of records (0: a message).  0 with *slice the timeout of the
+ * next try (0 once out of time: it is the last), or the code to stop with. */
+static int sleep_until_ready(QueueObject *self, const fshm_queue *q, uint64_t room,
+                             int wait, int64_t deadline, int64_t *slice)
+{
+    for (;;) {
+        int rc = between_slices(self);
+        if (rc != 0)
+            return rc;
+        if ((*slice = slice_for(wait, deadline)) == 0)
+            return 0;
+        Py_BEGIN_ALLOW_THREADS
+        rc = fshm_queue_wait(q, room, *slice);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            *slice = slice_for(wait, deadline);
+            return 0;
+        }
+        if (rc != FSHM_ETIMEOUT && rc != EINTR)
+            return rc;
+    }
+}
+
 /* -- put -- */
 
 /* A put that could not be made with the GIL: without it, in slices, until
  * done, the deadline, or a signal handler that raised. */
 static int put_without_gil(QueueObject *self, const fshm_queue *q, const fshm_msg *msgs,
-                           size_t count, int wait, int64_t deadline)
+                           size_t count, uint64_t need, int wait, int64_t deadline)
 {
+    int64_t slice = slice_for(wait, deadline);
     int rc;
     for (;;) {
-        int64_t slice = slice_for(wait, deadline);
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_put_many(q, msgs, count, slice);
         Py_END_ALLOW_THREADS
         /* EINTR: a signal came while it slept; nothing was put. */
         if (rc != EINTR && !(rc == FSHM_EFULL && slice > 0))
             return rc;
-        if ((rc = between_slices(self)) != 0)
+        if ((rc = sleep_until_ready(self, q, need, wait, deadline, &slice)) != 0)
             return rc;
     }
 }
@@ -1267,10 +1299,10 @@ static int put_messages(QueueObject *self, const fshm_queue *q, const fshm_msg *
 {
     int rc;
     if (need >= GIL_RELEASE_BYTES)
-        return put_without_gil(self, q, msgs, count, wait, deadline);
+        return put_without_gil(self, q, msgs, count, need, wait, deadline);
     rc = fshm_queue_try_put_many(q, msgs, count);
     if (rc == FSHM_EBUSY || (rc == FSHM_EFULL && may_wait(wait, deadline)))
-        rc = put_without_gil(self, q, msgs, count, wait, deadline);
+        rc = put_without_gil(self, q, msgs, count, need, wait, deadline);
     return rc;
 }
 
@@ -1604,6 +1636,7 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
 {
     raw_took t;
     size_t taken = 0, i;
+    int64_t slice = slice_for(wait, deadline);
     int rc;
 
     t.msgs = t.inline_msgs;
@@ -1614,14 +1647,13 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
     t.spare_len = spare != NULL ? (size_t)PyBytes_GET_SIZE(spare) : 0;
     t.spare_used = 0;
     for (;;) {
-        int64_t slice = slice_for(wait, deadline);
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_take(q, take_raw, &t, max, &taken, slice);
         Py_END_ALLOW_THREADS
         /* EINTR and "none yet" took nothing: a signal handler may run. */
         if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
             break;
-        if ((rc = between_slices(self)) != 0)
+        if ((rc = sleep_until_ready(self, q, 0, wait, deadline, &slice)) != 0)
             break;
     }
     if (rc == 0 && t.n == 0) { /* the first message found no memory */
@@ -1874,15 +1906,15 @@ static PyObject *queue_get_into(QueueObject *self, PyObject *const *args, Py_ssi
         (rc == FSHM_ENOMSG && may_wait(wait, deadline))) {
         /* The buffer stays pinned by the view: the copy goes straight into
          * it without the GIL. */
+        int64_t slice = slice_for(wait, deadline);
         t.gil = 0;
         for (;;) {
-            int64_t slice = slice_for(wait, deadline);
             Py_BEGIN_ALLOW_THREADS
             rc = fshm_queue_take(&q, take_into_buffer, &t, 1, &taken, slice);
             Py_END_ALLOW_THREADS
             if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
                 break;
-            if ((rc = between_slices(self)) != 0)
+            if ((rc = sleep_until_ready(self, &q, 0, wait, deadline, &slice)) != 0)
                 break;
         }
     }

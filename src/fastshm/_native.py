@@ -42,6 +42,10 @@ NAME_MAX: int = lib.fshm_name_max()
 # A blocking wait returns to Python this often, so Ctrl-C and other signal
 # handlers run promptly while the GIL is released in between.
 _WAIT_SLICE_NS = 50_000_000
+# A queue's: its stores wake its sleepers, so the slice's end serves only a
+# signal that went to another thread and a waker killed before its wake-up,
+# and costs an idle waiter a context switch.
+_QUEUE_SLICE_NS = 100_000_000
 _EINTR = errno.EINTR
 
 
@@ -361,24 +365,42 @@ class QueueHandle:
         self._take_bytes = min(self.capacity, _TAKE_BYTES)
         self._pool: "list[_QueueScratch]" = []
 
-    def _call(self, fn: Any, timeout: Optional[float], *args: Any) -> int:
-        """fn(*args, timeout_ns) in slices of at most _WAIT_SLICE_NS, so signal
-        handlers run between them; the last slice never sleeps past the
-        deadline.  Returns fn's code (EFULL / ENOMSG once out of time)."""
+    def _call(self, fn: Any, room: int, timeout: Optional[float], *args: Any) -> int:
+        """fn(*args, timeout_ns) in slices of at most _QUEUE_SLICE_NS, so
+        signal handlers run between them; the last slice never sleeps past
+        the deadline.  The first slice is fn's own wait, which spins before
+        it sleeps; later ones sleep in fshm_queue_wait (for ``room`` bytes
+        of records, or 0: a message), without spinning again, before fn
+        tries once more.  Returns fn's code (EFULL / ENOMSG once out of
+        time)."""
         if timeout == 0:
             return fn(*args, 0)  # type: ignore[no-any-return]
         deadline = None if timeout is None else time.monotonic() + timeout
+        slice_ns = self._slice(deadline)
         while True:
-            slice_ns = _WAIT_SLICE_NS
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                slice_ns = 0 if left <= 0 else min(slice_ns, int(left * 1e9))
             rc = fn(*args, slice_ns)
             if rc == EFULL or rc == ENOMSG:
-                if slice_ns == 0 or (deadline is not None and time.monotonic() >= deadline):
+                if slice_ns == 0:
                     return rc  # type: ignore[no-any-return]
             elif rc != _EINTR:  # EINTR: a signal, whose handler runs here
                 return rc  # type: ignore[no-any-return]
+            while True:
+                slice_ns = self._slice(deadline)
+                if slice_ns == 0:
+                    break  # out of time: fn's last try, without a wait
+                woke = lib.fshm_queue_wait(self._q, room, slice_ns)
+                if woke == 0:
+                    slice_ns = self._slice(deadline)
+                    break
+                if woke != ETIMEOUT and woke != _EINTR:
+                    return woke  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _slice(deadline: Optional[float]) -> int:
+        if deadline is None:
+            return _QUEUE_SLICE_NS
+        left = deadline - time.monotonic()
+        return 0 if left <= 0 else min(_QUEUE_SLICE_NS, int(left * 1e9))
 
     def _fail(self, rc: int) -> None:
         if self.readonly and rc == errno.EACCES:
@@ -389,7 +411,8 @@ class QueueHandle:
         if len(msgs) == 1:
             data = msgs[0]
             src = data if type(data) is bytes else ffi.from_buffer(data)
-            rc = self._call(lib.fshm_queue_put, timeout, self._q, src, len(data))
+            rc = self._call(lib.fshm_queue_put, C.record_size(len(data)), timeout, self._q, src,
+                            len(data))
         else:
             arr = ffi.new("fshm_msg[]", len(msgs))
             keep = []
@@ -398,7 +421,8 @@ class QueueHandle:
                 keep.append(p)
                 arr[i].data = p
                 arr[i].len = len(data)
-            rc = self._call(lib.fshm_queue_put_many, timeout, self._q, arr, len(msgs))
+            room = sum(C.record_size(len(m)) for m in msgs)
+            rc = self._call(lib.fshm_queue_put_many, room, timeout, self._q, arr, len(msgs))
             del keep
         if rc == 0:
             return True
@@ -430,8 +454,8 @@ class QueueHandle:
         try:
             want = min(max, sc.nlens)
             while True:
-                rc = self._call(lib.fshm_queue_get_packed, timeout, self._q, sc.buf, sc.size,
-                                sc.lens, want, sc.out)
+                rc = self._call(lib.fshm_queue_get_packed, 0, timeout, self._q, sc.buf,
+                                sc.size, sc.lens, want, sc.out)
                 if rc != ESMALL:
                     break
                 big = _QueueScratch(int(sc.lens[0]), 1, clear=False)
@@ -462,7 +486,7 @@ class QueueHandle:
     def take_into(self, dst: memoryview, timeout: Optional[float]) -> int:
         out = ffi.new("size_t *")
         cap = len(dst)
-        rc = self._call(lib.fshm_queue_get, timeout, self._q, ffi.from_buffer(dst), cap, out)
+        rc = self._call(lib.fshm_queue_get, 0, timeout, self._q, ffi.from_buffer(dst), cap, out)
         if rc == 0:
             return int(out[0])
         if rc == ENOMSG:

@@ -1136,7 +1136,8 @@ static int run_steps(unsigned rounds, uint64_t capacity)
  * as a blocked put or get is, but with no re-check of their own (a 10 s
  * bound fails the run): only the futex wake of a put (on an empty queue) or of a get (on a
  * full one) can end their sleep.  Beside them, a real blocked get and a real
- * blocked put with no timeout, which must complete. */
+ * blocked put with no timeout, which must complete, and fshm_queue_wait
+ * for a message or for room, which must return. */
 #define Q_NOTIFY 24
 #define Q_WAITERS 28
 
@@ -1168,6 +1169,16 @@ static void *blocked_get(void *arg)
     if (rc != 0 || n != 5 || memcmp(buf, "hello", 5) != 0)
         die("blocked get: rc %d, %zu bytes", rc, n);
     (void)arg;
+    return NULL;
+}
+
+/* fshm_queue_wait, the no-spin sleep of a binding's later slices: until a
+ * message (arg NULL) or room for a 16-byte record. */
+static void *queue_waiter(void *arg)
+{
+    int rc = fshm_queue_wait(&q, arg == NULL ? 0 : 16, -1);
+    if (rc != 0)
+        die("fshm_queue_wait for %s: rc %d", arg == NULL ? "a message" : "room", rc);
     return NULL;
 }
 
@@ -1245,6 +1256,9 @@ static int run_wake(unsigned rounds)
     memset(base, 0, size);
     if (fshm_queue_init(&q, base, size, 64, 0) != 0)
         die("init");
+    if (fshm_queue_wait(&q, 0, 0) != FSHM_ETIMEOUT || fshm_queue_wait(&q, 64, 0) != 0 ||
+        fshm_queue_wait(&q, 72, -1) != FSHM_ETOOBIG)
+        die("fshm_queue_wait on an empty queue");
     for (r = 0; r < rounds; r++) {
         pthread_t t[3];
         int i;
@@ -1277,6 +1291,24 @@ static int run_wake(unsigned rounds)
             if (fshm_queue_get(&q, buf, sizeof buf, &n, 0) != 0 ||
                 memcmp(buf, i < 3 ? "early" : "late", n) != 0)
                 die("after the blocked put: message %d", i);
+        /* fshm_queue_wait alone (no other taker or putter to race it): a
+         * put ends its wait for a message, a get its wait for room. */
+        pthread_create(&t[0], NULL, queue_waiter, NULL);
+        await_sleepers(1);
+        if (fshm_queue_put(&q, "hello", 5, 0) != 0)
+            die("put");
+        pthread_join(t[0], NULL);
+        for (i = 0; i < 3; i++)
+            if (fshm_queue_put(&q, "early", 5, 0) != 0)
+                die("fill");
+        pthread_create(&t[0], NULL, queue_waiter, &q);
+        await_sleepers(1);
+        if (fshm_queue_get(&q, buf, sizeof buf, &n, 0) != 0 || n != 5)
+            die("get");
+        pthread_join(t[0], NULL);
+        for (i = 0; i < 3; i++)
+            if (fshm_queue_get(&q, buf, sizeof buf, &n, 0) != 0)
+                die("drain");
         if (__atomic_load_n((uint32_t *)(q.base + Q_WAITERS), __ATOMIC_SEQ_CST) != 0)
             die("sleepers left registered");
     }
