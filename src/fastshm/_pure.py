@@ -7,7 +7,7 @@ benchmarks compare against.  What pure Python cannot do is said where it
 matters: it has no atomic compare-and-swap, so its writers exclude each other
 with an OS file lock (POSIX) rather than with the lock word alone, and its
 segment waiters poll with a growing sleep instead of sleeping on a futex
-(its queue waiters do sleep on one, on Linux, through ctypes).
+(its queue waiters do sleep on one, on Linux).
 """
 
 from __future__ import annotations
@@ -146,68 +146,96 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-# ---- the futex through ctypes: wakes, so native waiters see python stores at
-# once, and the queue's waits ----
-
-_Timespec: Any = None
-try:
-    if not sys.platform.startswith("linux"):
-        raise ImportError
-    import ctypes
-
-    _libc = ctypes.CDLL(None, use_errno=True)
-    # syscall() is variadic: give each argument its C type, or the address
-    # would be passed as a truncated int.
-    _syscall = _libc.syscall
-    _syscall.restype = ctypes.c_long
-    _SYS_futex = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine, 0)
-    if not _SYS_futex:
-        raise ImportError
-
-    class _Timespec(ctypes.Structure):  # type: ignore[no-redef]
-        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-except (ImportError, OSError):
-    ctypes = None  # type: ignore[assignment]
+# ---- the futex: wakes, so native waiters see python stores at once, and
+# the queue's waits ----
+#
+# Through each interpreter's own foreign-function interface: ctypes on
+# CPython (in the standard library), cffi's ABI mode on PyPy (built into it).
+# PyPy's ctypes is written in Python and takes 0.1-0.3 ms of CPU a call until
+# its JIT has warmed up, which a waiter's one call per slice never does; its
+# cffi takes a few microseconds.  syscall() is variadic; both declare the
+# futex call's seven arguments with their C types (so an address is never
+# truncated), which on x86-64 and AArch64 Linux passes them where glibc's
+# syscall(), an assembly stub, takes them.
 
 _FUTEX_WAIT, _FUTEX_WAKE = 0, 1  # not the _PRIVATE ones: the word is shared
+_SYS_futex = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 0)
+_FUTEX_SIG = "long syscall(long, void *, int, unsigned int, void *, void *, int);"
+
+_futex_ffi: Any = None
+_ct: Any = None  # ctypes, on CPython
+if sys.platform.startswith("linux") and _SYS_futex:
+    try:
+        if sys.implementation.name == "pypy":
+            import cffi
+
+            _futex_ffi = cffi.FFI()
+            _futex_ffi.cdef(_FUTEX_SIG)
+            _futex_lib = _futex_ffi.dlopen(None)
+        else:
+            import ctypes
+
+            _syscall = ctypes.CDLL(None, use_errno=True).syscall
+            _syscall.restype = ctypes.c_long
+            _syscall.argtypes = (ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+            class _Timespec(ctypes.Structure):
+                _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+            _ct = ctypes
+    except (ImportError, OSError, AttributeError):
+        _futex_ffi = _ct = None
+
 # What a FUTEX_WAIT may end with besides a wake: the word had changed
 # already, the timeout, a signal.  Anything else (a seccomp filter's ENOSYS
 # or EPERM, say) turns the queue's waits back to polling for good, rather
 # than into a busy loop of failing calls.
 _FUTEX_WAIT_OK = frozenset({0, errno.EAGAIN, errno.ETIMEDOUT, errno.EINTR})
-_futex_waits = ctypes is not None
+_HAS_FUTEX = _futex_ffi is not None or _ct is not None
+_futex_waits = _HAS_FUTEX
 
 
 def _futex_anchor(mm: mmap.mmap) -> Any:
-    if ctypes is None:
-        return None
-    return ctypes.c_char.from_buffer(mm)
+    """What the futex calls address the mapping by; it holds the mapping's
+    buffer exported (so it cannot be unmapped under a sleeper).  None
+    without a futex."""
+    if _futex_ffi is not None:
+        return _futex_ffi.from_buffer(mm)
+    if _ct is not None:
+        first = _ct.c_char.from_buffer(mm)
+        return _ct.addressof(first), first
+    return None
 
 
 def _futex_wake(anchor: Any, offset: int) -> None:
-    if anchor is not None:
-        _syscall(
-            ctypes.c_long(_SYS_futex), ctypes.c_void_p(ctypes.addressof(anchor) + offset),
-            ctypes.c_int(_FUTEX_WAKE), ctypes.c_int(0x7FFFFFFF), None, None, ctypes.c_int(0),
-        )
+    if anchor is None:
+        return
+    if _futex_ffi is not None:
+        _futex_lib.syscall(_SYS_futex, anchor + offset, _FUTEX_WAKE, 0x7FFFFFFF,
+                           _futex_ffi.NULL, _futex_ffi.NULL, 0)
+    else:
+        _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
 
 
 def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> int:
     """Sleep while the u32 at ``offset`` holds ``expected``, for at most
     ``timeout_s`` seconds (a relative timeout): 0 when woken, else the errno
     (EAGAIN: it held another value already; ETIMEDOUT; EINTR: a signal).
-    Woken or not, the caller re-checks what it waits for.  ctypes drops the
-    GIL around the call, and a signal ends it with EINTR, after which the
-    interpreter runs the Python handler as the call returns."""
+    Woken or not, the caller re-checks what it waits for.  Both interfaces
+    drop the GIL around the call, and a signal ends it with EINTR, after
+    which the interpreter runs the Python handler as the call returns."""
     ns = int(timeout_s * 1e9) if timeout_s > 0 else 0
-    ts = _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
-    r = _syscall(
-        ctypes.c_long(_SYS_futex), ctypes.c_void_p(ctypes.addressof(anchor) + offset),
-        ctypes.c_int(_FUTEX_WAIT), ctypes.c_uint(expected & 0xFFFFFFFF), ctypes.byref(ts),
-        None, ctypes.c_int(0),
-    )
-    return 0 if r == 0 else ctypes.get_errno()
+    sec, nsec = divmod(ns, 1_000_000_000)
+    if _futex_ffi is not None:
+        ffi = _futex_ffi
+        r = _futex_lib.syscall(_SYS_futex, anchor + offset, _FUTEX_WAIT,
+                               expected & 0xFFFFFFFF, ffi.new("long[2]", (sec, nsec)),
+                               ffi.NULL, 0)
+        return 0 if r == 0 else int(ffi.errno)
+    r = _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAIT, expected & 0xFFFFFFFF,
+                 _ct.byref(_Timespec(sec, nsec)), None, 0)
+    return 0 if r == 0 else int(_ct.get_errno())
 
 
 def _put(mm: mmap.mmap, offset: int, st: Any, value: int) -> None:
@@ -1125,8 +1153,8 @@ _ONE4 = _p32(1)
 # (a process killed between its commit and its wake-up leaves no wake-up
 # behind).  A signal ends the sleep at once (EINTR: Python installs its
 # handlers without SA_RESTART), so Ctrl-C does not wait for the slice; the
-# fewer slices, the less an idle waiter costs (a ctypes call takes ~0.2 ms
-# of CPU on PyPy).
+# fewer slices, the less an idle waiter costs (each is a context switch and
+# a few Python lines, about 0.2 ms of CPU from a cold cache).
 _Q_SLICE_S = 0.1
 # Zero padding after a payload of n bytes, by n % 8.
 _PADS = tuple(bytes(-i & 7) for i in range(8))
@@ -1405,7 +1433,7 @@ class QueueHandle(_Mapped):
     # -- waiting --
     #
     # A blocked put or take spins briefly, then sleeps on the notify futex
-    # word until a commit changes it (Linux; elsewhere, without ctypes, and
+    # word until a commit changes it (Linux; elsewhere, without a futex call, and
     # for a handle that cannot write the header, it polls).  Only processes
     # of this backend use a PYLOCK queue, so the sleeper count `waiters`
     # changes only under the flock, and a commit reads it under the same
