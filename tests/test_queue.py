@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 from conftest import BACKENDS, SHM_DIR, backend_name, run_python
@@ -1033,6 +1033,51 @@ needs_two_natives = pytest.mark.skipif(
 needs_both_kinds = pytest.mark.skipif(
     len({backend_name(b) for b in BACKENDS}) < 2, reason="needs the native backend"
 )
+
+
+@pytest.mark.parametrize("call", ["get", "get_into", "get_many", "put", "put_many"])
+def test_close_from_another_thread_ends_a_blocked_call(backend: str, name: str,
+                                                       call: str) -> None:
+    """close() from another thread ends a blocked put or get within a slice
+    (100 ms): ValueError, nothing put or taken, the queue fine for others."""
+    q = make(name, backend, 64)
+    other = fastshm.Queue(name, create=False, backend=backend)
+    try:
+        if call.startswith("put"):
+            while not q.full():
+                q.put(b"")
+        before = other.qsize()
+        calls: Dict[str, Callable[[], Any]] = {
+            "get": q.get, "get_into": lambda: q.get_into(bytearray(8)),
+            "get_many": q.get_many, "put": lambda: q.put(b"x"),
+            "put_many": lambda: q.put_many([b"x", b"y"]),
+        }
+        box: List[BaseException] = []
+
+        def run() -> None:
+            try:
+                calls[call]()
+            except BaseException as e:  # noqa: BLE001 -- checked below
+                box.append(e)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        time.sleep(0.1)
+        assert t.is_alive()  # blocked, and the GIL free for this thread
+        start = time.monotonic()
+        q.close()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - start < 1
+        assert len(box) == 1 and isinstance(box[0], ValueError), box
+        assert "closed" in str(box[0])
+        assert other.qsize() == before  # nothing put or taken
+        if before:  # make room again
+            assert other.get_many(block=False) == [b""] * before
+        other.put(b"after", timeout=5)
+        assert other.get_nowait() == b"after"
+    finally:
+        other.close()
+        q.close()
 
 
 def test_core_queue_wait(name: str) -> None:

@@ -1,16 +1,14 @@
 """What only the C-API route of Queue (``_cext.QueueCore``) does its own way:
-the copies it lets go of the GIL for, and a close() from another thread
-ending a call blocked on the object.  The semantics every route shares are
-tested in test_queue.py."""
+the copies it lets go of the GIL for.  The semantics every route shares
+(a close() from another thread ending a call blocked on the object among
+them) are tested in test_queue.py."""
 
 from __future__ import annotations
 
 import gc
 import queue
 import sys
-import threading
-import time
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -72,48 +70,6 @@ def test_get_many_takes_everything_queued_past_the_gil_share(big_queue: fastshm.
     assert q.qsize() == 0
     q.put_many(sent[:500])
     assert q.get_many(7) == sent[:7] and q.get_many() == sent[7:500]
-
-
-@pytest.mark.parametrize("call", ["get", "get_into", "get_many", "put", "put_many"])
-def test_close_from_another_thread_ends_a_blocked_call(name: str, call: str) -> None:
-    q = fastshm.Queue(name, 64, create=True, backend="native")
-    other = fastshm.Queue(name, create=False, backend="native")
-    try:
-        if call.startswith("put"):
-            while not q.full():
-                q.put(b"")
-        before = other.qsize()
-        calls: Dict[str, Callable[[], Any]] = {
-            "get": q.get, "get_into": lambda: q.get_into(bytearray(8)),
-            "get_many": q.get_many, "put": lambda: q.put(b"x"),
-            "put_many": lambda: q.put_many([b"x", b"y"]),
-        }
-        box: List[BaseException] = []
-
-        def run() -> None:
-            try:
-                calls[call]()
-            except BaseException as e:  # noqa: BLE001 -- checked below
-                box.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        time.sleep(0.1)
-        assert t.is_alive()  # blocked, and the GIL free for this thread
-        start = time.monotonic()
-        q.close()
-        t.join(5)
-        assert not t.is_alive() and time.monotonic() - start < 1
-        assert len(box) == 1 and isinstance(box[0], ValueError), box
-        assert "closed" in str(box[0])
-        assert other.qsize() == before  # nothing put or taken
-        if before:  # make room again
-            assert other.get_many(block=False) == [b""] * before
-        other.put(b"after", timeout=5)
-        assert other.get_nowait() == b"after"
-    finally:
-        other.close()
-        q.close()
 
 
 def test_nonblocking_calls_ignore_the_timeout(name: str) -> None:

@@ -114,6 +114,12 @@ def owner_error(name: str, uid: int) -> PermissionError:
     )
 
 
+def closed_error(kind: str, name: str) -> ValueError:
+    """A call on a closed segment or queue, or a blocked one whose object
+    another thread closed."""
+    return ValueError(f"{kind} {name!r} is closed")
+
+
 def read_only_error(name: str, kind: str = "segment") -> PermissionError:
     """A change through a handle that could open the segment (or, with
     kind "queue", the queue) only for reading."""

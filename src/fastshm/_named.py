@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from . import _common as C
 from ._backend import resolve
+from ._errors import closed_error
 
 # A timeout longer than this many seconds is no timeout (31 years), as in _cext.c.
 _FOREVER_S = 1e9
@@ -116,7 +117,7 @@ class Named:
 
     def __enter__(self) -> Any:
         if self.closed:
-            raise ValueError(f"{self._KIND} {self.name!r} is closed")
+            raise closed_error(self._KIND, self.name)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,7 +142,7 @@ class HandleNamed:
     def _handle(self) -> Any:
         h = self._h
         if h is None:
-            raise ValueError(f"{self._KIND} {self._name!r} is closed")
+            raise closed_error(self._KIND, self._name)
         return h
 
     name = property(lambda self: self._name, doc="The name, as other processes open it.")

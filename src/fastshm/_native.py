@@ -21,6 +21,7 @@ from ._errors import (
     ETIMEOUT,
     ETOOBIG,
     batch_too_big,
+    closed_error,
     next_too_small,
     owner_error,
     protocol_error,
@@ -333,7 +334,7 @@ class QueueHandle:
     """An open fastshm queue: the C ``fshm_queue`` and its mapping."""
 
     __slots__ = ("name", "_q", "_owner", "capacity", "max_message", "size", "created",
-                 "readonly", "_pool", "_take_bytes")
+                 "readonly", "_pool", "_take_bytes", "closed")
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
@@ -364,6 +365,7 @@ class QueueHandle:
         self.max_message = int(lib.fshm_queue_max_message(q.capacity))
         self._take_bytes = min(self.capacity, _TAKE_BYTES)
         self._pool: "list[_QueueScratch]" = []
+        self.closed = False  # set by Queue.close(): blocked calls end
 
     def _call(self, fn: Any, room: int, timeout: Optional[float], *args: Any) -> int:
         """fn(*args, timeout_ns) in slices of at most _QUEUE_SLICE_NS, so
@@ -372,7 +374,7 @@ class QueueHandle:
         it sleeps; later ones sleep in fshm_queue_wait (for ``room`` bytes
         of records, or 0: a message), without spinning again, before fn
         tries once more.  Returns fn's code (EFULL / ENOMSG once out of
-        time)."""
+        time); ValueError when the queue was closed meanwhile."""
         if timeout == 0:
             return fn(*args, 0)  # type: ignore[no-any-return]
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -385,6 +387,8 @@ class QueueHandle:
             elif rc != _EINTR:  # EINTR: a signal, whose handler runs here
                 return rc  # type: ignore[no-any-return]
             while True:
+                if self.closed:  # by another thread: nothing was put or taken
+                    raise closed_error("queue", self.name)
                 slice_ns = self._slice(deadline)
                 if slice_ns == 0:
                     break  # out of time: fn's last try, without a wait

@@ -31,6 +31,7 @@ from ._errors import (
     EVERSION,
     FormatError,
     batch_too_big,
+    closed_error,
     message_too_big,
     next_too_small,
     os_error,
@@ -1200,11 +1201,12 @@ class QueueHandle(_Mapped):
     """An open fastshm queue over an mmap (the python backend's lock: flags
     PYLOCK)."""
 
-    __slots__ = ("capacity", "max_message")
+    __slots__ = ("capacity", "max_message", "closed")
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
     ) -> None:
+        self.closed = False  # set by Queue.close(): blocked calls end
         if fcntl is None:
             # Without flock nothing would keep two processes' puts apart.
             raise OSError(
@@ -1525,6 +1527,7 @@ class QueueHandle(_Mapped):
             mm = self._mm
             anchor = self._anchor
             while True:
+                self._check_open()
                 left = _Q_SLICE_S
                 if deadline is not None:
                     left = min(left, deadline - time.monotonic())
@@ -1582,7 +1585,14 @@ class QueueHandle(_Mapped):
                 pause = 50e-6
             else:
                 pause = min(pause * 2, _WAIT_SLEEP_MAX_S)
+            self._check_open()
             time.sleep(pause if deadline is None else min(pause, deadline - now))
+
+    def _check_open(self) -> None:
+        """Between two sleeps of a wait: ValueError once another thread has
+        closed the queue (nothing was put or taken)."""
+        if self.closed:
+            raise closed_error("queue", self.name)
 
     @staticmethod
     def _deadline(timeout: Optional[float]) -> Optional[float]:
