@@ -269,42 +269,71 @@ static PyObject *readonly_view(PyObject *mapping, Py_ssize_t start, Py_ssize_t l
     return ro;
 }
 
+/* What SegmentCore.__new__ and QueueCore.__new__ share: their arguments
+ * (name, how, capacity, mode), opening by name (again after a signal whose
+ * handler returned: a signal can come while the open waits for another
+ * process to finish creating the object; Ctrl-C ends the wait), and the
+ * errors.  `open` is the core's opening call for the kind, `core` its
+ * fshm_seg or fshm_queue, `other` the other kind ("Queue", "Segment"): what
+ * the error says the name holds when it is that.  0 with *name (borrowed
+ * from args) and *m filled, or -1 with an exception. */
+typedef int (*open_fn)(void *core, fshm_map *m, const char *name, int how,
+                       uint64_t capacity, unsigned mode);
+
+static int open_by_name(const char *type_name, const char *other, PyObject *args,
+                        PyObject *kwds, open_fn open, void *core, fshm_map *m,
+                        PyObject **name)
+{
+    const char *cname;
+    int how, rc;
+    unsigned long long capacity;
+    unsigned int mode;
+
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_Format(PyExc_TypeError, "%s takes positional arguments only", type_name);
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "UiKI", name, &how, &capacity, &mode))
+        return -1;
+    if ((cname = PyUnicode_AsUTF8(*name)) == NULL)
+        return -1;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = open(core, m, cname, how, (uint64_t)capacity, mode);
+        Py_END_ALLOW_THREADS
+        if (rc != EINTR)
+            break;
+        if (PyErr_CheckSignals() != 0)
+            return -1;
+    }
+    if (rc == FSHM_EOWNER) {
+        raise_from("owner_error", "(OL)", *name, (long long)m->owner);
+        return -1;
+    }
+    if (rc != 0) {
+        raise_code(rc, *name, rc == FSHM_EKIND ? other : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int open_segment(void *core, fshm_map *m, const char *name, int how,
+                        uint64_t capacity, unsigned mode)
+{
+    return fshm_seg_open((fshm_seg *)core, m, name, how, capacity, mode);
+}
+
 /* SegmentCore.__new__(cls, name, how, capacity, mode): open (or create) the
  * segment; `how` may carry FSHM_ANY_OWNER. */
 static PyObject *segment_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *name;
-    const char *cname;
-    int how, rc;
-    unsigned long long capacity;
-    unsigned int mode;
     fshm_seg seg;
     fshm_map m;
     SegmentObject *self;
 
-    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "SegmentCore takes positional arguments only");
+    if (open_by_name("SegmentCore", "Queue", args, kwds, open_segment, &seg, &m, &name) != 0)
         return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "UiKI", &name, &how, &capacity, &mode))
-        return NULL;
-    if ((cname = PyUnicode_AsUTF8(name)) == NULL)
-        return NULL;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = fshm_seg_open(&seg, &m, cname, how, (uint64_t)capacity, mode);
-        Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while it waited for another process to
-         * finish creating the segment; Ctrl-C ends the wait. */
-        if (rc != EINTR)
-            break;
-        if (PyErr_CheckSignals() != 0)
-            return NULL;
-    }
-    if (rc == FSHM_EOWNER)
-        return raise_from("owner_error", "(OL)", name, (long long)m.owner);
-    if (rc != 0)
-        return raise_code(rc, name, "");
     self = (SegmentObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         fshm_unmap(m.base, m.size);
@@ -1042,45 +1071,24 @@ static void queue_dealloc(QueueObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int open_queue(void *core, fshm_map *m, const char *name, int how,
+                      uint64_t capacity, unsigned mode)
+{
+    how &= FSHM_HOW_MASK | FSHM_ANY_OWNER | FSHM_RESERVE;
+    return fshm_queue_open((fshm_queue *)core, m, name, how, capacity, 0, mode);
+}
+
 /* QueueCore.__new__(cls, name, how, capacity, mode): open (or create) the
  * queue; `how` may carry FSHM_ANY_OWNER. */
 static PyObject *queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *name;
-    const char *cname;
-    int how, rc;
-    unsigned long long capacity;
-    unsigned int mode;
     fshm_queue q;
     fshm_map m;
     QueueObject *self;
 
-    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-        PyErr_SetString(PyExc_TypeError, "QueueCore takes positional arguments only");
+    if (open_by_name("QueueCore", "Segment", args, kwds, open_queue, &q, &m, &name) != 0)
         return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "UiKI", &name, &how, &capacity, &mode))
-        return NULL;
-    if ((cname = PyUnicode_AsUTF8(name)) == NULL)
-        return NULL;
-    how &= FSHM_HOW_MASK | FSHM_ANY_OWNER | FSHM_RESERVE;
-    for (;;) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = fshm_queue_open(&q, &m, cname, how, (uint64_t)capacity, 0, mode);
-        Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while it waited for another process to
-         * finish creating the queue; Ctrl-C ends the wait. */
-        if (rc != EINTR)
-            break;
-        if (PyErr_CheckSignals() != 0)
-            return NULL;
-    }
-    if (rc == FSHM_EOWNER)
-        return raise_from("owner_error", "(OL)", name, (long long)m.owner);
-    if (rc == FSHM_EKIND) /* the name holds a segment */
-        return raise_code(rc, name, "Segment");
-    if (rc != 0)
-        return raise_code(rc, name, "");
     if (q.flags & FSHM_QUEUE_PYLOCK) {
         /* Its lock is the python backend's flock: a compare-and-swap does
          * not exclude that one, so native code keeps out of it. */
