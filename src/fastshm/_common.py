@@ -72,6 +72,9 @@ def check_name(name: object, name_max: int) -> str:
     """The name as the platform will see it, or a ValueError / TypeError
     that says what is wrong with it. A leading '/' is accepted and dropped,
     as multiprocessing.shared_memory does on POSIX."""
+    if (type(name) is str and name.isascii() and 0 < len(name) <= name_max
+            and "/" not in name and "\\" not in name and "\0" not in name):
+        return name  # the common case, every check below passed at once
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
     if not WINDOWS and name.startswith("/"):
@@ -125,6 +128,8 @@ def check_size(size: object, what: str = "size") -> int:
 
 
 def check_mode(mode: object) -> int:
+    if type(mode) is int and 0 <= mode <= 0o777:
+        return mode
     try:
         mode = as_int(mode, "mode")
     except TypeError:
