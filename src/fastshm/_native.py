@@ -47,6 +47,7 @@ _WAIT_SLICE_NS = 50_000_000
 # signal that went to another thread and a waker killed before its wake-up,
 # and costs an idle waiter a context switch.
 _QUEUE_SLICE_NS = 100_000_000
+_QREC = C.QUEUE_RECORD_HEADER
 _EINTR = errno.EINTR
 
 
@@ -377,8 +378,12 @@ class QueueHandle:
         time); ValueError when the queue was closed meanwhile."""
         if timeout == 0:
             return fn(*args, 0)  # type: ignore[no-any-return]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        slice_ns = self._slice(deadline)
+        if timeout is None:
+            deadline = None
+            slice_ns = _QUEUE_SLICE_NS
+        else:
+            deadline = time.monotonic() + timeout
+            slice_ns = self._slice(deadline)
         while True:
             rc = fn(*args, slice_ns)
             if rc == EFULL or rc == ENOMSG:
@@ -415,8 +420,8 @@ class QueueHandle:
         if len(msgs) == 1:
             data = msgs[0]
             src = data if type(data) is bytes else ffi.from_buffer(data)
-            rc = self._call(lib.fshm_queue_put, C.record_size(len(data)), timeout, self._q, src,
-                            len(data))
+            n = len(data)
+            rc = self._call(lib.fshm_queue_put, _QREC + ((n + 7) & ~7), timeout, self._q, src, n)
         else:
             arr = ffi.new("fshm_msg[]", len(msgs))
             keep = []
