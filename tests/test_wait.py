@@ -156,6 +156,38 @@ def test_wait_timeout_raises(backend: str, name: str) -> None:
         assert seg.seq == 1 and seg.load() == b"old" and seg.last_seq == 1
 
 
+def test_close_from_another_thread_ends_a_blocked_wait(backend: str, name: str) -> None:
+    """close() from another thread ends a wait() blocked on the segment
+    within a slice (50 ms), with ValueError, as it ends a blocked Queue call;
+    the segment and its message stay for others."""
+    seg = fastshm.Segment(name, 64, create=True, backend=backend)
+    other = fastshm.Segment(name, create=False, backend=backend)
+    try:
+        seg.store(b"kept")
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append(seg.wait(30))
+            except BaseException as e:  # noqa: BLE001 -- checked below
+                box.append(e)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        time.sleep(0.2)
+        assert t.is_alive()  # blocked, and the GIL free for this thread
+        start = time.monotonic()
+        seg.close()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - start < 1
+        assert len(box) == 1 and isinstance(box[0], ValueError), box
+        assert "closed" in str(box[0]) and name in str(box[0])
+        assert other.seq == 1 and other.load() == b"kept"
+    finally:
+        seg.close()
+        other.delete()
+
+
 def test_wait_returns_at_once_when_already_newer(backend: str, name: str) -> None:
     with fastshm.Segment(name, 64, create=True, backend=backend) as seg:
         seg.store(b"a")

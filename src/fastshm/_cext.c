@@ -869,6 +869,10 @@ static PyObject *segment_wait(SegmentObject *self, PyObject *const *args, Py_ssi
         }
         if (PyErr_CheckSignals() != 0) /* Ctrl-C, or another handler raised */
             goto done;
+        if (self->seg.base == NULL) { /* closed by another thread */
+            closed_error(self);
+            goto done;
+        }
     }
 got:
     if ((result = PyLong_FromUnsignedLongLong(seq)) != NULL)

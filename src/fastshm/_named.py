@@ -167,7 +167,11 @@ class HandleNamed:
         return self._handle().size  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._h = None
+        h, self._h = self._h, None
+        if h is not None:
+            # A call blocked on it in another thread ends at its next slice
+            # with ValueError, as through the C-API binding.
+            h.closed = True
 
     def _lock_owner(self) -> int:
         return self._handle().lock_owner()  # type: ignore[no-any-return]

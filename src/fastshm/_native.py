@@ -132,7 +132,7 @@ class SegmentHandle:
 
     __slots__ = (
         "name", "_seg", "_mv", "capacity", "size", "created", "readonly", "_big", "_stride",
-        "_spin",
+        "_spin", "closed",
     )
 
     def __init__(
@@ -156,6 +156,7 @@ class SegmentHandle:
         self._big = False
         self._stride = int(seg.stride)
         self._spin = int(lib.FSHM_SPIN_MIN_NS)
+        self.closed = False  # set by Segment.close(): a blocked wait ends
 
     def store(self, data: C.BytesLike) -> int:
         try:  # inline rather than a helper call: this is the hot path
@@ -305,6 +306,8 @@ class SegmentHandle:
                     return None
             elif rc != errno.EINTR:  # EINTR: a signal, whose handler runs here
                 raise_for(rc, self.name)
+            if self.closed:  # by another thread
+                raise closed_error("segment", self.name)
 
 
 class _QueueScratch:

@@ -671,12 +671,13 @@ class _Mapped:
 
     __slots__ = (
         "name", "_mm", "_mv", "_fd", "_src", "_key", "_anchor", "_tls", "_states",
-        "size", "created", "readonly", "__weakref__",
+        "size", "created", "readonly", "closed", "__weakref__",
     )
 
     def _setup(self, name: str, mm: mmap.mmap, fd: int, size: int, created: bool,
                read_only: bool) -> None:
         self.name = name
+        self.closed = False  # set by close() of its Segment or Queue: blocked calls end
         self._mm = mm
         self._mv = memoryview(mm)
         self.readonly = read_only
@@ -1105,6 +1106,8 @@ class SegmentHandle(_Mapped):
             seq = unpack(mm, C.H_SEQ)[0]
             if seq > after:
                 return seq
+            if self.closed:  # by another thread
+                raise closed_error("segment", self.name)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -1201,12 +1204,11 @@ class QueueHandle(_Mapped):
     """An open fastshm queue over an mmap (the python backend's lock: flags
     PYLOCK)."""
 
-    __slots__ = ("capacity", "max_message", "closed")
+    __slots__ = ("capacity", "max_message")
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
     ) -> None:
-        self.closed = False  # set by Queue.close(): blocked calls end
         if fcntl is None:
             # Without flock nothing would keep two processes' puts apart.
             raise OSError(

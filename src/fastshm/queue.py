@@ -326,13 +326,6 @@ class _HandleQueue(HandleNamed, Queue):
     def qsize(self) -> int:
         return self._handle().count()  # type: ignore[no-any-return]
 
-    def close(self) -> None:
-        h, self._h = self._h, None
-        if h is not None:
-            # A call blocked on it in another thread ends at its next slice
-            # with ValueError, as through the C-API binding.
-            h.closed = True
-
 
 
 class ObjectQueue:
