@@ -8,10 +8,13 @@ session fails if anything is left in /dev/shm.
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import subprocess
 import sys
-from typing import Callable, Iterator, List
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
@@ -106,6 +109,47 @@ def run_python(code: str, *args: str, timeout: float = 60, env: dict | None = No
             f"stderr: {proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+def drain(q: fastshm.Queue) -> List[bytes]:
+    """Every message queued now, without waiting."""
+    out: List[bytes] = []
+    while True:
+        try:
+            out.extend(q.get_many(block=False))
+        except queue.Empty:
+            return out
+
+
+def in_thread(fn: Callable[[], Any]) -> Tuple[threading.Thread, List[object]]:
+    """fn() in a daemon thread, started; what it returns or raises lands in
+    the list, for the test's thread to check."""
+    box: List[object] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:  # noqa: BLE001 -- reported in the test's thread
+            box.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def close_ends_blocked_call(obj: Any, call: Callable[[], Any]) -> BaseException:
+    """call() blocks in another thread; obj.close() from this one must end it
+    within 1 s with a ValueError that says obj is closed, which is returned."""
+    t, box = in_thread(call)
+    time.sleep(0.2)
+    assert t.is_alive()  # blocked, and the GIL free for this thread
+    start = time.monotonic()
+    obj.close()
+    t.join(5)
+    assert not t.is_alive() and time.monotonic() - start < 1
+    assert len(box) == 1 and isinstance(box[0], ValueError), box
+    assert "closed" in str(box[0])
+    return box[0]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,15 @@ import time
 from typing import Any, Callable, Dict, List
 
 import pytest
-from conftest import BACKENDS, SHM_DIR, backend_name, run_python
+from conftest import (
+    BACKENDS,
+    SHM_DIR,
+    backend_name,
+    close_ends_blocked_call,
+    drain,
+    in_thread,
+    run_python,
+)
 
 import fastshm
 
@@ -56,15 +64,6 @@ def rec(n: int) -> int:
 
 def make(name: str, backend: str, size: int = 1024, **kw: Any) -> fastshm.Queue:
     return fastshm.Queue(name, size, create=True, backend=backend, **kw)
-
-
-def drain(q: fastshm.Queue) -> List[bytes]:
-    out: List[bytes] = []
-    while True:
-        try:
-            out.extend(q.get_many(block=False))
-        except queue.Empty:
-            return out
 
 
 def raw_bytes(name: str) -> bytes:
@@ -1052,24 +1051,7 @@ def test_close_from_another_thread_ends_a_blocked_call(backend: str, name: str,
             "get_many": q.get_many, "put": lambda: q.put(b"x"),
             "put_many": lambda: q.put_many([b"x", b"y"]),
         }
-        box: List[BaseException] = []
-
-        def run() -> None:
-            try:
-                calls[call]()
-            except BaseException as e:  # noqa: BLE001 -- checked below
-                box.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        time.sleep(0.1)
-        assert t.is_alive()  # blocked, and the GIL free for this thread
-        start = time.monotonic()
-        q.close()
-        t.join(5)
-        assert not t.is_alive() and time.monotonic() - start < 1
-        assert len(box) == 1 and isinstance(box[0], ValueError), box
-        assert "closed" in str(box[0])
+        close_ends_blocked_call(q, calls[call])
         assert other.qsize() == before  # nothing put or taken
         if before:  # make room again
             assert other.get_many(block=False) == [b""] * before
@@ -1254,26 +1236,12 @@ GET_LATER = (
 )
 
 
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, List[object]]:
-    box: List[object] = []
-
-    def run() -> None:
-        try:
-            box.append(fn())
-        except BaseException as e:  # noqa: BLE001 -- reported in the test's thread
-            box.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, box
-
-
 def test_blocked_get_woken_by_another_process(backend: str, name: str) -> None:
     peers = [backend] if backend_name(backend) == "python" else [
         b for b in BACKENDS if backend_name(b) == "native"]
     with make(name, backend) as q:
         for peer in peers:
-            t, box = _in_thread(lambda: q.get(timeout=30))
+            t, box = in_thread(lambda: q.get(timeout=30))
             run_python(PUT_LATER, name, peer, timeout=60)
             t.join(40)
             assert not t.is_alive() and box == [b"from another process"], peer
@@ -1284,7 +1252,7 @@ def test_blocked_put_woken_by_another_process(backend: str, name: str) -> None:
     with make(name, backend, 64) as q:
         q.put(b"f" * 56)  # full
         assert q.full()
-        t, box = _in_thread(lambda: q.put(b"waiting to go in", timeout=30))
+        t, box = in_thread(lambda: q.put(b"waiting to go in", timeout=30))
         out = run_python(GET_LATER, name, backend, timeout=60).stdout.decode().strip()
         t.join(40)
         assert not t.is_alive() and box == [None]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, drain
 
 import fastshm
 
@@ -835,7 +835,7 @@ def test_get_many_is_one_round(backend: str, name: str, tmp_path: Path) -> None:
         _cleanup([producer, getter])
     other = array.array("Q")
     other.frombytes(other_path.read_bytes())
-    rest = [struct.unpack("<Q", m)[0] for m in drain_queue(q)]
+    rest = [struct.unpack("<Q", m)[0] for m in drain(q)]
     q.close()
     seen = bytearray(put)
     for x in [x for b in batches for x in b] + list(other) + rest:
@@ -851,12 +851,3 @@ def test_get_many_is_one_round(backend: str, name: str, tmp_path: Path) -> None:
     assert big <= per_ring, f"a get_many returned {big} messages; the ring holds {per_ring}"
     print(f"[queue get_many {backend}] batches={len(batches)} largest={big} "
           f"single gets={len(other)} put={put}")
-
-
-def drain_queue(q: fastshm.Queue) -> List[bytes]:
-    out: List[bytes] = []
-    while True:
-        try:
-            out.extend(q.get_many(block=False))
-        except queue.Empty:
-            return out

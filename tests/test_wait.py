@@ -17,7 +17,7 @@ import time
 from typing import Callable
 
 import pytest
-from conftest import BACKENDS, run_python
+from conftest import BACKENDS, close_ends_blocked_call, run_python
 from test_stress import LONG, report
 
 import fastshm
@@ -164,24 +164,8 @@ def test_close_from_another_thread_ends_a_blocked_wait(backend: str, name: str) 
     other = fastshm.Segment(name, create=False, backend=backend)
     try:
         seg.store(b"kept")
-        box: list = []
-
-        def run() -> None:
-            try:
-                box.append(seg.wait(30))
-            except BaseException as e:  # noqa: BLE001 -- checked below
-                box.append(e)
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        time.sleep(0.2)
-        assert t.is_alive()  # blocked, and the GIL free for this thread
-        start = time.monotonic()
-        seg.close()
-        t.join(5)
-        assert not t.is_alive() and time.monotonic() - start < 1
-        assert len(box) == 1 and isinstance(box[0], ValueError), box
-        assert "closed" in str(box[0]) and name in str(box[0])
+        error = close_ends_blocked_call(seg, lambda: seg.wait(30))
+        assert name in str(error)
         assert other.seq == 1 and other.load() == b"kept"
     finally:
         seg.close()
