@@ -552,24 +552,32 @@ if hasattr(os, "register_at_fork") and not C.WINDOWS:
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _attach(mm: mmap.mmap, size: int) -> int:
-    """The segment's capacity, after the same checks as fshm_seg_attach."""
+def _check_header(mm: mmap.mmap, size: int, magic_want: int, other_magic: int,
+                  version_want: int, size_for: Any) -> int:
+    """The capacity in the header a segment and a queue share, after the
+    checks both make (the other kind's magic is EKIND), or a negative
+    error code."""
     if size < C.HEADER_SIZE:
         return EFORMAT
     capacity: int
     magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
     if magic == 0:
         return ENOTREADY
-    if magic == C.QUEUE_MAGIC:
+    if magic == other_magic:
         return EKIND
-    if magic != C.MAGIC:
+    if magic != magic_want:
         return EFORMAT
-    if version != C.VERSION:
+    if version != version_want:
         return EVERSION
-    need = C.seg_size_for(capacity)
+    need = size_for(capacity)
     if header_size != C.HEADER_SIZE or need == 0 or need > size:
         return EFORMAT
     return capacity
+
+
+def _attach(mm: mmap.mmap, size: int) -> int:
+    """The segment's capacity, after the same checks as fshm_seg_attach."""
+    return _check_header(mm, size, C.MAGIC, C.QUEUE_MAGIC, C.VERSION, C.seg_size_for)
 
 
 def _initialise(mm: mmap.mmap, fd: int, size: int, capacity: int) -> None:
@@ -1171,22 +1179,11 @@ _PUT, _TAKE, _TAKE_INTO = 0, 1, 2
 
 def _queue_attach(mm: mmap.mmap, size: int) -> int:
     """The queue's capacity, after the checks of fshm_queue_attach."""
-    if size < C.HEADER_SIZE:
-        return EFORMAT
-    capacity: int
-    magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
-    if magic == 0:
-        return ENOTREADY
-    if magic == C.MAGIC:
-        return EKIND
-    if magic != C.QUEUE_MAGIC:
-        return EFORMAT
-    if version != C.QUEUE_VERSION:
-        return EVERSION
-    flags: int = _u32(mm, C.Q_FLAGS)[0]
-    need = C.queue_size_for(capacity)
-    if (header_size != C.HEADER_SIZE or need == 0 or need > size or capacity & 7
-            or flags & ~C.QUEUE_PYLOCK):
+    capacity = _check_header(mm, size, C.QUEUE_MAGIC, C.MAGIC, C.QUEUE_VERSION,
+                             C.queue_size_for)
+    if capacity < 0:
+        return capacity
+    if capacity & 7 or _u32(mm, C.Q_FLAGS)[0] & ~C.QUEUE_PYLOCK:
         return EFORMAT
     return capacity
 
