@@ -64,7 +64,7 @@ extern "C" {
 #define FSHM_EAGAIN (-7)     /* a read raced with writers; try again */
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
 #define FSHM_EOWNER (-9)     /* the object belongs to another user; see FSHM_ANY_OWNER */
-#define FSHM_EBUSY (-10)     /* fshm_try_store: another writer holds the lock */
+#define FSHM_EBUSY (-10)     /* another process held the lock past the call's deadline */
 #define FSHM_EKIND (-11)     /* the name holds the other kind of object: a queue
                                 where a segment was expected, or the reverse */
 #define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
@@ -188,6 +188,15 @@ int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
  * lock beyond a short spin (nothing stored).  For callers that must let go
  * of something, such as a language runtime's global lock, before sleeping. */
 int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
+/* fshm_store waiting at most timeout_ns for another writer's lock (0: about
+ * a millisecond, for a writer preempted while it held it; < 0: as long as
+ * it takes): FSHM_EBUSY when the lock was still another's after that,
+ * nothing stored.  A writer that is alive but stopped (SIGSTOP, a debugger)
+ * holds the lock until it resumes; this bounds how long a caller waits for
+ * it, and lets a binding wait in slices, running its signal handlers
+ * between them. */
+int fshm_store_timed(const fshm_seg *s, const void *src, size_t n, int64_t timeout_ns,
+                     uint64_t *seq);
 /* Copy the current message into dst (dst_cap bytes).  *n gets its length,
  * *seq its number.  FSHM_ESMALL when dst_cap < *n: dst is untouched, unless
  * an earlier attempt's copy raced with writers and was retried.  A copy that
@@ -211,7 +220,9 @@ int fshm_read_end(const fshm_seg *s, const fshm_read *r);
 /* fshm_read_begin under the writer lock, for a reader that writers keep
  * spoiling: no store of a writer that takes the lock word can move the
  * message until fshm_read_unlock.  EINTR when a signal arrived while it
- * waited, EACCES for a read-only segment. */
+ * waited, EACCES for a read-only segment, FSHM_EBUSY when a writer held the
+ * lock for 50 ms: a writer stopped with its lock spoils no copy, so the
+ * caller copies without the lock again. */
 int fshm_read_lock(const fshm_seg *s, fshm_read *r);
 void fshm_read_unlock(const fshm_seg *s);
 /* 1 while message number `seq` is still in place and untouched (0 counts as
@@ -273,7 +284,12 @@ int fshm_queue_attach(fshm_queue *q, void *base, size_t size);
 int fshm_queue_open(fshm_queue *q, fshm_map *m, const char *name, int how,
                     uint64_t capacity, uint32_t flags, unsigned mode);
 
-/* Timeouts: 0 never sleeps, < 0 waits as long as it takes. */
+/* Timeouts: 0 never sleeps for room or a message, < 0 waits as long as it
+ * takes.  The timeout bounds the wait for the queue's lock too: a put or
+ * take returns FSHM_EBUSY (nothing put or taken) when another process held
+ * the lock until then, such as one that is alive but stopped (SIGSTOP, a
+ * debugger).  With a zero timeout that wait lasts about a millisecond, for
+ * a holder preempted in the middle of its commit. */
 
 /* Append one message.  FSHM_ETOOBIG at once (nothing changed) when it could
  * never fit; FSHM_EFULL when there was no room before the timeout; EINTR

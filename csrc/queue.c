@@ -231,14 +231,14 @@ static int recount(const fshm_queue *q)
     return 0;
 }
 
-static int lock_queue(const fshm_queue *q, int nonblock)
+static int lock_queue(const fshm_queue *q, int64_t deadline)
 {
     int rc;
     if (q->readonly)
         return EACCES;
     if (q->flags & FSHM_QUEUE_PYLOCK)
         return FSHM_EPROTOCOL;
-    if ((rc = fshm__lock_acquire(q->base, nonblock)) != 0)
+    if ((rc = fshm__lock_acquire(q->base, deadline)) != 0)
         return rc;
     if (fshm_load32(U32(q->base, Q_DIRTY), FSHM_RELAXED) != 0 && (rc = recount(q)) != 0) {
         fshm__lock_release(q->base);
@@ -282,11 +282,13 @@ static int ready(const fshm_queue *q, uint64_t room, int order)
     return tail - head <= q->capacity && q->capacity - (tail - head) >= room;
 }
 
-static int64_t deadline_for(int64_t timeout_ns)
+/* The deadline of a put's or take's lock wait: FSHM__NOW for the try forms,
+ * which must not sleep; a short grace for a zero timeout; else the call's. */
+static int64_t lock_deadline(int64_t timeout_ns, int nonblock)
 {
-    int64_t start = fshm_monotonic_ns();
-    return (timeout_ns < 0 || timeout_ns > INT64_MAX - start) ? INT64_MAX
-                                                              : start + timeout_ns;
+    if (nonblock)
+        return FSHM__NOW;
+    return fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns);
 }
 
 /* Until ready(q, room): spin for spin_ns, then sleep on the notify word.
@@ -343,7 +345,7 @@ int fshm_queue_wait(const fshm_queue *q, uint64_t room, int64_t timeout_ns)
         return FSHM_ETOOBIG;
     if (timeout_ns == 0)
         return ready(q, room, FSHM_ACQUIRE) ? 0 : FSHM_ETIMEOUT;
-    return wait_until(q, room, deadline_for(timeout_ns), 0);
+    return wait_until(q, room, fshm__deadline(timeout_ns), 0);
 }
 
 /* ---- put ---- */
@@ -366,11 +368,11 @@ static uint64_t batch_bytes(const fshm_queue *q, const fshm_msg *msgs, size_t co
 
 /* One attempt under the lock: 0, FSHM_EFULL, or a lock error. */
 static int put_once(const fshm_queue *q, const fshm_msg *msgs, size_t count,
-                    uint64_t need, int nonblock)
+                    uint64_t need, int64_t deadline)
 {
     uint64_t head, tail, pos, n;
     size_t i;
-    int rc = lock_queue(q, nonblock);
+    int rc = lock_queue(q, deadline);
     if (rc != 0)
         return rc;
     if ((rc = positions(q, &head, &tail)) != 0)
@@ -406,7 +408,7 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
                     int64_t timeout_ns, int nonblock)
 {
     uint64_t need;
-    int64_t deadline = 0;
+    int64_t deadline;
     size_t i;
     int rc;
 
@@ -419,12 +421,11 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
             return EINVAL;
     if ((need = batch_bytes(q, msgs, count)) == 0)
         return FSHM_ETOOBIG;
+    deadline = lock_deadline(timeout_ns, nonblock);
     for (;;) {
-        rc = put_once(q, msgs, count, need, nonblock);
+        rc = put_once(q, msgs, count, need, deadline);
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
-        if (deadline == 0)
-            deadline = deadline_for(timeout_ns);
         rc = wait_until(q, need, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
@@ -455,11 +456,11 @@ int fshm_queue_try_put_many(const fshm_queue *q, const fshm_msg *msgs, size_t co
 /* ---- take ---- */
 
 static int take_once(const fshm_queue *q, fshm_take_fn take, void *ctx, size_t max,
-                     size_t *taken, int nonblock)
+                     size_t *taken, int64_t deadline)
 {
     uint64_t head, tail, pos, len, n;
     size_t got = 0;
-    int rc = lock_queue(q, nonblock);
+    int rc = lock_queue(q, deadline);
     if (rc != 0)
         return rc;
     if ((rc = positions(q, &head, &tail)) != 0)
@@ -499,17 +500,16 @@ out:
 static int take(const fshm_queue *q, fshm_take_fn fn, void *ctx, size_t max,
                 size_t *taken, int64_t timeout_ns, int nonblock)
 {
-    int64_t deadline = 0;
+    int64_t deadline;
     int rc;
     *taken = 0;
     if (fn == NULL || max == 0)
         return EINVAL;
+    deadline = lock_deadline(timeout_ns, nonblock);
     for (;;) {
-        rc = take_once(q, fn, ctx, max, taken, nonblock);
+        rc = take_once(q, fn, ctx, max, taken, deadline);
         if (rc != FSHM_ENOMSG || nonblock || timeout_ns == 0)
             return rc;
-        if (deadline == 0)
-            deadline = deadline_for(timeout_ns);
         rc = wait_until(q, 0, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_ENOMSG;

@@ -50,6 +50,8 @@
  * for it; meanwhile they re-check every TURN_SLEEP_NS. */
 #define TURN_MAX_NS 10000000LL
 #define TURN_SLEEP_NS 1000000
+/* The longest fshm_read_lock waits for the writer that holds the lock. */
+#define READ_LOCK_MAX_NS 50000000LL
 /* The largest store number: its slot word, 2 * seq, must not wrap. */
 #define SEQ_MAX (UINT64_MAX >> 1)
 /* How long an opener waits for another process to finish creating: when it
@@ -233,9 +235,20 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
 
 /* ---- the writer lock ---- */
 
+int64_t fshm__deadline(int64_t timeout_ns)
+{
+    int64_t start;
+    if (timeout_ns < 0)
+        return FSHM__NEVER;
+    start = fshm_monotonic_ns();
+    return timeout_ns > INT64_MAX - start ? FSHM__NEVER : start + timeout_ns;
+}
+
 /* 0 once this process holds the lock; EINTR when a signal arrived while it
- * slept (the caller lets its handler run, then tries again); with nonblock,
- * FSHM_EBUSY instead of sleeping.
+ * slept (the caller lets its handler run, then tries again); FSHM_EBUSY when
+ * the lock was still another's at the deadline (FSHM__NOW: after the spin),
+ * so that a holder that is alive but stopped (SIGSTOP, a debugger) bounds
+ * no caller's timeout.
  *
  * A compare-and-swap alone is unfair: a writer storing in a tight loop takes
  * the lock again before a woken waiter has even been scheduled, and a reader
@@ -244,7 +257,7 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
  * free lock to it, and the unlock wakes everyone.  A turn whose owner is
  * dead, or that the lock has sat free for TURN_MAX_NS without its owner
  * taking it (a stopped process), is cleared by whoever notices. */
-int fshm__lock_acquire(unsigned char *base, int nonblock)
+int fshm__lock_acquire(unsigned char *base, int64_t deadline)
 {
     uint64_t *lock = U64(base, H_LOCK);
     uint64_t *next = U64(base, H_LOCK_NEXT);
@@ -259,6 +272,7 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         uint64_t owner = 0, turn, mine;
         uint32_t v;
         int rc = 0;
+        int64_t sleep_ns;
         turn = fshm_load64(next, FSHM_ACQUIRE);
         if (turn == 0 || turn == me) {
             /* Acquire on success: this writer sees the previous writer's
@@ -302,8 +316,17 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         } else {
             yielded_since = 0;
         }
-        if (nonblock)
-            return FSHM_EBUSY;
+        sleep_ns = turn != 0 && turn != me ? TURN_SLEEP_NS : LOCK_SLEEP_NS;
+        if (deadline != FSHM__NEVER) {
+            int64_t now = deadline == FSHM__NOW ? 0 : fshm_monotonic_ns();
+            if (now >= deadline) {
+                mine = me;
+                fshm_cas64(next, &mine, 0); /* a turn it will not take */
+                return FSHM_EBUSY;
+            }
+            if (deadline - now < sleep_ns)
+                sleep_ns = deadline - now;
+        }
         if (slept && turn == 0) {
             uint64_t none = 0;
             fshm_cas64(next, &none, me); /* my turn next */
@@ -315,8 +338,7 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         v = fshm_load32(wake, FSHM_SEQ_CST);
         turn = fshm_load64(next, FSHM_SEQ_CST);
         if (fshm_load64(lock, FSHM_SEQ_CST) != 0 || (turn != 0 && turn != me))
-            rc = fshm_futex_wait(wake, v, turn != 0 && turn != me ? TURN_SLEEP_NS
-                                                                  : LOCK_SLEEP_NS);
+            rc = fshm_futex_wait(wake, v, sleep_ns);
         fshm_add32(waiters, -1);
         slept = 1;
         if (rc == EINTR) {
@@ -339,9 +361,9 @@ void fshm__lock_release(unsigned char *base)
                         fshm_load64(U64(base, H_LOCK_NEXT), FSHM_RELAXED) != 0);
 }
 
-static int lock_acquire(const fshm_seg *s, int nonblock)
+static int lock_acquire(const fshm_seg *s, int64_t deadline)
 {
-    return fshm__lock_acquire(s->base, nonblock);
+    return fshm__lock_acquire(s->base, deadline);
 }
 
 static void lock_release(const fshm_seg *s)
@@ -375,7 +397,7 @@ int fshm_break_lock(const fshm_seg *s, uint64_t owner)
 /* ---- store and load ---- */
 
 static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
-                 int nonblock)
+                 int64_t deadline)
 {
     unsigned char *slot;
     uint64_t next;
@@ -387,7 +409,7 @@ static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
         return EINVAL;
     if (s->readonly)
         return EACCES;
-    if ((rc = lock_acquire(s, nonblock)) != 0)
+    if ((rc = lock_acquire(s, deadline)) != 0)
         return rc;
     /* Relaxed is enough: the lock's acquire already ordered us after the
      * previous writer's store of the counter. */
@@ -430,12 +452,19 @@ static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
 
 int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 {
-    return store(s, src, n, seq, 0);
+    return store(s, src, n, seq, FSHM__NEVER);
 }
 
 int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 {
-    return store(s, src, n, seq, 1);
+    return store(s, src, n, seq, FSHM__NOW);
+}
+
+int fshm_store_timed(const fshm_seg *s, const void *src, size_t n, int64_t timeout_ns,
+                     uint64_t *seq)
+{
+    return store(s, src, n, seq,
+                 fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns));
 }
 
 int fshm_read_begin(const fshm_seg *s, fshm_read *r)
@@ -497,7 +526,9 @@ int fshm_read_lock(const fshm_seg *s, fshm_read *r)
     int rc;
     if (s->readonly)
         return EACCES;
-    if ((rc = lock_acquire(s, 0)) != 0)
+    /* Bounded: a writer stopped with the lock (SIGSTOP, a debugger) spoils
+     * no copy, so its caller can go back to copying without it. */
+    if ((rc = lock_acquire(s, fshm__deadline(READ_LOCK_MAX_NS))) != 0)
         return rc;
     if ((rc = fshm_read_begin(s, r)) != 0)
         lock_release(s);
@@ -542,6 +573,11 @@ static int load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n, uint64_
                 locked = !s->readonly;
         }
         rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
+        if (rc == FSHM_EBUSY) {
+            tries = 0; /* its writer is stopped: lock-free copies hold again */
+            since = 0;
+            continue;
+        }
         if (rc != 0)
             return rc;
         if (r.length > dst_cap) {

@@ -377,19 +377,28 @@ static PyObject *hold(SegmentObject *self, fshm_seg *s)
 
 /* -- store -- */
 
-static int store_without_gil(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+/* A store without the GIL, waiting for another writer's lock in slices of
+ * WAIT_SLICE_NS: between them (and after EINTR, a signal that came while it
+ * slept) Python's signal handlers run, and the store goes on unless one
+ * raised.  A signal that lands while the core spins rather than sleeps is
+ * seen at the slice's end, so a writer stopped with the lock cannot make
+ * Ctrl-C wait. */
+static int store_without_gil(SegmentObject *self, const fshm_seg *s, const void *src,
+                             size_t n, uint64_t *seq)
 {
     int rc;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        rc = fshm_store(s, src, n, seq);
+        rc = fshm_store_timed(s, src, n, WAIT_SLICE_NS, seq);
         Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while waiting for another writer: its
-         * handler runs now, and the store goes on unless it raised. */
-        if (rc != EINTR)
+        if (rc != EINTR && rc != FSHM_EBUSY)
             return rc;
         if (PyErr_CheckSignals() != 0)
             return PY_ERROR_SET;
+        if (self->seg.base == NULL) { /* closed by another thread meanwhile */
+            closed_error(self);
+            return PY_ERROR_SET;
+        }
     }
 }
 
@@ -446,9 +455,9 @@ static PyObject *segment_store(SegmentObject *self, PyObject *data)
          * another writer's lock lets it go. */
         rc = fshm_try_store(&s, src, (size_t)n, &seq);
         if (rc == FSHM_EBUSY)
-            rc = store_without_gil(&s, src, (size_t)n, &seq);
+            rc = store_without_gil(self, &s, src, (size_t)n, &seq);
     } else {
-        rc = store_without_gil(&s, src, (size_t)n, &seq);
+        rc = store_without_gil(self, &s, src, (size_t)n, &seq);
     }
     if (rc != 0) {
         store_error(self, &s, rc, n);
@@ -538,6 +547,15 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
             PyMem_RawFree(buf);
             if (rc == FSHM_EAGAIN)
                 continue;
+            if (rc == FSHM_EBUSY) {
+                /* A writer held the lock 50 ms: stopped, it spoils no copy,
+                 * so copies without the lock hold again. */
+                tries = 0;
+                since = 0;
+                if (PyErr_CheckSignals() != 0)
+                    break;
+                continue;
+            }
             if (rc != 0)
                 read_error(self, rc);
             else if (out != NULL)
@@ -1298,8 +1316,9 @@ static int put_without_gil(QueueObject *self, const fshm_queue *q, const fshm_ms
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_put_many(q, msgs, count, slice);
         Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while it slept; nothing was put. */
-        if (rc != EINTR && !(rc == FSHM_EFULL && slice > 0))
+        /* EINTR: a signal came while it slept; EBUSY: another process held
+         * the lock through the slice.  Either way nothing was put. */
+        if (rc != EINTR && !((rc == FSHM_EFULL || rc == FSHM_EBUSY) && slice > 0))
             return rc;
         if ((rc = sleep_until_ready(self, q, need, wait, deadline, &slice)) != 0)
             return rc;
@@ -1333,6 +1352,9 @@ static PyObject *queue_op_error(QueueObject *self, const fshm_queue *q, int rc)
 
 static PyObject *put_error(QueueObject *self, const fshm_queue *q, int rc, uint64_t need)
 {
+    if (rc == FSHM_EBUSY)
+        return raise_from("lock_held_error", "(OKO)", self->name,
+                          (unsigned long long)fshm_queue_lock_owner(q), Py_True);
     if (rc == FSHM_EFULL)
         return raise_from("full_error", "(OKKK)", self->name, (unsigned long long)need,
                           (unsigned long long)q->capacity,
@@ -1662,8 +1684,9 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_take(q, take_raw, &t, max, &taken, slice);
         Py_END_ALLOW_THREADS
-        /* EINTR and "none yet" took nothing: a signal handler may run. */
-        if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
+        /* EINTR, "none yet" and a lock held through the slice took
+         * nothing: a signal handler may run. */
+        if (rc != EINTR && !((rc == FSHM_ENOMSG || rc == FSHM_EBUSY) && slice > 0))
             break;
         if ((rc = sleep_until_ready(self, q, 0, wait, deadline, &slice)) != 0)
             break;
@@ -1740,6 +1763,9 @@ static PyObject *take_error(QueueObject *self, const fshm_queue *q, int rc)
 {
     if (rc == FSHM_ENOMSG)
         return raise_from("empty_error", "(O)", self->name);
+    if (rc == FSHM_EBUSY)
+        return raise_from("lock_held_error", "(OKO)", self->name,
+                          (unsigned long long)fshm_queue_lock_owner(q), Py_False);
     return queue_op_error(self, q, rc);
 }
 
@@ -1924,7 +1950,7 @@ static PyObject *queue_get_into(QueueObject *self, PyObject *const *args, Py_ssi
             Py_BEGIN_ALLOW_THREADS
             rc = fshm_queue_take(&q, take_into_buffer, &t, 1, &taken, slice);
             Py_END_ALLOW_THREADS
-            if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
+            if (rc != EINTR && !((rc == FSHM_ENOMSG || rc == FSHM_EBUSY) && slice > 0))
                 break;
             if ((rc = sleep_until_ready(self, &q, 0, wait, deadline, &slice)) != 0)
                 break;

@@ -101,6 +101,23 @@ def empty_error(name: str) -> "queue.Empty":
     return queue.Empty(f"queue {name!r} is empty")
 
 
+def lock_held_error(name: str, owner: int, put: bool) -> "queue.Full | queue.Empty":
+    """queue.Full (a put) or queue.Empty (a get) for a call whose timeout ran
+    out while another process held the queue's lock: one that is alive but
+    not running, since a holder that runs lets go within microseconds.
+    ``owner`` is the lock word as last seen (0: free again by now)."""
+    import queue
+
+    who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+    exc = queue.Full if put else queue.Empty
+    return exc(
+        f"queue {name!r} stayed locked by {who} until the timeout, so nothing was "
+        f"{'put' if put else 'taken'}; a holder that keeps the lock this long is alive "
+        "but not running (stopped with Ctrl-Z or SIGSTOP, or paused in a debugger): "
+        "resume it (kill -CONT), and the queue moves again"
+    )
+
+
 def owner_error(name: str, uid: int) -> PermissionError:
     """Refusal to attach to a segment that another user made (name squatting)."""
     who = _user_name(uid)

@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 
 from . import _common as C
 from ._errors import (
+    EBUSY,
     EFULL,
     EKIND,
     ENOMSG,
@@ -22,6 +23,7 @@ from ._errors import (
     ETOOBIG,
     batch_too_big,
     closed_error,
+    lock_held_error,
     next_too_small,
     owner_error,
     protocol_error,
@@ -165,9 +167,15 @@ class SegmentHandle:
             sc = _Scratch()
         # bytes go to C as they are; cffi takes their pointer without a copy.
         src = data if type(data) is bytes else ffi.from_buffer(data)
-        rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
-        while rc == _EINTR:  # a signal came while waiting for another writer; its handler ran
-            rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
+        rc = lib.fshm_store_timed(self._seg, src, len(data), _WAIT_SLICE_NS, sc.seq)
+        # EINTR: a signal came while it waited for another writer's lock;
+        # EBUSY: that writer held it through the slice (stopped?).  Either
+        # way signal handlers run here, before the next slice.
+        while rc == _EINTR or rc == EBUSY:
+            if self.closed:  # by another thread meanwhile: nothing stored
+                _pool.append(sc)
+                raise closed_error("segment", self.name)
+            rc = lib.fshm_store_timed(self._seg, src, len(data), _WAIT_SLICE_NS, sc.seq)
         seq = sc.seq[0]
         _pool.append(sc)
         if rc:
@@ -379,7 +387,7 @@ class QueueHandle:
         of records, or 0: a message), without spinning again, before fn
         tries once more.  Returns fn's code (EFULL / ENOMSG once out of
         time); ValueError when the queue was closed meanwhile."""
-        if timeout == 0:
+        if timeout == 0:  # no wait for room or a message; a short one for the lock
             return fn(*args, 0)  # type: ignore[no-any-return]
         if timeout is None:
             deadline = None
@@ -389,7 +397,8 @@ class QueueHandle:
             slice_ns = self._slice(deadline)
         while True:
             rc = fn(*args, slice_ns)
-            if rc == EFULL or rc == ENOMSG:
+            # EBUSY: another process held the lock through the slice.
+            if rc == EFULL or rc == ENOMSG or rc == EBUSY:
                 if slice_ns == 0:
                     return rc  # type: ignore[no-any-return]
             elif rc != _EINTR:  # EINTR: a signal, whose handler runs here
@@ -415,6 +424,8 @@ class QueueHandle:
         return 0 if left <= 0 else min(_QUEUE_SLICE_NS, int(left * 1e9))
 
     def _fail(self, rc: int) -> None:
+        if rc == EBUSY:  # a get's: a put's says Full
+            raise lock_held_error(self.name, self.lock_owner(), False)
         if self.readonly and rc == errno.EACCES:
             raise read_only_error(self.name, "queue")
         raise_for(rc, self.name, "the queue's records are inconsistent")
@@ -440,6 +451,8 @@ class QueueHandle:
             return True
         if rc == EFULL:
             return False
+        if rc == EBUSY:
+            raise lock_held_error(self.name, self.lock_owner(), True)
         if rc == ETOOBIG:
             total = sum(C.record_size(len(m)) for m in msgs)
             raise batch_too_big(total, self.name, self.capacity)
@@ -482,7 +495,7 @@ class QueueHandle:
             if rc == ENOMSG:
                 return []
             if rc:
-                self._fail(rc)
+                self._fail(rc)  # EBUSY included
             out = []
             fbuf, lens = sc.fbuf, sc.lens
             pos = 0
