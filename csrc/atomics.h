@@ -1,6 +1,7 @@
 /*
- * The handful of atomic operations slot.c needs, on GCC/Clang builtins or
- * MSVC intrinsics.  Internal to the C core; not part of the public API.
+ * The handful of atomic operations slot.c, queue.c and channel.c need, on
+ * GCC/Clang builtins or MSVC intrinsics.  Internal to the C core; not part
+ * of the public API.
  */
 #ifndef FASTSHM_ATOMICS_H
 #define FASTSHM_ATOMICS_H
@@ -60,6 +61,16 @@ static __inline uint32_t fshm_add32(uint32_t *p, int32_t d)
 {
     return (uint32_t)_InterlockedExchangeAdd((volatile long *)p, (long)d);
 }
+/* Bit sets and clears of a 64-bit word (a channel slot's pins): full
+ * barriers, as every Interlocked* call. */
+static __inline uint64_t fshm_or64(uint64_t *p, uint64_t bits)
+{
+    return (uint64_t)_InterlockedOr64((volatile __int64 *)p, (__int64)bits);
+}
+static __inline uint64_t fshm_and64(uint64_t *p, uint64_t bits)
+{
+    return (uint64_t)_InterlockedAnd64((volatile __int64 *)p, (__int64)bits);
+}
 #define fshm_fence(order) MemoryBarrier()
 #define fshm_cpu_relax() YieldProcessor()
 
@@ -85,6 +96,9 @@ _Static_assert(__atomic_always_lock_free(8, 0),
     __atomic_compare_exchange_n((p), (expected), (desired), 0,             \
                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)
 #define fshm_add32(p, d) __atomic_fetch_add((p), (d), __ATOMIC_SEQ_CST)
+/* Seq_cst bit sets and clears of a 64-bit word (a channel slot's pins). */
+#define fshm_or64(p, bits) __atomic_fetch_or((p), (bits), __ATOMIC_SEQ_CST)
+#define fshm_and64(p, bits) __atomic_fetch_and((p), (bits), __ATOMIC_SEQ_CST)
 #define fshm_fence(order) __atomic_thread_fence(order)
 #if defined(__x86_64__) || defined(__i386__)
 #define fshm_cpu_relax() __builtin_ia32_pause()

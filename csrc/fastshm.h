@@ -65,8 +65,9 @@ extern "C" {
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
 #define FSHM_EOWNER (-9)     /* the object belongs to another user; see FSHM_ANY_OWNER */
 #define FSHM_EBUSY (-10)     /* another process held the lock past the call's deadline */
-#define FSHM_EKIND (-11)     /* the name holds the other kind of object: a queue
-                                where a segment was expected, or the reverse */
+#define FSHM_EKIND (-11)     /* the name holds another kind of fastshm object (a
+                                queue where a segment was expected, ...):
+                                fshm_kind_of says which */
 #define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
 #define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
@@ -77,6 +78,13 @@ extern "C" {
 /* Queue header flags. */
 #define FSHM_QUEUE_PYLOCK 1u          /* producers and consumers lock the way
                                          fastshm's python backend does */
+
+#define FSHM_CHANNEL_MAGIC 0x43485346u /* the bytes "FSHC" read little-endian */
+
+/* What the magic at the start of a mapping names (fshm_kind, fshm_kind_of). */
+#define FSHM_KIND_SEGMENT 1
+#define FSHM_KIND_QUEUE 2
+#define FSHM_KIND_CHANNEL 3
 
 typedef struct fshm_map {
     void *base;       /* start of the mapping, NULL when not mapped */
@@ -158,6 +166,14 @@ void fshm_futex_wake(uint32_t *addr, int all);
 int fshm_sleep_ns(int64_t ns);
 int64_t fshm_monotonic_ns(void);
 
+/* What kind of fastshm object the header at base is (FSHM_KIND_*), by its
+ * magic; 0 for none (not fastshm's, or still being made). */
+int fshm_kind(const void *base, size_t size);
+/* The kind of the object `name` holds, into *kind (0 for none): for the
+ * message of an FSHM_EKIND.  `how` may carry FSHM_ANY_OWNER; errors as
+ * fshm_map_open. */
+int fshm_kind_of(const char *name, int how, int *kind);
+
 /* ---- segment layer (slot.c) ---- */
 
 /* Mapping bytes needed for a segment of `capacity`; 0 if that overflows. */
@@ -166,7 +182,8 @@ size_t fshm_seg_size_for(uint64_t capacity);
  * it.  The magic is written last so openers never see half a header. */
 int fshm_seg_init(fshm_seg *s, void *base, size_t size, uint64_t capacity);
 /* Check an existing header and fill s.  FSHM_ENOTREADY when the magic is not
- * there yet, FSHM_EFORMAT / FSHM_EVERSION when it is wrong. */
+ * there yet, FSHM_EKIND for a queue or a channel, FSHM_EFORMAT /
+ * FSHM_EVERSION when it is wrong. */
 int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
 /* Map and open a segment by name, creating and initialising it as `how`
  * says (FSHM_ANY_OWNER may be or-ed in).  An opener that finds the segment
@@ -273,7 +290,7 @@ uint64_t fshm_queue_max_message(uint64_t capacity);
 /* Lay a fresh queue header over zero-filled base and publish it. */
 int fshm_queue_init(fshm_queue *q, void *base, size_t size, uint64_t capacity,
                     uint32_t flags);
-/* Check an existing header and fill q: FSHM_EKIND for a segment,
+/* Check an existing header and fill q: FSHM_EKIND for a segment or a channel,
  * FSHM_ENOTREADY / FSHM_EFORMAT / FSHM_EVERSION as fshm_seg_attach. */
 int fshm_queue_attach(fshm_queue *q, void *base, size_t size);
 /* Map and open a queue by name, as fshm_seg_open does for a segment; a

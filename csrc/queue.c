@@ -108,7 +108,7 @@ int fshm_queue_attach(fshm_queue *q, void *base, size_t size)
     magic = fshm_load32(U32(base, Q_MAGIC), FSHM_ACQUIRE);
     if (magic == 0)
         return FSHM_ENOTREADY;
-    if (magic == FSHM_MAGIC)
+    if (magic == FSHM_MAGIC || magic == FSHM_CHANNEL_MAGIC)
         return FSHM_EKIND;
     if (magic != FSHM_QUEUE_MAGIC)
         return FSHM_EFORMAT;

@@ -116,7 +116,7 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
     magic = fshm_load32(U32(base, H_MAGIC), FSHM_ACQUIRE);
     if (magic == 0)
         return FSHM_ENOTREADY;
-    if (magic == FSHM_QUEUE_MAGIC)
+    if (magic == FSHM_QUEUE_MAGIC || magic == FSHM_CHANNEL_MAGIC)
         return FSHM_EKIND;
     if (magic != FSHM_MAGIC)
         return FSHM_EFORMAT;
@@ -131,6 +131,31 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
     if (need == 0 || need > size)
         return FSHM_EFORMAT;
     fill_seg(s, base, size, capacity);
+    return 0;
+}
+
+int fshm_kind(const void *base, size_t size)
+{
+    uint32_t magic;
+    if (base == NULL || size < 4)
+        return 0;
+    magic = fshm_load32(U32(base, H_MAGIC), FSHM_ACQUIRE);
+    return magic == FSHM_MAGIC ? FSHM_KIND_SEGMENT
+         : magic == FSHM_QUEUE_MAGIC ? FSHM_KIND_QUEUE
+         : magic == FSHM_CHANNEL_MAGIC ? FSHM_KIND_CHANNEL : 0;
+}
+
+int fshm_kind_of(const char *name, int how, int *kind)
+{
+    fshm_map m;
+    int rc;
+    *kind = 0;
+    /* Only the magic is read: a mapping of any size will do. */
+    rc = fshm_map_open(&m, name, FSHM_ATTACH | (how & FSHM_ANY_OWNER), 0, 0);
+    if (rc != 0)
+        return rc;
+    *kind = fshm_kind(m.base, m.size);
+    fshm_unmap(m.base, m.size);
     return 0;
 }
 
