@@ -13,6 +13,11 @@
  *            (docs/FORMAT.md, "Queues"): every message delivered once, in
  *            order, safe against a producer or consumer that dies at any
  *            instant.
+ *   channel  fshm_channel_*: zero-copy publish/subscribe over a ring of
+ *            fixed-size slots (docs/FORMAT.md, "Channels"): publishers write
+ *            into a slot they have borrowed, every subscriber reads the slot
+ *            itself, pinned while it reads; safe against a publisher or
+ *            subscriber that dies at any instant.
  *
  * Every function that can fail returns 0 on success, a positive errno value
  * for a system error (Windows errors are translated to the same errno
@@ -68,9 +73,14 @@ extern "C" {
 #define FSHM_EKIND (-11)     /* the name holds another kind of fastshm object (a
                                 queue where a segment was expected, ...):
                                 fshm_kind_of says which */
-#define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
+#define FSHM_EFULL (-12)     /* a queue has no room for the message(s); a
+                                channel has no slot to lend */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
 #define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
+#define FSHM_ELOST (-15)     /* a channel loan or subscription that no longer
+                                belongs to the caller (reclaimed as dead, evicted,
+                                or made by the parent of a forked process) */
+#define FSHM_ESUBFULL (-16)  /* every subscriber entry of a channel is taken */
 
 #define FSHM_QUEUE_MAGIC 0x51485346u /* the bytes "FSHQ" read little-endian */
 #define FSHM_QUEUE_VERSION 1
@@ -80,6 +90,13 @@ extern "C" {
                                          fastshm's python backend does */
 
 #define FSHM_CHANNEL_MAGIC 0x43485346u /* the bytes "FSHC" read little-endian */
+#define FSHM_CHANNEL_VERSION 1
+#define FSHM_CHANNEL_HEADER_SIZE 256
+#define FSHM_CHANNEL_MAX_SLOTS (1u << 20)
+#define FSHM_CHANNEL_MAX_SUBSCRIBERS 64
+/* Channel flags. */
+#define FSHM_CHANNEL_OVERWRITE 1u     /* publishers never wait for subscribers:
+                                         the oldest unpinned slot is reused */
 
 /* What the magic at the start of a mapping names (fshm_kind, fshm_kind_of). */
 #define FSHM_KIND_SEGMENT 1
@@ -131,6 +148,60 @@ typedef struct fshm_msg {
     const void *data;
     size_t len;
 } fshm_msg;
+
+/* A channel opened on a mapping; its geometry is read and checked once, at
+ * open, and cached here, so no later change of the shared header can make
+ * an access reach outside the mapping. */
+typedef struct fshm_channel {
+    unsigned char *base;
+    size_t size;
+    uint64_t slot_size;       /* payload bytes per slot */
+    uint64_t stride;          /* bytes from one payload to the next */
+    uint64_t payload_offset;  /* of slot 0's payload, from base (page-aligned) */
+    uint32_t slots;           /* N */
+    uint32_t max_subscribers; /* M */
+    uint32_t history;         /* H: messages a new subscriber gets from before it joined */
+    uint32_t flags;           /* FSHM_CHANNEL_OVERWRITE */
+    int readonly;             /* mapped read-only: everything but the snapshots is
+                                 refused (EACCES), as subscribing writes too */
+} fshm_channel;
+
+/* A slot lent to a publisher: it writes up to `capacity` bytes at `data`
+ * (base + offset), then commits or discards it. */
+typedef struct fshm_loan {
+    uint32_t slot;
+    void *data;
+    size_t offset;
+    size_t capacity;
+} fshm_loan;
+
+/* A subscription: its entry in the subscriber table, and the entry's
+ * generation when it was taken (a reused entry is not this subscription). */
+typedef struct fshm_sub {
+    uint32_t index;
+    uint64_t gen;
+} fshm_sub;
+
+/* A message received: slot `slot` pinned for the subscriber until it
+ * releases it; `length` bytes at `data` (base + offset), never changed
+ * while pinned. */
+typedef struct fshm_sample {
+    uint32_t slot;
+    const void *data;
+    size_t offset;
+    size_t length;
+    uint64_t seq;
+} fshm_sample;
+
+/* A snapshot of one subscriber entry, for tools. */
+typedef struct fshm_sub_info {
+    uint64_t owner;      /* the process's fshm_self_id; 0: the entry is free */
+    uint64_t cursor;     /* the number of the next message it receives */
+    uint64_t missed;     /* messages it lost to overwriting, in all */
+    uint64_t received;   /* messages it received, in all */
+    uint64_t lag;        /* messages published that it has not reached yet */
+    uint32_t pinned;     /* slots it holds pinned now */
+} fshm_sub_info;
 
 /* Called by fshm_queue_take for each message it takes, with the queue's lock
  * held: returns where to copy `len` bytes, or NULL to take no more (that
@@ -359,6 +430,110 @@ uint64_t fshm_queue_used(const fshm_queue *q);
 /* The lock word, and fshm_break_lock's counterpart for a queue. */
 uint64_t fshm_queue_lock_owner(const fshm_queue *q);
 int fshm_queue_break_lock(const fshm_queue *q, uint64_t owner);
+
+/* ---- channel layer (channel.c) ---- */
+
+/* Mapping bytes for a channel of `slots` slots of `slot_size` bytes and
+ * `max_subscribers` subscriber entries; 0 when out of range (slot_size 0,
+ * slots outside 2..FSHM_CHANNEL_MAX_SLOTS, max_subscribers outside
+ * 1..FSHM_CHANNEL_MAX_SUBSCRIBERS) or overflowing. */
+size_t fshm_channel_size_for(uint64_t slot_size, uint32_t slots, uint32_t max_subscribers);
+/* Lay a fresh channel header over zero-filled base and publish it.  EINVAL
+ * for parameters out of range, history >= slots, or unknown flags. */
+int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_size,
+                      uint32_t slots, uint32_t history, uint32_t max_subscribers,
+                      uint32_t flags);
+/* Check an existing header and fill c: FSHM_EKIND for a segment or a queue,
+ * FSHM_ENOTREADY / FSHM_EFORMAT / FSHM_EVERSION as fshm_seg_attach. */
+int fshm_channel_attach(fshm_channel *c, void *base, size_t size);
+/* Map and open a channel by name, as fshm_seg_open does for a segment.  A
+ * created channel gets the parameters given; an existing one keeps its own,
+ * which c then holds (the caller compares). */
+int fshm_channel_open(fshm_channel *c, fshm_map *m, const char *name, int how,
+                      uint64_t slot_size, uint32_t slots, uint32_t history,
+                      uint32_t max_subscribers, uint32_t flags, unsigned mode);
+
+/* Timeouts, as for queues: 0 never sleeps for a slot or a message, < 0
+ * waits as long as it takes.  Calls that take the channel's lock (loan,
+ * commit, subscribe, reclaim, evict) wait for it at most that long too:
+ * FSHM_EBUSY (nothing changed) when another process held it until then;
+ * with a zero timeout, about a millisecond.  EINTR when a signal arrived
+ * while sleeping (nothing changed: call again).  The try_ forms never sleep,
+ * not even for the lock: for callers that must let go of something (a
+ * runtime's global lock) first; they then sleep in fshm_channel_wait_room
+ * or fshm_channel_wait and try again. */
+
+/* Borrow a slot to write a message of up to `size` bytes into.  FSHM_ETOOBIG
+ * at once when size > slot_size; FSHM_EFULL when no slot came free before
+ * the timeout (block mode: every slot holds a message some live subscriber
+ * has not received, or is pinned or lent; overwrite mode: every slot is
+ * pinned or lent).  A subscriber or publisher that died holding slots is
+ * noticed within about 100 ms of the slots being needed, and its slots
+ * reclaimed. */
+int fshm_channel_loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t timeout_ns);
+int fshm_channel_try_loan(const fshm_channel *c, size_t size, fshm_loan *loan);
+/* Publish the first `length` bytes of a loan as the next message; *seq gets
+ * its number.  FSHM_ETOOBIG when length exceeds the slot; FSHM_ELOST when the
+ * loan is no longer the caller's.  On FSHM_EBUSY or EINTR the loan is still
+ * held: commit or discard it. */
+int fshm_channel_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
+                        int64_t timeout_ns, uint64_t *seq);
+int fshm_channel_try_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
+                            uint64_t *seq);
+/* Give a loan back unpublished.  Never waits. */
+int fshm_channel_discard(const fshm_channel *c, const fshm_loan *loan);
+/* Loan, copy n bytes, commit: all or nothing (a commit that fails discards
+ * the loan). */
+int fshm_channel_publish(const fshm_channel *c, const void *src, size_t n, int64_t timeout_ns,
+                         uint64_t *seq);
+int fshm_channel_try_publish(const fshm_channel *c, const void *src, size_t n, uint64_t *seq);
+
+/* Take a subscriber entry.  The subscription starts with the latest
+ * messages still in place, up to `history` of them in a row, then every
+ * new one.  FSHM_ESUBFULL when every entry is taken by a live process.
+ * Entries of dead processes are reclaimed first. */
+int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout_ns);
+/* Give the entry up, and every slot it holds pinned.  Never waits. */
+int fshm_channel_unsubscribe(const fshm_channel *c, const fshm_sub *sub);
+/* The next message, pinned: *sample says where it lies; release it with
+ * fshm_channel_release.  *missed (may be NULL) gets the number of messages
+ * lost to overwriting since the previous receive (always 0 in block mode).
+ * Sequence numbers only increase.  FSHM_ETIMEOUT when nothing came before the
+ * timeout; FSHM_ELOST when the subscription is gone.  Never takes the lock. */
+int fshm_channel_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *sample,
+                         uint64_t *missed, int64_t timeout_ns);
+int fshm_channel_try_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *sample,
+                             uint64_t *missed);
+/* Unpin a slot received earlier; releasing one not held is harmless.  Never
+ * waits. */
+int fshm_channel_release(const fshm_channel *c, const fshm_sub *sub, uint32_t slot);
+/* Sleep, without spinning first, until a message the subscriber has not
+ * received is published (0), or FSHM_ETIMEOUT, EINTR, FSHM_ELOST: a
+ * binding's later slices, as fshm_queue_wait. */
+int fshm_channel_wait(const fshm_channel *c, const fshm_sub *sub, int64_t timeout_ns);
+/* Sleep, without spinning first, until a loan may find a slot (0), or
+ * FSHM_ETIMEOUT, EINTR.  Every 100 ms it looks for dead subscribers and
+ * publishers holding slots, and reclaims them. */
+int fshm_channel_wait_room(const fshm_channel *c, int64_t timeout_ns);
+
+/* Snapshots, without the lock. */
+uint64_t fshm_channel_head(const fshm_channel *c);        /* the last message's number */
+uint32_t fshm_channel_subscribers(const fshm_channel *c); /* entries in use */
+/* Entry `index` (< max_subscribers; EINVAL otherwise). */
+int fshm_channel_subscriber_info(const fshm_channel *c, uint32_t index, fshm_sub_info *info);
+/* Reclaim now what dead subscribers and publishers hold (their entries,
+ * pins and loans) instead of when slots run short. */
+int fshm_channel_reclaim(const fshm_channel *c, int64_t timeout_ns);
+/* Free subscriber entry `index` if it still belongs to `owner`
+ * (FSHM_EAGAIN otherwise): for a subscriber that is gone but whose death
+ * fshm_owner_dead cannot see (another pid namespace, a reused pid).  A live
+ * subscriber evicted loses its subscription (FSHM_ELOST), and what it reads
+ * from then on may be overwritten. */
+int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
+                       int64_t timeout_ns);
+/* The lock word, and fshm_break_lock's counterpart for a channel. */
+uint64_t fshm_channel_lock_owner(const fshm_channel *c);
+int fshm_channel_break_lock(const fshm_channel *c, uint64_t owner);
 
 #ifdef __cplusplus
 }

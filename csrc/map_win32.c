@@ -101,13 +101,14 @@ static int wide_name(const char *name, wchar_t **out)
 }
 
 /* The section handle of every view this process has mapped, closed by
- * fshm_unmap, and the two named semaphores its waiters sleep on, made on
- * first use.  A list: a process maps a handful of segments, not thousands. */
+ * fshm_unmap, and the named semaphores its waiters sleep on, made on first
+ * use.  A list: a process maps a handful of segments, not thousands. */
 typedef struct view_handle {
     void *base;
     HANDLE handle;
     wchar_t *wname;  /* the section's name, for its semaphores' names */
-    HANDLE sem[2];   /* message waiters, writers waiting for the lock */
+    HANDLE sem[3];   /* message waiters, writers waiting for the lock, and a
+                        channel's publishers waiting for a slot */
     struct view_handle *next;
 } view_handle;
 
@@ -122,7 +123,7 @@ static int remember_view(void *base, HANDLE handle, wchar_t *wname)
     v->base = base;
     v->handle = handle;
     v->wname = wname;
-    v->sem[0] = v->sem[1] = NULL;
+    v->sem[0] = v->sem[1] = v->sem[2] = NULL;
     AcquireSRWLockExclusive(&views_lock);
     v->next = views;
     views = v;
@@ -134,15 +135,15 @@ static HANDLE forget_view(void *base)
 {
     view_handle **p, *v;
     HANDLE handle = NULL;
+    int i;
     AcquireSRWLockExclusive(&views_lock);
     for (p = &views; (v = *p) != NULL; p = &v->next) {
         if (v->base == base) {
             *p = v->next;
             handle = v->handle;
-            if (v->sem[0] != NULL)
-                CloseHandle(v->sem[0]);
-            if (v->sem[1] != NULL)
-                CloseHandle(v->sem[1]);
+            for (i = 0; i < 3; i++)
+                if (v->sem[i] != NULL)
+                    CloseHandle(v->sem[i]);
             free(v->wname);
             free(v);
             break;
@@ -366,18 +367,21 @@ int fshm_sleep_ns(int64_t ns)
  * per-process).  Each segment gets two named semaphores instead, made on
  * first use: NAME.fastshm-wake for waiters of the next message (the notify
  * word, header offset 24) and NAME.fastshm-lock for writers waiting for the
- * lock (offset 72).  In the header, the word after each of these counts its
- * sleepers (docs/FORMAT.md), and a waker releases the semaphore once per
- * sleeper.  A sleeper registers before it reads the word it sleeps on, so a
+ * lock (offset 72); a channel gets a third, NAME.fastshm-room, for
+ * publishers waiting for a slot (its room word, offset 48: in a segment or
+ * a queue that offset is no wait word, so the magic decides).  In the
+ * header, the word after each of these counts its sleepers (docs/FORMAT.md),
+ * and a waker releases the semaphore once per sleeper.  A sleeper registers before it reads the word it sleeps on, so a
  * release it has not waited for yet stays in the count and its wait returns
  * at once: no wake-up is lost.  A sleeper that timed out leaves a count
  * behind, which only makes a later wait return early to re-check. */
 #define NOTIFY_OFFSET 24
+#define ROOM_OFFSET 48
 #define LOCK_WAKE_OFFSET 72
 
 static HANDLE wake_semaphore(uint32_t *addr)
 {
-    static const wchar_t *suffix[2] = {L".fastshm-wake", L".fastshm-lock"};
+    static const wchar_t *suffix[3] = {L".fastshm-wake", L".fastshm-lock", L".fastshm-room"};
     view_handle *v;
     HANDLE sem = NULL;
 
@@ -385,10 +389,17 @@ static HANDLE wake_semaphore(uint32_t *addr)
     for (v = views; v != NULL; v = v->next) {
         uintptr_t off = (uintptr_t)addr - (uintptr_t)v->base;
         int which;
-        if ((uintptr_t)addr < (uintptr_t)v->base ||
-            (off != NOTIFY_OFFSET && off != LOCK_WAKE_OFFSET))
+        if ((uintptr_t)addr < (uintptr_t)v->base)
             continue;
-        which = off == LOCK_WAKE_OFFSET;
+        if (off == NOTIFY_OFFSET)
+            which = 0;
+        else if (off == LOCK_WAKE_OFFSET)
+            which = 1;
+        else if (off == ROOM_OFFSET &&
+                 fshm_load32((uint32_t *)v->base, FSHM_ACQUIRE) == FSHM_CHANNEL_MAGIC)
+            which = 2;
+        else
+            continue;
         if (v->sem[which] == NULL) {
             size_t len = wcslen(v->wname);
             wchar_t *n = (wchar_t *)malloc((len + 16) * sizeof(wchar_t));
