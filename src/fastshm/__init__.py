@@ -3,7 +3,9 @@
 ``Segment`` is a named message slot: ``store`` in one process, ``load`` in any
 other, never a torn message, ``wait`` for the next one without polling.
 ``Queue`` is a named FIFO: every message put is got exactly once, in order,
-by any process that opens the name.  ``SharedMemory`` is a raw named mapping, a drop-in for
+by any process that opens the name.  ``Publisher`` and ``Subscriber`` share
+large messages (frames, tensors) without copying them: every subscriber reads
+each message in place.  ``SharedMemory`` is a raw named mapping, a drop-in for
 ``multiprocessing.shared_memory.SharedMemory``.
 """
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from . import _backend
 from ._errors import FormatError
+from .channel import Publisher, Sample, Subscriber
 from .queue import ObjectQueue, Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
@@ -18,7 +21,8 @@ from .shared_memory import SharedMemory
 __version__ = "0.1.0"
 
 __all__ = [
-    "Segment", "Queue", "ObjectQueue", "SharedMemory", "FormatError",
+    "Segment", "Queue", "ObjectQueue", "Publisher", "Subscriber", "Sample", "SharedMemory",
+    "FormatError",
     "backend", "binding", "features", "__version__",
 ]
 

@@ -59,7 +59,8 @@ def ext_modules() -> List[Extension]:
     return [
         Extension(
             "fastshm._cext",
-            sources=[os.path.join(here, "_cext.c")] + [_rel(s) for s in _SOURCES],
+            sources=[os.path.join(here, "_cext.c"), os.path.join(here, "_cext_pinned.c")]
+            + [_rel(s) for s in _SOURCES],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,
             extra_compile_args=_ARGS,

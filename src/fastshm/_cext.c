@@ -6,7 +6,7 @@
  * binding (fastshm._fastshm) compiles; PyPy uses that one, where the C API
  * is slow.
  *
- * Three types:
+ * Four types:
  *   Mapping      owns a mapping and exports it as a buffer; it is unmapped
  *                when the last memoryview over it is gone, so a view that
  *                outlives close() never touches unmapped memory.
@@ -16,6 +16,8 @@
  *   QueueCore    the same for fastshm.Queue (put, get, get_into, get_many,
  *                put_many, qsize, ...), over csrc/queue.c; fastshm.queue
  *                subclasses it.
+ *   Pinned       (_cext_pinned.c) bytes lent in place that count the
+ *                buffers handed out: the base of fastshm.Sample.
  *
  * Error messages come from fastshm._errors, the one place both bindings and
  * the python backend take them from.
@@ -2131,6 +2133,9 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* fastshm._cext.Pinned, in _cext_pinned.c. */
+extern PyTypeObject PinnedType;
+
 static struct PyModuleDef cext_module = {
     PyModuleDef_HEAD_INIT, "fastshm._cext",
     "The C-API binding of fastshm's C core (CPython).", -1, module_methods,
@@ -2141,7 +2146,7 @@ PyMODINIT_FUNC PyInit__cext(void)
 {
     PyObject *m;
     if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&SegmentType) < 0 ||
-        PyType_Ready(&QueueType) < 0)
+        PyType_Ready(&QueueType) < 0 || PyType_Ready(&PinnedType) < 0)
         return NULL;
     if ((errors_module = PyImport_ImportModule("fastshm._errors")) == NULL)
         return NULL;
@@ -2150,9 +2155,11 @@ PyMODINIT_FUNC PyInit__cext(void)
     Py_INCREF(&MappingType);
     Py_INCREF(&SegmentType);
     Py_INCREF(&QueueType);
+    Py_INCREF(&PinnedType);
     if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
         PyModule_AddObject(m, "SegmentCore", (PyObject *)&SegmentType) < 0 ||
         PyModule_AddObject(m, "QueueCore", (PyObject *)&QueueType) < 0 ||
+        PyModule_AddObject(m, "Pinned", (PyObject *)&PinnedType) < 0 ||
         PyModule_AddIntConstant(m, "ANY_OWNER", FSHM_ANY_OWNER) < 0 ||
         PyModule_AddIntConstant(m, "NAME_MAX", (long)fshm_name_max()) < 0 ||
         PyModule_AddIntConstant(m, "GIL_RELEASE_BYTES", GIL_RELEASE_BYTES) < 0) {

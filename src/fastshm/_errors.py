@@ -37,12 +37,24 @@ class ProtocolMismatch(FormatError):
     this one (compare-and-swap against the python backend's flock)."""
 
 
-def kind_error(name: str, found: str) -> FormatError:
-    """The name holds the other kind of fastshm object: ``found`` is
-    "Queue" (opened as a Segment) or "Segment" (opened as a Queue)."""
-    wanted = "Segment" if found == "Queue" else "Queue"
+_OPENERS = {
+    "Segment": "fastshm.Segment",
+    "Queue": "fastshm.Queue",
+    "Channel": "fastshm.Publisher or fastshm.Subscriber",
+}
+
+
+def kind_error(name: str, found: str, wanted: Optional[str] = None) -> FormatError:
+    """The name holds another kind of fastshm object: ``found`` is what it
+    holds ("Segment", "Queue", "Channel"), ``wanted`` what was asked for
+    (by default the other of Segment and Queue)."""
+    if wanted is None:
+        wanted = "Segment" if found == "Queue" else "Queue"
+    if found not in _OPENERS:
+        return FormatError(f"{name!r} is not a fastshm {wanted}, and it changed while it "
+                           "was being opened: try again")
     return FormatError(
-        f"{name!r} is a fastshm {found}, not a {wanted}: open it with fastshm.{found}"
+        f"{name!r} is a fastshm {found}, not a {wanted}: open it with {_OPENERS[found]}"
     )
 
 
@@ -118,6 +130,48 @@ def lock_held_error(name: str, owner: int, put: bool) -> "queue.Full | queue.Emp
     )
 
 
+def channel_full_error(name: str, timeout: Optional[float], lock_held: bool, owner: int,
+                       subscribers: Optional[int] = None) -> TimeoutError:
+    """A publish or loan that found no slot in time (or, with
+    ``subscribers``, a subscriber that found no free entry)."""
+    if subscribers is not None:
+        return TimeoutError(
+            f"channel {name!r} has all its {subscribers} subscriber entries taken by live "
+            "processes: close a Subscriber first, or make the channel with a larger "
+            "max_subscribers"
+        )
+    within = "at once" if timeout == 0 else f"within {timeout} s" if timeout else ""
+    if lock_held:
+        who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+        return TimeoutError(
+            f"channel {name!r} stayed locked by {who} {within}, so nothing was published; a "
+            "holder that keeps the lock this long is alive but not running (stopped with "
+            "Ctrl-Z or SIGSTOP, or paused in a debugger): resume it (kill -CONT)"
+        )
+    return TimeoutError(
+        f"no free slot in channel {name!r} {within}: every slot holds a message a live "
+        "subscriber has not received yet, or is pinned by one (a Sample not released) or "
+        "lent to a publisher; nothing was published"
+    )
+
+
+def channel_param_error(name: str, wrong: "list[tuple[str, object, object]]") -> ValueError:
+    """An existing channel whose parameters are not those asked for."""
+    said = ", ".join(f"{k}={v!r} (the channel has {have!r})" for k, v, have in wrong)
+    return ValueError(
+        f"channel {name!r} exists with other parameters: {said}; leave them out to take "
+        "the channel's own, or delete it first to make it anew"
+    )
+
+
+def lost_error(name: str) -> ValueError:
+    """A subscription the channel no longer knows as this one's."""
+    return ValueError(
+        f"this subscription to channel {name!r} was taken away (its entry was reclaimed as "
+        "a dead process's, or evicted, or it was made before a fork): open a new Subscriber"
+    )
+
+
 def owner_error(name: str, uid: int) -> PermissionError:
     """Refusal to attach to a segment that another user made (name squatting)."""
     who = _user_name(uid)
@@ -142,6 +196,8 @@ def read_only_error(name: str, kind: str = "segment") -> PermissionError:
     kind "queue", the queue) only for reading."""
     if kind == "queue":
         works = "qsize and the other snapshots work; put and get (which removes) do not"
+    elif kind == "channel":
+        works = "subscribing and publishing both write to it, so neither works"
     else:
         works = "load, view and wait work, store does not"
     return PermissionError(

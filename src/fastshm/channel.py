@@ -1,0 +1,539 @@
+"""Publisher and Subscriber: zero-copy publish/subscribe over a named channel.
+
+A channel is a ring of fixed-size slots in shared memory (csrc/channel.c,
+docs/FORMAT.md "Channels").  A publisher writes a message into a slot (a
+copy with ``publish``, or in place with ``loan``); every subscriber gets
+the slot itself as a :class:`Sample`, pinned while it reads, so a publisher
+never overwrites what someone is looking at and nobody copies unless they
+want to.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterator, Optional, Tuple, Union
+
+from . import _common as C
+from ._backend import resolve
+from ._errors import (
+    channel_full_error,
+    channel_param_error,
+    closed_error,
+    too_big,
+)
+from ._named import Named, _open_args, _timeout_arg
+
+# The limits of csrc/fastshm.h.
+MAX_SUBSCRIBERS = 64
+MAX_SLOTS = 1 << 20
+_OVERFLOWS = ("block", "overwrite")
+_OVERWRITE = 1  # FSHM_CHANNEL_OVERWRITE
+
+try:  # CPython: a C base counts the buffers handed out (see _cext_pinned.c).
+    from ._cext import Pinned as _PinnedBase
+
+    _C_PINNED = True
+except ImportError:  # PyPy (and no C-API build): __buffer__, which PyPy honours
+    _C_PINNED = False
+
+    class _PinnedBase:  # type: ignore[no-redef]
+        """Bytes lent in place through ``__buffer__``.  PyPy does not tell
+        an object when a buffer of it is released, so here release() cannot
+        see a view still alive: it only stops new ones."""
+
+        __slots__ = ("_view",)
+
+        def _pin_view(self, view: memoryview) -> None:
+            self._view: Optional[memoryview] = view
+
+        def _unpin(self) -> bool:
+            if getattr(self, "_view", None) is None:
+                return False
+            self._view = None
+            return True
+
+        @property
+        def _pinned(self) -> bool:
+            return getattr(self, "_view", None) is not None
+
+        def __buffer__(self, flags: int) -> memoryview:
+            view = getattr(self, "_view", None)
+            if view is None:
+                raise ValueError("the sample was released: its bytes are gone")
+            return view
+
+        def __len__(self) -> int:
+            view = getattr(self, "_view", None)
+            if view is None:
+                raise ValueError("the sample was released: its bytes are gone")
+            return len(view)
+
+
+def _handle_class(impl: Any) -> Any:
+    if impl.name != "native":
+        raise NotImplementedError(
+            "fastshm channels (Publisher, Subscriber) need the native backend for now; "
+            "the python backend does not speak them yet: use backend='native'"
+        )
+    from ._native_channel import ChannelHandle
+
+    return ChannelHandle
+
+
+class Sample(_PinnedBase):
+    """One message received, in place: read-only bytes in the channel's
+    shared memory that no publisher overwrites until it is released.
+
+    It supports the buffer protocol (``memoryview(sample)``,
+    ``numpy.frombuffer(sample, dtype)``, ``bytes(sample)``: only the last
+    copies), ``len()``, and ``seq``, the message's number.  Release it with
+    :meth:`release` or a ``with`` block; one that is garbage-collected is
+    released then.  ``release()`` while a memoryview or an array of it is
+    still alive raises ``BufferError`` and keeps it pinned, as
+    ``mmap.close()`` does; any use after the release is a ``ValueError``.
+    """
+
+    __slots__ = ("seq", "_owner", "_slot", "__weakref__")
+
+    seq: int
+
+    def release(self) -> None:
+        """Give the slot back to the publishers.  Harmless when released."""
+        if self._unpin():
+            owner, self._owner = self._owner, None
+            if owner is not None:
+                owner._release(self._slot)
+
+    def tobytes(self) -> bytes:
+        """A copy of the message."""
+        return bytes(memoryview(self))
+
+    def __bytes__(self) -> bytes:
+        return bytes(memoryview(self))
+
+    def __enter__(self) -> "Sample":
+        if not self._pinned:
+            raise ValueError("the sample was released: its bytes are gone")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 -- nothing to tell at collection time
+            pass
+
+    def __repr__(self) -> str:
+        if not self._pinned:
+            return f"<Sample #{self.seq} released>"
+        return f"<Sample #{self.seq}, {len(self)} bytes>"
+
+
+# -- opening --
+
+
+def _check_slots(value: object) -> int:
+    n = C.as_int(value, "slots")
+    if not 2 <= n <= MAX_SLOTS:
+        raise ValueError(f"slots must be between 2 and {MAX_SLOTS}, not {n}")
+    return n
+
+
+def _check_subscribers(value: object) -> int:
+    n = C.as_int(value, "max_subscribers")
+    if not 1 <= n <= MAX_SUBSCRIBERS:
+        raise ValueError(f"max_subscribers must be between 1 and {MAX_SUBSCRIBERS}, not {n}")
+    return n
+
+
+def _channel_args(
+    impl: Any, name: object, slot_size: object, slots: object, history: object,
+    max_subscribers: object, overflow: object, create: object, mode: object, any_owner: object,
+) -> Tuple[str, int, int, dict]:
+    """Checked arguments: (name, how, mode, the parameters given by field)."""
+    given = {}
+    if slot_size is not None:
+        given["slot_size"] = C.check_size(slot_size, "slot_size")
+    if slots is not None:
+        given["slots"] = _check_slots(slots)
+    if history is not None:
+        h = C.as_int(history, "history")
+        if h < 0:
+            raise ValueError(f"history must be >= 0, not {h}")
+        given["history"] = h
+    if max_subscribers is not None:
+        given["max_subscribers"] = _check_subscribers(max_subscribers)
+    if overflow is not None:
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be 'block' or 'overwrite', not {overflow!r}")
+        given["overflow"] = overflow
+    name, how, _, mode = _open_args(impl, name, 1, create, mode, any_owner, lambda _: 0)
+    if how == C.OPEN_OR_CREATE and "slot_size" not in given and "slots" not in given:
+        how = C.ATTACH  # nothing to create with: open what is there
+    if how != C.ATTACH:
+        missing = [k for k in ("slot_size", "slots") if k not in given]
+        if missing:
+            raise TypeError(
+                f"creating channel {name!r} needs {' and '.join(missing)} (the largest "
+                "message in bytes, and how many messages the ring holds); to open an "
+                "existing channel, pass create=False"
+            )
+        if given.get("history", 0) >= given["slots"]:
+            raise ValueError(
+                f"history ({given['history']}) must be less than slots ({given['slots']}): "
+                "the ring keeps the history and needs a slot to publish into"
+            )
+    return name, how, mode, given
+
+
+def _open_handle(impl: Any, name: str, how: int, mode: int, given: dict,
+                 any_owner: bool) -> Any:
+    handle_class = _handle_class(impl)
+    h = handle_class(
+        name, how, given.get("slot_size", 0), given.get("slots", 0), given.get("history", 0),
+        given.get("max_subscribers", MAX_SUBSCRIBERS),
+        _OVERWRITE if given.get("overflow") == "overwrite" else 0, mode, any_owner,
+    )
+    if not h.created:
+        have = {"slot_size": h.slot_size, "slots": h.slots, "history": h.history,
+                "max_subscribers": h.max_subscribers,
+                "overflow": "overwrite" if h.flags & _OVERWRITE else "block"}
+        wrong = [(k, v, have[k]) for k, v in given.items() if have[k] != v]
+        if wrong:
+            h.closed = True
+            raise channel_param_error(name, wrong)
+    return h
+
+
+class _Channel(Named):
+    """What Publisher and Subscriber share: the handle and the channel's
+    parameters."""
+
+    __slots__ = ("_h", "_name", "_backend", "__weakref__")
+    _KIND = "channel"
+
+    def _handle(self) -> Any:
+        h = self._h
+        if h is None:
+            raise closed_error(self._KIND, self._name)
+        return h
+
+    name = property(lambda self: self._name, doc="The channel's name.")
+    backend = property(lambda self: self._backend,
+                       doc='``"native"`` or ``"python"``: the backend this object uses.')
+    closed = property(lambda self: self._h is None, doc="Whether close() was called.")
+
+    @property
+    def slot_size(self) -> int:
+        """The largest message, in bytes."""
+        return self._handle().slot_size  # type: ignore[no-any-return]
+
+    @property
+    def slots(self) -> int:
+        """How many messages the ring holds."""
+        return self._handle().slots  # type: ignore[no-any-return]
+
+    @property
+    def history(self) -> int:
+        """How many earlier messages a new subscriber gets first."""
+        return self._handle().history  # type: ignore[no-any-return]
+
+    @property
+    def max_subscribers(self) -> int:
+        return self._handle().max_subscribers  # type: ignore[no-any-return]
+
+    @property
+    def overflow(self) -> str:
+        """``"block"`` (publishers wait for slow subscribers, nothing is lost)
+        or ``"overwrite"`` (they never wait; slow subscribers skip)."""
+        return "overwrite" if self._handle().flags & _OVERWRITE else "block"
+
+    @property
+    def created(self) -> bool:
+        return self._handle().created  # type: ignore[no-any-return]
+
+    @property
+    def readonly(self) -> bool:
+        return self._handle().readonly  # type: ignore[no-any-return]
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are joined now (a snapshot)."""
+        return self._handle().subscribers()  # type: ignore[no-any-return]
+
+    @property
+    def _mapped_size(self) -> int:
+        return self._handle().size  # type: ignore[no-any-return]
+
+    def _lock_owner(self) -> int:
+        return self._handle().lock_owner()  # type: ignore[no-any-return]
+
+    def _break_lock(self, owner: int) -> bool:
+        return self._handle().break_lock(owner)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            h.closed = True  # a call blocked in another thread ends at its next slice
+
+
+def _reattach_publisher(name: str, backend: str) -> "Publisher":
+    return Publisher(name, create=False, backend=backend)
+
+
+def _reattach_subscriber(name: str, backend: str) -> "Subscriber":
+    return Subscriber(name, backend=backend)
+
+
+class _Loan:
+    """``Publisher.loan``'s context manager: the slot's bytes as a writable
+    memoryview; published when the block ends normally, discarded (never
+    seen by anyone) when it ends by an exception."""
+
+    __slots__ = ("_pub", "_size", "_timeout", "_loan", "_view")
+
+    def __init__(self, pub: "Publisher", size: int, timeout: Optional[float]) -> None:
+        self._pub, self._size, self._timeout = pub, size, timeout
+        self._loan: Any = None
+        self._view: Optional[memoryview] = None
+
+    def __enter__(self) -> memoryview:
+        if self._loan is not None:
+            raise RuntimeError("this loan is already in use: call loan() again")
+        pub = self._pub
+        h = pub._handle()
+        loan, view = h.loan(self._size, self._timeout)
+        if loan is None:
+            raise channel_full_error(pub._name, self._timeout, view == -1, h.lock_owner())
+        self._loan, self._view = loan, view
+        return view
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        loan, view = self._loan, self._view
+        self._loan = self._view = None
+        if view is not None:
+            try:
+                view.release()  # writes after the block go nowhere
+            except BufferError:
+                pass  # an array of it is still alive: its writes must stop here
+        h = self._pub._h
+        if h is None:
+            return  # closed meanwhile: the loan is reclaimed as this process's
+        if exc_type is not None:
+            h.discard(loan)
+            return
+        seq = h.commit(loan, self._size)
+        if seq <= 0:  # cannot be: a lent slot commits without waiting for room
+            h.discard(loan)
+            raise channel_full_error(self._pub._name, None, seq == -1, h.lock_owner())
+        self._pub._last_seq = seq
+
+
+class Publisher(_Channel):
+    """The publishing end of the channel ``name``: messages of up to
+    ``slot_size`` bytes, in a ring of ``slots``.
+
+    ``Publisher(name, slot_size, slots)`` opens the channel, creating it when
+    it does not exist; ``create=True`` insists on creating it,
+    ``create=False`` on finding it.  Opening an existing channel takes its
+    parameters from it; one given that disagrees is a ``ValueError`` saying
+    which.  ``history`` (0 when creating): how many of the latest messages a
+    new subscriber gets first.  ``overflow`` (``"block"`` when creating):
+    ``"block"`` makes ``publish`` wait while every slot holds a message some
+    live subscriber has not received, or is pinned (no subscriber: it never
+    waits); ``"overwrite"`` never waits for readers: it reuses the oldest
+    slot nobody has pinned, and subscribers that fell behind skip ahead
+    (:attr:`Subscriber.missed`).  Several publishers, in any processes, may
+    publish on one channel.  Permissions, ownership and errors are those of
+    :class:`Segment`.
+    """
+
+    __slots__ = ("_last_seq",)
+    _REATTACH = staticmethod(_reattach_publisher)
+
+    def __new__(
+        cls,
+        name: str,
+        slot_size: Optional[int] = None,
+        slots: Optional[int] = None,
+        *,
+        history: Optional[int] = None,
+        max_subscribers: Optional[int] = None,
+        overflow: Optional[str] = None,
+        create: Optional[bool] = None,
+        backend: Optional[str] = None,
+        mode: int = 0o600,
+        any_owner: bool = False,
+    ) -> "Publisher":
+        impl = resolve(backend)
+        name, how, mode, given = _channel_args(impl, name, slot_size, slots, history,
+                                               max_subscribers, overflow, create, mode,
+                                               any_owner)
+        self = object.__new__(cls)
+        self._h = None
+        self._h = _open_handle(impl, name, how, mode, given, bool(any_owner))
+        self._name = name
+        self._backend = impl.name
+        self._last_seq = 0
+        return self
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last message this object published (0: none)."""
+        return self._last_seq
+
+    def publish(self, data: Union[C.BytesLike, str], timeout: Optional[float] = None) -> int:
+        """Copy ``data`` (bytes-like, or str as UTF-8) into a slot and
+        publish it; returns its number.  In block mode, waits up to
+        ``timeout`` seconds for a slot (None: as long as it takes; 0: not
+        at all), then raises ``TimeoutError``."""
+        h = self._handle()
+        if type(data) is not bytes:
+            data = C.as_bytes_view(data)
+        wait = _timeout_arg(timeout)
+        if len(data) > h.slot_size:
+            raise too_big(len(data), self._name, h.slot_size)
+        seq = h.publish(data, wait)
+        if seq <= 0:
+            raise channel_full_error(self._name, wait, seq == -1, h.lock_owner())
+        self._last_seq = seq
+        return seq  # type: ignore[no-any-return]
+
+    def loan(self, size: int, timeout: Optional[float] = None) -> _Loan:
+        """A context manager giving a writable memoryview of ``size`` bytes
+        inside the channel's shared memory: build the message there (for
+        instance ``numpy.frombuffer(buf, dtype).reshape(shape)``).  When the
+        block ends normally the message is published (its number in
+        :attr:`last_seq`); when it ends by an exception it is discarded,
+        seen by nobody.  Waits for a slot as :meth:`publish` does.  Do not
+        write through views of it that outlive the block."""
+        h = self._handle()
+        n = C.as_int(size, "size")
+        if n < 0:
+            raise ValueError(f"size must be >= 0, not {n}")
+        if n > h.slot_size:
+            raise too_big(n, self._name, h.slot_size)
+        return _Loan(self, n, _timeout_arg(timeout))
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<Publisher {self.name!r} closed>"
+        return (f"Publisher({self.name!r}, slot_size={self.slot_size}, slots={self.slots}, "
+                f"overflow={self.overflow!r}, subscribers={self.subscribers})")
+
+
+class Subscriber(_Channel):
+    """The receiving end of the channel ``name`` (which must exist).
+
+    It receives every message published after it joined, preceded by up to
+    the channel's ``history`` of the latest earlier ones, in order
+    (``overwrite`` channels: minus those it fell too far behind for, counted
+    in :attr:`missed`).  Each is a :class:`Sample`, the message in place.
+    """
+
+    __slots__ = ("_sub", "_received", "_missed", "_last_seq", "_samples")
+    _REATTACH = staticmethod(_reattach_subscriber)
+
+    def __new__(cls, name: str, *, backend: Optional[str] = None,
+                any_owner: bool = False) -> "Subscriber":
+        impl = resolve(backend)
+        name, how, mode, given = _channel_args(impl, name, None, None, None, None, None,
+                                               False, 0o600, any_owner)
+        self = object.__new__(cls)
+        self._h = None
+        h = _open_handle(impl, name, how, mode, given, bool(any_owner))
+        sub = h.subscribe()
+        if sub is None:
+            h.closed = True
+            raise channel_full_error(name, None, False, 0, subscribers=h.max_subscribers)
+        self._h = h
+        self._sub = sub
+        self._name = name
+        self._backend = impl.name
+        self._received = self._missed = self._last_seq = 0
+        self._samples: "weakref.WeakSet[Sample]" = weakref.WeakSet()
+        return self
+
+    @property
+    def missed(self) -> int:
+        """Messages lost to ``overwrite`` so far: ``received + missed``
+        counts every message published since this subscriber joined (and
+        its history)."""
+        return self._missed
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    @property
+    def last_seq(self) -> int:
+        """The number of the last message received (0: none)."""
+        return self._last_seq
+
+    def receive(self, timeout: Optional[float] = None) -> Sample:
+        """The next message, in place (a pinned :class:`Sample`).  Waits up
+        to ``timeout`` seconds (None: as long as it takes; 0: not at all),
+        then raises ``TimeoutError``."""
+        h = self._handle()
+        wait = _timeout_arg(timeout)
+        got = h.receive(self._sub, wait)
+        if got is None:
+            raise TimeoutError(
+                f"no new message on channel {self._name!r} within {timeout} s"
+                if wait else f"no new message on channel {self._name!r}"
+            )
+        slot, offset, length, seq, missed = got
+        sample = Sample()
+        if _C_PINNED:
+            sample._pin(h.owner, h.address + offset, length)
+        else:
+            sample._pin_view(h.view[offset:offset + length].toreadonly())
+        sample.seq = seq
+        sample._owner = self
+        sample._slot = slot
+        self._samples.add(sample)
+        self._received += 1
+        self._missed += missed
+        self._last_seq = seq
+        return sample
+
+    def samples(self, timeout: Optional[float] = None) -> Iterator[Sample]:
+        """Each message as it comes; stops when ``timeout`` seconds pass
+        without one (None: never)."""
+        while True:
+            try:
+                yield self.receive(timeout)
+            except TimeoutError:
+                return
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self.samples()
+
+    def _release(self, slot: int) -> None:
+        h = self._h
+        if h is not None:
+            h.release(self._sub, slot)
+
+    def close(self) -> None:
+        """Leave the channel: every sample still held is released (a view
+        of one taken before stays readable, but publishers may now
+        overwrite it)."""
+        h = self._h
+        if h is None:
+            return
+        for sample in list(self._samples):
+            try:
+                sample.release()
+            except BufferError:
+                sample._owner = None  # its pin goes with the subscription below
+        self._h = None
+        h.closed = True
+        h.unsubscribe(self._sub)
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<Subscriber {self.name!r} closed>"
+        return (f"Subscriber({self.name!r}, received={self.received}, "
+                f"missed={self.missed}, last_seq={self.last_seq})")
