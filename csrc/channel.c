@@ -231,7 +231,9 @@ int fshm_channel_attach(fshm_channel *c, void *base, size_t size)
     uint32_t magic, slots, max_subs, history, flags;
     uint64_t slot_size, payload;
     size_t need;
-    if (base == NULL || size < HEADER)
+    /* A segment's or queue's header is 128 bytes: smaller than a channel's,
+     * but enough to tell its kind. */
+    if (base == NULL || size < FSHM_HEADER_SIZE)
         return FSHM_EFORMAT;
     /* Acquire: pairs with the creator's release of the magic. */
     magic = fshm_load32(U32(base, C_MAGIC), FSHM_ACQUIRE);
@@ -239,7 +241,7 @@ int fshm_channel_attach(fshm_channel *c, void *base, size_t size)
         return FSHM_ENOTREADY;
     if (magic == FSHM_MAGIC || magic == FSHM_QUEUE_MAGIC)
         return FSHM_EKIND;
-    if (magic != FSHM_CHANNEL_MAGIC)
+    if (magic != FSHM_CHANNEL_MAGIC || size < HEADER)
         return FSHM_EFORMAT;
     if (*U16(base, C_VERSION) != FSHM_CHANNEL_VERSION)
         return FSHM_EVERSION;

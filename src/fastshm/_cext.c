@@ -312,8 +312,20 @@ static int open_by_name(const char *type_name, const char *other, PyObject *args
         raise_from("owner_error", "(OL)", *name, (long long)m->owner);
         return -1;
     }
+    if (rc == FSHM_EKIND) {
+        /* `other` is the kind of the two this binding has types for; a
+         * channel is the third. */
+        int kind = 0;
+        char detail[32];
+        const char *wanted = strcmp(other, "Queue") == 0 ? "Segment" : "Queue";
+        if (fshm_kind_of(cname, how, &kind) == 0 && kind == FSHM_KIND_CHANNEL)
+            other = "Channel";
+        PyOS_snprintf(detail, sizeof detail, "%s:%s", other, wanted);
+        raise_code(rc, *name, detail);
+        return -1;
+    }
     if (rc != 0) {
-        raise_code(rc, *name, rc == FSHM_EKIND ? other : "");
+        raise_code(rc, *name, "");
         return -1;
     }
     return 0;

@@ -271,8 +271,10 @@ def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
     if code == ETIMEOUT:
         raise TimeoutError(f"no new message in {name!r} before the timeout")
     if code == EKIND:
-        # detail: what the name holds, "Queue" or "Segment".
-        raise kind_error(name, detail or "Queue")
+        # detail: what the name holds ("Queue", "Segment", "Channel"),
+        # optionally ":" and what was asked for.
+        found, _, wanted = (detail or "Queue").partition(":")
+        raise kind_error(name, found, wanted or None)
     if code == EPROTOCOL:
         raise protocol_error(name, detail or "python")
     raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")

@@ -23,6 +23,7 @@ from ._errors import (
     ETOOBIG,
     batch_too_big,
     closed_error,
+    kind_error,
     lock_held_error,
     next_too_small,
     owner_error,
@@ -93,9 +94,22 @@ def _how(how: int, any_owner: bool) -> int:
     return how | lib.FSHM_ANY_OWNER if any_owner else how
 
 
-def _raise_open(rc: int, m: Any, name: str) -> None:
+_KINDS = {1: "Segment", 2: "Queue", 3: "Channel"}  # FSHM_KIND_*
+
+
+def kind_of(name: str, how: int) -> str:
+    """What the name holds, for a message: "Segment", "Queue", "Channel"
+    ("object" when that cannot be told any more)."""
+    out = ffi.new("int *")
+    rc = lib.fshm_kind_of(name.encode("utf-8"), how, out)
+    return _KINDS.get(int(out[0]), "object") if rc == 0 else "object"
+
+
+def _raise_open(rc: int, m: Any, name: str, wanted: str = "Segment", how: int = 0) -> None:
     if rc == EOWNER:
         raise owner_error(name, int(m.owner))
+    if rc == EKIND:
+        raise kind_error(name, kind_of(name, how), wanted)
     raise_for(rc, name)
 
 
@@ -147,7 +161,7 @@ class SegmentHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_seg_open(seg, m, cname, chow, capacity, mode)
         if rc:
-            _raise_open(rc, m, name)
+            _raise_open(rc, m, name, "Segment", chow)
         self.name = name
         self._seg = seg
         self.size = int(m.size)
@@ -358,9 +372,7 @@ class QueueHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_queue_open(q, m, cname, chow, capacity, 0, mode)
         if rc:
-            if rc == EKIND:
-                raise_for(rc, name, "Segment")
-            _raise_open(rc, m, name)
+            _raise_open(rc, m, name, "Queue", chow)
         size = int(m.size)
         base = m.base
         # Unmapped when this handle (and so any call in flight on it) is gone.

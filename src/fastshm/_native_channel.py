@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._errors import (
     EBUSY,
     EFULL,
     ETIMEOUT,
+    channel_full_error,
     closed_error,
-    kind_error,
     lost_error,
     raise_for,
     read_only_error,
@@ -33,16 +33,6 @@ _EINTR = errno.EINTR
 # Codes that end a slice without an answer: no slot (or no message) yet, or
 # the lock held by another process through the slice.
 _NOT_YET = (EFULL, ETIMEOUT, EBUSY, _EINTR)
-
-KINDS = {1: "Segment", 2: "Queue", 3: "Channel"}
-
-
-def kind_of(name: str, any_owner: bool) -> str:
-    """What the name holds, for a message: "Segment", "Queue", "Channel"."""
-    out = ffi.new("int *")
-    rc = lib.fshm_kind_of(name.encode("utf-8"), _how(0, any_owner), out)
-    return KINDS.get(int(out[0]), "object") if rc == 0 else "object"
-
 
 def _slice(deadline: Optional[float]) -> int:
     if deadline is None:
@@ -67,9 +57,7 @@ class ChannelHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_channel_open(*args)
         if rc:
-            if rc == lib.FSHM_EKIND:
-                raise kind_error(name, kind_of(name, any_owner), "Channel")
-            _raise_open(rc, m, name)
+            _raise_open(rc, m, name, "Channel", args[3])
         size = int(m.size)
         # Unmapped when this handle, every sample pinned from it and every
         # view of a loan are gone.
@@ -119,7 +107,7 @@ class ChannelHandle:
                     return woke
 
     def _room(self, ns: int) -> int:
-        return lib.fshm_channel_wait_room(self._c, ns)  # type: ignore[no-any-return]
+        return int(lib.fshm_channel_wait_room(self._c, ns))
 
     def _fail(self, rc: int) -> None:
         if self.readonly and rc == errno.EACCES:
@@ -129,46 +117,43 @@ class ChannelHandle:
     # -- publishing --
 
     def publish(self, data: Any, timeout: Optional[float]) -> int:
-        """Copy ``data`` into a slot and publish it: its number, or 0 when
-        no slot came free in time (EFULL) and -1 when another process held
-        the lock throughout (EBUSY)."""
+        """Copy ``data`` into a slot and publish it: its number.
+        TimeoutError when no slot came free in time, or another process
+        held the lock throughout."""
         seq = ffi.new("uint64_t *")
         src = data if type(data) is bytes else ffi.from_buffer(data)
         c, n = self._c, len(data)
-        rc = self._call(lambda ns: lib.fshm_channel_publish(c, src, n, ns, seq),  # type: ignore[no-any-return]
+        rc = self._call(lambda ns: lib.fshm_channel_publish(c, src, n, ns, seq),
                         self._room, timeout)
-        return self._done(rc, seq)
+        return self._done(rc, seq, timeout)
 
-    def _done(self, rc: int, seq: Any) -> int:
+    def _done(self, rc: int, seq: Any, timeout: Optional[float]) -> int:
         if rc == 0:
             return int(seq[0])
-        if rc == EFULL:
-            return 0
-        if rc == EBUSY:
-            return -1
+        if rc == EFULL or rc == EBUSY:
+            raise channel_full_error(self.name, timeout, rc == EBUSY, self.lock_owner())
         self._fail(rc)
         return 0  # not reached
 
     def loan(self, size: int, timeout: Optional[float]) -> Tuple[Any, memoryview]:
-        """A slot lent for ``size`` bytes: (loan, writable view of them);
-        (None, reason) when none came in time, reason 0 (no slot) or -1
-        (the lock held throughout)."""
+        """A slot lent for ``size`` bytes: (loan, writable view of them).
+        TimeoutError as publish."""
         loan = ffi.new("fshm_loan *")
         c = self._c
-        rc = self._call(lambda ns: lib.fshm_channel_loan(c, size, loan, ns),  # type: ignore[no-any-return]
-                        self._room, timeout)
+        rc = self._call(lambda ns: lib.fshm_channel_loan(c, size, loan, ns), self._room, timeout)
         if rc:
-            code = self._done(rc, None)
-            return None, code  # type: ignore[return-value]
+            self._done(rc, None, timeout)
         off = int(loan.offset)
         return loan, self.view[off:off + size]
 
     def commit(self, loan: Any, length: int) -> int:
+        """Publish a loan: its number.  It never waits for room (the slot is
+        lent), only for the lock, as long as that takes."""
         seq = ffi.new("uint64_t *")
         rc = lib.fshm_channel_commit(self._c, loan, length, -1, seq)
         while rc == _EINTR:  # the loan is still held: commit it
             rc = lib.fshm_channel_commit(self._c, loan, length, -1, seq)
-        return self._done(rc, seq)
+        return self._done(rc, seq, None)
 
     def discard(self, loan: Any) -> None:
         lib.fshm_channel_discard(self._c, loan)
@@ -189,14 +174,15 @@ class ChannelHandle:
     def unsubscribe(self, sub: Any) -> None:
         lib.fshm_channel_unsubscribe(self._c, sub)
 
-    def receive(self, sub: Any, timeout: Optional[float]) -> Optional[Tuple[int, int, int, int, int]]:
+    def receive(self, sub: Any,
+                timeout: Optional[float]) -> Optional[Tuple[int, int, int, int, int]]:
         """The next message, pinned: (slot, offset, length, seq, missed
         before it); None when none came in time."""
         sample = ffi.new("fshm_sample *")
         missed = ffi.new("uint64_t *")
         c = self._c
-        rc = self._call(lambda ns: lib.fshm_channel_receive(c, sub, sample, missed, ns),  # type: ignore[no-any-return]
-                        lambda ns: lib.fshm_channel_wait(c, sub, ns),  # type: ignore[no-any-return]
+        rc = self._call(lambda ns: lib.fshm_channel_receive(c, sub, sample, missed, ns),
+                        lambda ns: lib.fshm_channel_wait(c, sub, ns),
                         timeout)
         if rc == 0:
             return (int(sample.slot), int(sample.offset), int(sample.length), int(sample.seq),
@@ -219,7 +205,7 @@ class ChannelHandle:
     def subscribers(self) -> int:
         return int(lib.fshm_channel_subscribers(self._c))
 
-    def subscriber_info(self, index: int) -> Optional[dict]:
+    def subscriber_info(self, index: int) -> Optional[Dict[str, int]]:
         info = ffi.new("fshm_sub_info *")
         if lib.fshm_channel_subscriber_info(self._c, index, info) != 0 or not info.owner:
             return None
@@ -231,5 +217,5 @@ class ChannelHandle:
         return int(lib.fshm_channel_lock_owner(self._c))
 
     def break_lock(self, owner: int) -> bool:
-        return lib.fshm_channel_break_lock(self._c, owner) == 0  # type: ignore[no-any-return]
+        return bool(lib.fshm_channel_break_lock(self._c, owner) == 0)
 

@@ -11,7 +11,7 @@ want to.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from . import _common as C
 from ._backend import resolve
@@ -57,7 +57,7 @@ except ImportError:  # PyPy (and no C-API build): __buffer__, which PyPy honours
             return getattr(self, "_view", None) is not None
 
         def __buffer__(self, flags: int) -> memoryview:
-            view = getattr(self, "_view", None)
+            view: Optional[memoryview] = getattr(self, "_view", None)
             if view is None:
                 raise ValueError("the sample was released: its bytes are gone")
             return view
@@ -96,6 +96,8 @@ class Sample(_PinnedBase):
     __slots__ = ("seq", "_owner", "_slot", "__weakref__")
 
     seq: int
+    _owner: Optional["Subscriber"]
+    _slot: int
 
     def release(self) -> None:
         """Give the slot back to the publishers.  Harmless when released."""
@@ -151,9 +153,9 @@ def _check_subscribers(value: object) -> int:
 def _channel_args(
     impl: Any, name: object, slot_size: object, slots: object, history: object,
     max_subscribers: object, overflow: object, create: object, mode: object, any_owner: object,
-) -> Tuple[str, int, int, dict]:
+) -> Tuple[str, int, int, Dict[str, Any]]:
     """Checked arguments: (name, how, mode, the parameters given by field)."""
-    given = {}
+    given: Dict[str, Any] = {}
     if slot_size is not None:
         given["slot_size"] = C.check_size(slot_size, "slot_size")
     if slots is not None:
@@ -188,7 +190,7 @@ def _channel_args(
     return name, how, mode, given
 
 
-def _open_handle(impl: Any, name: str, how: int, mode: int, given: dict,
+def _open_handle(impl: Any, name: str, how: int, mode: int, given: Dict[str, Any],
                  any_owner: bool) -> Any:
     handle_class = _handle_class(impl)
     h = handle_class(
@@ -213,6 +215,9 @@ class _Channel(Named):
 
     __slots__ = ("_h", "_name", "_backend", "__weakref__")
     _KIND = "channel"
+    _h: Any
+    _name: str
+    _backend: str
 
     def _handle(self) -> Any:
         h = self._h
@@ -302,13 +307,9 @@ class _Loan:
     def __enter__(self) -> memoryview:
         if self._loan is not None:
             raise RuntimeError("this loan is already in use: call loan() again")
-        pub = self._pub
-        h = pub._handle()
-        loan, view = h.loan(self._size, self._timeout)
-        if loan is None:
-            raise channel_full_error(pub._name, self._timeout, view == -1, h.lock_owner())
+        loan, view = self._pub._handle().loan(self._size, self._timeout)
         self._loan, self._view = loan, view
-        return view
+        return view  # type: ignore[no-any-return]
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         loan, view = self._loan, self._view
@@ -324,11 +325,11 @@ class _Loan:
         if exc_type is not None:
             h.discard(loan)
             return
-        seq = h.commit(loan, self._size)
-        if seq <= 0:  # cannot be: a lent slot commits without waiting for room
+        try:
+            self._pub._last_seq = h.commit(loan, self._size)
+        except BaseException:
             h.discard(loan)
-            raise channel_full_error(self._pub._name, None, seq == -1, h.lock_owner())
-        self._pub._last_seq = seq
+            raise
 
 
 class Publisher(_Channel):
@@ -352,6 +353,7 @@ class Publisher(_Channel):
 
     __slots__ = ("_last_seq",)
     _REATTACH = staticmethod(_reattach_publisher)
+    _last_seq: int
 
     def __new__(
         cls,
@@ -395,11 +397,9 @@ class Publisher(_Channel):
         wait = _timeout_arg(timeout)
         if len(data) > h.slot_size:
             raise too_big(len(data), self._name, h.slot_size)
-        seq = h.publish(data, wait)
-        if seq <= 0:
-            raise channel_full_error(self._name, wait, seq == -1, h.lock_owner())
+        seq: int = h.publish(data, wait)
         self._last_seq = seq
-        return seq  # type: ignore[no-any-return]
+        return seq
 
     def loan(self, size: int, timeout: Optional[float] = None) -> _Loan:
         """A context manager giving a writable memoryview of ``size`` bytes
@@ -435,6 +435,11 @@ class Subscriber(_Channel):
 
     __slots__ = ("_sub", "_received", "_missed", "_last_seq", "_samples")
     _REATTACH = staticmethod(_reattach_subscriber)
+    _sub: Any
+    _received: int
+    _missed: int
+    _last_seq: int
+    _samples: "weakref.WeakSet[Sample]"
 
     def __new__(cls, name: str, *, backend: Optional[str] = None,
                 any_owner: bool = False) -> "Subscriber":
@@ -453,7 +458,7 @@ class Subscriber(_Channel):
         self._name = name
         self._backend = impl.name
         self._received = self._missed = self._last_seq = 0
-        self._samples: "weakref.WeakSet[Sample]" = weakref.WeakSet()
+        self._samples = weakref.WeakSet()
         return self
 
     @property
@@ -489,7 +494,7 @@ class Subscriber(_Channel):
         if _C_PINNED:
             sample._pin(h.owner, h.address + offset, length)
         else:
-            sample._pin_view(h.view[offset:offset + length].toreadonly())
+            sample._pin_view(h.view[offset:offset + length].toreadonly())  # type: ignore[attr-defined]
         sample.seq = seq
         sample._owner = self
         sample._slot = slot
