@@ -59,8 +59,9 @@ def ext_modules() -> List[Extension]:
     return [
         Extension(
             "fastshm._cext",
-            sources=[os.path.join(here, "_cext.c"), os.path.join(here, "_cext_pinned.c")]
+            sources=[os.path.join(here, "_cext.c"), os.path.join(here, "_cext_channel.c")]
             + [_rel(s) for s in _SOURCES],
+            depends=[os.path.join(here, "_cext.h")],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,
             extra_compile_args=_ARGS,

@@ -3,7 +3,9 @@ route CPython takes.
 
 ``Segment``'s hot methods are the C methods of ``_cext.SegmentCore``, which
 ``fastshm.segment`` subclasses, so a ``store`` or ``load`` goes from the
-caller straight into C; ``Queue``'s are those of ``_cext.QueueCore``.
+caller straight into C; ``Queue``'s are those of ``_cext.QueueCore``, and
+``Publisher``'s and ``Subscriber``'s those of ``_cext.PublisherCore`` and
+``_cext.SubscriberCore``.
 The rest of the backend interface (raw mappings, unlink, the lock owner's
 identity) is here, over the same C core the cffi binding (``_native``)
 compiles.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from . import _cext
-from ._cext import QueueCore, SegmentCore
+from ._cext import PublisherCore, QueueCore, SegmentCore, SubscriberCore
 
 name = "native"
 binding = "capi"
@@ -44,4 +46,7 @@ class RawMapping:
         self.buf = memoryview(mapping)
 
 
-__all__ = ["RawMapping", "SegmentCore", "QueueCore", "unlink", "self_id", "owner_dead"]
+__all__ = [
+    "RawMapping", "SegmentCore", "QueueCore", "PublisherCore", "SubscriberCore", "unlink",
+    "self_id", "owner_dead",
+]

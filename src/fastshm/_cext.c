@@ -6,7 +6,7 @@
  * binding (fastshm._fastshm) compiles; PyPy uses that one, where the C API
  * is slow.
  *
- * Four types:
+ * Its types:
  *   Mapping      owns a mapping and exports it as a buffer; it is unmapped
  *                when the last memoryview over it is gone, so a view that
  *                outlives close() never touches unmapped memory.
@@ -16,8 +16,8 @@
  *   QueueCore    the same for fastshm.Queue (put, get, get_into, get_many,
  *                put_many, qsize, ...), over csrc/queue.c; fastshm.queue
  *                subclasses it.
- *   Pinned       (_cext_pinned.c) bytes lent in place that count the
- *                buffers handed out: the base of fastshm.Sample.
+ *   PublisherCore, SubscriberCore, SampleCore (_cext_channel.c): the
+ *                channel's, over csrc/channel.c.
  *
  * Error messages come from fastshm._errors, the one place both bindings and
  * the python backend take them from.
@@ -32,37 +32,17 @@
 #include <string.h>
 
 #include "fastshm.h"
+#include "_cext.h"
 
-/* Copies at least this long are made with the GIL released, so that threads
- * waiting in I/O or in C code run meanwhile.  Below it the copy keeps the
- * GIL: benchmarks/gil.py finds no size where releasing it gives a
- * CPU-bound Python thread beside the copy more work done in all, since
- * taking the GIL back from such a thread can wait a whole switch interval
- * (5 ms), a hundred times a 1 MiB copy; under 1 MiB a copy holds the GIL
- * for less than about 0.1 ms. */
-#define GIL_RELEASE_BYTES (1024 * 1024)
-/* A blocking wait comes back for Python's signal handlers this often: a
- * segment's (whose waiters on Windows see python-backend stores only at a
- * slice's end), and a queue's (whose every store wakes its sleepers: the
- * slice's end is for a close() from another thread, a signal that went to
- * another thread, and a waker killed before its wake-up; each costs an idle
- * waiter a context switch). */
-#define WAIT_SLICE_NS 50000000LL
-#define QUEUE_SLICE_NS 100000000LL
-/* A timeout longer than this many seconds is no timeout (31 years). */
-#define TIMEOUT_FOREVER_S 1e9
-/* A status code of this file, apart from the core's: a Python exception is
- * set. */
-#define PY_ERROR_SET (-1000)
 
 /* fastshm._errors: raise_for, too_big, too_small, owner_error, read_only_error,
  * and the queue's message_too_big, batch_too_big, next_too_small, full_error,
  * empty_error, protocol_error. */
-static PyObject *errors_module;
+PyObject *errors_module;
 
 /* Call fastshm._errors.<fn>(args...) and raise what it returns (or
  * raises).  Always returns NULL. */
-static PyObject *raise_from(const char *fn, const char *fmt, ...)
+PyObject *raise_from(const char *fn, const char *fmt, ...)
 {
     PyObject *f, *args, *exc;
     va_list va;
@@ -86,7 +66,7 @@ static PyObject *raise_from(const char *fn, const char *fmt, ...)
     return NULL;
 }
 
-static PyObject *raise_code(int rc, PyObject *name, const char *detail)
+PyObject *raise_code(int rc, PyObject *name, const char *detail)
 {
     return raise_from("raise_for", "(iOs)", rc, name, detail);
 }
@@ -148,7 +128,7 @@ static PyTypeObject MappingType = {
 };
 
 /* A Mapping owning *m, or NULL (and *m unmapped). */
-static PyObject *mapping_new(const fshm_map *m)
+PyObject *mapping_new(const fshm_map *m)
 {
     MappingObject *self = PyObject_New(MappingObject, &MappingType);
     if (self == NULL) {
@@ -791,7 +771,7 @@ static int parse_seq(PyObject *obj, const char *what, uint64_t *out)
 /* Seconds (None: wait forever) as a deadline in fshm_monotonic_ns time;
  * INT64_MAX for none.  Any real number or integer-like object but bool;
  * inf, and anything beyond 31 years, is no timeout. */
-static int parse_timeout(PyObject *obj, int64_t *deadline)
+int parse_timeout(PyObject *obj, int64_t *deadline)
 {
     double secs;
     if (obj == Py_None) {
@@ -2145,9 +2125,6 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* fastshm._cext.Pinned, in _cext_pinned.c. */
-extern PyTypeObject PinnedType;
-
 static struct PyModuleDef cext_module = {
     PyModuleDef_HEAD_INIT, "fastshm._cext",
     "The C-API binding of fastshm's C core (CPython).", -1, module_methods,
@@ -2158,7 +2135,7 @@ PyMODINIT_FUNC PyInit__cext(void)
 {
     PyObject *m;
     if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&SegmentType) < 0 ||
-        PyType_Ready(&QueueType) < 0 || PyType_Ready(&PinnedType) < 0)
+        PyType_Ready(&QueueType) < 0)
         return NULL;
     if ((errors_module = PyImport_ImportModule("fastshm._errors")) == NULL)
         return NULL;
@@ -2167,11 +2144,10 @@ PyMODINIT_FUNC PyInit__cext(void)
     Py_INCREF(&MappingType);
     Py_INCREF(&SegmentType);
     Py_INCREF(&QueueType);
-    Py_INCREF(&PinnedType);
     if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
         PyModule_AddObject(m, "SegmentCore", (PyObject *)&SegmentType) < 0 ||
         PyModule_AddObject(m, "QueueCore", (PyObject *)&QueueType) < 0 ||
-        PyModule_AddObject(m, "Pinned", (PyObject *)&PinnedType) < 0 ||
+        channel_types_add(m) < 0 ||
         PyModule_AddIntConstant(m, "ANY_OWNER", FSHM_ANY_OWNER) < 0 ||
         PyModule_AddIntConstant(m, "NAME_MAX", (long)fshm_name_max()) < 0 ||
         PyModule_AddIntConstant(m, "GIL_RELEASE_BYTES", GIL_RELEASE_BYTES) < 0) {

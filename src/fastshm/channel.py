@@ -10,7 +10,6 @@ want to.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from . import _common as C
@@ -21,52 +20,92 @@ from ._errors import (
     closed_error,
     too_big,
 )
-from ._named import Named, _open_args, _timeout_arg
+from ._named import Named, _open_args, _timeout_arg, native_class
 
 # The limits of csrc/fastshm.h.
 MAX_SUBSCRIBERS = 64
 MAX_SLOTS = 1 << 20
 _OVERFLOWS = ("block", "overwrite")
 _OVERWRITE = 1  # FSHM_CHANNEL_OVERWRITE
+_GONE = "the sample was released: its bytes are gone"
 
-try:  # CPython: a C base counts the buffers handed out (see _cext_pinned.c).
-    from ._cext import Pinned as _PinnedBase
+try:  # CPython: the C half counts the buffers it hands out (_cext_channel.c).
+    from ._cext import SampleCore as _SampleBase
 
-    _C_PINNED = True
-except ImportError:  # PyPy (and no C-API build): __buffer__, which PyPy honours
-    _C_PINNED = False
+    _C_SAMPLE = True
+except ImportError:  # PyPy: __buffer__, which PyPy honours
+    _C_SAMPLE = False
 
-    class _PinnedBase:  # type: ignore[no-redef]
-        """Bytes lent in place through ``__buffer__``.  PyPy does not tell
+    class _SampleBase:  # type: ignore[no-redef]
+        """A sample's bytes lent through ``__buffer__``.  PyPy does not tell
         an object when a buffer of it is released, so here release() cannot
         see a view still alive: it only stops new ones."""
 
-        __slots__ = ("_view",)
+        __slots__ = ("_view", "_owner", "_slot", "seq")
 
-        def _pin_view(self, view: memoryview) -> None:
+        def _pin(self, owner: Any, view: memoryview, seq: int, slot: int) -> None:
             self._view: Optional[memoryview] = view
-
-        def _unpin(self) -> bool:
-            if getattr(self, "_view", None) is None:
-                return False
-            self._view = None
-            return True
+            self._owner, self.seq, self._slot = owner, seq, slot
 
         @property
         def _pinned(self) -> bool:
-            return getattr(self, "_view", None) is not None
+            return getattr(self, "_view", None) is not None and not self._owner.closed
+
+        def _bytes(self) -> memoryview:
+            if not self._pinned:
+                raise ValueError(_GONE)
+            return self._view  # type: ignore[return-value]
+
+        def release(self) -> None:
+            if getattr(self, "_view", None) is None:
+                return
+            self._view = None
+            self._owner._release(self._slot)
 
         def __buffer__(self, flags: int) -> memoryview:
-            view: Optional[memoryview] = getattr(self, "_view", None)
-            if view is None:
-                raise ValueError("the sample was released: its bytes are gone")
-            return view
+            return self._bytes()
 
         def __len__(self) -> int:
-            view = getattr(self, "_view", None)
-            if view is None:
-                raise ValueError("the sample was released: its bytes are gone")
-            return len(view)
+            return len(self._bytes())
+
+        def __enter__(self) -> Any:
+            self._bytes()
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+        def __del__(self) -> None:
+            try:
+                self.release()
+            except Exception:  # noqa: BLE001 -- nothing to tell at collection time
+                pass
+
+
+class Sample(_SampleBase):
+    """One message received, in place: read-only bytes in the channel's
+    shared memory that no publisher overwrites until it is released.
+
+    It supports the buffer protocol (``memoryview(sample)``,
+    ``numpy.frombuffer(sample, dtype)``, ``bytes(sample)``: only the last
+    copies), ``len()``, and ``seq``, the message's number.  Release it with
+    ``release()`` or a ``with`` block; one that is garbage-collected is
+    released then, and closing its subscriber releases it too.
+    ``release()`` while a memoryview or an array of it is still alive raises
+    ``BufferError`` and keeps it pinned, as ``mmap.close()`` does; any use
+    after the release is a ``ValueError``.
+    """
+
+    __slots__ = ()
+
+    def tobytes(self) -> bytes:
+        """A copy of the message."""
+        return bytes(memoryview(self))
+
+    def __repr__(self) -> str:
+        if not self._pinned:
+            return f"<Sample #{self.seq} released>"
+        return f"<Sample #{self.seq}, {len(self)} bytes>"
 
 
 def _handle_class(impl: Any) -> Any:
@@ -78,59 +117,6 @@ def _handle_class(impl: Any) -> Any:
     from ._native_channel import ChannelHandle
 
     return ChannelHandle
-
-
-class Sample(_PinnedBase):
-    """One message received, in place: read-only bytes in the channel's
-    shared memory that no publisher overwrites until it is released.
-
-    It supports the buffer protocol (``memoryview(sample)``,
-    ``numpy.frombuffer(sample, dtype)``, ``bytes(sample)``: only the last
-    copies), ``len()``, and ``seq``, the message's number.  Release it with
-    :meth:`release` or a ``with`` block; one that is garbage-collected is
-    released then.  ``release()`` while a memoryview or an array of it is
-    still alive raises ``BufferError`` and keeps it pinned, as
-    ``mmap.close()`` does; any use after the release is a ``ValueError``.
-    """
-
-    __slots__ = ("seq", "_owner", "_slot", "__weakref__")
-
-    seq: int
-    _owner: Optional["Subscriber"]
-    _slot: int
-
-    def release(self) -> None:
-        """Give the slot back to the publishers.  Harmless when released."""
-        if self._unpin():
-            owner, self._owner = self._owner, None
-            if owner is not None:
-                owner._release(self._slot)
-
-    def tobytes(self) -> bytes:
-        """A copy of the message."""
-        return bytes(memoryview(self))
-
-    def __bytes__(self) -> bytes:
-        return bytes(memoryview(self))
-
-    def __enter__(self) -> "Sample":
-        if not self._pinned:
-            raise ValueError("the sample was released: its bytes are gone")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # noqa: BLE001 -- nothing to tell at collection time
-            pass
-
-    def __repr__(self) -> str:
-        if not self._pinned:
-            return f"<Sample #{self.seq} released>"
-        return f"<Sample #{self.seq}, {len(self)} bytes>"
 
 
 # -- opening --
@@ -190,34 +176,75 @@ def _channel_args(
     return name, how, mode, given
 
 
-def _open_handle(impl: Any, name: str, how: int, mode: int, given: Dict[str, Any],
-                 any_owner: bool) -> Any:
-    handle_class = _handle_class(impl)
-    h = handle_class(
-        name, how, given.get("slot_size", 0), given.get("slots", 0), given.get("history", 0),
-        given.get("max_subscribers", MAX_SUBSCRIBERS),
-        _OVERWRITE if given.get("overflow") == "overwrite" else 0, mode, any_owner,
-    )
-    if not h.created:
-        have = {"slot_size": h.slot_size, "slots": h.slots, "history": h.history,
-                "max_subscribers": h.max_subscribers,
-                "overflow": "overwrite" if h.flags & _OVERWRITE else "block"}
-        wrong = [(k, v, have[k]) for k, v in given.items() if have[k] != v]
-        if wrong:
-            h.closed = True
-            raise channel_param_error(name, wrong)
-    return h
+def _flags(given: Dict[str, Any]) -> int:
+    return _OVERWRITE if given.get("overflow") == "overwrite" else 0
+
+
+def _check_existing(obj: Any, name: str, given: Dict[str, Any]) -> None:
+    """An opened channel that exists already must have the parameters given."""
+    if obj.created:
+        return
+    have = {"slot_size": obj.slot_size, "slots": obj.slots, "history": obj.history,
+            "max_subscribers": obj.max_subscribers,
+            "overflow": "overwrite" if obj.flags & _OVERWRITE else "block"}
+    wrong = [(k, v, have[k]) for k, v in given.items() if have[k] != v]
+    if wrong:
+        obj.close()
+        raise channel_param_error(name, wrong)
+
+
+def _open(public: type, impl: Any, name: str, how: int, mode: int, given: Dict[str, Any],
+          any_owner: bool) -> Any:
+    """``public`` (Publisher or Subscriber) open on the channel: the C-API
+    binding's class where there is one, else the handle's."""
+    core = getattr(impl, public.__name__ + "Core", None)
+    rest = (given.get("slot_size", 0), given.get("slots", 0), given.get("history", 0),
+            given.get("max_subscribers", MAX_SUBSCRIBERS), _flags(given), mode)
+    obj: Any
+    if core is not None:
+        obj = core.__new__(native_class(core, public),
+                           name, how | impl.ANY_OWNER if any_owner else how, *rest)
+    else:
+        h = _handle_class(impl)(name, how, *rest, any_owner)
+        obj = object.__new__(_HANDLE_CLASSES[public])
+        obj._h, obj._name, obj._backend = h, name, impl.name
+        obj._setup()
+    _check_existing(obj, name, given)
+    return obj
 
 
 class _Channel(Named):
-    """What Publisher and Subscriber share: the handle and the channel's
-    parameters."""
+    """What Publisher and Subscriber share, on every route."""
 
-    __slots__ = ("_h", "_name", "_backend", "__weakref__")
+    __slots__ = ()
     _KIND = "channel"
+
+    slot_size: Any
+    slots: Any
+    history: Any
+    max_subscribers: Any
+    flags: Any
+    created: Any
+    readonly: Any
+    subscribers: Any
+    last_seq: Any
+
+    @property
+    def overflow(self) -> str:
+        """``"block"`` (publishers wait for slow subscribers, nothing is lost)
+        or ``"overwrite"`` (they never wait; slow subscribers skip)."""
+        return "overwrite" if self.flags & _OVERWRITE else "block"
+
+
+class _HandleChannel:
+    """The part of a Publisher or Subscriber that reaches the channel
+    through a ``ChannelHandle`` (the cffi binding)."""
+
+    __slots__ = ()
     _h: Any
     _name: str
     _backend: str
+    _KIND: str
 
     def _handle(self) -> Any:
         h = self._h
@@ -229,48 +256,17 @@ class _Channel(Named):
     backend = property(lambda self: self._backend,
                        doc='``"native"`` or ``"python"``: the backend this object uses.')
     closed = property(lambda self: self._h is None, doc="Whether close() was called.")
-
-    @property
-    def slot_size(self) -> int:
-        """The largest message, in bytes."""
-        return self._handle().slot_size  # type: ignore[no-any-return]
-
-    @property
-    def slots(self) -> int:
-        """How many messages the ring holds."""
-        return self._handle().slots  # type: ignore[no-any-return]
-
-    @property
-    def history(self) -> int:
-        """How many earlier messages a new subscriber gets first."""
-        return self._handle().history  # type: ignore[no-any-return]
-
-    @property
-    def max_subscribers(self) -> int:
-        return self._handle().max_subscribers  # type: ignore[no-any-return]
-
-    @property
-    def overflow(self) -> str:
-        """``"block"`` (publishers wait for slow subscribers, nothing is lost)
-        or ``"overwrite"`` (they never wait; slow subscribers skip)."""
-        return "overwrite" if self._handle().flags & _OVERWRITE else "block"
-
-    @property
-    def created(self) -> bool:
-        return self._handle().created  # type: ignore[no-any-return]
-
-    @property
-    def readonly(self) -> bool:
-        return self._handle().readonly  # type: ignore[no-any-return]
-
-    @property
-    def subscribers(self) -> int:
-        """How many subscribers are joined now (a snapshot)."""
-        return self._handle().subscribers()  # type: ignore[no-any-return]
-
-    @property
-    def _mapped_size(self) -> int:
-        return self._handle().size  # type: ignore[no-any-return]
+    slot_size = property(lambda self: self._handle().slot_size, doc="The largest message.")
+    slots = property(lambda self: self._handle().slots, doc="Messages the ring holds.")
+    history = property(lambda self: self._handle().history,
+                       doc="Earlier messages a new subscriber gets first.")
+    max_subscribers = property(lambda self: self._handle().max_subscribers)
+    flags = property(lambda self: self._handle().flags)
+    created = property(lambda self: self._handle().created)
+    readonly = property(lambda self: self._handle().readonly)
+    subscribers = property(lambda self: self._handle().subscribers(),
+                           doc="How many subscribers are joined now (a snapshot).")
+    _mapped_size = property(lambda self: self._handle().size)
 
     def _lock_owner(self) -> int:
         return self._handle().lock_owner()  # type: ignore[no-any-return]
@@ -282,6 +278,10 @@ class _Channel(Named):
         h, self._h = self._h, None
         if h is not None:
             h.closed = True  # a call blocked in another thread ends at its next slice
+            self._closed(h)
+
+    def _closed(self, h: Any) -> None:
+        pass
 
 
 def _reattach_publisher(name: str, backend: str) -> "Publisher":
@@ -306,8 +306,8 @@ class _Loan:
 
     def __enter__(self) -> memoryview:
         if self._loan is not None:
-            raise RuntimeError("this loan is already in use: call loan() again")
-        loan, view = self._pub._handle().loan(self._size, self._timeout)
+            raise RuntimeError("this loan is in use: call loan() again for another")
+        *loan, view = self._pub._loan(self._size, self._timeout)
         self._loan, self._view = loan, view
         return view  # type: ignore[no-any-return]
 
@@ -319,16 +319,16 @@ class _Loan:
                 view.release()  # writes after the block go nowhere
             except BufferError:
                 pass  # an array of it is still alive: its writes must stop here
-        h = self._pub._h
-        if h is None:
-            return  # closed meanwhile: the loan is reclaimed as this process's
+        pub = self._pub
+        if pub.closed:
+            return  # the loan is reclaimed as this process's
         if exc_type is not None:
-            h.discard(loan)
+            pub._discard(*loan)
             return
         try:
-            self._pub._last_seq = h.commit(loan, self._size)
+            pub._commit(*loan, self._size)
         except BaseException:
-            h.discard(loan)
+            pub._discard(*loan)
             raise
 
 
@@ -351,9 +351,8 @@ class Publisher(_Channel):
     :class:`Segment`.
     """
 
-    __slots__ = ("_last_seq",)
+    __slots__ = ()
     _REATTACH = staticmethod(_reattach_publisher)
-    _last_seq: int
 
     def __new__(
         cls,
@@ -373,13 +372,56 @@ class Publisher(_Channel):
         name, how, mode, given = _channel_args(impl, name, slot_size, slots, history,
                                                max_subscribers, overflow, create, mode,
                                                any_owner)
-        self = object.__new__(cls)
-        self._h = None
-        self._h = _open_handle(impl, name, how, mode, given, bool(any_owner))
-        self._name = name
-        self._backend = impl.name
+        return _open(Publisher, impl, name, how, mode, given, any_owner)  # type: ignore[no-any-return]
+
+    def publish(self, data: Union[C.BytesLike, str], timeout: Optional[float] = None) -> int:
+        """Copy ``data`` (bytes-like, or str as UTF-8) into a slot and
+        publish it; returns its number.  In block mode, waits up to
+        ``timeout`` seconds for a slot (None: as long as it takes; 0: not
+        at all), then raises ``TimeoutError``."""
+        raise NotImplementedError
+
+    def loan(self, size: int, timeout: Optional[float] = None) -> _Loan:
+        """A context manager giving a writable memoryview of ``size`` bytes
+        inside the channel's shared memory: build the message there (for
+        instance ``numpy.frombuffer(buf, dtype).reshape(shape)``).  When the
+        block ends normally the message is published (its number in
+        :attr:`last_seq`); when it ends by an exception it is discarded,
+        seen by nobody.  Waits for a slot as :meth:`publish` does.  Do not
+        write through views of it that outlive the block."""
+        if self.closed:
+            raise closed_error(self._KIND, self.name)
+        n = C.as_int(size, "size")
+        if n < 0:
+            raise ValueError(f"size must be >= 0, not {n}")
+        if n > self.slot_size:
+            raise too_big(n, self.name, self.slot_size)
+        return _Loan(self, n, _timeout_arg(timeout))
+
+    def _loan(self, size: int, timeout: Optional[float]) -> Tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _commit(self, *loan_and_length: Any) -> int:
+        raise NotImplementedError
+
+    def _discard(self, *loan: Any) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<Publisher {self.name!r} closed>"
+        return (f"Publisher({self.name!r}, slot_size={self.slot_size}, slots={self.slots}, "
+                f"overflow={self.overflow!r}, subscribers={self.subscribers})")
+
+
+class _HandlePublisher(_HandleChannel, Publisher):
+    """Publisher over a ChannelHandle (the cffi binding)."""
+
+    __slots__ = ("_h", "_name", "_backend", "_last_seq", "__weakref__")
+    _last_seq: int
+
+    def _setup(self) -> None:
         self._last_seq = 0
-        return self
 
     @property
     def last_seq(self) -> int:
@@ -387,10 +429,6 @@ class Publisher(_Channel):
         return self._last_seq
 
     def publish(self, data: Union[C.BytesLike, str], timeout: Optional[float] = None) -> int:
-        """Copy ``data`` (bytes-like, or str as UTF-8) into a slot and
-        publish it; returns its number.  In block mode, waits up to
-        ``timeout`` seconds for a slot (None: as long as it takes; 0: not
-        at all), then raises ``TimeoutError``."""
         h = self._handle()
         if type(data) is not bytes:
             data = C.as_bytes_view(data)
@@ -401,27 +439,19 @@ class Publisher(_Channel):
         self._last_seq = seq
         return seq
 
-    def loan(self, size: int, timeout: Optional[float] = None) -> _Loan:
-        """A context manager giving a writable memoryview of ``size`` bytes
-        inside the channel's shared memory: build the message there (for
-        instance ``numpy.frombuffer(buf, dtype).reshape(shape)``).  When the
-        block ends normally the message is published (its number in
-        :attr:`last_seq`); when it ends by an exception it is discarded,
-        seen by nobody.  Waits for a slot as :meth:`publish` does.  Do not
-        write through views of it that outlive the block."""
-        h = self._handle()
-        n = C.as_int(size, "size")
-        if n < 0:
-            raise ValueError(f"size must be >= 0, not {n}")
-        if n > h.slot_size:
-            raise too_big(n, self._name, h.slot_size)
-        return _Loan(self, n, _timeout_arg(timeout))
+    def _loan(self, size: int, timeout: Optional[float]) -> Tuple[Any, ...]:
+        loan, view = self._handle().loan(size, timeout)
+        return loan, view
 
-    def __repr__(self) -> str:
-        if self.closed:
-            return f"<Publisher {self.name!r} closed>"
-        return (f"Publisher({self.name!r}, slot_size={self.slot_size}, slots={self.slots}, "
-                f"overflow={self.overflow!r}, subscribers={self.subscribers})")
+    def _commit(self, *loan_and_length: Any) -> int:
+        loan, length = loan_and_length
+        self._last_seq = seq = self._handle().commit(loan, length)
+        return seq  # type: ignore[no-any-return]
+
+    def _discard(self, *loan: Any) -> None:
+        h = self._h
+        if h is not None:
+            h.discard(loan[0])
 
 
 class Subscriber(_Channel):
@@ -431,78 +461,28 @@ class Subscriber(_Channel):
     the channel's ``history`` of the latest earlier ones, in order
     (``overwrite`` channels: minus those it fell too far behind for, counted
     in :attr:`missed`).  Each is a :class:`Sample`, the message in place.
+    Closing it releases every sample it still holds.
     """
 
-    __slots__ = ("_sub", "_received", "_missed", "_last_seq", "_samples")
+    __slots__ = ()
     _REATTACH = staticmethod(_reattach_subscriber)
-    _sub: Any
-    _received: int
-    _missed: int
-    _last_seq: int
-    _samples: "weakref.WeakSet[Sample]"
+    _sample_type = Sample  # what the C half's receive() makes
+
+    received: Any
+    missed: Any
 
     def __new__(cls, name: str, *, backend: Optional[str] = None,
                 any_owner: bool = False) -> "Subscriber":
         impl = resolve(backend)
         name, how, mode, given = _channel_args(impl, name, None, None, None, None, None,
                                                False, 0o600, any_owner)
-        self = object.__new__(cls)
-        self._h = None
-        h = _open_handle(impl, name, how, mode, given, bool(any_owner))
-        sub = h.subscribe()
-        if sub is None:
-            h.closed = True
-            raise channel_full_error(name, None, False, 0, subscribers=h.max_subscribers)
-        self._h = h
-        self._sub = sub
-        self._name = name
-        self._backend = impl.name
-        self._received = self._missed = self._last_seq = 0
-        self._samples = weakref.WeakSet()
-        return self
-
-    @property
-    def missed(self) -> int:
-        """Messages lost to ``overwrite`` so far: ``received + missed``
-        counts every message published since this subscriber joined (and
-        its history)."""
-        return self._missed
-
-    @property
-    def received(self) -> int:
-        return self._received
-
-    @property
-    def last_seq(self) -> int:
-        """The number of the last message received (0: none)."""
-        return self._last_seq
+        return _open(Subscriber, impl, name, how, mode, given, any_owner)  # type: ignore[no-any-return]
 
     def receive(self, timeout: Optional[float] = None) -> Sample:
         """The next message, in place (a pinned :class:`Sample`).  Waits up
         to ``timeout`` seconds (None: as long as it takes; 0: not at all),
         then raises ``TimeoutError``."""
-        h = self._handle()
-        wait = _timeout_arg(timeout)
-        got = h.receive(self._sub, wait)
-        if got is None:
-            raise TimeoutError(
-                f"no new message on channel {self._name!r} within {timeout} s"
-                if wait else f"no new message on channel {self._name!r}"
-            )
-        slot, offset, length, seq, missed = got
-        sample = Sample()
-        if _C_PINNED:
-            sample._pin(h.owner, h.address + offset, length)
-        else:
-            sample._pin_view(h.view[offset:offset + length].toreadonly())  # type: ignore[attr-defined]
-        sample.seq = seq
-        sample._owner = self
-        sample._slot = slot
-        self._samples.add(sample)
-        self._received += 1
-        self._missed += missed
-        self._last_seq = seq
-        return sample
+        raise NotImplementedError
 
     def samples(self, timeout: Optional[float] = None) -> Iterator[Sample]:
         """Each message as it comes; stops when ``timeout`` seconds pass
@@ -516,29 +496,64 @@ class Subscriber(_Channel):
     def __iter__(self) -> Iterator[Sample]:
         return self.samples()
 
-    def _release(self, slot: int) -> None:
-        h = self._h
-        if h is not None:
-            h.release(self._sub, slot)
-
-    def close(self) -> None:
-        """Leave the channel: every sample still held is released (a view
-        of one taken before stays readable, but publishers may now
-        overwrite it)."""
-        h = self._h
-        if h is None:
-            return
-        for sample in list(self._samples):
-            try:
-                sample.release()
-            except BufferError:
-                sample._owner = None  # its pin goes with the subscription below
-        self._h = None
-        h.closed = True
-        h.unsubscribe(self._sub)
-
     def __repr__(self) -> str:
         if self.closed:
             return f"<Subscriber {self.name!r} closed>"
         return (f"Subscriber({self.name!r}, received={self.received}, "
                 f"missed={self.missed}, last_seq={self.last_seq})")
+
+
+class _HandleSubscriber(_HandleChannel, Subscriber):
+    """Subscriber over a ChannelHandle (the cffi binding)."""
+
+    __slots__ = ("_h", "_name", "_backend", "_sub", "_received", "_missed", "_last_seq",
+                 "__weakref__")
+    _sub: Any
+    _received: int
+    _missed: int
+    _last_seq: int
+
+    def _setup(self) -> None:
+        h = self._h
+        self._sub = h.subscribe()
+        self._received = self._missed = self._last_seq = 0
+        if self._sub is None:
+            h.closed = True
+            self._h = None
+            raise channel_full_error(self._name, None, False, 0, h.max_subscribers)
+
+    received = property(lambda self: self._received, doc="Messages received so far.")
+    missed = property(lambda self: self._missed,
+                      doc="Messages lost to overwriting so far: received + missed counts "
+                          "every message since it joined.")
+    last_seq = property(lambda self: self._last_seq,
+                        doc="The number of the last message received (0: none).")
+
+    def receive(self, timeout: Optional[float] = None) -> Sample:
+        h = self._handle()
+        wait = _timeout_arg(timeout)
+        got = h.receive(self._sub, wait)
+        if got is None:
+            raise TimeoutError(f"no new message on channel {self._name!r} within {timeout} s")
+        slot, offset, length, seq, missed = got
+        sample = Sample()
+        if _C_SAMPLE:
+            sample._pin(self, h.owner, h.address + offset, length, seq, slot)
+        else:
+            sample._pin(self, h.view[offset:offset + length].toreadonly(),  # type: ignore[call-arg]
+                        seq, slot)
+        self._received += 1
+        self._missed += missed
+        self._last_seq = seq
+        return sample
+
+    def _release(self, slot: int) -> None:
+        h = self._h
+        if h is not None:
+            h.release(self._sub, slot)
+
+    def _closed(self, h: Any) -> None:
+        h.unsubscribe(self._sub)  # gives up every pin: its samples' bytes are gone
+
+
+_HANDLE_CLASSES: Dict[type, type] = {Publisher: _HandlePublisher, Subscriber: _HandleSubscriber}

@@ -1,0 +1,52 @@
+/*
+ * What the files of the C-API binding share (not part of any public API):
+ * the limits of its blocking calls and the helpers each type's file uses.
+ * _cext.c holds the module and the segment's and queue's types;
+ * _cext_channel.c the channel's.
+ */
+#ifndef FASTSHM_CEXT_H
+#define FASTSHM_CEXT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "fastshm.h"
+
+/* Copies at least this long are made with the GIL released, so that threads
+ * waiting in I/O or in C code run meanwhile.  Below it the copy keeps the
+ * GIL: benchmarks/gil.py finds no size where releasing it gives a
+ * CPU-bound Python thread beside the copy more work done in all, since
+ * taking the GIL back from such a thread can wait a whole switch interval
+ * (5 ms), a hundred times a 1 MiB copy; under 1 MiB a copy holds the GIL
+ * for less than about 0.1 ms. */
+#define GIL_RELEASE_BYTES (1024 * 1024)
+/* A blocking wait comes back for Python's signal handlers this often: a
+ * segment's (whose waiters on Windows see python-backend stores only at a
+ * slice's end), and a queue's (whose every store wakes its sleepers: the
+ * slice's end is for a close() from another thread, a signal that went to
+ * another thread, and a waker killed before its wake-up; each costs an idle
+ * waiter a context switch). */
+#define WAIT_SLICE_NS 50000000LL
+#define QUEUE_SLICE_NS 100000000LL
+/* A timeout longer than this many seconds is no timeout (31 years). */
+#define TIMEOUT_FOREVER_S 1e9
+/* A status code of this file, apart from the core's: a Python exception is
+ * set. */
+#define PY_ERROR_SET (-1000)
+
+/* fastshm._errors, where every message comes from. */
+extern PyObject *errors_module;
+/* Call fastshm._errors.<fn>(args...) and raise what it returns (or
+ * raises).  Always returns NULL. */
+PyObject *raise_from(const char *fn, const char *fmt, ...);
+PyObject *raise_code(int rc, PyObject *name, const char *detail);
+/* A timeout argument (None, or seconds >= 0) as a deadline in
+ * fshm_monotonic_ns() time (INT64_MAX: none).  -1 with an exception. */
+int parse_timeout(PyObject *obj, int64_t *deadline);
+/* A fastshm._cext.Mapping owning *m, or NULL (and *m unmapped). */
+PyObject *mapping_new(const fshm_map *m);
+
+/* _cext_channel.c: ready its types and add them to the module. */
+int channel_types_add(PyObject *module);
+
+#endif
