@@ -1273,10 +1273,13 @@ uint64_t fshm_channel_head(const fshm_channel *c)
 
 uint32_t fshm_channel_subscribers(const fshm_channel *c)
 {
+    uint64_t me = fshm_self_id();
     uint32_t i, n = 0;
-    for (i = 0; i < c->max_subscribers; i++)
-        if (fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_ACQUIRE) != 0)
+    for (i = 0; i < c->max_subscribers; i++) {
+        uint64_t owner = fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_ACQUIRE);
+        if (owner != 0 && (owner == me || fshm_owner_dead(owner) != 1))
             n++;
+    }
     return n;
 }
 

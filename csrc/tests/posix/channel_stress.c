@@ -973,6 +973,17 @@ static void watch(watcher *w)
         die("watcher: receive rc %d", rc);
 }
 
+/* Subscriber entries taken, by live processes or dead ones. */
+static uint32_t entries_in_use(const fshm_channel *c)
+{
+    fshm_sub_info info;
+    uint32_t i, n = 0;
+    for (i = 0; i < c->max_subscribers; i++)
+        if (fshm_channel_subscriber_info(c, i, &info) == 0 && info.owner != 0)
+            n++;
+    return n;
+}
+
 /* Where a kill should land. */
 enum { ANYWHERE, IN_LOCK, IN_LOAN, IN_COMMIT, WITH_PINS };
 
@@ -1053,8 +1064,8 @@ static void check_channel(const fshm_channel *c, uint32_t live_subs)
     }
     if (U32(c->base, C_FREE_COUNT) != empty)
         die("%u free slots but %u on the stack", empty, U32(c->base, C_FREE_COUNT));
-    if (fshm_channel_subscribers(c) != live_subs)
-        die("%u subscribers after reclaim, %u alive", fshm_channel_subscribers(c), live_subs);
+    if (entries_in_use(c) != live_subs || fshm_channel_subscribers(c) != live_subs)
+        die("%u entries in use after reclaim, %u alive", entries_in_use(c), live_subs);
 }
 
 /* As the next publisher: N + 2 messages go through, each within a second,
@@ -1222,7 +1233,7 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
         }
         /* The next user. */
         {
-            uint32_t before = fshm_channel_subscribers(c);
+            uint32_t before = entries_in_use(c);
             watch(&w[block ? 0 : 1]);
             parent_publishes(&w[block ? 0 : 1], &parent_n);
             check_channel(c, 1);
@@ -1452,6 +1463,14 @@ static unsigned long dead_unblock_ms(const char *name)
     if (fshm_channel_try_loan(&c, 1, &l) != FSHM_EFULL)
         die("the subscriber does not hold the ring back");
     kill(pid, SIGKILL);
+    /* Dead (a zombie until reaped): no longer counted as a subscriber,
+     * though its entry is still taken. */
+    t0 = fshm_monotonic_ns();
+    while (fshm_channel_subscribers(&c) != 0)
+        if (fshm_monotonic_ns() - t0 > STALL_NS)
+            die("a killed subscriber still counts as live");
+    if (entries_in_use(&c) != 1)
+        die("the killed subscriber's entry went away on its own");
     t0 = fshm_monotonic_ns();
     rc = fshm_channel_loan(&c, 1, &l, -1);
     if (rc != 0)
@@ -1463,7 +1482,7 @@ static unsigned long dead_unblock_ms(const char *name)
         die("waitpid");
     if (t0 >= 1000000000LL)
         die("a dead subscriber held a blocked loan for %lld ms", (long long)(t0 / 1000000));
-    if (fshm_channel_subscribers(&c) != 0)
+    if (entries_in_use(&c) != 0)
         die("the dead subscriber's entry was not reclaimed");
     fshm_unmap(m.base, m.size);
     fshm_unlink(name);
