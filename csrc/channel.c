@@ -231,11 +231,10 @@ int fshm_channel_attach(fshm_channel *c, void *base, size_t size)
     uint32_t magic, slots, max_subs, history, flags;
     uint64_t slot_size, payload;
     size_t need;
-    /* A segment's or queue's header is 128 bytes: smaller than a channel's,
-     * but enough to tell its kind. */
-    if (base == NULL || size < FSHM_HEADER_SIZE)
+    if (base == NULL || size < 4)
         return FSHM_EFORMAT;
-    /* Acquire: pairs with the creator's release of the magic. */
+    /* Acquire: pairs with the creator's release of the magic.  The kind is
+     * told before the size is judged: a small queue is still a queue. */
     magic = fshm_load32(U32(base, C_MAGIC), FSHM_ACQUIRE);
     if (magic == 0)
         return FSHM_ENOTREADY;
@@ -440,7 +439,9 @@ static int sweep(const fshm_channel *c, int live)
     for (s = 0; s < c->slots; s++) {
         unsigned char *e = slot_at(c, s);
         uint64_t word = fshm_load64(U64(e, S_WORD), FSHM_RELAXED);
-        uint64_t loaner = fshm_load64(U64(e, S_LOANER), FSHM_RELAXED);
+        /* Acquire: pairs with discard's store, so the discarding publisher's
+         * writes to the payload come before the next loan's. */
+        uint64_t loaner = fshm_load64(U64(e, S_LOANER), FSHM_ACQUIRE);
         uint64_t pins = fshm_load64(U64(e, S_PINS), FSHM_RELAXED);
         if (live && (pins & ~owned)) {
             fshm_and64(U64(e, S_PINS), owned);
@@ -490,12 +491,13 @@ static int lock_channel(const fshm_channel *c, int64_t deadline)
 }
 
 /* Whether it is time to ask again whether the processes holding slots are
- * alive (a clock from another boot or namespace, ahead of ours, makes it
- * time at once). */
+ * alive (a time ahead of ours, from another clock or a scribbled header,
+ * makes it time at once; so does one <= 0, which the subtraction could not
+ * take). */
 static int liveness_due(const fshm_channel *c, int64_t now)
 {
     int64_t last = (int64_t)fshm_load64(U64(c->base, C_CHECKED_AT), FSHM_RELAXED);
-    return last == 0 || now < last || now - last >= LIVENESS_NS;
+    return last <= 0 || now < last || now - last >= LIVENESS_NS;
 }
 
 /* Under the lock: liveness_due, and if so, the time of this check. */
@@ -536,8 +538,9 @@ static int take_free(const fshm_channel *c, uint32_t *slot)
         /* Pins may be set: a reader that pinned the slot while looking for
          * an older message finds the word is not its message and lets go,
          * without reading the payload. */
+        /* Acquire on the loaner: as in sweep, after a discard. */
         if (fshm_load64(U64(e, S_WORD), FSHM_RELAXED) == 0 &&
-            fshm_load64(U64(e, S_LOANER), FSHM_RELAXED) == 0) {
+            fshm_load64(U64(e, S_LOANER), FSHM_ACQUIRE) == 0) {
             *slot = s;
             return 1;
         }
@@ -880,7 +883,8 @@ int fshm_channel_discard(const fshm_channel *c, const fshm_loan *loan)
     if ((e = loaned_slot(c, loan)) == NULL)
         return FSHM_ELOST;
     /* No lock: an empty slot that nobody lends is free, and the next sweep
-     * puts it back on the stack.  Seq_cst: the first half of
+     * puts it back on the stack.  Seq_cst: release for the payload written
+     * (the next loan reads the loaner with acquire), and the first half of
      * maybe_notify_room's pair. */
     fshm_store64(U64(e, S_LOANER), 0, FSHM_SEQ_CST);
     maybe_notify_room(c);
@@ -1269,10 +1273,13 @@ uint64_t fshm_channel_head(const fshm_channel *c)
 
 uint32_t fshm_channel_subscribers(const fshm_channel *c)
 {
+    uint64_t me = fshm_self_id();
     uint32_t i, n = 0;
-    for (i = 0; i < c->max_subscribers; i++)
-        if (fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_ACQUIRE) != 0)
+    for (i = 0; i < c->max_subscribers; i++) {
+        uint64_t owner = fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_ACQUIRE);
+        if (owner != 0 && (owner == me || fshm_owner_dead(owner) != 1))
             n++;
+    }
     return n;
 }
 

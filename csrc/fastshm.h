@@ -518,7 +518,9 @@ int fshm_channel_wait_room(const fshm_channel *c, int64_t timeout_ns);
 
 /* Snapshots, without the lock. */
 uint64_t fshm_channel_head(const fshm_channel *c);        /* the last message's number */
-uint32_t fshm_channel_subscribers(const fshm_channel *c); /* entries in use */
+/* Subscribers whose process is alive (or cannot be judged): one system call
+ * or two per entry in use, for tools rather than hot paths. */
+uint32_t fshm_channel_subscribers(const fshm_channel *c);
 /* Entry `index` (< max_subscribers; EINVAL otherwise). */
 int fshm_channel_subscriber_info(const fshm_channel *c, uint32_t index, fshm_sub_info *info);
 /* Reclaim now what dead subscribers and publishers hold (their entries,
