@@ -65,3 +65,30 @@ def test_queue_example(tmp_path: Path) -> None:
             fastshm.Queue(name, create=False).delete()
         except FileNotFoundError:
             pass
+
+
+def test_frames_example(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    from conftest import make_name
+
+    name = make_name("readme")
+    code = _block("<!-- frames example").replace('"frames"', f'"{name}"')
+    assert code.count(name) == 3
+    script = tmp_path / "frames.py"
+    script.write_text(code, encoding="utf-8")
+    try:
+        camera = subprocess.run([sys.executable, str(script), "camera"], capture_output=True,
+                                timeout=60)
+        assert camera.returncode == 0, camera.stderr.decode()
+        viewer = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
+        assert viewer.returncode == 0, viewer.stderr.decode()
+        assert viewer.stdout.decode().split("\n") == [
+            "1 0 (1080, 1920, 3)", "2 1 (1080, 1920, 3)", "3 2 (1080, 1920, 3)", "",
+        ]
+        with pytest.raises(FileNotFoundError):  # the viewer deleted it
+            fastshm.Subscriber(name)
+    finally:
+        try:
+            fastshm.Publisher(name, create=False).delete()
+        except FileNotFoundError:
+            pass
