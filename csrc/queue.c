@@ -282,12 +282,11 @@ static int ready(const fshm_queue *q, uint64_t room, int order)
     return tail - head <= q->capacity && q->capacity - (tail - head) >= room;
 }
 
-/* The deadline of a put's or take's lock wait: FSHM__NOW for the try forms,
- * which must not sleep; a short grace for a zero timeout; else the call's. */
-static int64_t lock_deadline(int64_t timeout_ns, int nonblock)
+/* The deadline of a put or take that found the lock busy (the try forms
+ * never sleep): a short grace for a zero timeout, else the call's.  Computed
+ * then rather than up front, so an uncontended call reads no clock. */
+static int64_t lock_deadline(int64_t timeout_ns)
 {
-    if (nonblock)
-        return FSHM__NOW;
     return fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns);
 }
 
@@ -410,7 +409,7 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
     uint64_t need;
     int64_t deadline;
     size_t i;
-    int rc;
+    int rc, timed;
 
     if (count == 0)
         return 0;
@@ -421,11 +420,21 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
             return EINVAL;
     if ((need = batch_bytes(q, msgs, count)) == 0)
         return FSHM_ETOOBIG;
-    deadline = lock_deadline(timeout_ns, nonblock);
+    deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    timed = nonblock;
     for (;;) {
         rc = put_once(q, msgs, count, need, deadline);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
+        if (!timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_until(q, need, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
@@ -501,15 +510,25 @@ static int take(const fshm_queue *q, fshm_take_fn fn, void *ctx, size_t max,
                 size_t *taken, int64_t timeout_ns, int nonblock)
 {
     int64_t deadline;
-    int rc;
+    int rc, timed;
     *taken = 0;
     if (fn == NULL || max == 0)
         return EINVAL;
-    deadline = lock_deadline(timeout_ns, nonblock);
+    deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    timed = nonblock;
     for (;;) {
         rc = take_once(q, fn, ctx, max, taken, deadline);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_ENOMSG || nonblock || timeout_ns == 0)
             return rc;
+        if (!timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_until(q, 0, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_ENOMSG;

@@ -463,6 +463,10 @@ int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 int fshm_store_timed(const fshm_seg *s, const void *src, size_t n, int64_t timeout_ns,
                      uint64_t *seq)
 {
+    /* The first try spins for the lock and reads no clock. */
+    int rc = store(s, src, n, seq, FSHM__NOW);
+    if (rc != FSHM_EBUSY)
+        return rc;
     return store(s, src, n, seq,
                  fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns));
 }

@@ -167,15 +167,9 @@ class SegmentHandle:
             sc = _Scratch()
         # bytes go to C as they are; cffi takes their pointer without a copy.
         src = data if type(data) is bytes else ffi.from_buffer(data)
-        rc = lib.fshm_store_timed(self._seg, src, len(data), _WAIT_SLICE_NS, sc.seq)
-        # EINTR: a signal came while it waited for another writer's lock;
-        # EBUSY: that writer held it through the slice (stopped?).  Either
-        # way signal handlers run here, before the next slice.
-        while rc == _EINTR or rc == EBUSY:
-            if self.closed:  # by another thread meanwhile: nothing stored
-                _pool.append(sc)
-                raise closed_error("segment", self.name)
-            rc = lib.fshm_store_timed(self._seg, src, len(data), _WAIT_SLICE_NS, sc.seq)
+        rc = lib.fshm_try_store(self._seg, src, len(data), sc.seq)
+        if rc and rc == EBUSY:
+            rc = self._store_waiting(src, len(data), sc)
         seq = sc.seq[0]
         _pool.append(sc)
         if rc:
@@ -185,6 +179,19 @@ class SegmentHandle:
                 raise read_only_error(self.name)
             raise_for(rc, self.name)
         return seq  # type: ignore[no-any-return]
+
+    def _store_waiting(self, src: Any, n: int, sc: _Scratch) -> int:
+        """A store that found another writer's lock busy: wait for it in
+        slices.  EINTR (a signal came while it slept) and EBUSY (the holder
+        kept it through the slice: stopped?) both come back here, where
+        signal handlers run, before the next slice."""
+        while True:
+            if self.closed:  # by another thread meanwhile: nothing stored
+                _pool.append(sc)
+                raise closed_error("segment", self.name)
+            rc = lib.fshm_store_timed(self._seg, src, n, _WAIT_SLICE_NS, sc.seq)
+            if rc != _EINTR and rc != EBUSY:
+                return rc  # type: ignore[no-any-return]
 
     def load(self) -> Tuple[bytes, int]:
         # A small message: one C call copies it into the scratch buffer under
