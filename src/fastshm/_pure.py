@@ -1653,7 +1653,7 @@ class QueueHandle(_Mapped):
     # -- snapshots, without the lock --
 
     def count(self) -> int:
-        return _u64(self._mm, C.Q_COUNT)[0]  # type: ignore[no-any-return]
+        return C.queue_count(self._mm, self.capacity, owner_dead)
 
     def used(self) -> int:
         mm = self._mm

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import mmap
 import os
 import queue
 import secrets
@@ -564,7 +565,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             row = (shown, kind, capacity, seq, "-", "-", size, lock, "-")
         elif kind == "queue":
             used = C.U64.unpack_from(head, C.Q_TAIL)[0] - C.U64.unpack_from(head, C.Q_HEAD)[0]
-            count = C.U64.unpack_from(head, C.Q_COUNT)[0]
+            count = _queued(os.path.join(os.fsencode(SHM_DIR), entry), head, capacity, args)
             pylock = C.U32.unpack_from(head, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK
             row = (shown, kind, capacity, "-", count, max(used, 0), size, lock,
                    "python" if pylock else "native")
@@ -580,10 +581,30 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
-    """(size, first bytes) of the regular file at ``path``; None for anything
-    else (a FIFO, a device, a directory or a symbolic link is never opened,
-    so nothing can block), or when it cannot be read."""
+def _queued(path: bytes, head: bytes, capacity: int, args: argparse.Namespace) -> int:
+    """Messages queued in the queue at ``path``: its header's count, or, when
+    a holder killed between two stores left that short, the records counted
+    (read-only, as qsize() does)."""
+    count: int = C.U64.unpack_from(head, C.Q_COUNT)[0]
+    opened = _open_regular(path)
+    if opened is None:
+        return count
+    fd, size = opened
+    try:
+        if size < C.HEADER_SIZE + capacity:
+            return count
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+            return C.queue_count(mm, capacity, resolve(args.backend).owner_dead)
+    except (OSError, ValueError):
+        return count
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: bytes) -> Optional[Tuple[int, int]]:
+    """(descriptor, size) of the regular file at ``path``, opened for reading;
+    None for anything else (a FIFO, a device, a directory or a symbolic link
+    is never opened, so nothing can block), or when it cannot be opened."""
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
@@ -593,9 +614,25 @@ def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
         return None
     try:
         st = os.fstat(fd)  # it may have been swapped since the lstat
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return st.st_size, os.read(fd, C.HEADER_SIZE)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st.st_size
+
+
+def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
+    """(size, first bytes) of the regular file at ``path``; None for anything
+    else (a FIFO, a device, a directory or a symbolic link is never opened,
+    so nothing can block), or when it cannot be read."""
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        return size, os.read(fd, C.HEADER_SIZE)
     except OSError:
         return None
     finally:

@@ -206,7 +206,7 @@ class Queue(Named):
 
     def empty(self) -> bool:
         """Whether no message is queued."""
-        return self.qsize() == 0
+        return self.bytes_used == 0  # head == tail: each is stored whole
 
     def full(self) -> bool:
         """Whether not even an empty message would fit."""
