@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, NoReturn, Optional
+import pickle
+from typing import TYPE_CHECKING, Any, List, NoReturn, Optional
 
 if TYPE_CHECKING:
     import queue
@@ -12,6 +13,32 @@ if TYPE_CHECKING:
 
 class FormatError(ValueError):
     """The named object is not a fastshm segment, or its header is corrupt."""
+
+
+class DecodeError(pickle.UnpicklingError):
+    """Messages an :class:`ObjectQueue` took could not be unpickled (not a
+    pickle, or a class this process cannot import).  Nothing it took is
+    lost: ``objects`` holds every object of the call that did decode, in
+    order; ``undecoded`` the raw bytes of each message that did not, in
+    order, and ``data`` the first of them.  The first decoding error is the
+    ``__cause__``."""
+
+    def __init__(self, name: str, taken: int, objects: List[Any],
+                 undecoded: List[bytes], first: BaseException) -> None:
+        self.objects = objects
+        self.undecoded = undecoded
+        self.data = undecoded[0]
+        self._args = (name, taken, objects, undecoded, first)
+        super().__init__(
+            f"{len(undecoded)} of {taken} messages taken from queue {name!r} could not "
+            f"be unpickled ({type(first).__name__}: {first}); they left the queue: "
+            f"their bytes are in .undecoded (.data: the first), and the "
+            f"{len(objects)} objects that did decode in .objects"
+        )
+
+    def __reduce__(self) -> Any:
+        # An exception pickles as its class and args: these, not the message.
+        return (type(self), self._args)
 
 
 # Library error codes returned by the C core (csrc/fastshm.h); the python
