@@ -286,6 +286,36 @@ def test_nothing_is_taken_for_a_reader_that_is_gone(backend: str, name: str) -> 
         assert q.get_nowait() == b"stays"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="how much of a pipe is unread is known on Linux")
+@pytest.mark.parametrize("nowait", [True, False])
+def test_follow_into_a_reader_that_quits_takes_one_more_at_most(
+        backend: str, name: str, nowait: bool) -> None:
+    """`fastshm get Q --follow | head -1`: head prints the first message and
+    quits; the follower stops taking messages then, losing at most the one it
+    had written to the pipe after the one head read, not the whole queue."""
+    with Queue(name, 1 << 16, backend=backend) as q:
+        q.put_many([b"m%d" % i for i in range(50)])
+        wait = ["--nowait"] if nowait else ["--timeout", "30"]
+        follower = popen("get", name, "--follow", *wait, backend=backend)
+        head = subprocess.Popen(["head", "-1"], stdin=follower.stdout, stdout=subprocess.PIPE)
+        try:
+            follower.stdout.close()  # type: ignore[union-attr]  # head's now
+            out, _ = head.communicate(timeout=30)
+            assert out == b"m0\n"
+            assert follower.wait(timeout=30) == 0
+            err = follower.stderr.read()  # type: ignore[union-attr]
+            assert b"Traceback" not in err and err == b"", err
+        finally:
+            finish(follower)
+            if head.poll() is None:
+                head.kill()
+            head.wait(timeout=30)
+        left = q.get_many(None, block=False)
+        assert left[-1] == b"m49" and len(left) >= 48, left
+        assert left == [b"m%d" % i for i in range(50 - len(left), 50)]
+
+
 @needs_shm_dir
 def test_follow_ends_when_the_queue_is_deleted(backend: str, name: str) -> None:
     with Queue(name, 4096, backend=backend) as q:

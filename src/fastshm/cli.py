@@ -846,15 +846,20 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
             tail = b"\n" if out.isatty() and not data.endswith(b"\n") else b""
             _emit(out, q.name, data, tail)
             return 0
+        pipe = _is_pipe(out)
         while True:
             try:
                 data = _sliced(attempt, queue.Empty, timeout, stop, still_there)
+                _emit(out, q.name, data, b"\n")
+                if pipe:
+                    # Not one message more into the pipe's buffer than its
+                    # reader takes: what it holds when the reader quits is lost.
+                    _wait_read(out, stop)
             except queue.Empty:
                 return 0
             except _OutputGone:  # the reader is done, as `| head -1` is
                 _quiet_stdout()
                 return 0
-            _emit(out, q.name, data, b"\n")
             stop.check()
 
 
@@ -883,6 +888,48 @@ def _out_closed(out: BinaryIO) -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _is_pipe(out: BinaryIO) -> bool:
+    """Whether ``out`` is a pipe whose unread bytes can be counted (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _unread(out: BinaryIO) -> int:
+    """Bytes written to the pipe ``out`` that its reader has not read yet."""
+    import array
+    import fcntl
+    import termios
+
+    n = array.array("i", [0])
+    try:
+        fcntl.ioctl(out.fileno(), termios.FIONREAD, n, True)
+    except (OSError, ValueError):
+        return 0
+    return n[0]
+
+
+def _wait_read(out: BinaryIO, stop: "_Interrupt") -> None:
+    """Until the reader of the pipe ``out`` has read all that was written to
+    it; _OutputGone once it has gone.  Ctrl-C ends the wait."""
+    pause = 0.0
+    while _unread(out):
+        if _out_closed(out):
+            raise _OutputGone
+        stop.check()
+        if pause == 0.0:
+            pause = 20e-6
+            os.sched_yield()  # a reader on the other core is usually there already
+            continue
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+    if _out_closed(out):
+        raise _OutputGone
 
 
 def _quiet_stdout() -> None:
@@ -986,9 +1033,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-f", "--follow", action="store_true",
                    help="take and print every message, one per line, as they come, until "
                         "Ctrl-C (exit 130) or until --timeout seconds pass without one "
-                        "(exit 0); --nowait prints those queued now. A message "
-                        "written to a pipe has left the queue, even if the reader "
-                        "stops before reading it")
+                        "(exit 0); --nowait prints those queued now. Into a pipe, the "
+                        "next message is taken only after the reader has read the last "
+                        "one, and none after the reader is gone (exit 0); but a message "
+                        "written has left the queue, so a reader that quits early "
+                        "(| head -1) loses the one written after the last it read. "
+                        "Elsewhere than on Linux, all that the pipe's buffer holds is "
+                        "lost then")
     _wait_options(g, "for a message")
 
     d = sub.add_parser("delete", help="remove NAME (a segment or a queue)")
