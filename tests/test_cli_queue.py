@@ -266,6 +266,37 @@ def test_follow_ctrl_c_exits_130_and_takes_nothing_more(backend: str, name: str)
             finish(follower)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+@pytest.mark.parametrize("command", ["get", "put"])
+def test_ctrl_c_after_the_work_is_done_is_exit_0(backend: str, name: str,
+                                                 command: str) -> None:
+    """Ctrl-C that lands once `fastshm get` has written its message (or
+    `fastshm put` has said it put one) does not turn the exit status into
+    130, which means "nothing taken" ("nothing put"): each round sends
+    SIGINT the moment the output is read from the pipe."""
+    with Queue(name, 4096, backend=backend) as q:
+        for i in range(12):
+            msg = b"message %d" % i
+            if command == "get":
+                q.put(msg)
+                proc = popen("get", name, backend=backend)
+                expect = msg
+            else:
+                proc = popen("put", name, msg.decode(), backend=backend)
+                expect = f"put {len(msg)} bytes in queue {name!r}\n".encode()
+            try:
+                assert proc.stdout is not None
+                out = proc.stdout.read(len(expect))
+                proc.send_signal(signal.SIGINT)
+                status = proc.wait(timeout=30)
+                err = proc.stderr.read()  # type: ignore[union-attr]
+            finally:
+                finish(proc)
+            assert out == expect
+            assert status == 0, (i, status, err)
+            assert q.get_nowait() == msg if command == "put" else q.empty()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="poll() on a pipe")
 def test_nothing_is_taken_for_a_reader_that_is_gone(backend: str, name: str) -> None:
     with Queue(name, 4096, backend=backend) as q:

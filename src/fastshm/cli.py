@@ -685,11 +685,22 @@ class _OutputGone(Exception):
 class _Interrupt:
     """While a queue command runs, Ctrl-C is noted and acted on between
     waits, not raised at any instant: a message taken is always written out,
-    and a put has either happened or not."""
+    and a put has either happened or not.
+
+    Once the command has done its work (``settle()``), a Ctrl-C can no
+    longer undo it, and must not turn the exit status into 130, which says
+    nothing was put or taken: run as the ``fastshm`` command, the process
+    ignores SIGINT from then on until it exits; called in-process, the old
+    handler comes back."""
 
     def __init__(self) -> None:
         self.hit = False
         self._old: object = None
+        self._settled = False
+
+    def settle(self, as_command: bool) -> None:
+        self.hit = False
+        self._settled = as_command
 
     def __enter__(self) -> "_Interrupt":
         try:
@@ -703,7 +714,8 @@ class _Interrupt:
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)  # type: ignore[arg-type]
+            keep = signal.SIG_IGN if self._settled else self._old
+            signal.signal(signal.SIGINT, keep)  # type: ignore[arg-type]
 
     def check(self) -> None:
         if self.hit:
@@ -778,7 +790,8 @@ def cmd_put(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
                 raise _put_too_big(n, exact, q.name, q.max_message, False)
         with _Interrupt() as stop:
             _put(q, data, args, stop)
-        out.write(f"put {n} bytes in queue {q.name!r}\n")
+            stop.settle(args.as_command)
+            out.write(f"put {n} bytes in queue {q.name!r}\n")
     finally:
         if q is not None:
             q.close()
@@ -816,7 +829,8 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
         q = _open_queue(args, create=False)
     except FileNotFoundError:
         raise _no_queue(args) from None
-    with q, _Interrupt() as stop:
+    # The queue is closed before Ctrl-C is let through again.
+    with _Interrupt() as stop, q:
         identity = _identity(q.name)
         timeout = 0.0 if args.nowait else args.timeout
 
@@ -844,6 +858,7 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
                     "longer with --timeout (without it, get waits as long as it takes)"
                 ) from None
             tail = b"\n" if out.isatty() and not data.endswith(b"\n") else b""
+            stop.settle(args.as_command)  # taken: only the writing is left
             _emit(out, q.name, data, tail)
             return 0
         pipe = _is_pipe(out)
@@ -1075,6 +1090,9 @@ def _wait_options(p: argparse.ArgumentParser, what: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Run as the command (not called with arguments from Python code): the
+    # process ends with this call, which may leave signal handling so.
+    args.as_command = argv is None
     if args.command == "load" and args.timeout is not None and not args.follow:
         parser.error("--timeout needs --follow (it bounds the wait for the next message)")
     try:
