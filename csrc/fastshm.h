@@ -70,6 +70,11 @@ extern "C" {
 #define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
 #define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
+#define FSHM_ENOTREG (-15)   /* the name holds no shared memory: a FIFO, a
+                                directory, a device, a socket or a symbolic
+                                link made there by other means */
+#define FSHM_EABANDONED (-16) /* its creator died before finishing it; an
+                                 opener that may create it takes it over */
 
 #define FSHM_QUEUE_MAGIC 0x51485346u /* the bytes "FSHQ" read little-endian */
 #define FSHM_QUEUE_VERSION 1

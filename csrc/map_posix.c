@@ -52,6 +52,33 @@ static int reserve_fd(int fd, size_t size)
 #endif
 }
 
+#ifdef __linux__
+/* An existing name is opened without blocking: a FIFO made under it would
+ * otherwise wait for a writer (glibc and musl pass the flag to open; a
+ * shared-memory object ignores it). */
+#define ATTACH_FLAGS O_NONBLOCK
+#else
+#define ATTACH_FLAGS 0
+#endif
+
+/* What an open of "/name" that failed with `err` means: FSHM_ENOTREG when
+ * the name holds something other than shared memory, which glibc reports
+ * as EINVAL (a directory) and O_NOFOLLOW as ELOOP (a symbolic link). */
+static int open_error(const char *path, int err)
+{
+#ifdef __linux__
+    char full[NAME_MAX + 16];
+    struct stat st;
+    if ((err == EINVAL || err == ELOOP || err == EISDIR) &&
+        snprintf(full, sizeof full, "/dev/shm%s", path) < (int)sizeof full &&
+        lstat(full, &st) == 0 && !S_ISREG(st.st_mode))
+        return FSHM_ENOTREG;
+#else
+    (void)path;
+#endif
+    return err;
+}
+
 /* "/name" into buf; EINVAL / ENAMETOOLONG for names POSIX cannot hold. */
 static int posix_name(char *buf, size_t bufsize, const char *name)
 {
@@ -102,15 +129,15 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
             if (errno != EEXIST || how == FSHM_CREATE)
                 return errno;
         }
-        fd = shm_open(path, O_RDWR, 0);
+        fd = shm_open(path, O_RDWR | ATTACH_FLAGS, 0);
         if (fd < 0 && errno == EACCES) {
             /* Readable but not writable for us (a 0644 segment of another
              * user, our own 0400 one): readers can still load and wait. */
-            fd = shm_open(path, O_RDONLY, 0);
+            fd = shm_open(path, O_RDONLY | ATTACH_FLAGS, 0);
             readonly = fd >= 0;
         }
         if (fd < 0 && (errno != ENOENT || how == FSHM_ATTACH || tries >= 100))
-            return errno;
+            return open_error(path, errno);
     }
 
     if (created) {
@@ -126,6 +153,10 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     } else {
         if (fstat(fd, &st) != 0)
             goto fail;
+        if (!S_ISREG(st.st_mode)) {
+            close(fd);
+            return FSHM_ENOTREG;
+        }
         m->owner = (int64_t)st.st_uid;
         /* Trust only our own objects and root's: anyone else could have made
          * the name first to read our messages. */
@@ -191,7 +222,7 @@ int fshm_unlink(const char *name)
     int rc = posix_name(path, sizeof path, name);
     if (rc != 0)
         return rc;
-    return shm_unlink(path) == 0 ? 0 : errno;
+    return shm_unlink(path) == 0 ? 0 : open_error(path, errno);
 }
 
 /* ---- processes ---- */

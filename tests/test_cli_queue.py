@@ -393,6 +393,34 @@ def test_a_blocked_put_or_get_ends_when_the_queue_is_deleted(
             finish(waiter)
 
 
+@needs_shm_dir
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="makes a FIFO in /dev/shm")
+def test_commands_on_a_name_that_holds_no_shared_memory(backend: str, name: str) -> None:
+    """A FIFO or a directory under the name: each command says what it is
+    and how to remove it (exit 1), and blocks on nothing."""
+    path = os.path.join(SHM_DIR, name)
+    os.mkfifo(path, 0o600)
+    try:
+        for args in (["get", name], ["put", name, "x"], ["load", name], ["store", name, "x"],
+                     ["info", name]):
+            assert_clean_error(run(*args, backend=backend, timeout=30),
+                               "is a FIFO (a named pipe) in /dev/shm, not shared memory",
+                               f"fastshm delete {name}")
+        assert run("delete", name, backend=backend).returncode == 0
+        assert not os.path.lexists(path)
+        os.mkdir(path, 0o700)
+        for args in (["get", name], ["delete", name], ["info", name]):
+            assert_clean_error(run(*args, backend=backend, timeout=30),
+                               "is a directory in /dev/shm, not shared memory",
+                               f"rmdir {path}")
+        assert os.path.isdir(path)
+    finally:
+        if os.path.isdir(path):
+            os.rmdir(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+
+
 # ---- info, list, delete, unlock ----
 
 

@@ -16,6 +16,7 @@ import errno
 import mmap
 import os
 import platform
+import stat
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from ._errors import (
     EFORMAT,
     EKIND,
     ENOTREADY,
+    ENOTREG,
     EVERSION,
     FormatError,
     batch_too_big,
@@ -253,13 +255,32 @@ class _Empty(Exception):
     """The name exists with size 0: its creator has not sized it (yet)."""
 
 
+# An existing name is opened without blocking: a FIFO made under it would
+# otherwise wait for a writer (a shared-memory object ignores the flag).
+_ATTACH_FLAGS = os.O_NONBLOCK if sys.platform.startswith("linux") else 0
+
+
 def _attach_fd(path: str) -> Tuple[int, bool]:
     """An existing object, read-write, or read-only when its permissions let
     this process read but not write it: (fd, read_only)."""
     try:
-        return _posixshmem.shm_open(path, os.O_RDWR, mode=0), False
+        return _posixshmem.shm_open(path, os.O_RDWR | _ATTACH_FLAGS, mode=0), False
     except PermissionError:
-        return _posixshmem.shm_open(path, os.O_RDONLY, mode=0), True
+        return _posixshmem.shm_open(path, os.O_RDONLY | _ATTACH_FLAGS, mode=0), True
+
+
+def _open_error(name: str, err: int) -> int:
+    """What an open of ``name`` that failed with ``err`` means, as
+    open_error in map_posix.c: ENOTREG when the name holds something other
+    than shared memory (glibc reports a directory as EINVAL, O_NOFOLLOW a
+    symbolic link as ELOOP)."""
+    if sys.platform.startswith("linux") and err in (errno.EINVAL, errno.ELOOP, errno.EISDIR):
+        try:
+            if not stat.S_ISREG(os.lstat(os.path.join("/dev/shm", name)).st_mode):
+                return ENOTREG
+        except (OSError, ValueError):
+            pass
+    return err
 
 
 def _open_posix(
@@ -295,9 +316,15 @@ def _open_posix(
                 raise os_error(errno.ENOENT, name) from None
             continue
         except OSError as e:
-            raise os_error(e.errno or errno.EIO, name) from None
+            failed = e.errno or errno.EIO
+        else:
+            failed = 0
+        if failed:
+            raise_for(_open_error(name, failed), name)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise_for(ENOTREG, name)
             # Name squatting: someone else made the name first, so that what we
             # store goes to them.  Only its owner (or root) can chmod or
             # truncate it; trust ourselves and root, nobody else unless asked.
@@ -377,7 +404,10 @@ def unlink(name: str) -> None:
     try:
         _posixshmem.shm_unlink("/" + name)
     except OSError as e:
-        raise os_error(e.errno or errno.EIO, name) from None
+        failed = e.errno or errno.EIO
+    else:
+        return
+    raise_for(_open_error(name, failed), name)
 
 
 class RawMapping:
@@ -618,6 +648,7 @@ def _open_object(
     header of one made here; ``attach(mm, size)`` checks the one found and
     returns its capacity or an error code (EKIND: the name holds ``other``,
     the other kind of object)."""
+    kind = "queue" if other == "Segment" else "segment"
     start = time.monotonic()
     deadline = start + _READY_WAIT_S
     backoff = 20e-6
@@ -652,7 +683,7 @@ def _open_object(
                         mm.close()
                         if fd >= 0:
                             os.close(fd)
-                        raise_for(ENOTREADY, name)
+                        raise_for(ENOTREADY, name, "", kind)
                     creator_alive = (state == 0
                                      and time.monotonic() - start < _CREATOR_WAIT_S)
             if code > 0:
@@ -661,12 +692,12 @@ def _open_object(
             if fd >= 0:
                 os.close(fd)
         if code not in (ENOTREADY, EEMPTY):
-            raise_for(code, name, other if code == EKIND else "")
+            raise_for(code, name, other if code == EKIND else "", kind)
         # A creator that is alive is waited for as long as it takes (a
         # large segment can take seconds to pre-allocate); one that cannot
         # be judged, or a name of size 0, for a bounded time.
         if not creator_alive and time.monotonic() >= deadline:
-            raise_for(code, name)
+            raise_for(code, name, "", kind)
         time.sleep(backoff)
         backoff = min(backoff * 2, 0.01)
 
@@ -887,7 +918,7 @@ class SegmentHandle(_Mapped):
             self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
-                raise_for(EFORMAT, self.name, "the store counter is out of range")
+                raise_for(EFORMAT, self.name, "seq")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
             # Each shared word in one copy (a slice assignment is one memcpy).
             mm[off : off + 8] = _p64(2 * nxt - 1)
@@ -928,7 +959,7 @@ class SegmentHandle(_Mapped):
             if token == 2 * seq and length <= self.capacity:
                 return off + _SLOT_HDR, length, seq, token
             if _u64(mm, _H_SEQ)[0] == seq:
-                raise_for(EFORMAT, self.name, "the current slot is inconsistent")
+                raise_for(EFORMAT, self.name, "slot")
             time.sleep(0)
 
     def _end(self, offset: int, seq: int, token: int) -> bool:
@@ -1257,11 +1288,11 @@ class QueueHandle(_Mapped):
         head: int = _HEADTAIL(mm, C.Q_HEAD)[0]
         tail: int = _HEADTAIL(mm, C.Q_TAIL)[0]
         if (head | tail) & 7 or (tail - head) & _M64 > self.capacity:
-            raise_for(EFORMAT, self.name, "the queue's head and tail are inconsistent")
+            raise_for(EFORMAT, self.name, "ring", "queue")
         return head, tail
 
     def _bad_record(self) -> None:
-        raise_for(EFORMAT, self.name, "a queued record's length is out of range")
+        raise_for(EFORMAT, self.name, "ring", "queue")
 
     def _recount(self) -> None:
         """After a holder died (or was interrupted) between its dirty marks:
