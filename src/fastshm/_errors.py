@@ -41,6 +41,11 @@ class DecodeError(pickle.UnpicklingError):
         return (type(self), self._args)
 
 
+class Abandoned(FormatError):
+    """The name's creator died before finishing it (FSHM_EABANDONED): an
+    open that may create it makes it anew."""
+
+
 # Library error codes returned by the C core (csrc/fastshm.h); the python
 # backend uses the same numbers so both raise through ``raise_for``.
 EFORMAT = -1
@@ -274,7 +279,7 @@ def raise_for(code: int, name: str, detail: str = "", kind: str = "segment") -> 
             f"it); if nothing uses it, remove it with `fastshm delete {name}`"
         )
     if code == EABANDONED:
-        raise FormatError(
+        raise Abandoned(
             f"{name!r} was never finished: the process creating it died first. Opening "
             f"it with create=None (open or create, the default) makes it anew, as "
             f"`fastshm {'put' if kind == 'queue' else 'store'}` does; "

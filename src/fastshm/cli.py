@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, List, Optional, TextIO, Tuple, TypeVar, U
 
 from . import _common as C
 from ._backend import CHOICES, resolve
-from ._errors import FormatError, ProtocolMismatch
+from ._errors import Abandoned, FormatError, ProtocolMismatch
 from .queue import Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
@@ -252,7 +252,7 @@ def cmd_store(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
     # for a message that fits it.
     try:
         seg: Optional[Segment] = _open(args, create=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, Abandoned):  # made anew below, if the message fits
         seg = None
     try:
         capacity = seg.capacity if seg is not None else args.size
@@ -768,7 +768,7 @@ def cmd_put(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
     name = _checked_name(args)
     try:
         q: Optional[Queue] = _open_queue(args, create=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, Abandoned):  # made anew below, if the message fits
         q = None
     try:
         room = q.max_message if q is not None else _ring(args.size) - 8
