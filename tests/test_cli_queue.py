@@ -273,9 +273,10 @@ def test_ctrl_c_after_the_work_is_done_is_exit_0(backend: str, name: str,
     """Ctrl-C that lands once `fastshm get` has written its message (or
     `fastshm put` has said it put one) does not turn the exit status into
     130, which means "nothing taken" ("nothing put"): each round sends
-    SIGINT the moment the output is read from the pipe."""
+    SIGINT the moment the output is read from the pipe, or a few
+    milliseconds later, while the command closes and exits."""
     with Queue(name, 4096, backend=backend) as q:
-        for i in range(12):
+        for i in range(20):
             msg = b"message %d" % i
             if command == "get":
                 q.put(msg)
@@ -287,6 +288,7 @@ def test_ctrl_c_after_the_work_is_done_is_exit_0(backend: str, name: str,
             try:
                 assert proc.stdout is not None
                 out = proc.stdout.read(len(expect))
+                time.sleep((i % 4) * 0.002)
                 proc.send_signal(signal.SIGINT)
                 status = proc.wait(timeout=30)
                 err = proc.stderr.read()  # type: ignore[union-attr]
@@ -324,12 +326,15 @@ def test_follow_into_a_reader_that_quits_takes_one_more_at_most(
         backend: str, name: str, nowait: bool) -> None:
     """`fastshm get Q --follow | head -1`: head prints the first message and
     quits; the follower stops taking messages then, losing at most the one it
-    had written to the pipe after the one head read, not the whole queue."""
+    had written to the pipe after the one head read, not the whole queue.
+    (The reader's shell keeps the pipe open a second longer, as a slow
+    pipeline would: the follower must not fill the pipe meanwhile.)"""
     with Queue(name, 1 << 16, backend=backend) as q:
         q.put_many([b"m%d" % i for i in range(50)])
         wait = ["--nowait"] if nowait else ["--timeout", "30"]
         follower = popen("get", name, "--follow", *wait, backend=backend)
-        head = subprocess.Popen(["head", "-1"], stdin=follower.stdout, stdout=subprocess.PIPE)
+        head = subprocess.Popen(["sh", "-c", "head -n 1; sleep 1"], stdin=follower.stdout,
+                                stdout=subprocess.PIPE)
         try:
             follower.stdout.close()  # type: ignore[union-attr]  # head's now
             out, _ = head.communicate(timeout=30)
