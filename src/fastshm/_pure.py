@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 from . import _common as C
 from ._errors import (
@@ -708,7 +708,7 @@ class _Claim:
         os.close(self.fd)
 
 
-def _claim(name: str, any_owner: bool) -> "Optional[_Claim] | int":
+def _claim(name: str, any_owner: bool) -> Union[_Claim, int, None]:
     """An unfinished object opened and judged, as fshm__map_claim in
     map_posix.c: None when it was removed meanwhile, EBUSY when a live
     process holds its init lock, else a _Claim (to be closed)."""
