@@ -626,9 +626,60 @@ int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t
 
 /* ---- snapshots and the lock ---- */
 
+/* The records from head to tail counted without the lock, as a reader
+ * sees them: head unchanged across the walk means no consumer took a record
+ * meanwhile, so no producer can have rewritten one (producers write only
+ * from tail to head + capacity).  0 with *n set; FSHM_EAGAIN when takes kept
+ * moving head, FSHM_EFORMAT for records that cannot be walked. */
+static int count_records(const fshm_queue *q, uint64_t *n)
+{
+    unsigned attempt;
+    for (attempt = 0; attempt < 8; attempt++) {
+        /* Acquire: pairs with the release of tail in a put, so the records
+         * up to it are whole. */
+        uint64_t head = fshm_load64(U64(q->base, Q_HEAD), FSHM_ACQUIRE);
+        uint64_t tail = fshm_load64(U64(q->base, Q_TAIL), FSHM_ACQUIRE);
+        uint64_t pos, len, k = 0;
+        int rc = 0;
+        if (((head | tail) & 7) || tail - head > q->capacity)
+            rc = FSHM_EFORMAT;
+        for (pos = head; rc == 0 && pos != tail; pos += REC + round8(len), k++)
+            rc = record_at(q, pos, tail, &len);
+        /* Acquire fence: the record reads above happen before this look. */
+        fshm_fence(FSHM_ACQUIRE);
+        if (fshm_load64(U64(q->base, Q_HEAD), FSHM_RELAXED) != head)
+            continue; /* a take meanwhile: the walk may have read reused bytes */
+        if (rc == 0)
+            *n = k;
+        return rc;
+    }
+    return FSHM_EAGAIN;
+}
+
 uint64_t fshm_queue_count(const fshm_queue *q)
 {
-    return fshm_load64(U64(q->base, Q_COUNT), FSHM_ACQUIRE);
+    uint32_t dirty = fshm_load32(U32(q->base, Q_DIRTY), FSHM_ACQUIRE);
+    uint64_t count = fshm_load64(U64(q->base, Q_COUNT), FSHM_ACQUIRE);
+    uint64_t head = fshm_load64(U64(q->base, Q_HEAD), FSHM_ACQUIRE);
+    uint64_t tail = fshm_load64(U64(q->base, Q_TAIL), FSHM_ACQUIRE);
+    uint64_t owner, n;
+    /* Every record takes at least 8 bytes: a count that says otherwise, or
+     * "none" with records queued, was left by a holder killed between its
+     * store of tail or head and its store of count (or is mid-commit). */
+    int plausible = (count == 0) == (head == tail) && count <= (tail - head) / REC;
+    if (!dirty && plausible)
+        return count;
+    if (dirty && plausible) {
+        /* A live holder is committing and fixes the count in a moment; a
+         * dead one left it for the next lock holder, which may be long in
+         * coming.  Only then is the walk worth its cost. */
+        owner = fshm_load64(U64(q->base, Q_LOCK), FSHM_RELAXED);
+        if (owner != 0 && fshm_owner_dead(owner) != 1)
+            return count;
+    }
+    if (count_records(q, &n) == 0)
+        return n;
+    return count;
 }
 
 uint64_t fshm_queue_used(const fshm_queue *q)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 from . import _common as C
 from ._errors import (
     EBUSY,
+    EFORMAT,
     EFULL,
     EKIND,
     ENOMSG,
@@ -93,10 +94,10 @@ def _how(how: int, any_owner: bool) -> int:
     return how | lib.FSHM_ANY_OWNER if any_owner else how
 
 
-def _raise_open(rc: int, m: Any, name: str) -> None:
+def _raise_open(rc: int, m: Any, name: str, kind: str = "segment") -> None:
     if rc == EOWNER:
         raise owner_error(name, int(m.owner))
-    raise_for(rc, name)
+    raise_for(rc, name, "Segment" if rc == EKIND and kind == "queue" else "", kind)
 
 
 def unlink(name: str) -> None:
@@ -177,7 +178,7 @@ class SegmentHandle:
                 raise too_big(len(data), self.name, self.capacity)
             if self.readonly:
                 raise read_only_error(self.name)
-            raise_for(rc, self.name)
+            raise_for(rc, self.name, "seq" if rc == EFORMAT else "")
         return seq  # type: ignore[no-any-return]
 
     def _store_waiting(self, src: Any, n: int, sc: _Scratch) -> int:
@@ -213,13 +214,13 @@ class SegmentHandle:
                 return out
             if rc != ESMALL:
                 _pool.append(sc)
-                raise_for(rc, self.name, "the current slot is inconsistent")
+                raise_for(rc, self.name, "slot")
         r = sc.read
         for _ in range(3):
             rc = lib.fshm_read_begin(seg, r)
             if rc:
                 _pool.append(sc)
-                raise_for(rc, self.name, "the current slot is inconsistent")
+                raise_for(rc, self.name, "slot")
             off = r.offset
             n = r.length
             data = self._mv[off : off + n].tobytes()
@@ -242,7 +243,7 @@ class SegmentHandle:
             # A longer message came meanwhile: room for it, and again.
         _pool.append(sc)
         if rc:
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         return bytes(memoryview(buf)[:n]), seq
 
     def load_into(self, dst: memoryview) -> Tuple[int, int]:
@@ -260,7 +261,7 @@ class SegmentHandle:
         if rc:
             if rc == ESMALL:
                 raise too_small(cap, n)
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         return n, seq
 
     def view(self) -> Tuple[memoryview, int]:
@@ -275,7 +276,7 @@ class SegmentHandle:
         n, seq = sc.n[0], sc.seq[0]
         _pool.append(sc)
         if rc and rc != ESMALL:
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         off = _PAYLOAD + (seq & 1) * self._stride
         return self._mv[off : off + n].toreadonly(), seq
 
@@ -365,9 +366,7 @@ class QueueHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_queue_open(q, m, cname, chow, capacity, 0, mode)
         if rc:
-            if rc == EKIND:
-                raise_for(rc, name, "Segment")
-            _raise_open(rc, m, name)
+            _raise_open(rc, m, name, "queue")
         size = int(m.size)
         base = m.base
         # Unmapped when this handle (and so any call in flight on it) is gone.
@@ -435,7 +434,7 @@ class QueueHandle:
             raise lock_held_error(self.name, self.lock_owner(), False)
         if self.readonly and rc == errno.EACCES:
             raise read_only_error(self.name, "queue")
-        raise_for(rc, self.name, "the queue's records are inconsistent")
+        raise_for(rc, self.name, "ring" if rc == EFORMAT else "", "queue")
 
     def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
         if len(msgs) == 1:
