@@ -12,7 +12,7 @@ each message in place.  ``SharedMemory`` is a raw named mapping, a drop-in for
 from typing import Any
 
 from . import _backend
-from ._errors import FormatError
+from ._errors import DecodeError, FormatError
 from .channel import Publisher, Sample, Subscriber
 from .queue import ObjectQueue, Queue
 from .segment import Segment
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Segment", "Queue", "ObjectQueue", "Publisher", "Subscriber", "Sample", "SharedMemory",
-    "FormatError",
+    "FormatError", "DecodeError",
     "backend", "binding", "features", "__version__",
 ]
 

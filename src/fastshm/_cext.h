@@ -40,6 +40,8 @@ extern PyObject *errors_module;
  * raises).  Always returns NULL. */
 PyObject *raise_from(const char *fn, const char *fmt, ...);
 PyObject *raise_code(int rc, PyObject *name, const char *detail);
+/* raise_for(rc, name, detail, kind): kind "segment", "queue", "channel". */
+PyObject *raise_kind(int rc, PyObject *name, const char *detail, const char *kind);
 /* A timeout argument (None, or seconds >= 0) as a deadline in
  * fshm_monotonic_ns() time (INT64_MAX: none).  -1 with an exception. */
 int parse_timeout(PyObject *obj, int64_t *deadline);

@@ -106,7 +106,7 @@ static PyObject *channel_error(int rc, PyObject *name, const fshm_channel *c)
         return raise_from("read_only_error", "(Os)", name, "channel");
     if (rc == FSHM_ELOST)
         return raise_from("lost_error", "(O)", name);
-    return raise_code(rc, name, "the channel's tables are inconsistent");
+    return raise_kind(rc, name, rc == FSHM_EFORMAT ? "tables" : "", "channel");
 }
 
 /* Open as `args` say: (name, how, slot_size, slots, history,
@@ -148,12 +148,13 @@ static int open_channel(PyObject *args, PyObject *kwds, const char *type_name,
         if (fshm_kind_of(cname, how, &kind) == 0)
             found = kind == FSHM_KIND_SEGMENT ? "Segment" : kind == FSHM_KIND_QUEUE ? "Queue"
                                                                                   : "object";
-        raise_code(rc, *name, strcmp(found, "Segment") == 0 ? "Segment:Channel"
-                              : strcmp(found, "Queue") == 0 ? "Queue:Channel" : "object:Channel");
+        raise_kind(rc, *name, strcmp(found, "Segment") == 0 ? "Segment:Channel"
+                              : strcmp(found, "Queue") == 0 ? "Queue:Channel" : "object:Channel",
+                   "channel");
         return -1;
     }
     if (rc != 0) {
-        raise_code(rc, *name, "");
+        raise_kind(rc, *name, "", "channel");
         return -1;
     }
     return 0;

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._errors import (
     EBUSY,
+    EFORMAT,
     EFULL,
     ETIMEOUT,
     channel_full_error,
@@ -57,7 +58,7 @@ class ChannelHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_channel_open(*args)
         if rc:
-            _raise_open(rc, m, name, "Channel", args[3])
+            _raise_open(rc, m, name, "channel", args[3])
         size = int(m.size)
         # Unmapped when this handle, every sample pinned from it and every
         # view of a loan are gone.
@@ -112,7 +113,7 @@ class ChannelHandle:
     def _fail(self, rc: int) -> None:
         if self.readonly and rc == errno.EACCES:
             raise read_only_error(self.name, "channel")
-        raise_for(rc, self.name, "the channel's tables are inconsistent")
+        raise_for(rc, self.name, "tables" if rc == EFORMAT else "", "channel")
 
     # -- publishing --
 
