@@ -52,6 +52,14 @@ Q_LOCK = 64
 Q_DIRTY = 88
 U64_MASK = (1 << 64) - 1
 
+# A channel's header (docs/FORMAT.md, "Channels"; csrc/channel.c).
+CHANNEL_MAGIC = 0x43485346  # the bytes "FSHC" read little-endian
+CH_SLOT_SIZE = 8
+CH_HEAD = 16
+CH_SLOTS = 32
+CH_FLAGS = 44
+CH_SUB_MASK = 96
+
 WINDOWS = sys.platform == "win32"
 
 BytesLike = Union[bytes, bytearray, memoryview]

@@ -94,13 +94,15 @@ def _header(args: argparse.Namespace, name: str) -> Optional[Tuple[int, bytes]]:
         shm.close()
 
 
+_KINDS = {C.MAGIC: "segment", C.QUEUE_MAGIC: "queue", C.CHANNEL_MAGIC: "channel"}
+
+
 def _kind(head: bytes) -> Optional[str]:
-    """"segment" or "queue" by the magic at the start of ``head``; None for
-    anything else."""
+    """"segment", "queue" or "channel" by the magic at the start of
+    ``head``; None for anything else."""
     if len(head) < 4:
         return None
-    magic = C.U32.unpack_from(head, 0)[0]
-    return "segment" if magic == C.MAGIC else "queue" if magic == C.QUEUE_MAGIC else None
+    return _KINDS.get(C.U32.unpack_from(head, 0)[0])
 
 
 def _kind_of(args: argparse.Namespace, name: str) -> Optional[str]:
@@ -116,15 +118,16 @@ def _refuse_other_kind(args: argparse.Namespace, want: str) -> None:
     if found is None or found == want:
         return
     shown = shlex.quote(name)
-    if found == "queue":
-        raise _Usage(
-            f"{name!r} is a fastshm Queue, not a Segment: `fastshm get {shown}` takes its "
-            f"next message and `fastshm put {shown} TEXT` adds one; nothing was changed"
-        )
-    raise _Usage(
-        f"{name!r} is a fastshm Segment, not a Queue: `fastshm load {shown}` prints its "
-        f"message and `fastshm store {shown} TEXT` replaces it; nothing was changed"
-    )
+    use = {
+        "queue": f"`fastshm get {shown}` takes its next message and `fastshm put {shown} "
+                 "TEXT` adds one",
+        "segment": f"`fastshm load {shown}` prints its message and `fastshm store {shown} "
+                   "TEXT` replaces it",
+        "channel": f"`fastshm subscribe {shown}` receives its next message and `fastshm "
+                   f"publish {shown} TEXT` publishes one",
+    }[found]
+    raise _Usage(f"{name!r} is a fastshm {found.capitalize()}, not a {want.capitalize()}: "
+                 f"{use}; nothing was changed")
 
 
 def _show(data: bytes) -> str:
@@ -363,8 +366,14 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
     name = C.check_name(args.name, impl.NAME_MAX)
     if C.WINDOWS:
         # A Windows mapping has no name to remove: it goes with its last handle.
-        if _kind_of(args, name) == "queue":
+        kind = _kind_of(args, name)
+        if kind == "queue":
             _open_queue(args, create=False).delete()
+        elif kind == "channel":
+            from .channel import Publisher
+
+            Publisher(name, create=False, backend=args.backend,
+                      any_owner=args.any_owner).delete()
         else:
             Segment(name, create=False, backend=args.backend,
                     any_owner=args.any_owner).delete()
@@ -375,8 +384,13 @@ def cmd_delete(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
-    if _kind_of(args, _checked_name(args)) == "queue":
+    kind = _kind_of(args, _checked_name(args))
+    if kind == "queue":
         rows = _queue_rows(args)
+    elif kind == "channel":
+        from ._cli_channel import info_rows
+
+        rows = info_rows(args)
     else:
         rows = _segment_rows(args)
     path = os.path.join(SHM_DIR, args.name.lstrip("/"))
@@ -569,6 +583,10 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             pylock = C.U32.unpack_from(head, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK
             row = (shown, kind, capacity, "-", count, max(used, 0), size, lock,
                    "python" if pylock else "native")
+        elif kind == "channel":
+            from ._cli_channel import list_row
+
+            row = list_row(shown, size, head)
         elif args.all:
             row = (shown, "raw", "-", "-", "-", "-", size, "-", "-")
         if row is not None:
@@ -878,16 +896,17 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
             stop.check()
 
 
-def _emit(out: BinaryIO, name: str, data: bytes, tail: bytes) -> None:
-    """Write a message that was taken from the queue: it exists nowhere else
-    now, so a failure says so."""
+def _emit(out: BinaryIO, name: str, data: bytes, tail: bytes,
+          source: str = "taken from queue") -> None:
+    """Write a message taken from the queue (or received on a channel): it
+    exists nowhere else for this process now, so a failure says so."""
     try:
         out.write(data + tail)
         out.flush()
     except OSError as e:
         _quiet_stdout()
         raise _Usage(
-            f"a message of {len(data)} bytes taken from queue {name!r} could not be "
+            f"a message of {len(data)} bytes {source} {name!r} could not be "
             f"written to standard output ({_os_message(e)}) and is lost"
         ) from None
 
@@ -994,7 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastshm",
         description="Named shared memory between processes: store a message in one, "
-        "load it in any other; or put messages in a queue, each got once by any other.",
+        "load it in any other; put messages in a queue, each got once by any other; or "
+        "publish messages on a channel, each received by every subscriber.",
     )
     p.add_argument("--backend", choices=CHOICES, default=None,
                    help="which implementation to use (default: FASTSHM_BACKEND or auto)")
@@ -1057,12 +1077,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "lost then")
     _wait_options(g, "for a message")
 
-    d = sub.add_parser("delete", help="remove NAME (a segment or a queue)")
+    d = sub.add_parser("delete", help="remove NAME (a segment, a queue or a channel)")
     d.add_argument("name")
 
     i = sub.add_parser("info", help="what NAME is: for a segment its capacity, length and "
                                     "stores so far; for a queue its messages queued, bytes "
-                                    "used, capacity and lock")
+                                    "used, capacity and lock; for a channel its slots, "
+                                    "subscribers and how far behind each one is")
     i.add_argument("name")
 
     u = sub.add_parser("unlock", help="free the writer lock of NAME when its holder is gone")
@@ -1072,8 +1093,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "pid namespace), or when its pid is alive (a holder that died "
                         "and whose pid was reused); breaks the lock whoever holds it")
 
-    li = sub.add_parser("list", help=f"the fastshm segments and queues in {SHM_DIR}")
+    li = sub.add_parser("list", help=f"the fastshm segments, queues and channels in {SHM_DIR}")
     li.add_argument("-a", "--all", action="store_true", help="also list raw shared memory")
+
+    from ._cli_channel import add_commands
+
+    add_commands(sub, _wait_options, _size)
 
     sub.add_parser("demo", help="a child process stores '12345'; this one waits and loads it")
     return p
@@ -1117,6 +1142,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_put(args, sys.stdin.buffer, sys.stdout)
         if args.command == "get":
             return cmd_get(args, sys.stdout.buffer)
+        if args.command in ("publish", "subscribe"):
+            from . import _cli_channel
+
+            if args.command == "publish":
+                return _cli_channel.cmd_publish(args, sys.stdin.buffer, sys.stdout)
+            return _cli_channel.cmd_subscribe(args, sys.stdout.buffer)
         return cmd_demo(args, sys.stdout)
     except KeyboardInterrupt:
         return 130
