@@ -173,7 +173,10 @@ static void *shared_zeroed(size_t size)
     return p;
 }
 
-static void add(uint64_t *counter, uint64_t n) { __atomic_add_fetch(counter, n, __ATOMIC_RELAXED); }
+static void add(uint64_t *counter, uint64_t n)
+{
+    __atomic_add_fetch(counter, n, __ATOMIC_RELAXED);
+}
 
 /* Payloads are 64-aligned, and page-aligned from a page up. */
 static void check_alignment(const fshm_channel *c, size_t offset)
@@ -1222,13 +1225,14 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
         /* What the dead left: the lock held, the dirty mark, slots lent,
          * slots pinned by others than the parent. */
         {
+            uint64_t parent = (uint64_t)1 << w[block ? 0 : 1].sub.index;
             uint32_t s;
             cs.dead_locks += fshm_channel_lock_owner(c) != 0;
             cs.dirty_found += U32(c->base, C_DIRTY) != 0;
             for (s = 0; s < c->slots; s++) {
                 unsigned char *e = c->base + SLOTS_AT + (size_t)s * 64;
                 cs.dead_loans += U64(e, S_LOANER) != 0;
-                cs.dead_pins += (U64(e, S_PINS) & ~((uint64_t)1 << w[block ? 0 : 1].sub.index)) != 0;
+                cs.dead_pins += (U64(e, S_PINS) & ~parent) != 0;
             }
         }
         /* The next user. */
@@ -1260,12 +1264,14 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
     }
     printf("rounds=%lu killed_publishers=%lu killed_subscribers=%lu killed_loaning=%lu "
            "killed_writing=%lu killed_committing=%lu killed_publishing=%lu killed_holding=%lu "
-           "killed_in_lock=%lu dead_locks=%lu dirty_found=%lu dead_loans=%lu dead_pins=%lu reclaimed_subscribers=%lu blocked_then_freed=%lu max_unblock_ms=%lu acked=%lu "
+           "killed_in_lock=%lu dead_locks=%lu dirty_found=%lu dead_loans=%lu dead_pins=%lu "
+           "reclaimed_subscribers=%lu blocked_then_freed=%lu max_unblock_ms=%lu acked=%lu "
            "received=%lu received_overwrite=%lu missed_overwrite=%lu parent_publishes=%lu "
            "slots_checked=%lu\n",
            cs.rounds, cs.killed_publishers, cs.killed_subscribers, cs.killed_loaning,
            cs.killed_writing, cs.killed_committing, cs.killed_publishing, cs.killed_holding,
-           cs.killed_in_lock, cs.dead_locks, cs.dirty_found, cs.dead_loans, cs.dead_pins, cs.reclaimed_subscribers, cs.blocked_then_freed, cs.max_unblock_ms, cs.acked,
+           cs.killed_in_lock, cs.dead_locks, cs.dirty_found, cs.dead_loans, cs.dead_pins,
+           cs.reclaimed_subscribers, cs.blocked_then_freed, cs.max_unblock_ms, cs.acked,
            cs.received, cs.received_overwrite, cs.missed_overwrite, cs.parent_publishes,
            cs.slots_checked);
     for (i = 0; i < 2; i++) {
