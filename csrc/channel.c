@@ -90,6 +90,10 @@
  * message counts as lost. */
 #define DECIDE_WAIT_NS 200000LL
 
+/* The largest message fshm_channel_publish copies with the lock held (a
+ * larger one is lent, copied, then committed). */
+#define PUBLISH_IN_LOCK 4096
+
 /* What receive_once returns when there is nothing to receive. */
 #define NOTHING 1
 
@@ -613,43 +617,75 @@ static void fill_loan(const fshm_channel *c, uint32_t s, fshm_loan *loan)
     loan->capacity = (size_t)c->slot_size;
 }
 
-/* One attempt under the lock: 0 with *loan filled, FSHM_EFULL, or a lock
- * error. */
-static int loan_once(const fshm_channel *c, fshm_loan *loan, int64_t deadline)
+/* Under the lock, the change begun: a slot to lend, or 0 when none is free
+ * (*freed set when slots of dead processes were reclaimed on the way). */
+static int lend_locked(const fshm_channel *c, uint64_t head, uint32_t *slot, int *freed)
 {
-    uint64_t head, sweep_at;
+    uint64_t sweep_at = fshm_load64(U64(c->base, C_SWEEP_AT), FSHM_RELAXED);
+    int live;
+    /* Every N messages, a sweep without asking who is alive: slots
+     * discarded, or holding a message nobody can reach any more, go back
+     * on the stack (N slots looked at every N messages). */
+    if (head >= sweep_at || sweep_at - head > c->slots) {
+        *freed |= sweep(c, 0);
+        fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
+    }
+    if (take_free(c, slot) || take_oldest(c, head, slot))
+        return 1;
+    /* Short of slots: find those of dead processes (at most every
+     * LIVENESS_NS, the question costs system calls), and any that a sweep
+     * can free. */
+    live = liveness_check(c);
+    if (live)
+        *freed |= reclaim_subscribers(c);
+    *freed |= sweep(c, live);
+    return take_free(c, slot) || take_oldest(c, head, slot);
+}
+
+/* Under the lock, the change begun: publish slot s, holding `length`
+ * bytes, as message k = head + 1.  Killed anywhere in here, the message is
+ * published (head stored) or not; the next holder of the lock finds the
+ * dirty mark and puts the slot in order. */
+static void publish_locked(const fshm_channel *c, uint32_t s, size_t length, uint64_t k)
+{
+    unsigned char *e = slot_entry(c, s);
+    fshm_store64(U64(e, S_LENGTH), (uint64_t)length, FSHM_RELAXED);
+    /* Release: a reader that sees the word sees the payload and length. */
+    fshm_store64(U64(e, S_WORD), k << 1, FSHM_RELEASE);
+    fshm_store32(index_at(c, k), s, FSHM_RELAXED);
+    /* Release: publishes the message; a reader that loads head with acquire
+     * finds the index entry and the slot complete. */
+    fshm_store64(U64(c->base, C_HEAD), k, FSHM_RELEASE);
+    fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
+}
+
+/* One attempt under the lock: 0, FSHM_EFULL, or a lock error.  With a
+ * loan, a slot lent (*loan); without, n bytes of src copied into a slot
+ * and published (*seq), all under this one hold of the lock. */
+static int lend_once(const fshm_channel *c, int64_t deadline, fshm_loan *loan, const void *src,
+                     size_t n, uint64_t *seq)
+{
+    uint64_t head;
     uint32_t s = 0;
     int rc, ok, freed = 0;
     if ((rc = lock_channel(c, deadline)) != 0)
         return rc;
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
-    if (head > NUMBER_MAX) {
+    if (head >= NUMBER_MAX) {
         fshm__lock_release(c->base);
         return FSHM_EFORMAT;
     }
     begin_change(c);
-    /* Every N messages, a sweep without asking who is alive: slots
-     * discarded, or holding a message nobody can reach any more, go back
-     * on the stack (a cost of one slot a message). */
-    sweep_at = fshm_load64(U64(c->base, C_SWEEP_AT), FSHM_RELAXED);
-    if (head >= sweep_at || sweep_at - head > c->slots) {
-        freed |= sweep(c, 0);
-        fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
-    }
-    ok = take_free(c, &s) || take_oldest(c, head, &s);
-    if (!ok) {
-        /* Short of slots: find those of dead processes (at most every
-         * LIVENESS_NS, the question costs system calls), and any that a
-         * sweep can free. */
-        int live = liveness_check(c);
-        if (live)
-            freed |= reclaim_subscribers(c);
-        freed |= sweep(c, live);
-        ok = take_free(c, &s) || take_oldest(c, head, &s);
-    }
-    if (ok) {
+    ok = lend_locked(c, head, &s, &freed);
+    if (ok && loan != NULL) {
         fshm_store64(U64(slot_entry(c, s), S_LOANED_AT), head, FSHM_RELAXED);
         fshm_store64(U64(slot_entry(c, s), S_LOANER), fshm_self_id(), FSHM_RELAXED);
+    } else if (ok) {
+        /* Never lent: a process killed while copying leaves an empty slot
+         * nobody holds, which the repair frees. */
+        if (n > 0)
+            memcpy(payload_at(c, s), src, n);
+        publish_locked(c, s, n, head + 1);
     }
     end_change(c);
     fshm__lock_release(c->base);
@@ -657,7 +693,13 @@ static int loan_once(const fshm_channel *c, fshm_loan *loan, int64_t deadline)
         notify_room(c); /* others may wait for what was reclaimed */
     if (!ok)
         return FSHM_EFULL;
-    fill_loan(c, s, loan);
+    if (loan != NULL) {
+        fill_loan(c, s, loan);
+    } else {
+        notify_subscribers(c);
+        if (seq != NULL)
+            *seq = head + 1;
+    }
     return 0;
 }
 
@@ -771,20 +813,14 @@ static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin
     return rc;
 }
 
-static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t timeout_ns,
-                int nonblock)
+/* lend_once until it finds a slot: waiting for room as the timeout allows. */
+static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_loan *loan,
+                const void *src, size_t n, uint64_t *seq)
 {
-    int64_t deadline;
+    int64_t deadline = channel_deadline(timeout_ns, nonblock);
     int rc, spun = 0;
-    if (loan == NULL)
-        return EINVAL;
-    if ((uint64_t)size > c->slot_size)
-        return FSHM_ETOOBIG;
-    if (c->readonly)
-        return EACCES;
-    deadline = channel_deadline(timeout_ns, nonblock);
     for (;;) {
-        rc = loan_once(c, loan, deadline);
+        rc = lend_once(c, deadline, loan, src, n, seq);
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
         rc = wait_room_until(c, deadline, spun ? 0 : SPIN_NS);
@@ -796,6 +832,18 @@ static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t tim
             fshm_sleep_ns(0); /* room that a loan cannot use yet: let its holder run */
         spun = 1;
     }
+}
+
+static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t timeout_ns,
+                int nonblock)
+{
+    if (loan == NULL)
+        return EINVAL;
+    if ((uint64_t)size > c->slot_size)
+        return FSHM_ETOOBIG;
+    if (c->readonly)
+        return EACCES;
+    return lend(c, timeout_ns, nonblock, loan, NULL, 0, NULL);
 }
 
 int fshm_channel_loan(const fshm_channel *c, size_t size, fshm_loan *l, int64_t timeout_ns)
@@ -842,18 +890,8 @@ static int commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
         fshm__lock_release(c->base);
         return FSHM_EFORMAT;
     }
-    /* Killed from here on, the message is published (head stored) or not;
-     * the next holder of the lock finds out which and puts the slot in
-     * order. */
     begin_change(c);
-    fshm_store64(U64(e, S_LENGTH), (uint64_t)length, FSHM_RELAXED);
-    /* Release: a reader that sees the word sees the payload and length. */
-    fshm_store64(U64(e, S_WORD), k << 1, FSHM_RELEASE);
-    fshm_store32(index_at(c, k), loan->slot, FSHM_RELAXED);
-    /* Release: publishes the message; a reader that loads head with acquire
-     * finds the index entry and the slot complete. */
-    fshm_store64(U64(c->base, C_HEAD), k, FSHM_RELEASE);
-    fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
+    publish_locked(c, loan->slot, length, k);
     end_change(c);
     fshm__lock_release(c->base);
     notify_subscribers(c);
@@ -900,11 +938,18 @@ static int publish(const fshm_channel *c, const void *src, size_t n, int64_t tim
     int rc;
     if (n > 0 && src == NULL)
         return EINVAL;
+    if ((uint64_t)n > c->slot_size)
+        return FSHM_ETOOBIG;
+    if (c->readonly)
+        return EACCES;
+    /* Up to a page, the copy costs less than a second round of the lock:
+     * lend, copy and publish under one hold of it. */
+    if (n <= PUBLISH_IN_LOCK)
+        return lend(c, timeout_ns, nonblock, NULL, src, n, seq);
     deadline = channel_deadline(timeout_ns, nonblock);
     if ((rc = loan(c, n, &l, timeout_ns, nonblock)) != 0)
         return rc;
-    if (n > 0)
-        memcpy(l.data, src, n);
+    memcpy(l.data, src, n);
     /* The commit gets at least the grace of a zero timeout, whatever the
      * loan used up: the slot is written, and the lock is rarely held long. */
     grace = fshm__deadline(FSHM__LOCK_GRACE_NS);

@@ -37,8 +37,8 @@
  *       subscriber that held it back is killed.
  *   channel_stress steps ROUNDS
  *       a traced child single-stepped through publishes (a free slot, a
- *       claimed one, a pinned one passed over, after a dead lock holder)
- *       and a loan it discards: after every instruction the channel, as the
+ *       claimed one, a pinned one passed over, after a dead lock holder),
+ *       a loan it writes and commits, and a loan it discards: after every instruction the channel, as the
  *       next user finds it once the child is dead, holds the messages
  *       before or those after, never part of one, and every slot is free
  *       or holds a message (Linux ptrace; ptrace=unavailable otherwise).
@@ -1617,7 +1617,7 @@ static struct {
     int unavailable;
 } ss;
 
-enum { PUBLISH, LOAN_DISCARD };
+enum { PUBLISH, LOAN_COMMIT, LOAN_DISCARD };
 
 /* What the next user finds in a copy of the channel: 0 (before) or 1
  * (after). */
@@ -1689,7 +1689,16 @@ static void act(int op, uint64_t n)
     fshm_loan l;
     int rc;
     if (op == PUBLISH) {
+        /* A small message: lent, copied and published under one hold of
+         * the lock. */
         rc = fshm_channel_publish(&sc, buf, make_msg(buf, 1, n, sizeof buf), 0, NULL);
+    } else if (op == LOAN_COMMIT) {
+        size_t len = make_msg(buf, 1, n, sizeof buf);
+        rc = fshm_channel_loan(&sc, len, &l, 0);
+        if (rc == 0) {
+            memcpy(l.data, buf, len);
+            rc = fshm_channel_commit(&sc, &l, len, 0, NULL);
+        }
     } else {
         rc = fshm_channel_loan(&sc, 10, &l, 0);
         if (rc == 0) {
@@ -1752,7 +1761,7 @@ static void step_through(int op, uint64_t n, size_t size)
     }
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    if (op == PUBLISH && !state)
+    if (op != LOAN_DISCARD && !state)
         die("the publish never showed");
     ss.steps += steps;
     ss.scenarios++;
@@ -1827,6 +1836,8 @@ static int run_steps(unsigned rounds)
                 fshm_channel_release(&sc, &parent_sub, pinned.slot);
                 parent_catch_up();
             }
+            step_through(LOAN_COMMIT, n++, size);
+            parent_catch_up();
             step_through(LOAN_DISCARD, n, size);
             /* A holder killed in the lock before: the lock, a dirty mark,
              * an undecided word of a slot holding a message. */
