@@ -491,7 +491,10 @@ int fshm_channel_try_publish(const fshm_channel *c, const void *src, size_t n, u
 /* Take a subscriber entry.  The subscription starts with the latest
  * messages still in place, up to `history` of them in a row, then every
  * new one.  FSHM_ESUBFULL when every entry is taken by a live process.
- * Entries of dead processes are reclaimed first. */
+ * Entries of dead processes are reclaimed first.  A subscription, like a
+ * loan, belongs to the calling process (a forked child gets FSHM_ELOST):
+ * any of its threads may use it, but one receive at a time (a receive
+ * moves the cursor); releases may come from any of them. */
 int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout_ns);
 /* Give the entry up, and every slot it holds pinned.  Never waits. */
 int fshm_channel_unsubscribe(const fshm_channel *c, const fshm_sub *sub);
