@@ -1000,8 +1000,10 @@ static void kill_kid(pid_t pid, unsigned kid, int want, int is_sub, const fshm_c
 {
     uint64_t id = (fshm_self_id() & ~(uint64_t)0xFFFFFFFF) | (uint32_t)pid;
     uint32_t st = IDLE;
+    /* A commit holds the lock for a few instructions: look more often. */
+    int max_tries = want == IN_COMMIT ? 2000 : 500;
     int tries, in_lock = 0, status;
-    for (tries = 0; want != ANYWHERE && tries < 500; tries++) {
+    for (tries = 0; want != ANYWHERE && tries < max_tries; tries++) {
         if (kill(pid, SIGSTOP) != 0 || waitpid(pid, &status, WUNTRACED) != pid ||
             !WIFSTOPPED(status))
             die("child %d did not stop", (int)pid);
@@ -1014,9 +1016,9 @@ static void kill_kid(pid_t pid, unsigned kid, int want, int is_sub, const fshm_c
         kill(pid, SIGCONT);
         watch(&w[0]);
         watch(&w[1]);
-        fshm_sleep_ns((int64_t)(rnd(state) % 200000));
+        fshm_sleep_ns((int64_t)(rnd(state) % (want == IN_COMMIT ? 50000 : 200000)));
     }
-    if (want == ANYWHERE || tries == 500) {
+    if (want == ANYWHERE || tries == max_tries) {
         st = __atomic_load_n(&kid_state[kid], __ATOMIC_SEQ_CST);
         in_lock = fshm_channel_lock_owner(c) == id;
     }
