@@ -1191,8 +1191,13 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
             int64_t now = fshm_monotonic_ns();
             for (k = 0; k < kids; k++) {
                 if (pid[k] > 0 && now >= kill_at[k]) {
+                    /* Publishers: anywhere, in the lock, holding a loan,
+                     * or (twice as often: it is hardest to catch) in a
+                     * commit. */
+                    static const int pub_wants[] = {ANYWHERE, IN_LOCK, IN_LOAN, IN_COMMIT,
+                                                    IN_COMMIT};
                     int want = is_sub[k] ? (rnd(&state) % 2 ? WITH_PINS : ANYWHERE)
-                                         : (int)(rnd(&state) % 4);
+                                         : pub_wants[rnd(&state) % 5];
                     kill_kid(pid[k], k, want, is_sub[k], c, w, &state);
                     pid[k] = -pid[k];
                     alive--;
