@@ -540,10 +540,10 @@ static int take_free(const fshm_channel *c, uint32_t *slot)
         if (s >= c->slots)
             continue;
         e = slot_entry(c, s);
-        /* Pins may be set: a reader that pinned the slot while looking for
-         * an older message finds the word is not its message and lets go,
-         * without reading the payload. */
-        /* Acquire on the loaner: as in sweep, after a discard. */
+        /* Acquire on the loaner: as in sweep, after a discard.  Pins may be
+         * set: a reader that pinned the slot while looking for an older
+         * message finds the word is not its message and lets go, without
+         * reading the payload. */
         if (fshm_load64(U64(e, S_WORD), FSHM_RELAXED) == 0 &&
             fshm_load64(U64(e, S_LOANER), FSHM_ACQUIRE) == 0) {
             *slot = s;
@@ -1191,11 +1191,13 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
     return NOTHING;
 }
 
-/* Whether a message the subscriber has not reached is published. */
-static int message_ready(const fshm_channel *c, unsigned char *sub_e, int order)
+/* Whether a message the subscriber has not reached is published.  Seq_cst
+ * load of head: after registering as a sleeper, the other half of
+ * notify_subscribers' pair (and an acquire for the spinning look). */
+static int message_ready(const fshm_channel *c, unsigned char *sub_e)
 {
     uint64_t cursor = fshm_load64(U64(sub_e, SUB_CURSOR), FSHM_RELAXED);
-    return fshm_load64(U64(c->base, C_HEAD), order) >= (cursor == 0 ? 1 : cursor);
+    return fshm_load64(U64(c->base, C_HEAD), FSHM_SEQ_CST) >= (cursor == 0 ? 1 : cursor);
 }
 
 /* Until message_ready: spin for spin_ns, then sleep on the notify word.
@@ -1212,7 +1214,7 @@ static int wait_message(const fshm_channel *c, unsigned char *sub_e, int64_t dea
     /* Spin first (yielding every 64 rounds, for a publisher that needs the
      * core), as a segment's waiter does. */
     while (spin_ns > 0) {
-        if (message_ready(c, sub_e, FSHM_ACQUIRE))
+        if (message_ready(c, sub_e))
             return 0;
         if ((++spins & 63) == 0) {
             int64_t now = fshm_monotonic_ns();
@@ -1229,7 +1231,7 @@ static int wait_message(const fshm_channel *c, unsigned char *sub_e, int64_t dea
         int64_t now;
         /* Seq_cst, after registering: pairs with notify_subscribers. */
         uint32_t v = fshm_load32(word, FSHM_SEQ_CST);
-        if (message_ready(c, sub_e, FSHM_SEQ_CST))
+        if (message_ready(c, sub_e))
             break;
         now = fshm_monotonic_ns();
         if (now >= deadline) {
@@ -1306,7 +1308,7 @@ int fshm_channel_wait(const fshm_channel *c, const fshm_sub *sub, int64_t timeou
     if (rc != 0)
         return rc;
     if (timeout_ns == 0)
-        return message_ready(c, sub_e, FSHM_ACQUIRE) ? 0 : FSHM_ETIMEOUT;
+        return message_ready(c, sub_e) ? 0 : FSHM_ETIMEOUT;
     return wait_message(c, sub_e, fshm__deadline(timeout_ns), 0);
 }
 
