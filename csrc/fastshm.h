@@ -64,7 +64,8 @@ extern "C" {
 #define FSHM_ETOOBIG (-2)    /* message larger than the slot capacity */
 #define FSHM_ESMALL (-3)     /* destination too small; *n says what is needed */
 #define FSHM_ETIMEOUT (-4)   /* wait ran out of time */
-#define FSHM_ENOTREADY (-5)  /* segment exists but its creator never finished it */
+#define FSHM_ENOTREADY (-5)  /* segment exists but has no header, and no creator
+                                can be seen making it */
 #define FSHM_EEMPTY (-6)     /* the name exists with size 0 */
 #define FSHM_EAGAIN (-7)     /* a read raced with writers; try again */
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
@@ -77,10 +78,15 @@ extern "C" {
                                 channel has no slot to lend */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
 #define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
-#define FSHM_ELOST (-15)     /* a channel loan or subscription that no longer
+#define FSHM_ENOTREG (-15)   /* the name holds no shared memory: a FIFO, a
+                                directory, a device, a socket or a symbolic
+                                link made there by other means */
+#define FSHM_EABANDONED (-16) /* its creator died before finishing it; an
+                                 opener that may create it takes it over */
+#define FSHM_ELOST (-17)     /* a channel loan or subscription that no longer
                                 belongs to the caller (reclaimed as dead, evicted,
                                 or made by the parent of a forked process) */
-#define FSHM_ESUBFULL (-16)  /* every subscriber entry of a channel is taken */
+#define FSHM_ESUBFULL (-18)  /* every subscriber entry of a channel is taken */
 
 #define FSHM_QUEUE_MAGIC 0x51485346u /* the bytes "FSHQ" read little-endian */
 #define FSHM_QUEUE_VERSION 1
@@ -259,11 +265,14 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
 /* Map and open a segment by name, creating and initialising it as `how`
  * says (FSHM_ANY_OWNER may be or-ed in).  An opener that finds the segment
  * still being made waits for its creator while the creator is alive (it
- * marks the header with its id while it reserves the memory), up to a
- * minute, and about a second when it cannot tell; FSHM_ENOTREADY after
- * that.  EINTR when a signal handler ran while it waited: call again.  On
- * success *m holds the mapping, to be released with
- * fshm_unmap(m->base, m->size). */
+ * holds the object's init lock, and marks the header with its id, while it
+ * makes it), up to a minute, and about a second when it cannot tell;
+ * FSHM_ENOTREADY (FSHM_EEMPTY for a size of 0) after that.  One whose
+ * creator died is made anew by an FSHM_OPEN_OR_CREATE opener (m->created
+ * is then 1), and refused with FSHM_EABANDONED by an FSHM_ATTACH one
+ * (docs/FORMAT.md, "Creating").  EINTR when a signal handler ran while it
+ * waited: call again.  On success *m holds the mapping, to be released
+ * with fshm_unmap(m->base, m->size). */
 int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode);
 

@@ -84,9 +84,17 @@ static PyObject *raise_from(const char *fn, const char *fmt, ...)
     return NULL;
 }
 
+/* raise_for(rc, name, detail, kind): `kind` "segment" or "queue"; for
+ * FSHM_EFORMAT on an object in use, `detail` says what is wrong by
+ * _errors' key ("slot", "seq", "ring"). */
+static PyObject *raise_kind(int rc, PyObject *name, const char *detail, const char *kind)
+{
+    return raise_from("raise_for", "(iOss)", rc, name, detail, kind);
+}
+
 static PyObject *raise_code(int rc, PyObject *name, const char *detail)
 {
-    return raise_from("raise_for", "(iOs)", rc, name, detail);
+    return raise_kind(rc, name, detail, "segment");
 }
 
 /* ------------------------------------------------------------------ */
@@ -311,7 +319,8 @@ static int open_by_name(const char *type_name, const char *other, PyObject *args
         return -1;
     }
     if (rc != 0) {
-        raise_code(rc, *name, rc == FSHM_EKIND ? other : "");
+        raise_kind(rc, *name, rc == FSHM_EKIND ? other : "",
+                   strcmp(other, "Segment") == 0 ? "queue" : "segment");
         return -1;
     }
     return 0;
@@ -411,7 +420,7 @@ static PyObject *store_error(SegmentObject *self, const fshm_seg *s, int rc, Py_
                           (unsigned long long)s->capacity);
     if (rc == EACCES && s->readonly)
         return raise_from("read_only_error", "(O)", self->name);
-    return raise_code(rc, self->name, "");
+    return raise_code(rc, self->name, rc == FSHM_EFORMAT ? "seq" : "");
 }
 
 static PyObject *segment_store(SegmentObject *self, PyObject *data)
@@ -478,7 +487,7 @@ static PyObject *read_error(SegmentObject *self, int rc)
 {
     if (rc == PY_ERROR_SET)
         return NULL;
-    return raise_code(rc, self->name, "the current slot is inconsistent");
+    return raise_code(rc, self->name, "slot");
 }
 
 /* The writer lock and the GIL are never held while waiting for the other:
@@ -1345,9 +1354,7 @@ static PyObject *queue_op_error(QueueObject *self, const fshm_queue *q, int rc)
         return raise_from("read_only_error", "(Os)", self->name, "queue");
     if (rc == FSHM_EPROTOCOL)
         return raise_from("protocol_error", "(Os)", self->name, "python");
-    if (rc == FSHM_EFORMAT)
-        return raise_code(rc, self->name, "the queue's records are inconsistent");
-    return raise_code(rc, self->name, "");
+    return raise_kind(rc, self->name, rc == FSHM_EFORMAT ? "ring" : "", "queue");
 }
 
 static PyObject *put_error(QueueObject *self, const fshm_queue *q, int rc, uint64_t need)
