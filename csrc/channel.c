@@ -211,6 +211,12 @@ int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_si
         (flags & ~FSHM_CHANNEL_OVERWRITE))
         return EINVAL;
     fill_channel(c, base, size, slot_size, slots, history, max_subscribers, flags);
+    /* A channel made anew over an object whose maker died (fshm__open takes
+     * those over) may hold what that maker wrote, for other parameters
+     * perhaps: every word up to the payloads starts at zero, but the magic
+     * (still 0) and the lock words (the maker's mark). */
+    memset((unsigned char *)base + C_VERSION, 0, C_LOCK - C_VERSION);
+    memset((unsigned char *)base + C_DIRTY, 0, (size_t)c->payload_offset - C_DIRTY);
     *U16(base, C_VERSION) = FSHM_CHANNEL_VERSION;
     *U16(base, C_HEADER_SIZE) = HEADER;
     *U64(base, C_SLOT_SIZE) = slot_size;
@@ -515,12 +521,12 @@ static int liveness_check(const fshm_channel *c)
     return 1;
 }
 
-/* The deadline of a lock wait: FSHM__NOW for the try forms, a short grace
- * for a zero timeout, else the call's. */
-static int64_t channel_deadline(int64_t timeout_ns, int nonblock)
+/* The deadline of a call that found the lock busy (the try forms never
+ * sleep): a short grace for a zero timeout, else the call's.  Computed then
+ * rather than up front, as a queue's, so an uncontended call reads no
+ * clock. */
+static int64_t channel_deadline(int64_t timeout_ns)
 {
-    if (nonblock)
-        return FSHM__NOW;
     return fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns);
 }
 
@@ -817,12 +823,21 @@ static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin
 static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_loan *loan,
                 const void *src, size_t n, uint64_t *seq)
 {
-    int64_t deadline = channel_deadline(timeout_ns, nonblock);
-    int rc, spun = 0;
+    int64_t deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    int rc, spun = 0, timed = nonblock;
     for (;;) {
         rc = lend_once(c, deadline, loan, src, n, seq);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = channel_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
+        if (!timed) {
+            deadline = channel_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_room_until(c, deadline, spun ? 0 : SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
@@ -903,7 +918,11 @@ static int commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
 int fshm_channel_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
                         int64_t timeout_ns, uint64_t *seq)
 {
-    return commit(c, loan, length, channel_deadline(timeout_ns, 0), seq);
+    /* The first try spins for the lock, no more; a busy one reads the clock. */
+    int rc = commit(c, loan, length, FSHM__NOW, seq);
+    if (rc == FSHM_EBUSY)
+        rc = commit(c, loan, length, channel_deadline(timeout_ns), seq);
+    return rc;
 }
 
 int fshm_channel_try_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
@@ -946,7 +965,7 @@ static int publish(const fshm_channel *c, const void *src, size_t n, int64_t tim
      * lend, copy and publish under one hold of it. */
     if (n <= PUBLISH_IN_LOCK)
         return lend(c, timeout_ns, nonblock, NULL, src, n, seq);
-    deadline = channel_deadline(timeout_ns, nonblock);
+    deadline = nonblock ? FSHM__NOW : channel_deadline(timeout_ns);
     if ((rc = loan(c, n, &l, timeout_ns, nonblock)) != 0)
         return rc;
     memcpy(l.data, src, n);
@@ -989,7 +1008,7 @@ int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout
     int rc, dropped;
     if (sub == NULL)
         return EINVAL;
-    if ((rc = lock_channel(c, channel_deadline(timeout_ns, 0))) != 0)
+    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
         return rc;
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
     if (head > NUMBER_MAX) {
@@ -1355,7 +1374,7 @@ int fshm_channel_subscriber_info(const fshm_channel *c, uint32_t index, fshm_sub
 
 int fshm_channel_reclaim(const fshm_channel *c, int64_t timeout_ns)
 {
-    int rc = lock_channel(c, channel_deadline(timeout_ns, 0));
+    int rc = lock_channel(c, channel_deadline(timeout_ns));
     if (rc != 0)
         return rc;
     begin_change(c);
@@ -1373,7 +1392,7 @@ int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
     int rc;
     if (index >= c->max_subscribers || owner == 0)
         return EINVAL;
-    if ((rc = lock_channel(c, channel_deadline(timeout_ns, 0))) != 0)
+    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
         return rc;
     rc = FSHM_EAGAIN;
     if (fshm_load64(U64(sub_at(c, index), SUB_OWNER), FSHM_RELAXED) == owner) {

@@ -447,8 +447,10 @@ int fshm_queue_break_lock(const fshm_queue *q, uint64_t owner);
  * slots outside 2..FSHM_CHANNEL_MAX_SLOTS, max_subscribers outside
  * 1..FSHM_CHANNEL_MAX_SUBSCRIBERS) or overflowing. */
 size_t fshm_channel_size_for(uint64_t slot_size, uint32_t slots, uint32_t max_subscribers);
-/* Lay a fresh channel header over zero-filled base and publish it.  EINVAL
- * for parameters out of range, history >= slots, or unknown flags. */
+/* Lay a fresh channel over base and publish it: everything up to the
+ * payloads is cleared first, but the lock words (base need not be
+ * zero-filled there).  EINVAL for parameters out of range, history >= slots,
+ * or unknown flags. */
 int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_size,
                       uint32_t slots, uint32_t history, uint32_t max_subscribers,
                       uint32_t flags);
