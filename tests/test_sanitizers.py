@@ -455,6 +455,20 @@ def test_channel_wake_ups(channel_stress: Callable[[str], Path], sanitizer: str,
     assert numbers["dead_unblock_max_ms"] < 1000, numbers
 
 
+def test_channel_made_anew_over_a_dead_makers_leftover(
+        channel_stress: Callable[[str], Path], shm_name: Callable[..., str]) -> None:
+    """What a channel maker killed while making the channel leaves (the
+    making mode bit, its id in the lock word, and bytes it wrote for other
+    parameters where this channel's tables go): an attaching opener refuses
+    it (FSHM_EABANDONED); an open-or-create opener makes it anew, every
+    table clean, and messages go through, in both modes."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the making mode bit is Linux's")
+    out = _run([str(channel_stress("asan")), "takeover", shm_name("ct")], ASAN_ENV,
+               timeout=QUEUE_TIMEOUT)
+    assert _numbers(out) == {"takeovers": 2}, out
+
+
 def test_channel_publisher_killed_after_every_instruction(
         channel_stress: Callable[[str], Path]) -> None:
     """A traced child single-stepped through publishes (into a free slot,

@@ -35,6 +35,11 @@
  *       loans, waits return; a signal ends a blocked receive and a blocked
  *       loan with EINTR; a blocked loan is freed within a second when the
  *       subscriber that held it back is killed.
+ *   channel_stress takeover NAME
+ *       what a channel maker killed while making the channel leaves (Linux:
+ *       the making mode bit, a dead maker's id in the lock word, and what it
+ *       wrote for other parameters in the tables): an attaching opener
+ *       refuses it, an open-or-create opener makes a clean channel over it.
  *   channel_stress steps ROUNDS
  *       a traced child single-stepped through publishes (a free slot, a
  *       claimed one, a pinned one passed over, after a dead lock holder),
@@ -1885,6 +1890,90 @@ static int run_steps(unsigned rounds)
 }
 #endif
 
+/* ---- takeover: a channel made anew over a dead maker's leftover ---- */
+
+#ifdef __linux__
+#include <sys/stat.h>
+
+static int run_takeover(const char *name)
+{
+    char path[300];
+    fshm_channel c;
+    fshm_map m;
+    fshm_sub sub;
+    fshm_sample smp;
+    uint64_t dead, missed, n;
+    unsigned char *base, buf[64];
+    size_t size = 1 << 16, i;
+    uint32_t s, p;
+    int fd, rc, rounds;
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    if (pid < 0 || waitpid(pid, NULL, 0) != pid)
+        die("fork");
+    dead = (fshm_self_id() & ~(uint64_t)0xFFFFFFFF) | (uint32_t)pid;
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    for (rounds = 0; rounds < 2; rounds++) {
+        /* The leftover: sized, the making mode bit, the dead maker's id,
+         * and everything past the lock words scribbled on (a maker of a
+         * channel with other parameters writes its free stack where this
+         * one's slot table goes). */
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 || ftruncate(fd, (off_t)size) != 0 || fchmod(fd, 0600 | S_ISVTX) != 0)
+            die("leftover: errno %d", errno);
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED)
+            die("mmap");
+        close(fd);
+        for (i = 88; i < size; i++)
+            base[i] = (unsigned char)(i * 131 + 7);
+        memcpy(base + C_LOCK, &dead, 8);
+        munmap(base, size);
+        rc = fshm_channel_open(&c, &m, name, FSHM_ATTACH, 0, 0, 0, 0, 0, 0);
+        if (rc != FSHM_EABANDONED)
+            die("attaching to a dead maker's channel: rc %d", rc);
+        rc = fshm_channel_open(&c, &m, name, FSHM_OPEN_OR_CREATE, 64, 16, 3, 4,
+                               rounds ? FSHM_CHANNEL_OVERWRITE : 0, 0600);
+        if (rc != 0 || !m.created)
+            die("open-or-create over a dead maker's channel: rc %d, created %d", rc,
+                m.created);
+        /* Clean: nothing published, nobody subscribed, every slot free. */
+        if (fshm_channel_head(&c) != 0 || entries_in_use(&c) != 0 ||
+            U32(c.base, C_DIRTY) != 0 || U32(c.base, C_FREE_COUNT) != 16)
+            die("the channel made anew kept what the dead maker wrote");
+        for (s = 0; s < c.slots; s++) {
+            unsigned char *e = c.base + SLOTS_AT + (size_t)s * 64;
+            if (U64(e, S_WORD) != 0 || U64(e, S_PINS) != 0 || U64(e, S_LOANER) != 0)
+                die("slot %u of the channel made anew is not empty", s);
+        }
+        /* And working. */
+        if (fshm_channel_subscribe(&c, &sub, 0) != 0)
+            die("subscribe");
+        for (n = 1; n <= 40; n++) {
+            if (fshm_channel_publish(&c, buf, make_msg(buf, 1, n, sizeof buf), 0, NULL) != 0 ||
+                fshm_channel_try_receive(&c, &sub, &smp, &missed) != 0 || smp.seq != n ||
+                check_msg(smp.data, smp.length, &p, &n) != 0 || n != smp.seq ||
+                fshm_channel_release(&c, &sub, smp.slot) != 0)
+                die("message %llu through the channel made anew", (unsigned long long)n);
+        }
+        fshm_channel_unsubscribe(&c, &sub);
+        fshm_unmap(m.base, m.size);
+        if (fshm_unlink(name) != 0)
+            die("unlink");
+    }
+    printf("takeovers=%d\n", rounds);
+    return 0;
+}
+#else
+static int run_takeover(const char *name)
+{
+    (void)name;
+    printf("takeover=unavailable\n");
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -1905,6 +1994,8 @@ int main(int argc, char **argv)
                          argv[5]);
     if (strcmp(mode, "wake") == 0 && argc == 4)
         return run_wake((unsigned)strtoul(argv[2], NULL, 10), argv[3]);
+    if (strcmp(mode, "takeover") == 0 && argc == 3)
+        return run_takeover(argv[2]);
     if (strcmp(mode, "steps") == 0 && argc == 3)
         return run_steps((unsigned)strtoul(argv[2], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of channel_stress.c\n");
