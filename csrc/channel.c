@@ -62,19 +62,19 @@
 #define S_LOANED_AT 32
 /* A subscriber's entry (64 bytes). */
 #define SUB_ENTRY 64
-#define E_OWNER 0
-#define E_CURSOR 8
-#define E_MISSED 16
-#define E_GEN 24
-#define E_RECEIVED 32
-#define E_PENDING 40
+#define SUB_OWNER 0
+#define SUB_CURSOR 8
+#define SUB_MISSED 16
+#define SUB_GEN 24
+#define SUB_RECEIVED 32
+#define SUB_PENDING 40
 
 #define U64(base, off) ((uint64_t *)((unsigned char *)(base) + (off)))
 #define U32(base, off) ((uint32_t *)((unsigned char *)(base) + (off)))
 #define U16(base, off) ((uint16_t *)((unsigned char *)(base) + (off)))
 
 /* The largest message number: its word, (k << 1) | 1, must not wrap. */
-#define SEQ_MAX (UINT64_MAX >> 2)
+#define NUMBER_MAX (UINT64_MAX >> 2)
 #define PAGE 4096
 /* How long a blocked call spins before it sleeps, and the longest one sleep
  * lasts (a process killed between its change and its wake-up leaves none
@@ -89,6 +89,10 @@
  * unless the publisher was preempted or died there): after that the
  * message counts as lost. */
 #define DECIDE_WAIT_NS 200000LL
+
+/* The largest message fshm_channel_publish copies with the lock held (a
+ * larger one is lent, copied, then committed). */
+#define PUBLISH_IN_LOCK 4096
 
 /* What receive_once returns when there is nothing to receive. */
 #define NOTHING 1
@@ -143,7 +147,7 @@ size_t fshm_channel_size_for(uint64_t slot_size, uint32_t slots, uint32_t max_su
     return (size_t)(start + stride * slots);
 }
 
-static unsigned char *slot_at(const fshm_channel *c, uint32_t s)
+static unsigned char *slot_entry(const fshm_channel *c, uint32_t s)
 {
     return c->base + HEADER + (size_t)s * SLOT_ENTRY;
 }
@@ -181,8 +185,9 @@ static int overwrite(const fshm_channel *c)
 
 /* ---- opening ---- */
 
-static void fill(fshm_channel *c, void *base, size_t size, uint64_t slot_size, uint32_t slots,
-                 uint32_t history, uint32_t max_subscribers, uint32_t flags)
+static void fill_channel(fshm_channel *c, void *base, size_t size, uint64_t slot_size,
+                         uint32_t slots, uint32_t history, uint32_t max_subscribers,
+                         uint32_t flags)
 {
     c->base = (unsigned char *)base;
     c->size = size;
@@ -205,7 +210,13 @@ int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_si
     if (base == NULL || need == 0 || need > size || history >= slots ||
         (flags & ~FSHM_CHANNEL_OVERWRITE))
         return EINVAL;
-    fill(c, base, size, slot_size, slots, history, max_subscribers, flags);
+    fill_channel(c, base, size, slot_size, slots, history, max_subscribers, flags);
+    /* A channel made anew over an object whose maker died (fshm__open takes
+     * those over) may hold what that maker wrote, for other parameters
+     * perhaps: every word up to the payloads starts at zero, but the magic
+     * (still 0) and the lock words (the maker's mark). */
+    memset((unsigned char *)base + C_VERSION, 0, C_LOCK - C_VERSION);
+    memset((unsigned char *)base + C_DIRTY, 0, (size_t)c->payload_offset - C_DIRTY);
     *U16(base, C_VERSION) = FSHM_CHANNEL_VERSION;
     *U16(base, C_HEADER_SIZE) = HEADER;
     *U64(base, C_SLOT_SIZE) = slot_size;
@@ -258,7 +269,7 @@ int fshm_channel_attach(fshm_channel *c, void *base, size_t size)
     if (need == 0 || need > size || history >= slots || (flags & ~FSHM_CHANNEL_OVERWRITE) ||
         payload != payload_offset_for(slots, max_subs))
         return FSHM_EFORMAT;
-    fill(c, base, size, slot_size, slots, history, max_subs, flags);
+    fill_channel(c, base, size, slot_size, slots, history, max_subs, flags);
     return 0;
 }
 
@@ -334,14 +345,14 @@ static void maybe_notify_room(const fshm_channel *c)
 
 /* ---- the lock, and repairs ---- */
 
-static void mark_dirty(const fshm_channel *c)
+static void begin_change(const fshm_channel *c)
 {
     /* Release fence: the mark is seen before any change that follows. */
     fshm_store32(U32(c->base, C_DIRTY), 1, FSHM_RELAXED);
     fshm_fence(FSHM_RELEASE);
 }
 
-static void mark_clean(const fshm_channel *c)
+static void end_change(const fshm_channel *c)
 {
     /* Release: the mark goes only after every change is visible. */
     fshm_store32(U32(c->base, C_DIRTY), 0, FSHM_RELEASE);
@@ -384,14 +395,14 @@ static void drop_subscriber(const fshm_channel *c, uint32_t i)
     uint64_t bit = (uint64_t)1 << i;
     uint32_t s;
     for (s = 0; s < c->slots; s++) {
-        uint64_t *pins = U64(slot_at(c, s), S_PINS);
+        uint64_t *pins = U64(slot_entry(c, s), S_PINS);
         if (fshm_load64(pins, FSHM_RELAXED) & bit)
             fshm_and64(pins, ~bit);
     }
     fshm_and64(U64(c->base, C_SUB_MASK), ~bit);
-    fshm_store64(U64(sub, E_CURSOR), 0, FSHM_RELAXED);
+    fshm_store64(U64(sub, SUB_CURSOR), 0, FSHM_RELAXED);
     /* Seq_cst: a publisher's wait_room sees the entry gone, or is woken. */
-    fshm_store64(U64(sub, E_OWNER), 0, FSHM_SEQ_CST);
+    fshm_store64(U64(sub, SUB_OWNER), 0, FSHM_SEQ_CST);
 }
 
 /* Under the lock: reclaim the entries of dead subscribers, and bring the
@@ -402,7 +413,7 @@ static int reclaim_subscribers(const fshm_channel *c)
     uint32_t i;
     int dropped = 0;
     for (i = 0; i < c->max_subscribers; i++) {
-        uint64_t owner = fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_RELAXED);
+        uint64_t owner = fshm_load64(U64(sub_at(c, i), SUB_OWNER), FSHM_RELAXED);
         uint64_t bit = (uint64_t)1 << i;
         if (owner != 0 && owner != me && fshm_owner_dead(owner) == 1) {
             drop_subscriber(c, i);
@@ -434,10 +445,10 @@ static int sweep(const fshm_channel *c, int live)
     int changed = 0;
     if (live)
         for (i = 0; i < c->max_subscribers; i++)
-            if (fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_RELAXED) != 0)
+            if (fshm_load64(U64(sub_at(c, i), SUB_OWNER), FSHM_RELAXED) != 0)
                 owned |= (uint64_t)1 << i;
     for (s = 0; s < c->slots; s++) {
-        unsigned char *e = slot_at(c, s);
+        unsigned char *e = slot_entry(c, s);
         uint64_t word = fshm_load64(U64(e, S_WORD), FSHM_RELAXED);
         /* Acquire: pairs with discard's store, so the discarding publisher's
          * writes to the payload come before the next loan's. */
@@ -475,7 +486,7 @@ static void repair(const fshm_channel *c)
 {
     reclaim_subscribers(c);
     sweep(c, 1);
-    mark_clean(c);
+    end_change(c);
 }
 
 static int lock_channel(const fshm_channel *c, int64_t deadline)
@@ -510,12 +521,12 @@ static int liveness_check(const fshm_channel *c)
     return 1;
 }
 
-/* The deadline of a lock wait: FSHM__NOW for the try forms, a short grace
- * for a zero timeout, else the call's. */
-static int64_t lock_deadline(int64_t timeout_ns, int nonblock)
+/* The deadline of a call that found the lock busy (the try forms never
+ * sleep): a short grace for a zero timeout, else the call's.  Computed then
+ * rather than up front, as a queue's, so an uncontended call reads no
+ * clock. */
+static int64_t channel_deadline(int64_t timeout_ns)
 {
-    if (nonblock)
-        return FSHM__NOW;
     return fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns);
 }
 
@@ -534,11 +545,11 @@ static int take_free(const fshm_channel *c, uint32_t *slot)
         fshm_store32(U32(c->base, C_FREE_COUNT), count, FSHM_RELAXED);
         if (s >= c->slots)
             continue;
-        e = slot_at(c, s);
-        /* Pins may be set: a reader that pinned the slot while looking for
-         * an older message finds the word is not its message and lets go,
-         * without reading the payload. */
-        /* Acquire on the loaner: as in sweep, after a discard. */
+        e = slot_entry(c, s);
+        /* Acquire on the loaner: as in sweep, after a discard.  Pins may be
+         * set: a reader that pinned the slot while looking for an older
+         * message finds the word is not its message and lets go, without
+         * reading the payload. */
         if (fshm_load64(U64(e, S_WORD), FSHM_RELAXED) == 0 &&
             fshm_load64(U64(e, S_LOANER), FSHM_ACQUIRE) == 0) {
             *slot = s;
@@ -561,12 +572,12 @@ static uint64_t min_cursor(const fshm_channel *c, uint64_t head)
         while (!(mask & ((uint64_t)1 << i)))
             i++;
         mask &= ~((uint64_t)1 << i);
-        if (fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_SEQ_CST) == 0)
+        if (fshm_load64(U64(sub_at(c, i), SUB_OWNER), FSHM_SEQ_CST) == 0)
             continue;
         /* Acquire (at least): pairs with receive_once's release of the
          * cursor, so the pin it set before moving past a message is seen by
          * claim, which loads the pins after this. */
-        cursor = fshm_load64(U64(sub_at(c, i), E_CURSOR), FSHM_SEQ_CST);
+        cursor = fshm_load64(U64(sub_at(c, i), SUB_CURSOR), FSHM_SEQ_CST);
         if (cursor < least)
             least = cursor;
     }
@@ -591,7 +602,7 @@ static int take_oldest(const fshm_channel *c, uint64_t head, uint32_t *slot)
         unsigned char *e;
         if (s >= c->slots)
             continue;
-        e = slot_at(c, s);
+        e = slot_entry(c, s);
         if (fshm_load64(U64(e, S_WORD), FSHM_RELAXED) != k << 1 ||
             fshm_load64(U64(e, S_LOANER), FSHM_RELAXED) != 0 ||
             fshm_load64(U64(e, S_PINS), FSHM_RELAXED) != 0)
@@ -612,51 +623,89 @@ static void fill_loan(const fshm_channel *c, uint32_t s, fshm_loan *loan)
     loan->capacity = (size_t)c->slot_size;
 }
 
-/* One attempt under the lock: 0 with *loan filled, FSHM_EFULL, or a lock
- * error. */
-static int loan_once(const fshm_channel *c, fshm_loan *loan, int64_t deadline)
+/* Under the lock, the change begun: a slot to lend, or 0 when none is free
+ * (*freed set when slots of dead processes were reclaimed on the way). */
+static int lend_locked(const fshm_channel *c, uint64_t head, uint32_t *slot, int *freed)
 {
-    uint64_t head, sweep_at;
+    uint64_t sweep_at = fshm_load64(U64(c->base, C_SWEEP_AT), FSHM_RELAXED);
+    int live;
+    /* Every N messages, a sweep without asking who is alive: slots
+     * discarded, or holding a message nobody can reach any more, go back
+     * on the stack (N slots looked at every N messages). */
+    if (head >= sweep_at || sweep_at - head > c->slots) {
+        *freed |= sweep(c, 0);
+        fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
+    }
+    if (take_free(c, slot) || take_oldest(c, head, slot))
+        return 1;
+    /* Short of slots: find those of dead processes (at most every
+     * LIVENESS_NS, the question costs system calls), and any that a sweep
+     * can free. */
+    live = liveness_check(c);
+    if (live)
+        *freed |= reclaim_subscribers(c);
+    *freed |= sweep(c, live);
+    return take_free(c, slot) || take_oldest(c, head, slot);
+}
+
+/* Under the lock, the change begun: publish slot s, holding `length`
+ * bytes, as message k = head + 1.  Killed anywhere in here, the message is
+ * published (head stored) or not; the next holder of the lock finds the
+ * dirty mark and puts the slot in order. */
+static void publish_locked(const fshm_channel *c, uint32_t s, size_t length, uint64_t k)
+{
+    unsigned char *e = slot_entry(c, s);
+    fshm_store64(U64(e, S_LENGTH), (uint64_t)length, FSHM_RELAXED);
+    /* Release: a reader that sees the word sees the payload and length. */
+    fshm_store64(U64(e, S_WORD), k << 1, FSHM_RELEASE);
+    fshm_store32(index_at(c, k), s, FSHM_RELAXED);
+    /* Release: publishes the message; a reader that loads head with acquire
+     * finds the index entry and the slot complete. */
+    fshm_store64(U64(c->base, C_HEAD), k, FSHM_RELEASE);
+    fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
+}
+
+/* One attempt under the lock: 0, FSHM_EFULL, or a lock error.  With a
+ * loan, a slot lent (*loan); without, n bytes of src copied into a slot
+ * and published (*seq), all under this one hold of the lock. */
+static int lend_once(const fshm_channel *c, int64_t deadline, fshm_loan *loan, const void *src,
+                     size_t n, uint64_t *seq)
+{
+    uint64_t head;
     uint32_t s = 0;
     int rc, ok, freed = 0;
     if ((rc = lock_channel(c, deadline)) != 0)
         return rc;
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
-    if (head > SEQ_MAX) {
+    if (head >= NUMBER_MAX) {
         fshm__lock_release(c->base);
         return FSHM_EFORMAT;
     }
-    mark_dirty(c);
-    /* Every N messages, a sweep without asking who is alive: slots
-     * discarded, or holding a message nobody can reach any more, go back
-     * on the stack (a cost of one slot a message). */
-    sweep_at = fshm_load64(U64(c->base, C_SWEEP_AT), FSHM_RELAXED);
-    if (head >= sweep_at || sweep_at - head > c->slots) {
-        freed |= sweep(c, 0);
-        fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
+    begin_change(c);
+    ok = lend_locked(c, head, &s, &freed);
+    if (ok && loan != NULL) {
+        fshm_store64(U64(slot_entry(c, s), S_LOANED_AT), head, FSHM_RELAXED);
+        fshm_store64(U64(slot_entry(c, s), S_LOANER), fshm_self_id(), FSHM_RELAXED);
+    } else if (ok) {
+        /* Never lent: a process killed while copying leaves an empty slot
+         * nobody holds, which the repair frees. */
+        if (n > 0)
+            memcpy(payload_at(c, s), src, n);
+        publish_locked(c, s, n, head + 1);
     }
-    ok = take_free(c, &s) || take_oldest(c, head, &s);
-    if (!ok) {
-        /* Short of slots: find those of dead processes (at most every
-         * LIVENESS_NS, the question costs system calls), and any that a
-         * sweep can free. */
-        int live = liveness_check(c);
-        if (live)
-            freed |= reclaim_subscribers(c);
-        freed |= sweep(c, live);
-        ok = take_free(c, &s) || take_oldest(c, head, &s);
-    }
-    if (ok) {
-        fshm_store64(U64(slot_at(c, s), S_LOANED_AT), head, FSHM_RELAXED);
-        fshm_store64(U64(slot_at(c, s), S_LOANER), fshm_self_id(), FSHM_RELAXED);
-    }
-    mark_clean(c);
+    end_change(c);
     fshm__lock_release(c->base);
     if (freed)
         notify_room(c); /* others may wait for what was reclaimed */
     if (!ok)
         return FSHM_EFULL;
-    fill_loan(c, s, loan);
+    if (loan != NULL) {
+        fill_loan(c, s, loan);
+    } else {
+        notify_subscribers(c);
+        if (seq != NULL)
+            *seq = head + 1;
+    }
     return 0;
 }
 
@@ -675,7 +724,7 @@ static int room_ready(const fshm_channel *c)
     if (!overwrite(c))
         least = min_cursor(c, head);
     for (s = 0; s < c->slots; s++) {
-        unsigned char *e = slot_at(c, s);
+        unsigned char *e = slot_entry(c, s);
         uint64_t word;
         if (fshm_load64(U64(e, S_LOANER), FSHM_SEQ_CST) != 0 ||
             fshm_load64(U64(e, S_PINS), FSHM_SEQ_CST) != 0)
@@ -707,10 +756,10 @@ static void reclaim_if_due(const fshm_channel *c)
         repair(c);
         freed = 1;
     } else if (liveness_check(c)) {
-        mark_dirty(c);
+        begin_change(c);
         freed = reclaim_subscribers(c);
         freed |= sweep(c, 1);
-        mark_clean(c);
+        end_change(c);
     }
     fshm__lock_release(c->base);
     if (freed)
@@ -770,22 +819,25 @@ static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin
     return rc;
 }
 
-static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t timeout_ns,
-                int nonblock)
+/* lend_once until it finds a slot: waiting for room as the timeout allows. */
+static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_loan *loan,
+                const void *src, size_t n, uint64_t *seq)
 {
-    int64_t deadline;
-    int rc, spun = 0;
-    if (loan == NULL)
-        return EINVAL;
-    if ((uint64_t)size > c->slot_size)
-        return FSHM_ETOOBIG;
-    if (c->readonly)
-        return EACCES;
-    deadline = lock_deadline(timeout_ns, nonblock);
+    int64_t deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    int rc, spun = 0, timed = nonblock;
     for (;;) {
-        rc = loan_once(c, loan, deadline);
+        rc = lend_once(c, deadline, loan, src, n, seq);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = channel_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
+        if (!timed) {
+            deadline = channel_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_room_until(c, deadline, spun ? 0 : SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
@@ -795,6 +847,18 @@ static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t tim
             fshm_sleep_ns(0); /* room that a loan cannot use yet: let its holder run */
         spun = 1;
     }
+}
+
+static int loan(const fshm_channel *c, size_t size, fshm_loan *loan, int64_t timeout_ns,
+                int nonblock)
+{
+    if (loan == NULL)
+        return EINVAL;
+    if ((uint64_t)size > c->slot_size)
+        return FSHM_ETOOBIG;
+    if (c->readonly)
+        return EACCES;
+    return lend(c, timeout_ns, nonblock, loan, NULL, 0, NULL);
 }
 
 int fshm_channel_loan(const fshm_channel *c, size_t size, fshm_loan *l, int64_t timeout_ns)
@@ -813,7 +877,7 @@ static unsigned char *loaned_slot(const fshm_channel *c, const fshm_loan *loan)
     unsigned char *e;
     if (loan->slot >= c->slots)
         return NULL;
-    e = slot_at(c, loan->slot);
+    e = slot_entry(c, loan->slot);
     if (fshm_load64(U64(e, S_LOANER), FSHM_RELAXED) != fshm_self_id() ||
         fshm_load64(U64(e, S_WORD), FSHM_RELAXED) != 0)
         return NULL;
@@ -837,23 +901,13 @@ static int commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
         return FSHM_ELOST;
     }
     k = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED) + 1;
-    if (k > SEQ_MAX || k == 0) {
+    if (k > NUMBER_MAX || k == 0) {
         fshm__lock_release(c->base);
         return FSHM_EFORMAT;
     }
-    /* Killed from here on, the message is published (head stored) or not;
-     * the next holder of the lock finds out which and puts the slot in
-     * order. */
-    mark_dirty(c);
-    fshm_store64(U64(e, S_LENGTH), (uint64_t)length, FSHM_RELAXED);
-    /* Release: a reader that sees the word sees the payload and length. */
-    fshm_store64(U64(e, S_WORD), k << 1, FSHM_RELEASE);
-    fshm_store32(index_at(c, k), loan->slot, FSHM_RELAXED);
-    /* Release: publishes the message; a reader that loads head with acquire
-     * finds the index entry and the slot complete. */
-    fshm_store64(U64(c->base, C_HEAD), k, FSHM_RELEASE);
-    fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
-    mark_clean(c);
+    begin_change(c);
+    publish_locked(c, loan->slot, length, k);
+    end_change(c);
     fshm__lock_release(c->base);
     notify_subscribers(c);
     if (seq != NULL)
@@ -864,7 +918,11 @@ static int commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
 int fshm_channel_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
                         int64_t timeout_ns, uint64_t *seq)
 {
-    return commit(c, loan, length, lock_deadline(timeout_ns, 0), seq);
+    /* The first try spins for the lock, no more; a busy one reads the clock. */
+    int rc = commit(c, loan, length, FSHM__NOW, seq);
+    if (rc == FSHM_EBUSY)
+        rc = commit(c, loan, length, channel_deadline(timeout_ns), seq);
+    return rc;
 }
 
 int fshm_channel_try_commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
@@ -899,11 +957,18 @@ static int publish(const fshm_channel *c, const void *src, size_t n, int64_t tim
     int rc;
     if (n > 0 && src == NULL)
         return EINVAL;
-    deadline = lock_deadline(timeout_ns, nonblock);
+    if ((uint64_t)n > c->slot_size)
+        return FSHM_ETOOBIG;
+    if (c->readonly)
+        return EACCES;
+    /* Up to a page, the copy costs less than a second round of the lock:
+     * lend, copy and publish under one hold of it. */
+    if (n <= PUBLISH_IN_LOCK)
+        return lend(c, timeout_ns, nonblock, NULL, src, n, seq);
+    deadline = nonblock ? FSHM__NOW : channel_deadline(timeout_ns);
     if ((rc = loan(c, n, &l, timeout_ns, nonblock)) != 0)
         return rc;
-    if (n > 0)
-        memcpy(l.data, src, n);
+    memcpy(l.data, src, n);
     /* The commit gets at least the grace of a zero timeout, whatever the
      * loan used up: the slot is written, and the lock is rarely held long. */
     grace = fshm__deadline(FSHM__LOCK_GRACE_NS);
@@ -943,17 +1008,17 @@ int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout
     int rc, dropped;
     if (sub == NULL)
         return EINVAL;
-    if ((rc = lock_channel(c, lock_deadline(timeout_ns, 0))) != 0)
+    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
         return rc;
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
-    if (head > SEQ_MAX) {
+    if (head > NUMBER_MAX) {
         fshm__lock_release(c->base);
         return FSHM_EFORMAT;
     }
-    mark_dirty(c);
+    begin_change(c);
     dropped = reclaim_subscribers(c);
     for (i = 0; i < c->max_subscribers; i++) {
-        if (fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_RELAXED) == 0) {
+        if (fshm_load64(U64(sub_at(c, i), SUB_OWNER), FSHM_RELAXED) == 0) {
             e = sub_at(c, i);
             break;
         }
@@ -966,24 +1031,24 @@ int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout
         for (k = head; k >= 1 && head - k < c->history; k--) {
             uint32_t s = fshm_load32(index_at(c, k), FSHM_RELAXED);
             if (s >= c->slots ||
-                fshm_load64(U64(slot_at(c, s), S_WORD), FSHM_RELAXED) != k << 1 ||
-                fshm_load64(U64(slot_at(c, s), S_LOANER), FSHM_RELAXED) != 0)
+                fshm_load64(U64(slot_entry(c, s), S_WORD), FSHM_RELAXED) != k << 1 ||
+                fshm_load64(U64(slot_entry(c, s), S_LOANER), FSHM_RELAXED) != 0)
                 break;
             cursor = k;
         }
-        gen = fshm_load64(U64(e, E_GEN), FSHM_RELAXED) + 1;
-        fshm_store64(U64(e, E_CURSOR), cursor, FSHM_RELAXED);
-        fshm_store64(U64(e, E_MISSED), 0, FSHM_RELAXED);
-        fshm_store64(U64(e, E_RECEIVED), 0, FSHM_RELAXED);
-        fshm_store64(U64(e, E_PENDING), 0, FSHM_RELAXED);
-        fshm_store64(U64(e, E_GEN), gen, FSHM_RELAXED);
+        gen = fshm_load64(U64(e, SUB_GEN), FSHM_RELAXED) + 1;
+        fshm_store64(U64(e, SUB_CURSOR), cursor, FSHM_RELAXED);
+        fshm_store64(U64(e, SUB_MISSED), 0, FSHM_RELAXED);
+        fshm_store64(U64(e, SUB_RECEIVED), 0, FSHM_RELAXED);
+        fshm_store64(U64(e, SUB_PENDING), 0, FSHM_RELAXED);
+        fshm_store64(U64(e, SUB_GEN), gen, FSHM_RELAXED);
         /* Release: a process that sees the owner sees the cursor. */
-        fshm_store64(U64(e, E_OWNER), fshm_self_id(), FSHM_RELEASE);
+        fshm_store64(U64(e, SUB_OWNER), fshm_self_id(), FSHM_RELEASE);
         fshm_or64(U64(c->base, C_SUB_MASK), (uint64_t)1 << i);
         sub->index = i;
         sub->gen = gen;
     }
-    mark_clean(c);
+    end_change(c);
     fshm__lock_release(c->base);
     if (dropped)
         notify_room(c);
@@ -999,8 +1064,8 @@ static int own_entry(const fshm_channel *c, const fshm_sub *sub, unsigned char *
     if (c->readonly)
         return EACCES;
     *e = sub_at(c, sub->index);
-    if (fshm_load64(U64(*e, E_OWNER), FSHM_RELAXED) != fshm_self_id() ||
-        fshm_load64(U64(*e, E_GEN), FSHM_RELAXED) != sub->gen)
+    if (fshm_load64(U64(*e, SUB_OWNER), FSHM_RELAXED) != fshm_self_id() ||
+        fshm_load64(U64(*e, SUB_GEN), FSHM_RELAXED) != sub->gen)
         return FSHM_ELOST;
     return 0;
 }
@@ -1018,14 +1083,14 @@ int fshm_channel_unsubscribe(const fshm_channel *c, const fshm_sub *sub)
      * first, then the mask bit, then the owner: a subscriber that takes the
      * entry next finds it clean, and its own mask bit is not cleared. */
     for (s = 0; s < c->slots; s++) {
-        uint64_t *pins = U64(slot_at(c, s), S_PINS);
+        uint64_t *pins = U64(slot_entry(c, s), S_PINS);
         if (fshm_load64(pins, FSHM_RELAXED) & bit)
             fshm_and64(pins, ~bit);
     }
     fshm_and64(U64(c->base, C_SUB_MASK), ~bit);
     /* Seq_cst: in block mode the cursor no longer holds publishers back;
      * the first half of maybe_notify_room's pair. */
-    fshm_store64(U64(e, E_OWNER), 0, FSHM_SEQ_CST);
+    fshm_store64(U64(e, SUB_OWNER), 0, FSHM_SEQ_CST);
     maybe_notify_room(c);
     return 0;
 }
@@ -1075,13 +1140,13 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
     if (rc != 0)
         return rc;
     bit = (uint64_t)1 << sub->index;
-    first = fshm_load64(U64(sub_e, E_CURSOR), FSHM_RELAXED);
+    first = fshm_load64(U64(sub_e, SUB_CURSOR), FSHM_RELAXED);
     if (first == 0)
         first = 1;
     /* Acquire: pairs with commit's release of head; the index entries and
      * slots of messages up to head are complete. */
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_ACQUIRE);
-    if (head > SEQ_MAX)
+    if (head > NUMBER_MAX)
         return FSHM_EFORMAT;
     if (first > head)
         return first > head + 1 ? FSHM_EFORMAT : NOTHING;
@@ -1093,7 +1158,7 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
         uint64_t word, length;
         if (s >= c->slots)
             continue;
-        e = slot_at(c, s);
+        e = slot_entry(c, s);
         /* A look before pinning: a slot that holds another message is not
          * pinned for nothing. */
         if ((fshm_load64(U64(e, S_WORD), FSHM_RELAXED) | 1) != ((k << 1) | 1))
@@ -1115,16 +1180,16 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
         }
         /* Release: a publisher that loads the cursor with acquire and finds
          * it past k sees the pin set above (claim then leaves the slot). */
-        fshm_store64(U64(sub_e, E_CURSOR), k + 1, FSHM_RELEASE);
-        gone = k - first + fshm_load64(U64(sub_e, E_PENDING), FSHM_RELAXED);
+        fshm_store64(U64(sub_e, SUB_CURSOR), k + 1, FSHM_RELEASE);
+        gone = k - first + fshm_load64(U64(sub_e, SUB_PENDING), FSHM_RELAXED);
         if (gone != 0) {
-            fshm_store64(U64(sub_e, E_MISSED),
-                         fshm_load64(U64(sub_e, E_MISSED), FSHM_RELAXED) + (k - first),
+            fshm_store64(U64(sub_e, SUB_MISSED),
+                         fshm_load64(U64(sub_e, SUB_MISSED), FSHM_RELAXED) + (k - first),
                          FSHM_RELAXED);
-            fshm_store64(U64(sub_e, E_PENDING), 0, FSHM_RELAXED);
+            fshm_store64(U64(sub_e, SUB_PENDING), 0, FSHM_RELAXED);
         }
-        fshm_store64(U64(sub_e, E_RECEIVED),
-                     fshm_load64(U64(sub_e, E_RECEIVED), FSHM_RELAXED) + 1, FSHM_RELAXED);
+        fshm_store64(U64(sub_e, SUB_RECEIVED),
+                     fshm_load64(U64(sub_e, SUB_RECEIVED), FSHM_RELAXED) + 1, FSHM_RELAXED);
         out->slot = s;
         out->data = payload_at(c, s);
         out->offset = (size_t)(c->payload_offset + (uint64_t)s * c->stride);
@@ -1137,19 +1202,21 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
     /* Everything up to head was overwritten before this reader got to it:
      * counted now, reported with the next message received. */
     gone = head + 1 - first;
-    fshm_store64(U64(sub_e, E_CURSOR), head + 1, FSHM_RELEASE);
-    fshm_store64(U64(sub_e, E_MISSED), fshm_load64(U64(sub_e, E_MISSED), FSHM_RELAXED) + gone,
+    fshm_store64(U64(sub_e, SUB_CURSOR), head + 1, FSHM_RELEASE);
+    fshm_store64(U64(sub_e, SUB_MISSED), fshm_load64(U64(sub_e, SUB_MISSED), FSHM_RELAXED) + gone,
                  FSHM_RELAXED);
-    fshm_store64(U64(sub_e, E_PENDING), fshm_load64(U64(sub_e, E_PENDING), FSHM_RELAXED) + gone,
-                 FSHM_RELAXED);
+    fshm_store64(U64(sub_e, SUB_PENDING),
+                 fshm_load64(U64(sub_e, SUB_PENDING), FSHM_RELAXED) + gone, FSHM_RELAXED);
     return NOTHING;
 }
 
-/* Whether a message the subscriber has not reached is published. */
-static int message_ready(const fshm_channel *c, unsigned char *sub_e, int order)
+/* Whether a message the subscriber has not reached is published.  Seq_cst
+ * load of head: after registering as a sleeper, the other half of
+ * notify_subscribers' pair (and an acquire for the spinning look). */
+static int message_ready(const fshm_channel *c, unsigned char *sub_e)
 {
-    uint64_t cursor = fshm_load64(U64(sub_e, E_CURSOR), FSHM_RELAXED);
-    return fshm_load64(U64(c->base, C_HEAD), order) >= (cursor == 0 ? 1 : cursor);
+    uint64_t cursor = fshm_load64(U64(sub_e, SUB_CURSOR), FSHM_RELAXED);
+    return fshm_load64(U64(c->base, C_HEAD), FSHM_SEQ_CST) >= (cursor == 0 ? 1 : cursor);
 }
 
 /* Until message_ready: spin for spin_ns, then sleep on the notify word.
@@ -1166,7 +1233,7 @@ static int wait_message(const fshm_channel *c, unsigned char *sub_e, int64_t dea
     /* Spin first (yielding every 64 rounds, for a publisher that needs the
      * core), as a segment's waiter does. */
     while (spin_ns > 0) {
-        if (message_ready(c, sub_e, FSHM_ACQUIRE))
+        if (message_ready(c, sub_e))
             return 0;
         if ((++spins & 63) == 0) {
             int64_t now = fshm_monotonic_ns();
@@ -1183,7 +1250,7 @@ static int wait_message(const fshm_channel *c, unsigned char *sub_e, int64_t dea
         int64_t now;
         /* Seq_cst, after registering: pairs with notify_subscribers. */
         uint32_t v = fshm_load32(word, FSHM_SEQ_CST);
-        if (message_ready(c, sub_e, FSHM_SEQ_CST))
+        if (message_ready(c, sub_e))
             break;
         now = fshm_monotonic_ns();
         if (now >= deadline) {
@@ -1248,8 +1315,8 @@ int fshm_channel_release(const fshm_channel *c, const fshm_sub *sub, uint32_t sl
         return rc;
     if (slot >= c->slots)
         return EINVAL;
-    if (fshm_load64(U64(slot_at(c, slot), S_PINS), FSHM_RELAXED) & ((uint64_t)1 << sub->index))
-        unpin(c, slot_at(c, slot), (uint64_t)1 << sub->index);
+    if (fshm_load64(U64(slot_entry(c, slot), S_PINS), FSHM_RELAXED) & ((uint64_t)1 << sub->index))
+        unpin(c, slot_entry(c, slot), (uint64_t)1 << sub->index);
     return 0;
 }
 
@@ -1260,7 +1327,7 @@ int fshm_channel_wait(const fshm_channel *c, const fshm_sub *sub, int64_t timeou
     if (rc != 0)
         return rc;
     if (timeout_ns == 0)
-        return message_ready(c, sub_e, FSHM_ACQUIRE) ? 0 : FSHM_ETIMEOUT;
+        return message_ready(c, sub_e) ? 0 : FSHM_ETIMEOUT;
     return wait_message(c, sub_e, fshm__deadline(timeout_ns), 0);
 }
 
@@ -1276,7 +1343,7 @@ uint32_t fshm_channel_subscribers(const fshm_channel *c)
     uint64_t me = fshm_self_id();
     uint32_t i, n = 0;
     for (i = 0; i < c->max_subscribers; i++) {
-        uint64_t owner = fshm_load64(U64(sub_at(c, i), E_OWNER), FSHM_ACQUIRE);
+        uint64_t owner = fshm_load64(U64(sub_at(c, i), SUB_OWNER), FSHM_ACQUIRE);
         if (owner != 0 && (owner == me || fshm_owner_dead(owner) != 1))
             n++;
     }
@@ -1292,28 +1359,28 @@ int fshm_channel_subscriber_info(const fshm_channel *c, uint32_t index, fshm_sub
         return EINVAL;
     e = sub_at(c, index);
     bit = (uint64_t)1 << index;
-    info->owner = fshm_load64(U64(e, E_OWNER), FSHM_ACQUIRE);
-    info->cursor = fshm_load64(U64(e, E_CURSOR), FSHM_RELAXED);
-    info->missed = fshm_load64(U64(e, E_MISSED), FSHM_RELAXED);
-    info->received = fshm_load64(U64(e, E_RECEIVED), FSHM_RELAXED);
+    info->owner = fshm_load64(U64(e, SUB_OWNER), FSHM_ACQUIRE);
+    info->cursor = fshm_load64(U64(e, SUB_CURSOR), FSHM_RELAXED);
+    info->missed = fshm_load64(U64(e, SUB_MISSED), FSHM_RELAXED);
+    info->received = fshm_load64(U64(e, SUB_RECEIVED), FSHM_RELAXED);
     head = fshm_load64(U64(c->base, C_HEAD), FSHM_ACQUIRE);
     info->lag = info->owner != 0 && info->cursor <= head ? head + 1 - info->cursor : 0;
     info->pinned = 0;
     for (s = 0; s < c->slots; s++)
-        if (fshm_load64(U64(slot_at(c, s), S_PINS), FSHM_RELAXED) & bit)
+        if (fshm_load64(U64(slot_entry(c, s), S_PINS), FSHM_RELAXED) & bit)
             info->pinned++;
     return 0;
 }
 
 int fshm_channel_reclaim(const fshm_channel *c, int64_t timeout_ns)
 {
-    int rc = lock_channel(c, lock_deadline(timeout_ns, 0));
+    int rc = lock_channel(c, channel_deadline(timeout_ns));
     if (rc != 0)
         return rc;
-    mark_dirty(c);
+    begin_change(c);
     reclaim_subscribers(c);
     sweep(c, 1);
-    mark_clean(c);
+    end_change(c);
     fshm__lock_release(c->base);
     notify_room(c);
     return 0;
@@ -1325,13 +1392,13 @@ int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
     int rc;
     if (index >= c->max_subscribers || owner == 0)
         return EINVAL;
-    if ((rc = lock_channel(c, lock_deadline(timeout_ns, 0))) != 0)
+    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
         return rc;
     rc = FSHM_EAGAIN;
-    if (fshm_load64(U64(sub_at(c, index), E_OWNER), FSHM_RELAXED) == owner) {
-        mark_dirty(c);
+    if (fshm_load64(U64(sub_at(c, index), SUB_OWNER), FSHM_RELAXED) == owner) {
+        begin_change(c);
         drop_subscriber(c, index);
-        mark_clean(c);
+        end_change(c);
         rc = 0;
     }
     fshm__lock_release(c->base);

@@ -447,8 +447,10 @@ int fshm_queue_break_lock(const fshm_queue *q, uint64_t owner);
  * slots outside 2..FSHM_CHANNEL_MAX_SLOTS, max_subscribers outside
  * 1..FSHM_CHANNEL_MAX_SUBSCRIBERS) or overflowing. */
 size_t fshm_channel_size_for(uint64_t slot_size, uint32_t slots, uint32_t max_subscribers);
-/* Lay a fresh channel header over zero-filled base and publish it.  EINVAL
- * for parameters out of range, history >= slots, or unknown flags. */
+/* Lay a fresh channel over base and publish it: everything up to the
+ * payloads is cleared first, but the lock words (base need not be
+ * zero-filled there).  EINVAL for parameters out of range, history >= slots,
+ * or unknown flags. */
 int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_size,
                       uint32_t slots, uint32_t history, uint32_t max_subscribers,
                       uint32_t flags);
@@ -500,7 +502,10 @@ int fshm_channel_try_publish(const fshm_channel *c, const void *src, size_t n, u
 /* Take a subscriber entry.  The subscription starts with the latest
  * messages still in place, up to `history` of them in a row, then every
  * new one.  FSHM_ESUBFULL when every entry is taken by a live process.
- * Entries of dead processes are reclaimed first. */
+ * Entries of dead processes are reclaimed first.  A subscription, like a
+ * loan, belongs to the calling process (a forked child gets FSHM_ELOST):
+ * any of its threads may use it, but one receive at a time (a receive
+ * moves the cursor); releases may come from any of them. */
 int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout_ns);
 /* Give the entry up, and every slot it holds pinned.  Never waits. */
 int fshm_channel_unsubscribe(const fshm_channel *c, const fshm_sub *sub);

@@ -455,14 +455,28 @@ def test_channel_wake_ups(channel_stress: Callable[[str], Path], sanitizer: str,
     assert numbers["dead_unblock_max_ms"] < 1000, numbers
 
 
+def test_channel_made_anew_over_a_dead_makers_leftover(
+        channel_stress: Callable[[str], Path], shm_name: Callable[..., str]) -> None:
+    """What a channel maker killed while making the channel leaves (the
+    making mode bit, its id in the lock word, and bytes it wrote for other
+    parameters where this channel's tables go): an attaching opener refuses
+    it (FSHM_EABANDONED); an open-or-create opener makes it anew, every
+    table clean, and messages go through, in both modes."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the making mode bit is Linux's")
+    out = _run([str(channel_stress("asan")), "takeover", shm_name("ct")], ASAN_ENV,
+               timeout=QUEUE_TIMEOUT)
+    assert _numbers(out) == {"takeovers": 2}, out
+
+
 def test_channel_publisher_killed_after_every_instruction(
         channel_stress: Callable[[str], Path]) -> None:
     """A traced child single-stepped through publishes (into a free slot,
     into a claimed one, past a pinned one, after a holder that died in the
-    lock) and through a loan it discards: after every instruction the
-    channel, recovered as the next user would, holds the messages before or
-    those after, the new one whole, every slot free or holding a message,
-    and takes a publish."""
+    lock), a loan it writes and commits, and a loan it discards: after
+    every instruction the channel, recovered as the next user would, holds
+    the messages before or those after, the new one whole, every slot free
+    or holding a message, and takes a publish."""
     if not sys.platform.startswith("linux"):
         pytest.skip("single-stepping uses Linux ptrace")
     out = _run([str(channel_stress("asan")), "steps", str(CHANNEL_STEP_ROUNDS)], ASAN_ENV,
@@ -471,8 +485,8 @@ def test_channel_publisher_killed_after_every_instruction(
         pytest.skip("this system does not let a process trace its child")
     numbers = _numbers(out)
     report("C channel single-stepped kills (ASan+UBSan)", **numbers)
-    # Block mode: 4 scenarios a round; overwrite mode adds the pinned one.
-    assert numbers["scenarios"] == 9 * CHANNEL_STEP_ROUNDS, numbers
+    # Block mode: 5 scenarios a round; overwrite mode adds the pinned one.
+    assert numbers["scenarios"] == 11 * CHANNEL_STEP_ROUNDS, numbers
     assert numbers["before"] > numbers["scenarios"] and numbers["after"] > numbers["scenarios"]
     # Kills inside the lock, with the dirty mark set, with a slot lent and
     # with a word left undecided were all recovered from.

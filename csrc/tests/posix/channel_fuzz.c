@@ -624,7 +624,8 @@ static void fill(const fshm_channel *c)
 {
     static unsigned char buf[6000];
     fshm_sub sub;
-    int i, k = (int)(rnd() % 20), subscribed = rnd() % 2 && fshm_channel_subscribe(c, &sub, 0) == 0;
+    int i, k = (int)(rnd() % 20);
+    int subscribed = rnd() % 2 && fshm_channel_subscribe(c, &sub, 0) == 0;
     for (i = 0; i < k; i++) {
         size_t n = (size_t)(rnd() % (c->slot_size + 1));
         fshm_sample s;
@@ -706,8 +707,8 @@ static void named_cases(const char *name, unsigned long count)
         fshm_queue q;
         fshm_map m, m2;
         uint32_t n = SLOT_COUNTS[rnd() % 5], subs = SUB_COUNTS[rnd() % 4];
-        rc = fshm_channel_open(&c, &m, name, FSHM_CREATE, 1 + rnd() % 5000, n, (uint32_t)(rnd() % n),
-                               subs, (uint32_t)(rnd() % 2), 0600);
+        rc = fshm_channel_open(&c, &m, name, FSHM_CREATE, 1 + rnd() % 5000, n,
+                               (uint32_t)(rnd() % n), subs, (uint32_t)(rnd() % 2), 0600);
         CHECK(rc == 0, "create %s: rc %d", name, rc);
         fill(&c);
         CHECK(fshm_seg_open(&s, &m2, name, FSHM_ATTACH, 0, 0) == FSHM_EKIND &&

@@ -35,10 +35,15 @@
  *       loans, waits return; a signal ends a blocked receive and a blocked
  *       loan with EINTR; a blocked loan is freed within a second when the
  *       subscriber that held it back is killed.
+ *   channel_stress takeover NAME
+ *       what a channel maker killed while making the channel leaves (Linux:
+ *       the making mode bit, a dead maker's id in the lock word, and what it
+ *       wrote for other parameters in the tables): an attaching opener
+ *       refuses it, an open-or-create opener makes a clean channel over it.
  *   channel_stress steps ROUNDS
  *       a traced child single-stepped through publishes (a free slot, a
- *       claimed one, a pinned one passed over, after a dead lock holder)
- *       and a loan it discards: after every instruction the channel, as the
+ *       claimed one, a pinned one passed over, after a dead lock holder),
+ *       a loan it writes and commits, and a loan it discards: after every instruction the channel, as the
  *       next user finds it once the child is dead, holds the messages
  *       before or those after, never part of one, and every slot is free
  *       or holds a message (Linux ptrace; ptrace=unavailable otherwise).
@@ -173,7 +178,10 @@ static void *shared_zeroed(size_t size)
     return p;
 }
 
-static void add(uint64_t *counter, uint64_t n) { __atomic_add_fetch(counter, n, __ATOMIC_RELAXED); }
+static void add(uint64_t *counter, uint64_t n)
+{
+    __atomic_add_fetch(counter, n, __ATOMIC_RELAXED);
+}
 
 /* Payloads are 64-aligned, and page-aligned from a page up. */
 static void check_alignment(const fshm_channel *c, size_t offset)
@@ -997,8 +1005,10 @@ static void kill_kid(pid_t pid, unsigned kid, int want, int is_sub, const fshm_c
 {
     uint64_t id = (fshm_self_id() & ~(uint64_t)0xFFFFFFFF) | (uint32_t)pid;
     uint32_t st = IDLE;
+    /* A commit holds the lock for a few instructions: look more often. */
+    int max_tries = want == IN_COMMIT ? 2000 : 500;
     int tries, in_lock = 0, status;
-    for (tries = 0; want != ANYWHERE && tries < 500; tries++) {
+    for (tries = 0; want != ANYWHERE && tries < max_tries; tries++) {
         if (kill(pid, SIGSTOP) != 0 || waitpid(pid, &status, WUNTRACED) != pid ||
             !WIFSTOPPED(status))
             die("child %d did not stop", (int)pid);
@@ -1011,9 +1021,9 @@ static void kill_kid(pid_t pid, unsigned kid, int want, int is_sub, const fshm_c
         kill(pid, SIGCONT);
         watch(&w[0]);
         watch(&w[1]);
-        fshm_sleep_ns((int64_t)(rnd(state) % 200000));
+        fshm_sleep_ns((int64_t)(rnd(state) % (want == IN_COMMIT ? 50000 : 200000)));
     }
-    if (want == ANYWHERE || tries == 500) {
+    if (want == ANYWHERE || tries == max_tries) {
         st = __atomic_load_n(&kid_state[kid], __ATOMIC_SEQ_CST);
         in_lock = fshm_channel_lock_owner(c) == id;
     }
@@ -1186,8 +1196,13 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
             int64_t now = fshm_monotonic_ns();
             for (k = 0; k < kids; k++) {
                 if (pid[k] > 0 && now >= kill_at[k]) {
+                    /* Publishers: anywhere, in the lock, holding a loan,
+                     * or (twice as often: it is hardest to catch) in a
+                     * commit. */
+                    static const int pub_wants[] = {ANYWHERE, IN_LOCK, IN_LOAN, IN_COMMIT,
+                                                    IN_COMMIT};
                     int want = is_sub[k] ? (rnd(&state) % 2 ? WITH_PINS : ANYWHERE)
-                                         : (int)(rnd(&state) % 4);
+                                         : pub_wants[rnd(&state) % 5];
                     kill_kid(pid[k], k, want, is_sub[k], c, w, &state);
                     pid[k] = -pid[k];
                     alive--;
@@ -1222,13 +1237,14 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
         /* What the dead left: the lock held, the dirty mark, slots lent,
          * slots pinned by others than the parent. */
         {
+            uint64_t parent = (uint64_t)1 << w[block ? 0 : 1].sub.index;
             uint32_t s;
             cs.dead_locks += fshm_channel_lock_owner(c) != 0;
             cs.dirty_found += U32(c->base, C_DIRTY) != 0;
             for (s = 0; s < c->slots; s++) {
                 unsigned char *e = c->base + SLOTS_AT + (size_t)s * 64;
                 cs.dead_loans += U64(e, S_LOANER) != 0;
-                cs.dead_pins += (U64(e, S_PINS) & ~((uint64_t)1 << w[block ? 0 : 1].sub.index)) != 0;
+                cs.dead_pins += (U64(e, S_PINS) & ~parent) != 0;
             }
         }
         /* The next user. */
@@ -1260,12 +1276,14 @@ static int run_crash(unsigned long rounds, uint64_t seed, const char *name, cons
     }
     printf("rounds=%lu killed_publishers=%lu killed_subscribers=%lu killed_loaning=%lu "
            "killed_writing=%lu killed_committing=%lu killed_publishing=%lu killed_holding=%lu "
-           "killed_in_lock=%lu dead_locks=%lu dirty_found=%lu dead_loans=%lu dead_pins=%lu reclaimed_subscribers=%lu blocked_then_freed=%lu max_unblock_ms=%lu acked=%lu "
+           "killed_in_lock=%lu dead_locks=%lu dirty_found=%lu dead_loans=%lu dead_pins=%lu "
+           "reclaimed_subscribers=%lu blocked_then_freed=%lu max_unblock_ms=%lu acked=%lu "
            "received=%lu received_overwrite=%lu missed_overwrite=%lu parent_publishes=%lu "
            "slots_checked=%lu\n",
            cs.rounds, cs.killed_publishers, cs.killed_subscribers, cs.killed_loaning,
            cs.killed_writing, cs.killed_committing, cs.killed_publishing, cs.killed_holding,
-           cs.killed_in_lock, cs.dead_locks, cs.dirty_found, cs.dead_loans, cs.dead_pins, cs.reclaimed_subscribers, cs.blocked_then_freed, cs.max_unblock_ms, cs.acked,
+           cs.killed_in_lock, cs.dead_locks, cs.dirty_found, cs.dead_loans, cs.dead_pins,
+           cs.reclaimed_subscribers, cs.blocked_then_freed, cs.max_unblock_ms, cs.acked,
            cs.received, cs.received_overwrite, cs.missed_overwrite, cs.parent_publishes,
            cs.slots_checked);
     for (i = 0; i < 2; i++) {
@@ -1611,7 +1629,7 @@ static struct {
     int unavailable;
 } ss;
 
-enum { PUBLISH, LOAN_DISCARD };
+enum { PUBLISH, LOAN_COMMIT, LOAN_DISCARD };
 
 /* What the next user finds in a copy of the channel: 0 (before) or 1
  * (after). */
@@ -1683,7 +1701,16 @@ static void act(int op, uint64_t n)
     fshm_loan l;
     int rc;
     if (op == PUBLISH) {
+        /* A small message: lent, copied and published under one hold of
+         * the lock. */
         rc = fshm_channel_publish(&sc, buf, make_msg(buf, 1, n, sizeof buf), 0, NULL);
+    } else if (op == LOAN_COMMIT) {
+        size_t len = make_msg(buf, 1, n, sizeof buf);
+        rc = fshm_channel_loan(&sc, len, &l, 0);
+        if (rc == 0) {
+            memcpy(l.data, buf, len);
+            rc = fshm_channel_commit(&sc, &l, len, 0, NULL);
+        }
     } else {
         rc = fshm_channel_loan(&sc, 10, &l, 0);
         if (rc == 0) {
@@ -1746,7 +1773,7 @@ static void step_through(int op, uint64_t n, size_t size)
     }
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
-    if (op == PUBLISH && !state)
+    if (op != LOAN_DISCARD && !state)
         die("the publish never showed");
     ss.steps += steps;
     ss.scenarios++;
@@ -1821,6 +1848,8 @@ static int run_steps(unsigned rounds)
                 fshm_channel_release(&sc, &parent_sub, pinned.slot);
                 parent_catch_up();
             }
+            step_through(LOAN_COMMIT, n++, size);
+            parent_catch_up();
             step_through(LOAN_DISCARD, n, size);
             /* A holder killed in the lock before: the lock, a dirty mark,
              * an undecided word of a slot holding a message. */
@@ -1861,6 +1890,90 @@ static int run_steps(unsigned rounds)
 }
 #endif
 
+/* ---- takeover: a channel made anew over a dead maker's leftover ---- */
+
+#ifdef __linux__
+#include <sys/stat.h>
+
+static int run_takeover(const char *name)
+{
+    char path[300];
+    fshm_channel c;
+    fshm_map m;
+    fshm_sub sub;
+    fshm_sample smp;
+    uint64_t dead, missed, n;
+    unsigned char *base, buf[64];
+    size_t size = 1 << 16, i;
+    uint32_t s, p;
+    int fd, rc, rounds;
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    if (pid < 0 || waitpid(pid, NULL, 0) != pid)
+        die("fork");
+    dead = (fshm_self_id() & ~(uint64_t)0xFFFFFFFF) | (uint32_t)pid;
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    for (rounds = 0; rounds < 2; rounds++) {
+        /* The leftover: sized, the making mode bit, the dead maker's id,
+         * and everything past the lock words scribbled on (a maker of a
+         * channel with other parameters writes its free stack where this
+         * one's slot table goes). */
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd < 0 || ftruncate(fd, (off_t)size) != 0 || fchmod(fd, 0600 | S_ISVTX) != 0)
+            die("leftover: errno %d", errno);
+        base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED)
+            die("mmap");
+        close(fd);
+        for (i = 88; i < size; i++)
+            base[i] = (unsigned char)(i * 131 + 7);
+        memcpy(base + C_LOCK, &dead, 8);
+        munmap(base, size);
+        rc = fshm_channel_open(&c, &m, name, FSHM_ATTACH, 0, 0, 0, 0, 0, 0);
+        if (rc != FSHM_EABANDONED)
+            die("attaching to a dead maker's channel: rc %d", rc);
+        rc = fshm_channel_open(&c, &m, name, FSHM_OPEN_OR_CREATE, 64, 16, 3, 4,
+                               rounds ? FSHM_CHANNEL_OVERWRITE : 0, 0600);
+        if (rc != 0 || !m.created)
+            die("open-or-create over a dead maker's channel: rc %d, created %d", rc,
+                m.created);
+        /* Clean: nothing published, nobody subscribed, every slot free. */
+        if (fshm_channel_head(&c) != 0 || entries_in_use(&c) != 0 ||
+            U32(c.base, C_DIRTY) != 0 || U32(c.base, C_FREE_COUNT) != 16)
+            die("the channel made anew kept what the dead maker wrote");
+        for (s = 0; s < c.slots; s++) {
+            unsigned char *e = c.base + SLOTS_AT + (size_t)s * 64;
+            if (U64(e, S_WORD) != 0 || U64(e, S_PINS) != 0 || U64(e, S_LOANER) != 0)
+                die("slot %u of the channel made anew is not empty", s);
+        }
+        /* And working. */
+        if (fshm_channel_subscribe(&c, &sub, 0) != 0)
+            die("subscribe");
+        for (n = 1; n <= 40; n++) {
+            if (fshm_channel_publish(&c, buf, make_msg(buf, 1, n, sizeof buf), 0, NULL) != 0 ||
+                fshm_channel_try_receive(&c, &sub, &smp, &missed) != 0 || smp.seq != n ||
+                check_msg(smp.data, smp.length, &p, &n) != 0 || n != smp.seq ||
+                fshm_channel_release(&c, &sub, smp.slot) != 0)
+                die("message %llu through the channel made anew", (unsigned long long)n);
+        }
+        fshm_channel_unsubscribe(&c, &sub);
+        fshm_unmap(m.base, m.size);
+        if (fshm_unlink(name) != 0)
+            die("unlink");
+    }
+    printf("takeovers=%d\n", rounds);
+    return 0;
+}
+#else
+static int run_takeover(const char *name)
+{
+    (void)name;
+    printf("takeover=unavailable\n");
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
@@ -1881,6 +1994,8 @@ int main(int argc, char **argv)
                          argv[5]);
     if (strcmp(mode, "wake") == 0 && argc == 4)
         return run_wake((unsigned)strtoul(argv[2], NULL, 10), argv[3]);
+    if (strcmp(mode, "takeover") == 0 && argc == 3)
+        return run_takeover(argv[2]);
     if (strcmp(mode, "steps") == 0 && argc == 3)
         return run_steps((unsigned)strtoul(argv[2], NULL, 10));
     fprintf(stderr, "usage: see the comment at the top of channel_stress.c\n");
