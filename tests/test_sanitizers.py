@@ -521,9 +521,10 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
         pytest.skip(f"{CC} has no shared ASan runtime (libasan.so) to preload into Python")
     preload = [asan] + [lib for lib in [_runtime("libubsan.so")] if lib]
     ext = tmp_path / f"_cext{sysconfig.get_config_var('EXT_SUFFIX')}"
-    built = _compile(ext, [ROOT / "src" / "fastshm" / "_cext.c", CSRC / "slot.c", CSRC / "queue.c",
-                           CSRC / "map_posix.c"],
-                     [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}"])
+    binding = ROOT / "src" / "fastshm"
+    built = _compile(ext, [binding / "_cext.c", binding / "_cext_channel.c", CSRC / "slot.c",
+                           CSRC / "queue.c", CSRC / "channel.c", CSRC / "map_posix.c"],
+                     [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}", f"-I{binding}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     # main, big, hostile, raw, absent (never made), spare (a create that
     # fails), queue main, queue big

@@ -9,11 +9,13 @@ each message in place.  ``SharedMemory`` is a raw named mapping, a drop-in for
 ``multiprocessing.shared_memory.SharedMemory``.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .channel import Publisher, Sample, Subscriber  # noqa: F401
 
 from . import _backend
 from ._errors import DecodeError, FormatError
-from .channel import Publisher, Sample, Subscriber
 from .queue import ObjectQueue, Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
@@ -27,7 +29,17 @@ __all__ = [
 ]
 
 
+_CHANNEL = ("Publisher", "Subscriber", "Sample")
+
+
 def __getattr__(attr: str) -> Any:
+    # The channel's classes load on first use: on CPython their Sample
+    # subclasses the C-API binding's type, which `import fastshm` alone
+    # must not load (a backend is chosen on first use too).
+    if attr in _CHANNEL:
+        from . import channel
+
+        return getattr(channel, attr)
     # The default backend is chosen on first use, so a bad FASTSHM_BACKEND is
     # a clear error there (and an explicit backend= still works), not at import.
     if attr == "backend":
