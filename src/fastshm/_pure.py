@@ -351,15 +351,22 @@ _TRACKFD_ARG: "dict[str, Any]" = {"trackfd": False} if sys.version_info >= (3, 1
 
 def _map(
     name: str, how: int, size: int, mode: int, any_owner: bool
-) -> Tuple[mmap.mmap, int, bool, int, bool]:
-    """(mapping, size, created, fd, read_only); fd is -1 where there is none.
-    Before CPython 3.13 the mapping holds a duplicate of fd of its own."""
+) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+    """(mapping, size, created, fd, read_only, dup); fd is -1 where there is
+    none.  Before CPython 3.13 the mapping holds a duplicate of fd of its
+    own, and ``dup`` is its number as far as it can be known (else -1): a
+    guess, if another thread opened a descriptor at the same instant."""
     if C.WINDOWS:
         mm, size, created = _open_windows(name, how, size)
-        return mm, size, created, -1, False
+        return mm, size, created, -1, False, -1
     fd, size, created, read_only = _open_posix(name, how, size, mode, any_owner)
+    dup = -1
     try:
         access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
+        if not _TRACKFD_ARG:
+            # mmap duplicates fd with the lowest free number, as dup() does.
+            dup = os.dup(fd)
+            os.close(dup)
         mm = mmap.mmap(fd, size, access=access, **_TRACKFD_ARG)
     except BaseException as e:
         os.close(fd)
@@ -368,7 +375,7 @@ def _map(
         if isinstance(e, OSError):
             raise os_error(e.errno or errno.EIO, name) from None
         raise
-    return mm, size, created, fd, read_only
+    return mm, size, created, fd, read_only, dup
 
 
 def unlink(name: str) -> None:
@@ -387,7 +394,7 @@ class RawMapping:
 
     def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
         try:
-            mm, self.size, self.created, fd, self.readonly = _map(
+            mm, self.size, self.created, fd, self.readonly, _ = _map(
                 name, how, size, mode, any_owner
             )
         except _Empty:
@@ -612,9 +619,10 @@ def _publish(mm: mmap.mmap, fd: int, size: int, fields: Any, magic: int) -> None
 def _open_object(
     name: str, how: int, need: int, mode: int, any_owner: bool,
     init: Any, attach: Any, other: str,
-) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+) -> Tuple[mmap.mmap, int, bool, int, bool, int, int]:
     """Map a segment or a queue, as fshm__open in slot.c: (mapping, size,
-    created, fd, read_only, capacity).  ``init(mm, fd, size)`` writes the
+    created, fd, read_only, dup, capacity) (dup: see _map).  ``init(mm, fd,
+    size)`` writes the
     header of one made here; ``attach(mm, size)`` checks the one found and
     returns its capacity or an error code (EKIND: the name holds ``other``,
     the other kind of object)."""
@@ -624,7 +632,7 @@ def _open_object(
     while True:
         creator_alive = False
         try:
-            mm, size, created, fd, read_only = _map(name, how, need, mode, any_owner)
+            mm, size, created, fd, read_only, dup = _map(name, how, need, mode, any_owner)
         except _Empty:  # size 0: its creator has not sized it yet
             code = EEMPTY
         else:
@@ -656,7 +664,7 @@ def _open_object(
                     creator_alive = (state == 0
                                      and time.monotonic() - start < _CREATOR_WAIT_S)
             if code > 0:
-                return mm, size, created, fd, read_only, code
+                return mm, size, created, fd, read_only, dup, code
             mm.close()
             if fd >= 0:
                 os.close(fd)
@@ -682,15 +690,17 @@ class _Mapped:
         "size", "created", "readonly", "closed", "__weakref__",
     )
 
-    def _setup(self, name: str, mm: mmap.mmap, fd: int, size: int, created: bool,
-               read_only: bool) -> None:
+    def _setup(self, name: str, mm: mmap.mmap, fd: int, dup: int, size: int,
+               created: bool, read_only: bool) -> None:
         self.name = name
         self.closed = False  # set by close() of its Segment or Queue: blocked calls end
         self._mm = mm
         self._mv = memoryview(mm)
         self.readonly = read_only
         self._key: Any = name
-        self._src: int = -1
+        # A descriptor of this object that threads reopen to lock: the
+        # mapping's duplicate (as _map found it; _open_thread_fd checks).
+        self._src: int = dup
         if fd >= 0:
             st = os.fstat(fd)
             self._key = (st.st_dev, st.st_ino)
@@ -743,6 +753,30 @@ class _Mapped:
         self._states.add(t)
         return t
 
+    def _reopen(self, cands: "list[int]") -> int:
+        """A new description of the first of ``cands`` that is a descriptor
+        of this object, through /proc/self/fd (Linux); -1 if none is."""
+        if not _LINUX:
+            return -1
+        for n in cands:
+            path = f"/proc/self/fd/{n}"
+            try:
+                # Looked at before it is opened: the number may have been
+                # closed and reused for something that an open would wait
+                # for or act on (a FIFO, a device).
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) != self._key:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if self._same(fd):
+                if n != self._fd:
+                    self._src = n
+                return fd
+            os.close(fd)
+        return -1
+
     def _same(self, fd: int) -> bool:
         st = os.fstat(fd)
         return (st.st_dev, st.st_ino) == self._key  # type: ignore[no-any-return]
@@ -752,32 +786,14 @@ class _Mapped:
         the object), for flock; opened read-only, which flock needs no more
         than."""
         flags = os.O_RDONLY
-        if _LINUX:
-            # Reopening /proc/self/fd/N makes a new description of N's object:
-            # N is the handle's fd, the mapping's duplicate found earlier, or
-            # any descriptor of this object (the mapping's is always there).
-            for scan in (False, True):
-                if scan:
-                    cands = []
-                    for entry in os.listdir("/proc/self/fd"):
-                        try:
-                            st = os.stat(f"/proc/self/fd/{entry}")
-                        except OSError:
-                            continue
-                        if (st.st_dev, st.st_ino) == self._key:
-                            cands.append(int(entry))
-                else:
-                    cands = [n for n in (self._fd, self._src) if n >= 0]
-                for n in cands:
-                    try:
-                        fd = os.open(f"/proc/self/fd/{n}", flags)
-                    except OSError:
-                        continue
-                    if self._same(fd):
-                        if n != self._fd:
-                            self._src = n
-                        return fd
-                    os.close(fd)
+        # Reopening /proc/self/fd/N makes a new description of N's object: N
+        # is the handle's fd or the mapping's duplicate, each checked, as is
+        # the object the name leads to (it may be gone, or another).  Only
+        # when all of them fail, every descriptor of the process is looked
+        # at: a cost in proportion to how many are open.
+        fd = self._reopen([n for n in (self._fd, self._src) if n >= 0])
+        if fd >= 0:
+            return fd
         try:
             fd = int(_posixshmem.shm_open("/" + self.name, flags, mode=0))
         except OSError:
@@ -786,6 +802,18 @@ class _Mapped:
             if self._same(fd):
                 return fd
             os.close(fd)
+        if _LINUX:
+            cands = []
+            for entry in os.listdir("/proc/self/fd"):
+                try:
+                    st = os.stat(f"/proc/self/fd/{entry}")
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == self._key:
+                    cands.append(int(entry))
+            fd = self._reopen(cands)  # (each looked at twice: a rare path)
+            if fd >= 0:
+                return fd
         if self._fd >= 0:
             # The name is gone or names another object: a duplicate shares
             # the handle's description, so this thread's stores exclude other
@@ -809,10 +837,10 @@ class SegmentHandle(_Mapped):
         def init(mm: mmap.mmap, fd: int, size: int) -> None:
             _initialise(mm, fd, size, capacity)
 
-        mm, size, created, fd, read_only, code = _open_object(
+        mm, size, created, fd, read_only, dup, code = _open_object(
             name, how, need, mode, any_owner, init, _attach, "Queue"
         )
-        self._setup(name, mm, fd, size, created, read_only)
+        self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = code if not created else capacity
         self._stride = C.stride_for(self.capacity)
 
@@ -1233,7 +1261,7 @@ class QueueHandle(_Mapped):
 
             _publish(mm, fd, size, fields, C.QUEUE_MAGIC)
 
-        mm, size, created, fd, read_only, code = _open_object(
+        mm, size, created, fd, read_only, dup, code = _open_object(
             name, how, need, mode, any_owner, init, _queue_attach, "Segment"
         )
         if not created:
@@ -1245,7 +1273,7 @@ class QueueHandle(_Mapped):
                 if fd >= 0:
                     os.close(fd)
                 raise protocol_error(name, "native")
-        self._setup(name, mm, fd, size, created, read_only)
+        self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = capacity
         self.max_message = capacity - _Q_REC
 
