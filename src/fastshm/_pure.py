@@ -463,6 +463,9 @@ _flock: Any = None if fcntl is None else fcntl.flock
 _LOCK_EX = 0 if fcntl is None else fcntl.LOCK_EX
 _LOCK_SH = 0 if fcntl is None else fcntl.LOCK_SH
 _LOCK_UN = 0 if fcntl is None else fcntl.LOCK_UN
+_LOCK_NB = 0 if fcntl is None else fcntl.LOCK_NB
+_LOCK_EX_NB = _LOCK_EX | _LOCK_NB
+_LOCK_SH_NB = _LOCK_SH | _LOCK_NB
 _LOCK_SL = slice(C.H_LOCK, C.H_LOCK + 8)
 _H_NEXT = C.H_LOCK_NEXT
 _NEXT_SL = slice(C.H_LOCK_NEXT, C.H_LOCK_NEXT + 8)
@@ -479,6 +482,90 @@ _u32 = C.U32.unpack_from
 _p32 = C.U32.pack
 
 _busy_local = threading.local()
+
+# ---- waiting for a flock that another process holds ----
+#
+# A holder that runs lets go within microseconds or a copy's time; one that
+# holds on is alive but not running -- stopped with Ctrl-Z or SIGSTOP, paused
+# in a debugger -- and holds on until it resumes.  So no wait for the flock
+# outlasts the caller's deadline: every attempt is a LOCK_NB, and between
+# attempts the waiter sleeps, 50 us at first, doubling.  While the object's
+# notify word moves (others commit: the lock changes hands) the sleep stays
+# at 2 ms at most, so a waiter keeps its chances among busy holders; while it
+# does not (the holder is stuck) it grows to 50 ms, which keeps the CPU a
+# waiter spends behind a stopped holder near 0.3% of a core (a wake-up costs
+# tens of microseconds), as little as a queue's idle sleeper.  A call that
+# must not wait (timeout 0, the *_nowait forms) makes a few attempts over
+# about a millisecond, for a holder preempted mid-commit.  A call without a
+# deadline waits the same way rather than in a blocking flock: a signal that
+# landed just before a blocking flock began would wait for the holder, and so
+# would a close() from another thread; here a signal ends the sleep it lands
+# in and its handler runs, and every round (50 ms at most) looks at the
+# handle.
+
+_NOW = -1.0  # the deadline of a call that must not wait
+_LOCK_BUSY = -2  # QueueHandle._enlist: the flock stayed held until the deadline
+_LOCK_PAUSE_MIN_S = 50e-6
+_LOCK_PAUSE_BUSY_S = 0.002
+_LOCK_PAUSE_MAX_S = 0.05
+_LOCK_GRACE_S = (50e-6, 100e-6, 200e-6, 400e-6)
+_monotonic = time.monotonic
+
+
+def _flock_wait(h: "_Mapped", fd: int, how: int, deadline: Optional[float]) -> bool:
+    """After an attempt found the flock on ``fd`` held: attempt again
+    (``how`` has LOCK_NB) until it is ours, True, or ``deadline`` passes,
+    False (None: no deadline; _NOW: a few attempts).  ValueError once
+    another thread has closed ``h``."""
+    if deadline == _NOW:
+        for pause in _LOCK_GRACE_S:
+            time.sleep(pause)
+            try:
+                _flock(fd, how)
+                return True
+            except BlockingIOError:
+                pass
+        return False
+    mm = h._mm
+    seen = _u32(mm, C.H_NOTIFY)[0]
+    pause = _LOCK_PAUSE_MIN_S
+    while True:
+        h._check_open()
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+        else:
+            time.sleep(pause)
+        try:
+            _flock(fd, how)
+            return True
+        except BlockingIOError:
+            pass
+        moved = _u32(mm, C.H_NOTIFY)[0]
+        if moved != seen:
+            seen = moved
+            pause = min(pause * 2, _LOCK_PAUSE_BUSY_S)
+        else:
+            pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+
+
+def _lock_held_error(name: str, owner: int, put: bool) -> Exception:
+    """queue.Full (a put) or queue.Empty (a get) for a call whose deadline
+    passed while another process held the queue's lock: one that is alive
+    but not running, since a holder that runs lets go within a copy's time.
+    ``owner`` is the lock word as last seen (0: free again by now)."""
+    import queue
+
+    who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+    exc = queue.Full if put else queue.Empty
+    return exc(
+        f"queue {name!r} stayed locked by {who} until the timeout, so nothing was "
+        f"{'put' if put else 'taken'}; a holder that keeps the lock this long is alive "
+        "but not running (stopped with Ctrl-Z or SIGSTOP, or paused in a debugger): "
+        "resume it (kill -CONT), and the queue moves again"
+    )
 
 
 def _thread_busy() -> "dict[Any, Any]":
@@ -689,6 +776,7 @@ class _Mapped:
         "name", "_mm", "_mv", "_fd", "_src", "_key", "_anchor", "_tls", "_states",
         "size", "created", "readonly", "closed", "__weakref__",
     )
+    _KIND = "object"  # in messages: "segment" or "queue"
 
     def _setup(self, name: str, mm: mmap.mmap, fd: int, dup: int, size: int,
                created: bool, read_only: bool) -> None:
@@ -728,6 +816,12 @@ class _Mapped:
                 self._fd = -1
         except (AttributeError, OSError):
             pass
+
+    def _check_open(self) -> None:
+        """Between two sleeps of a wait: ValueError once another thread has
+        closed the object (the wait changed nothing)."""
+        if self.closed:
+            raise closed_error(self._KIND, self.name)
 
     # -- per-thread lock state --
 
@@ -826,6 +920,7 @@ class SegmentHandle(_Mapped):
     """An open fastshm segment over an mmap."""
 
     __slots__ = ("capacity", "_stride")
+    _KIND = "segment"
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
@@ -847,23 +942,30 @@ class SegmentHandle(_Mapped):
     def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
         """Wait for the lock word, then write this process's id into it (the
         caller holds the flock).  A native writer holds the word with a CAS;
-        its owner is asked about only every 50th round (system calls).
+        its owner is asked about every 50th round (system calls), and every
+        round once the wait has grown long.
 
         After one failed look this process names itself in lock_next, as a
         native waiter that has slept does: native writers then leave the free
         lock to it, so native writers storing back to back cannot starve it
         (it polls, and would otherwise have to land in the instant between
-        one native store and the next)."""
+        one native store and the next).  It looks every 20 us while the
+        writers move (the lock word or the notify word changes), and less
+        and less often, up to every 50 ms, while they do not: the holder is
+        then stuck (stopped, or paused in a debugger), and a waiter behind it
+        costs little CPU.  A signal ends the sleep it lands in."""
         me = t.me
         rounds = 0
         turn = False
+        pause = 20e-6
+        seen = (0, 0)
         try:
             while True:
                 owner = _u64(mm, C.H_LOCK)[0]
                 # Our own id under our flock: left by a store of this process
                 # that was interrupted where an old CPython could not clear it.
                 if owner == 0 or owner == me or (
-                    rounds % 50 == 0 and owner_dead(owner) == 1
+                    (rounds % 50 == 0 or pause >= 1e-3) and owner_dead(owner) == 1
                 ):
                     break
                 if not turn and _u64(mm, _H_NEXT)[0] == 0:
@@ -873,7 +975,14 @@ class SegmentHandle(_Mapped):
                     mm[_NEXT_SL] = t.ident
                     turn = True
                 rounds += 1
-                time.sleep(20e-6)
+                now = (owner, _u32(mm, C.H_NOTIFY)[0])
+                if now != seen:
+                    seen = now
+                    pause = 20e-6
+                else:
+                    pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+                self._check_open()
+                time.sleep(pause)
             t.claimed = True
             if ops is not None:
                 ops[0] = t.clear
@@ -911,7 +1020,10 @@ class SegmentHandle(_Mapped):
         busy[key] = sys._getframe()
         try:
             if fd >= 0:
-                _flock(fd, _LOCK_EX)
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                except BlockingIOError:
+                    _flock_wait(self, fd, _LOCK_EX_NB, None)  # see "waiting for a flock"
             self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
@@ -1199,7 +1311,7 @@ _Q_SLICE_S = 0.1
 # Zero padding after a payload of n bytes, by n % 8.
 _PADS = tuple(bytes(-i & 7) for i in range(8))
 _HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
-_QH, _QT, _QC = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT
+_QH, _QT, _QC, _QN = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT, C.Q_NOTIFY
 
 # What QueueHandle._locked does under the lock.
 _PUT, _TAKE, _TAKE_INTO = 0, 1, 2
@@ -1229,7 +1341,8 @@ class QueueHandle(_Mapped):
     """An open fastshm queue over an mmap (the python backend's lock: flags
     PYLOCK)."""
 
-    __slots__ = ("capacity", "max_message")
+    __slots__ = ("capacity", "max_message", "_owed")
+    _KIND = "queue"
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
@@ -1276,6 +1389,9 @@ class QueueHandle(_Mapped):
         self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = capacity
         self.max_message = capacity - _Q_REC
+        # Sleepers this handle could not uncount (the flock stayed held past
+        # the call's deadline): its next count under the flock takes them off.
+        self._owed = 0
 
     # -- under the lock --
 
@@ -1308,10 +1424,14 @@ class QueueHandle(_Mapped):
         mm[_Q_COUNT_SL] = _p64(n)
         mm[_Q_DIRTY_SL] = _ZERO4
 
-    def _locked(self, what: int, arg: Any, arg2: Any) -> Any:
+    def _locked(self, what: int, arg: Any, arg2: Any, need: int,
+                deadline: Optional[float]) -> Any:
         """One attempt under the lock: _PUT (arg: messages, arg2: their
-        lengths) -> bool; _TAKE (arg: at most that many) -> list;
-        _TAKE_INTO (arg: the buffer) -> length, or -1 when empty."""
+        lengths, need: the ring bytes of their records) -> bool; _TAKE (arg:
+        at most that many) -> list;
+        _TAKE_INTO (arg: the buffer) -> length, or -1 when empty.  None,
+        nothing done, when another process held the lock until ``deadline``
+        (see "waiting for a flock")."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1331,8 +1451,12 @@ class QueueHandle(_Mapped):
         # From here until the release, see "what a signal may interrupt".
         busy[key] = sys._getframe()
         try:
-            if fd >= 0:
-                _flock(fd, _LOCK_EX)
+            # (A queue is never opened without flock: fd is a descriptor.)
+            try:
+                _flock(fd, _LOCK_EX_NB)
+            except BlockingIOError:
+                if not _flock_wait(self, fd, _LOCK_EX_NB, deadline):
+                    return None
             # The flock is the lock: a word found here that is not 0 (nor
             # ours, left by an old CPython's interrupted release) belongs to
             # a holder that died; the dirty mark says whether to recount.
@@ -1350,13 +1474,10 @@ class QueueHandle(_Mapped):
                 self._positions()  # raises
             count: int = _u64(mm, _QC)[0]
             # notify + 1, ready before the commit (the flock makes it exact).
-            bump = _p32((_u32(mm, C.Q_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+            bump = _p32((_u32(mm, _QN)[0] + 1) & 0xFFFFFFFF)
             done = False
             if what == _PUT:
                 lens: "list[int]" = arg2
-                need = 0
-                for n in lens:
-                    need += _Q_REC + ((n + 7) & ~7)
                 if cap - ((tail - head) & _M64) < need:
                     out: Any = False
                 else:
@@ -1493,11 +1614,15 @@ class QueueHandle(_Mapped):
             return True
         return (used != 0) if room == 0 else (cap - used >= room)
 
-    def _enlist(self, delta: int, room: int, mark: "list[bool]") -> int:
+    def _enlist(self, delta: int, room: int, mark: "list[bool]",
+                deadline: Optional[float]) -> int:
         """Under the flock: with ``delta`` 1, unless ``_ready(room)``, count
         this thread in ``waiters`` and return the notify word it then holds
         (-1 when ready: nothing counted); with -1, uncount it.  ``mark[0]``
-        says whether this thread is counted, stored right beside the count."""
+        says whether this thread is counted, stored right beside the count.
+        _LOCK_BUSY when another process held the flock until ``deadline``:
+        nothing counted, or an uncount owed (``_owed``) to the handle's next
+        count under the flock."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1516,8 +1641,20 @@ class QueueHandle(_Mapped):
         busy[key] = sys._getframe()
         try:
             if fd >= 0:
-                _flock(fd, _LOCK_EX)
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                except BlockingIOError:
+                    if not _flock_wait(self, fd, _LOCK_EX_NB, deadline):
+                        if delta < 0:
+                            self._owed += 1
+                            mark[0] = False
+                        return _LOCK_BUSY
             n: int = _u32(mm, C.Q_WAITERS)[0]
+            owed = self._owed
+            if owed:
+                self._owed = 0
+                n = n - owed if n > owed else 0
+                mm[_Q_WAITERS_SL] = _p32(n)
             if delta > 0:
                 if not self._ready(room):
                     more = _p32((n + 1) & 0xFFFFFFFF)
@@ -1548,7 +1685,9 @@ class QueueHandle(_Mapped):
         global _futex_waits
         mark = [False]
         try:
-            seen = self._enlist(1, room, mark)
+            seen = self._enlist(1, room, mark, deadline)
+            if seen == _LOCK_BUSY:
+                return False  # only ever at the deadline
             if seen < 0:
                 return True
             mm = self._mm
@@ -1568,7 +1707,9 @@ class QueueHandle(_Mapped):
                     return True
         finally:
             if mark[0]:
-                self._enlist(-1, room, mark)
+                # Without waiting for a holder that does not run: this may be
+                # a deadline's or an interrupt's way out.
+                self._enlist(-1, room, mark, _NOW)
 
     def _wait(self, room: int, deadline: Optional[float]) -> bool:
         """Until ``_ready(room)``: True; False at the deadline.  It may end
@@ -1615,58 +1756,54 @@ class QueueHandle(_Mapped):
             self._check_open()
             time.sleep(pause if deadline is None else min(pause, deadline - now))
 
-    def _check_open(self) -> None:
-        """Between two sleeps of a wait: ValueError once another thread has
-        closed the queue (nothing was put or taken)."""
-        if self.closed:
-            raise closed_error("queue", self.name)
-
-    @staticmethod
-    def _deadline(timeout: Optional[float]) -> Optional[float]:
-        if timeout is None or timeout == float("inf"):
-            return None
-        return time.monotonic() + timeout
-
     # -- the operations --
 
+    # The timeouts of put_many, take and take_into: seconds (finite), 0 for a
+    # call that must not wait, None for no timeout.
+
     def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
-        lens = [len(m) for m in msgs]
-        if not lens:
-            return True
-        biggest = max(lens)
+        if len(msgs) == 1:  # put(): the common case, without the loops
+            biggest = len(msgs[0])
+            lens = [biggest]
+            need = _Q_REC + ((biggest + 7) & ~7)
+        else:
+            lens = [len(m) for m in msgs]
+            if not lens:
+                return True
+            biggest = max(lens)
+            need = 0
+            for n in lens:
+                need += _Q_REC + ((n + 7) & ~7)
         if biggest > self.max_message:
             raise message_too_big(biggest, self.name, self.max_message)
-        need = 0
-        for n in lens:
-            need += _Q_REC + ((n + 7) & ~7)
         if need > self.capacity:
             raise batch_too_big(need, self.name, self.capacity)
         if self.readonly:
             raise read_only_error(self.name, "queue")
-        deadline = None
+        # Taken as the call starts: it bounds the wait for the lock too.
+        deadline = (None if timeout is None
+                    else _monotonic() + timeout if timeout else _NOW)
         while True:
-            if self._locked(_PUT, msgs, lens):
+            done = self._locked(_PUT, msgs, lens, need, deadline)
+            if done:
                 return True
-            if timeout == 0:
-                return False
-            if deadline is None:
-                deadline = self._deadline(timeout)
-            if not self._wait(need, deadline):
+            if done is None:
+                raise _lock_held_error(self.name, self.lock_owner(), True)
+            if deadline == _NOW or not self._wait(need, deadline):
                 return False
 
     def _take(self, what: int, arg: Any, timeout: Optional[float]) -> Any:
         if self.readonly:
             raise read_only_error(self.name, "queue")
-        deadline = None
+        deadline = (None if timeout is None
+                    else _monotonic() + timeout if timeout else _NOW)
         while True:
-            out = self._locked(what, arg, None)
+            out = self._locked(what, arg, None, 0, deadline)
+            if out is None:
+                raise _lock_held_error(self.name, self.lock_owner(), False)
             if (out >= 0) if what == _TAKE_INTO else out:  # a length, or messages
                 return out
-            if timeout == 0:
-                return out
-            if deadline is None:
-                deadline = self._deadline(timeout)
-            if not self._wait(0, deadline):
+            if deadline == _NOW or not self._wait(0, deadline):
                 return out
 
     def take(self, max: Optional[int], timeout: Optional[float]) -> "list[bytes]":
