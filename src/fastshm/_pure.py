@@ -13,6 +13,7 @@ segment waiters poll with a growing sleep instead of sleeping on a futex
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import platform
@@ -217,6 +218,17 @@ def _futex_wake(anchor: Any, offset: int) -> None:
                            _futex_ffi.NULL, _futex_ffi.NULL, 0)
     else:
         _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
+
+
+def _futex_waker(anchor: Any, offset: int) -> Any:
+    """``_futex_wake(anchor, offset)`` as a call from C (see _from_c)."""
+    if anchor is None:
+        return _NO_CALL
+    if _futex_ffi is not None:
+        return _from_c(_futex_lib.syscall, _SYS_futex, anchor + offset, _FUTEX_WAKE,
+                       0x7FFFFFFF, _futex_ffi.NULL, _futex_ffi.NULL, 0)
+    return _from_c(_syscall, _SYS_futex, anchor[0] + offset, _FUTEX_WAKE, 0x7FFFFFFF,
+                   None, None, 0)
 
 
 def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> int:
@@ -445,6 +457,17 @@ if not _INLINE_RELEASE:
     _consume: Any = collections.deque(maxlen=0).extend
     _partial: Any = functools.partial
 
+# A call made where no signal handler may run after it: ``for _ in it:
+# break`` over ``_from_c(fn, *args)`` calls fn(*args) once, from the
+# iterator's C code, and CPython 3.11 and later run handlers only after
+# CALL instructions, at function entries and at backward jumps, none of
+# which that loop has.
+_NO_CALL: Any = iter(int, 1)  # stands for a call that has nothing to do
+
+
+def _from_c(fn: Any, *args: Any) -> Any:
+    return itertools.starmap(fn, itertools.repeat(args))
+
 # Loads: lock-free attempts before a writable handle takes the writer lock
 # and copies under it, so that a load ends whatever the writers do.
 _LOCKFREE_TRIES = 3
@@ -602,10 +625,11 @@ def _reentrant(name: str, frame: Any, what: str) -> RuntimeError:
 class _ThreadState:
     """One thread's lock state for one handle."""
 
-    __slots__ = ("fd", "claimed", "ident", "me", "busy", "clear", "unflock", "noop",
-                 "__weakref__")
+    __slots__ = ("fd", "claimed", "ident", "me", "busy", "release", "clear", "unflock",
+                 "noop", "__weakref__")
 
     fd: int
+    release: Any  # LOCK_UN on fd, called from C (_from_c)
     claimed: bool  # the lock word holds our id (inline release only)
     ident: bytes  # that id, packed
     me: int
@@ -834,6 +858,7 @@ class _Mapped:
         t.busy = _thread_busy()
         if fcntl is not None:
             t.fd = self._open_thread_fd()
+        t.release = _from_c(_flock, t.fd, _LOCK_UN) if t.fd >= 0 else _NO_CALL
         if not _INLINE_RELEASE:
             t.clear = _partial(self._mm.__setitem__, _LOCK_SL, _ZERO8)
             t.noop = _partial(int)
@@ -1282,13 +1307,18 @@ class SegmentHandle(_Mapped):
 # them with one store of tail; a take copies the front records out, then
 # drops them with one store of head.  Everything before that store can be
 # interrupted (a KeyboardInterrupt, SIGKILL) without changing the queue; the
-# count word beside it is fixed by whoever next finds the dirty mark.  The
-# statements from the head or tail store to the release make no call (the
-# futex wake of sleepers comes after the release), so that on CPython 3.11
-# and later no signal handler runs between the commit and the release: a
-# handler's exception after the commit surfaces only once the lock is given
-# back, and a take's messages are then lost to its caller, as the result of
-# any Python function interrupted after it has done its work.
+# count word beside it is fixed by whoever next finds the dirty mark.
+#
+# After the commit.  From the head or tail store until put or get has
+# returned to its caller, nothing runs a signal handler (CPython 3.11 and
+# later): the statements up to the release make no call, the release's
+# LOCK_UN and the wake of sleepers after it are called from C (_from_c), and
+# the returns through put_many or _take to the caller are no such point
+# either.  A signal that lands after the commit raises its exception in the
+# caller, after the call returned: an interrupted put has put nothing (a
+# caller that retries it sends nothing twice), and the messages of a take
+# that committed reach its caller.  A signal that lands before the commit
+# raises inside, and the queue is as it was.
 
 _Q_RING = C.HEADER_SIZE
 _Q_REC = C.QUEUE_RECORD_HEADER
@@ -1341,7 +1371,7 @@ class QueueHandle(_Mapped):
     """An open fastshm queue over an mmap (the python backend's lock: flags
     PYLOCK)."""
 
-    __slots__ = ("capacity", "max_message", "_owed")
+    __slots__ = ("capacity", "max_message", "_waker", "_owed")
     _KIND = "queue"
 
     def __init__(
@@ -1389,6 +1419,7 @@ class QueueHandle(_Mapped):
         self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = capacity
         self.max_message = capacity - _Q_REC
+        self._waker = _futex_waker(self._anchor, C.Q_NOTIFY)
         # Sleepers this handle could not uncount (the flock stayed held past
         # the call's deadline): its next count under the flock takes them off.
         self._owed = 0
@@ -1564,12 +1595,13 @@ class QueueHandle(_Mapped):
                 _consume(rel)  # released here; the finally's call finds nothing left
         finally:
             if rel is None:
-                # No point where a signal handler runs until LOCK_UN is done.
+                # No point where a signal handler runs from here back to the
+                # caller (see "after the commit" above).
                 if t.claimed:
                     mm[_LOCK_SL] = _ZERO8
                     t.claimed = False
-                if fd >= 0:
-                    _flock(fd, _LOCK_UN)
+                for _ in t.release:  # LOCK_UN
+                    break
             else:
                 _consume(rel)
             busy[key] = None
@@ -1577,7 +1609,8 @@ class QueueHandle(_Mapped):
             # After the release, so the woken take the flock at once.  An
             # interrupt before it loses the wake-up: the sleepers find the
             # change at the end of their slice.
-            _futex_wake(self._anchor, C.Q_NOTIFY)
+            for _ in self._waker:
+                break
         return out
 
     # -- waiting --
