@@ -513,9 +513,11 @@ _busy_local = threading.local()
 # in a debugger -- and holds on until it resumes.  So no wait for the flock
 # outlasts the caller's deadline: every attempt is a LOCK_NB, and between
 # attempts the waiter sleeps, 50 us at first, doubling.  While the object's
-# notify word moves (others commit: the lock changes hands) the sleep stays
-# at 2 ms at most, so a waiter keeps its chances among busy holders; while it
-# does not (the holder is stuck) it grows to 50 ms, which keeps the CPU a
+# notify word or its lock word moves (others commit: the lock changes hands)
+# the sleep stays at 2 ms at most, so a waiter keeps its chances among busy
+# holders, and it starts again at 50 us when the lock word has just been
+# cleared (holders clear it before they let go of the flock); while neither
+# moves (the holder is stuck) it grows to 50 ms, which keeps the CPU a
 # waiter spends behind a stopped holder near 0.3% of a core (a wake-up costs
 # tens of microseconds), as little as a queue's idle sleeper.  A call that
 # must not wait (timeout 0, the *_nowait forms) makes a few attempts over
@@ -532,6 +534,13 @@ _LOCK_PAUSE_MIN_S = 50e-6
 _LOCK_PAUSE_BUSY_S = 0.002
 _LOCK_PAUSE_MAX_S = 0.05
 _LOCK_GRACE_S = (50e-6, 100e-6, 200e-6, 400e-6)
+# The longest a load waits for the writer lock before it copies without it
+# again (a writer stopped with the lock spoils no copy), as fshm_read_lock.
+_READ_LOCK_MAX_S = 0.05
+_HELD = object()  # SegmentHandle._read_locked: what it returns then
+# How long a turn to the lock (lock_next) is kept while the lock sits free
+# without its owner taking it, as TURN_MAX_NS in slot.c.
+_TURN_MAX_S = 0.01
 _monotonic = time.monotonic
 
 
@@ -550,7 +559,7 @@ def _flock_wait(h: "_Mapped", fd: int, how: int, deadline: Optional[float]) -> b
                 pass
         return False
     mm = h._mm
-    seen = _u32(mm, C.H_NOTIFY)[0]
+    seen = (_u32(mm, C.H_NOTIFY)[0], _u64(mm, C.H_LOCK)[0])
     pause = _LOCK_PAUSE_MIN_S
     while True:
         h._check_open()
@@ -566,12 +575,14 @@ def _flock_wait(h: "_Mapped", fd: int, how: int, deadline: Optional[float]) -> b
             return True
         except BlockingIOError:
             pass
-        moved = _u32(mm, C.H_NOTIFY)[0]
-        if moved != seen:
-            seen = moved
-            pause = min(pause * 2, _LOCK_PAUSE_BUSY_S)
-        else:
+        now = (_u32(mm, C.H_NOTIFY)[0], _u64(mm, C.H_LOCK)[0])
+        if now == seen:
             pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+        elif now[1] == 0:  # the holder has just let go of the word: the flock follows
+            pause = _LOCK_PAUSE_MIN_S
+        else:
+            pause = min(pause * 2, _LOCK_PAUSE_BUSY_S)
+        seen = now
 
 
 def _lock_held_error(name: str, owner: int, put: bool) -> Exception:
@@ -964,24 +975,27 @@ class SegmentHandle(_Mapped):
         self.capacity = code if not created else capacity
         self._stride = C.stride_for(self.capacity)
 
-    def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
+    def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any,
+               deadline: Optional[float] = None, named: bool = False) -> bool:
         """Wait for the lock word, then write this process's id into it (the
-        caller holds the flock).  A native writer holds the word with a CAS;
-        its owner is asked about every 50th round (system calls), and every
-        round once the wait has grown long.
+        caller holds the flock): True; False, nothing claimed, when another
+        still held it at ``deadline`` (None: no deadline).  A native writer
+        holds the word with a CAS; its owner is asked about every 50th round
+        (system calls), and every round once the wait has grown long.
 
         After one failed look this process names itself in lock_next, as a
         native waiter that has slept does: native writers then leave the free
         lock to it, so native writers storing back to back cannot starve it
         (it polls, and would otherwise have to land in the instant between
-        one native store and the next).  It looks every 20 us while the
+        one native store and the next); ``named``: it did so already.  It
+        looks every 20 us while the
         writers move (the lock word or the notify word changes), and less
         and less often, up to every 50 ms, while they do not: the holder is
         then stuck (stopped, or paused in a debugger), and a waiter behind it
         costs little CPU.  A signal ends the sleep it lands in."""
         me = t.me
         rounds = 0
-        turn = False
+        turn = named and _u64(mm, _H_NEXT)[0] == me
         pause = 20e-6
         seen = (0, 0)
         try:
@@ -1006,6 +1020,11 @@ class SegmentHandle(_Mapped):
                     pause = 20e-6
                 else:
                     pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+                if deadline is not None:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        return False
+                    pause = min(pause, left)
                 self._check_open()
                 time.sleep(pause)
             t.claimed = True
@@ -1017,6 +1036,35 @@ class SegmentHandle(_Mapped):
             # could take the lock in between), or on the way out.
             if turn and _u64(mm, _H_NEXT)[0] == me:
                 mm[_NEXT_SL] = _ZERO8
+        return True
+
+    def _leave_turn(self, mm: mmap.mmap, turn: int) -> None:
+        """lock_next names another process, one waiting for the lock, which
+        native writers leave the free lock to (docs/FORMAT.md, "Storing");
+        so does this writer, before it takes the flock: it waits until that
+        turn is taken (lock_next moves on), or is stale -- its process gone,
+        or the lock free for _TURN_MAX_S without it taking it -- and then
+        clears it.  Without this, a python writer storing back to back would
+        take the flock again before a waiting reader ever got it."""
+        free_since: Optional[float] = None
+        pause = 20e-6
+        while True:
+            self._check_open()
+            time.sleep(pause)
+            if _u64(mm, _H_NEXT)[0] != turn:
+                return
+            now = _monotonic()
+            if _u64(mm, C.H_LOCK)[0] != 0:
+                free_since = None
+            elif free_since is None:
+                free_since = now
+            if (free_since is not None and now - free_since >= _TURN_MAX_S) or (
+                owner_dead(turn) == 1
+            ):
+                if _u64(mm, _H_NEXT)[0] == turn:
+                    mm[_NEXT_SL] = _ZERO8
+                return
+            pause = min(pause * 2, 1e-3)
 
     # -- the operations --
 
@@ -1036,6 +1084,9 @@ class SegmentHandle(_Mapped):
         if inner is not None and _on_stack(inner):
             raise _reentrant(self.name, inner, "store")
         mm = self._mm
+        turn = _u64(mm, _H_NEXT)[0]
+        if turn and turn != t.me:
+            self._leave_turn(mm, turn)
         fd = t.fd
         ops = rel = None
         if not _INLINE_RELEASE:
@@ -1126,7 +1177,10 @@ class SegmentHandle(_Mapped):
     def _read_locked(self, what: int, dst: Any, exclusive: bool) -> Any:
         """One attempt under the flock: shared (ordering on weakly ordered
         CPUs), or exclusive with the lock word too (no writer can get in the
-        way, native ones included)."""
+        way, native ones included).  Exclusive, _HELD when a writer kept the
+        lock for _READ_LOCK_MAX_S without a store: one that holds it that
+        long is stuck (stopped, or paused in a debugger), and spoils no
+        copy."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1144,12 +1198,30 @@ class SegmentHandle(_Mapped):
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
             rel = map(_pcall, ops)
+        named = False
         busy[key] = sys._getframe()
         try:
             if fd >= 0:
-                _flock(fd, _LOCK_EX if exclusive else _LOCK_SH)
-            if exclusive:
-                self._claim(t, mm, ops)
+                how = _LOCK_EX_NB if exclusive else _LOCK_SH_NB
+                try:
+                    _flock(fd, how)
+                except BlockingIOError:
+                    if not exclusive:
+                        _flock_wait(self, fd, how, None)
+                    else:
+                        # Its turn next: writers of either backend leave the
+                        # lock to it once the holder lets go (see _leave_turn).
+                        if _u64(mm, _H_NEXT)[0] == 0:
+                            mm[_NEXT_SL] = t.ident
+                            named = True
+                        if not self._until_stuck(
+                            lambda end: _flock_wait(self, fd, how, end)
+                        ):
+                            return _HELD
+            if exclusive and not self._until_stuck(
+                lambda end: self._claim(t, mm, ops, end, named)
+            ):
+                return _HELD
             out = self._read_once(what, dst)
             if rel is not None:
                 _consume(rel)
@@ -1163,7 +1235,21 @@ class SegmentHandle(_Mapped):
             else:
                 _consume(rel)
             busy[key] = None
+            if named and _u64(mm, _H_NEXT)[0] == t.me:  # a turn it did not take
+                mm[_NEXT_SL] = _ZERO8
         return out
+
+    def _until_stuck(self, attempt: Any) -> bool:
+        """``attempt(deadline)`` in rounds of _READ_LOCK_MAX_S until it
+        succeeds, True, or a round passes in which no writer stored, False:
+        the holder is stuck, and spoils no copy."""
+        mm = self._mm
+        while True:
+            seen = _u32(mm, C.H_NOTIFY)[0]
+            if attempt(_monotonic() + _READ_LOCK_MAX_S):
+                return True
+            if _u32(mm, C.H_NOTIFY)[0] == seen:
+                return False
 
     def _read_slow(self, what: int, dst: Any) -> Any:
         """After the lock-free attempts (strongly ordered CPUs) or instead of
@@ -1174,6 +1260,9 @@ class SegmentHandle(_Mapped):
             exclusive = tries >= _LOCKFREE_TRIES and not self.readonly
             if exclusive or not _STRONG_ORDER:
                 out = self._read_locked(what, dst, exclusive)
+                if out is _HELD:  # by a writer that is stuck: copy without it
+                    out = (self._read_once(what, dst) if _STRONG_ORDER
+                           else self._read_locked(what, dst, False))
             else:
                 out = self._read_once(what, dst)
             if out is not None:
