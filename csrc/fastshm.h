@@ -59,17 +59,23 @@ extern "C" {
 #define FSHM_ETOOBIG (-2)    /* message larger than the slot capacity */
 #define FSHM_ESMALL (-3)     /* destination too small; *n says what is needed */
 #define FSHM_ETIMEOUT (-4)   /* wait ran out of time */
-#define FSHM_ENOTREADY (-5)  /* segment exists but its creator never finished it */
+#define FSHM_ENOTREADY (-5)  /* segment exists but has no header, and no creator
+                                can be seen making it */
 #define FSHM_EEMPTY (-6)     /* the name exists with size 0 */
 #define FSHM_EAGAIN (-7)     /* a read raced with writers; try again */
 #define FSHM_EVERSION (-8)   /* a fastshm segment of a format version we do not know */
 #define FSHM_EOWNER (-9)     /* the object belongs to another user; see FSHM_ANY_OWNER */
-#define FSHM_EBUSY (-10)     /* fshm_try_store: another writer holds the lock */
+#define FSHM_EBUSY (-10)     /* another process held the lock past the call's deadline */
 #define FSHM_EKIND (-11)     /* the name holds the other kind of object: a queue
                                 where a segment was expected, or the reverse */
 #define FSHM_EFULL (-12)     /* a queue has no room for the message(s) */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
 #define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
+#define FSHM_ENOTREG (-15)   /* the name holds no shared memory: a FIFO, a
+                                directory, a device, a socket or a symbolic
+                                link made there by other means */
+#define FSHM_EABANDONED (-16) /* its creator died before finishing it; an
+                                 opener that may create it takes it over */
 
 #define FSHM_QUEUE_MAGIC 0x51485346u /* the bytes "FSHQ" read little-endian */
 #define FSHM_QUEUE_VERSION 1
@@ -171,11 +177,14 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size);
 /* Map and open a segment by name, creating and initialising it as `how`
  * says (FSHM_ANY_OWNER may be or-ed in).  An opener that finds the segment
  * still being made waits for its creator while the creator is alive (it
- * marks the header with its id while it reserves the memory), up to a
- * minute, and about a second when it cannot tell; FSHM_ENOTREADY after
- * that.  EINTR when a signal handler ran while it waited: call again.  On
- * success *m holds the mapping, to be released with
- * fshm_unmap(m->base, m->size). */
+ * holds the object's init lock, and marks the header with its id, while it
+ * makes it), up to a minute, and about a second when it cannot tell;
+ * FSHM_ENOTREADY (FSHM_EEMPTY for a size of 0) after that.  One whose
+ * creator died is made anew by an FSHM_OPEN_OR_CREATE opener (m->created
+ * is then 1), and refused with FSHM_EABANDONED by an FSHM_ATTACH one
+ * (docs/FORMAT.md, "Creating").  EINTR when a signal handler ran while it
+ * waited: call again.  On success *m holds the mapping, to be released
+ * with fshm_unmap(m->base, m->size). */
 int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
                   uint64_t capacity, unsigned mode);
 
@@ -188,6 +197,15 @@ int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
  * lock beyond a short spin (nothing stored).  For callers that must let go
  * of something, such as a language runtime's global lock, before sleeping. */
 int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq);
+/* fshm_store waiting at most timeout_ns for another writer's lock (0: about
+ * a millisecond, for a writer preempted while it held it; < 0: as long as
+ * it takes): FSHM_EBUSY when the lock was still another's after that,
+ * nothing stored.  A writer that is alive but stopped (SIGSTOP, a debugger)
+ * holds the lock until it resumes; this bounds how long a caller waits for
+ * it, and lets a binding wait in slices, running its signal handlers
+ * between them. */
+int fshm_store_timed(const fshm_seg *s, const void *src, size_t n, int64_t timeout_ns,
+                     uint64_t *seq);
 /* Copy the current message into dst (dst_cap bytes).  *n gets its length,
  * *seq its number.  FSHM_ESMALL when dst_cap < *n: dst is untouched, unless
  * an earlier attempt's copy raced with writers and was retried.  A copy that
@@ -211,7 +229,9 @@ int fshm_read_end(const fshm_seg *s, const fshm_read *r);
 /* fshm_read_begin under the writer lock, for a reader that writers keep
  * spoiling: no store of a writer that takes the lock word can move the
  * message until fshm_read_unlock.  EINTR when a signal arrived while it
- * waited, EACCES for a read-only segment. */
+ * waited, EACCES for a read-only segment, FSHM_EBUSY when a writer held the
+ * lock for 50 ms: a writer stopped with its lock spoils no copy, so the
+ * caller copies without the lock again. */
 int fshm_read_lock(const fshm_seg *s, fshm_read *r);
 void fshm_read_unlock(const fshm_seg *s);
 /* 1 while message number `seq` is still in place and untouched (0 counts as
@@ -273,7 +293,12 @@ int fshm_queue_attach(fshm_queue *q, void *base, size_t size);
 int fshm_queue_open(fshm_queue *q, fshm_map *m, const char *name, int how,
                     uint64_t capacity, uint32_t flags, unsigned mode);
 
-/* Timeouts: 0 never sleeps, < 0 waits as long as it takes. */
+/* Timeouts: 0 never sleeps for room or a message, < 0 waits as long as it
+ * takes.  The timeout bounds the wait for the queue's lock too: a put or
+ * take returns FSHM_EBUSY (nothing put or taken) when another process held
+ * the lock until then, such as one that is alive but stopped (SIGSTOP, a
+ * debugger).  With a zero timeout that wait lasts about a millisecond, for
+ * a holder preempted in the middle of its commit. */
 
 /* Append one message.  FSHM_ETOOBIG at once (nothing changed) when it could
  * never fit; FSHM_EFULL when there was no room before the timeout; EINTR

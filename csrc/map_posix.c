@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #endif
 #include "fastshm.h"
+#include "internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,6 +17,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -52,6 +54,43 @@ static int reserve_fd(int fd, size_t size)
 #endif
 }
 
+#ifdef __linux__
+/* The mode bit a new object carries while a fastshm process makes it: set
+ * by the open that creates the name, so it is there from the first instant,
+ * and cleared when the header is published.  Linux keeps it on a shared-
+ * memory object and gives it no meaning there (BSDs refuse it on files). */
+#define MAKING_MODE S_ISVTX
+#else
+#define MAKING_MODE 0
+#endif
+
+#ifdef __linux__
+/* An existing name is opened without blocking: a FIFO made under it would
+ * otherwise wait for a writer (glibc and musl pass the flag to open; a
+ * shared-memory object ignores it). */
+#define ATTACH_FLAGS O_NONBLOCK
+#else
+#define ATTACH_FLAGS 0
+#endif
+
+/* What an open of "/name" that failed with `err` means: FSHM_ENOTREG when
+ * the name holds something other than shared memory, which glibc reports
+ * as EINVAL (a directory) and O_NOFOLLOW as ELOOP (a symbolic link). */
+static int open_error(const char *path, int err)
+{
+#ifdef __linux__
+    char full[NAME_MAX + 16];
+    struct stat st;
+    if ((err == EINVAL || err == ELOOP || err == EISDIR) &&
+        snprintf(full, sizeof full, "/dev/shm%s", path) < (int)sizeof full &&
+        lstat(full, &st) == 0 && !S_ISREG(st.st_mode))
+        return FSHM_ENOTREG;
+#else
+    (void)path;
+#endif
+    return err;
+}
+
 /* "/name" into buf; EINVAL / ENAMETOOLONG for names POSIX cannot hold. */
 static int posix_name(char *buf, size_t bufsize, const char *name)
 {
@@ -66,6 +105,27 @@ static int posix_name(char *buf, size_t bufsize, const char *name)
     return 0;
 }
 
+/* The init lock of an object this process has just created, taken before
+ * it has a size.  An opener that found the name unfinished and no one
+ * holding the lock may have taken the object over in the instant between
+ * the creation and this lock: then it has a size, and FSHM_EAGAIN says to
+ * open it as it stands. */
+static int lock_new(int fd)
+{
+    struct stat st;
+    while (flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR)
+            return 0; /* no flock here: the lock word alone marks the making */
+    }
+    if (fstat(fd, &st) != 0)
+        return errno;
+    if (st.st_size != 0) {
+        flock(fd, LOCK_UN);
+        return FSHM_EAGAIN;
+    }
+    return 0;
+}
+
 int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
                   unsigned mode)
 {
@@ -74,6 +134,8 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     int fd = -1, rc, created = 0, readonly = 0, tries;
     int reserve = how & FSHM_RESERVE, defer = how & FSHM_DEFER_RESERVE;
     int any_owner = how & FSHM_ANY_OWNER;
+    unsigned making = defer && (how & FSHM__INIT_LOCK) ? MAKING_MODE : 0;
+    int init_lock = defer && (how & FSHM__INIT_LOCK);
     void *base;
 
     m->base = NULL;
@@ -94,7 +156,7 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
      * attach (another process deleted it), so go round a few times. */
     for (tries = 0; fd < 0; tries++) {
         if (how != FSHM_ATTACH) {
-            fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, (mode_t)mode);
+            fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, (mode_t)(mode | making));
             if (fd >= 0) {
                 created = 1;
                 break;
@@ -102,21 +164,26 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
             if (errno != EEXIST || how == FSHM_CREATE)
                 return errno;
         }
-        fd = shm_open(path, O_RDWR, 0);
+        fd = shm_open(path, O_RDWR | ATTACH_FLAGS, 0);
         if (fd < 0 && errno == EACCES) {
             /* Readable but not writable for us (a 0644 segment of another
              * user, our own 0400 one): readers can still load and wait. */
-            fd = shm_open(path, O_RDONLY, 0);
+            fd = shm_open(path, O_RDONLY | ATTACH_FLAGS, 0);
             readonly = fd >= 0;
         }
         if (fd < 0 && (errno != ENOENT || how == FSHM_ATTACH || tries >= 100))
-            return errno;
+            return open_error(path, errno);
     }
 
     if (created) {
+        if (init_lock && (rc = lock_new(fd)) != 0) {
+            /* Not ours to remove: another opener made it anew. */
+            close(fd);
+            return rc == FSHM_EAGAIN && how == FSHM_CREATE ? EEXIST : rc;
+        }
         /* shm_open's mode passes through the umask; the caller asked for
          * exactly `mode`. */
-        if (fchmod(fd, (mode_t)mode) != 0 || ftruncate(fd, (off_t)size) != 0)
+        if (fchmod(fd, (mode_t)(mode | making)) != 0 || ftruncate(fd, (off_t)size) != 0)
             goto fail;
         m->owner = (int64_t)geteuid();
         if (reserve && !defer && (rc = reserve_fd(fd, size)) != 0) {
@@ -126,6 +193,10 @@ int fshm_map_open(fshm_map *m, const char *name, int how, size_t size,
     } else {
         if (fstat(fd, &st) != 0)
             goto fail;
+        if (!S_ISREG(st.st_mode)) {
+            close(fd);
+            return FSHM_ENOTREG;
+        }
         m->owner = (int64_t)st.st_uid;
         /* Trust only our own objects and root's: anyone else could have made
          * the name first to read our messages. */
@@ -169,13 +240,142 @@ fail:
 
 int fshm_map_reserve(fshm_map *m)
 {
-    int rc;
+    int rc = fshm__map_reserve(m);
+    if (m->fd >= 0) {
+        close(m->fd);
+        m->fd = -1;
+    }
+    return rc;
+}
+
+/* ---- the init lock (internal.h) ---- */
+
+int fshm__map_claim(fshm_map *m, const char *name, int how_flags, int *state)
+{
+    char path[NAME_MAX + 2];
+    struct stat st;
+    int fd, rc, readonly = 0, locked = 1;
+    void *base = NULL;
+
+    m->base = NULL;
+    m->size = 0;
+    m->created = 0;
+    m->readonly = 0;
+    m->owner = -1;
+    m->fd = -1;
+    *state = 0;
+    if ((rc = posix_name(path, sizeof path, name)) != 0)
+        return rc;
+    fd = shm_open(path, O_RDWR | ATTACH_FLAGS, 0);
+    if (fd < 0 && errno == EACCES) {
+        /* flock needs no write access: a reader can still tell. */
+        fd = shm_open(path, O_RDONLY | ATTACH_FLAGS, 0);
+        readonly = 1;
+    }
+    if (fd < 0)
+        return open_error(path, errno);
+    if (fstat(fd, &st) != 0)
+        goto fail;
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return FSHM_ENOTREG;
+    }
+    m->owner = (int64_t)st.st_uid;
+    if (!(how_flags & FSHM_ANY_OWNER) && st.st_uid != geteuid() && st.st_uid != 0) {
+        close(fd);
+        return FSHM_EOWNER;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = errno;
+        if (rc == EWOULDBLOCK || rc == EAGAIN) {
+            close(fd);
+            return FSHM_EBUSY; /* its maker is at work, and alive */
+        }
+        locked = 0; /* no flock here: judge by the lock word alone */
+    }
+    /* Again under the lock: the size may have changed before it. */
+    if (fstat(fd, &st) != 0)
+        goto fail;
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        errno = EFBIG;
+        goto fail;
+    }
+    if (st.st_size > 0) {
+        base = mmap(NULL, (size_t)st.st_size, readonly ? PROT_READ : PROT_READ | PROT_WRITE,
+                    MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED)
+            goto fail;
+    }
+    m->base = base;
+    m->size = (size_t)st.st_size;
+    m->readonly = readonly;
+    m->fd = fd;
+    *state = (locked ? FSHM__LOCKED : 0) |
+             (MAKING_MODE != 0 && (st.st_mode & MAKING_MODE) ? FSHM__MAKING : 0);
+    return 0;
+
+fail:
+    rc = errno;
+    close(fd);
+    return rc;
+}
+
+int fshm__map_adopt(fshm_map *m, size_t need)
+{
+    struct stat st;
+    void *base;
+    if (m->fd < 0 || m->readonly)
+        return EACCES;
+    if (fstat(m->fd, &st) != 0)
+        return errno;
+    /* Marked first: should this process die too, the next opener knows. */
+    if (MAKING_MODE != 0 && fchmod(m->fd, (st.st_mode & 07777) | MAKING_MODE) != 0)
+        return errno;
+    if (m->size < need) {
+        if (ftruncate(m->fd, (off_t)need) != 0)
+            return errno;
+        base = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED, m->fd, 0);
+        if (base == MAP_FAILED)
+            return errno;
+        fshm_unmap(m->base, m->size);
+        m->base = base;
+        m->size = need;
+    }
+    m->created = 1;
+    return 0;
+}
+
+int fshm__map_reserve(fshm_map *m)
+{
     if (m->fd < 0)
         return 0;
-    rc = reserve_fd(m->fd, m->size);
+    return reserve_fd(m->fd, m->size);
+}
+
+void fshm__map_done(fshm_map *m, unsigned mode)
+{
+    if (m->fd < 0)
+        return;
+    /* The making mark goes with the lock; a failure leaves a bit that
+     * nobody reads on a finished object. */
+    if (MAKING_MODE != 0)
+        (void)fchmod(m->fd, (mode_t)mode);
+    flock(m->fd, LOCK_UN);
     close(m->fd);
     m->fd = -1;
-    return rc;
+}
+
+void fshm__map_release(fshm_map *m)
+{
+    if (m->fd >= 0) {
+        /* Unlocked explicitly: the mapping keeps the open file, and with it
+         * the lock, alive after the descriptor closes. */
+        flock(m->fd, LOCK_UN);
+        close(m->fd);
+        m->fd = -1;
+    }
+    fshm_unmap(m->base, m->size);
+    m->base = NULL;
 }
 
 int fshm_unmap(void *base, size_t size)
@@ -191,7 +391,7 @@ int fshm_unlink(const char *name)
     int rc = posix_name(path, sizeof path, name);
     if (rc != 0)
         return rc;
-    return shm_unlink(path) == 0 ? 0 : errno;
+    return shm_unlink(path) == 0 ? 0 : open_error(path, errno);
 }
 
 /* ---- processes ---- */

@@ -19,6 +19,7 @@
 
 #include "fastshm.h"
 #include "atomics.h"
+#include "internal.h"
 #include "poll_wait.h"
 
 #include <errno.h>
@@ -265,6 +266,45 @@ int fshm_map_reserve(fshm_map *m)
 {
     (void)m; /* committed at creation (above) */
     return 0;
+}
+
+/* ---- the init lock (internal.h): Windows has none, and no making mode
+ * bit; a section is committed, sized and zero-filled as it is created, and
+ * an opener judges an unfinished one by its lock word alone. ---- */
+
+int fshm__map_claim(fshm_map *m, const char *name, int how_flags, int *state)
+{
+    *state = 0;
+    return fshm_map_open(m, name, FSHM_ATTACH | (how_flags & FSHM_ANY_OWNER), 0, 0);
+}
+
+int fshm__map_adopt(fshm_map *m, size_t need)
+{
+    /* A section keeps the size it was made with. */
+    if (m->readonly)
+        return EACCES;
+    if (m->size < need)
+        return FSHM_ENOTREADY;
+    m->created = 1;
+    return 0;
+}
+
+int fshm__map_reserve(fshm_map *m)
+{
+    (void)m;
+    return 0;
+}
+
+void fshm__map_done(fshm_map *m, unsigned mode)
+{
+    (void)m;
+    (void)mode;
+}
+
+void fshm__map_release(fshm_map *m)
+{
+    fshm_unmap(m->base, m->size);
+    m->base = NULL;
 }
 
 int fshm_unmap(void *base, size_t size)

@@ -231,14 +231,14 @@ static int recount(const fshm_queue *q)
     return 0;
 }
 
-static int lock_queue(const fshm_queue *q, int nonblock)
+static int lock_queue(const fshm_queue *q, int64_t deadline)
 {
     int rc;
     if (q->readonly)
         return EACCES;
     if (q->flags & FSHM_QUEUE_PYLOCK)
         return FSHM_EPROTOCOL;
-    if ((rc = fshm__lock_acquire(q->base, nonblock)) != 0)
+    if ((rc = fshm__lock_acquire(q->base, deadline)) != 0)
         return rc;
     if (fshm_load32(U32(q->base, Q_DIRTY), FSHM_RELAXED) != 0 && (rc = recount(q)) != 0) {
         fshm__lock_release(q->base);
@@ -282,11 +282,12 @@ static int ready(const fshm_queue *q, uint64_t room, int order)
     return tail - head <= q->capacity && q->capacity - (tail - head) >= room;
 }
 
-static int64_t deadline_for(int64_t timeout_ns)
+/* The deadline of a put or take that found the lock busy (the try forms
+ * never sleep): a short grace for a zero timeout, else the call's.  Computed
+ * then rather than up front, so an uncontended call reads no clock. */
+static int64_t lock_deadline(int64_t timeout_ns)
 {
-    int64_t start = fshm_monotonic_ns();
-    return (timeout_ns < 0 || timeout_ns > INT64_MAX - start) ? INT64_MAX
-                                                              : start + timeout_ns;
+    return fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns);
 }
 
 /* Until ready(q, room): spin for spin_ns, then sleep on the notify word.
@@ -343,7 +344,7 @@ int fshm_queue_wait(const fshm_queue *q, uint64_t room, int64_t timeout_ns)
         return FSHM_ETOOBIG;
     if (timeout_ns == 0)
         return ready(q, room, FSHM_ACQUIRE) ? 0 : FSHM_ETIMEOUT;
-    return wait_until(q, room, deadline_for(timeout_ns), 0);
+    return wait_until(q, room, fshm__deadline(timeout_ns), 0);
 }
 
 /* ---- put ---- */
@@ -366,11 +367,11 @@ static uint64_t batch_bytes(const fshm_queue *q, const fshm_msg *msgs, size_t co
 
 /* One attempt under the lock: 0, FSHM_EFULL, or a lock error. */
 static int put_once(const fshm_queue *q, const fshm_msg *msgs, size_t count,
-                    uint64_t need, int nonblock)
+                    uint64_t need, int64_t deadline)
 {
     uint64_t head, tail, pos, n;
     size_t i;
-    int rc = lock_queue(q, nonblock);
+    int rc = lock_queue(q, deadline);
     if (rc != 0)
         return rc;
     if ((rc = positions(q, &head, &tail)) != 0)
@@ -406,9 +407,9 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
                     int64_t timeout_ns, int nonblock)
 {
     uint64_t need;
-    int64_t deadline = 0;
+    int64_t deadline;
     size_t i;
-    int rc;
+    int rc, timed;
 
     if (count == 0)
         return 0;
@@ -419,12 +420,21 @@ static int put_many(const fshm_queue *q, const fshm_msg *msgs, size_t count,
             return EINVAL;
     if ((need = batch_bytes(q, msgs, count)) == 0)
         return FSHM_ETOOBIG;
+    deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    timed = nonblock;
     for (;;) {
-        rc = put_once(q, msgs, count, need, nonblock);
+        rc = put_once(q, msgs, count, need, deadline);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_EFULL || nonblock || timeout_ns == 0)
             return rc;
-        if (deadline == 0)
-            deadline = deadline_for(timeout_ns);
+        if (!timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_until(q, need, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
@@ -455,11 +465,11 @@ int fshm_queue_try_put_many(const fshm_queue *q, const fshm_msg *msgs, size_t co
 /* ---- take ---- */
 
 static int take_once(const fshm_queue *q, fshm_take_fn take, void *ctx, size_t max,
-                     size_t *taken, int nonblock)
+                     size_t *taken, int64_t deadline)
 {
     uint64_t head, tail, pos, len, n;
     size_t got = 0;
-    int rc = lock_queue(q, nonblock);
+    int rc = lock_queue(q, deadline);
     if (rc != 0)
         return rc;
     if ((rc = positions(q, &head, &tail)) != 0)
@@ -499,17 +509,26 @@ out:
 static int take(const fshm_queue *q, fshm_take_fn fn, void *ctx, size_t max,
                 size_t *taken, int64_t timeout_ns, int nonblock)
 {
-    int64_t deadline = 0;
-    int rc;
+    int64_t deadline;
+    int rc, timed;
     *taken = 0;
     if (fn == NULL || max == 0)
         return EINVAL;
+    deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    timed = nonblock;
     for (;;) {
-        rc = take_once(q, fn, ctx, max, taken, nonblock);
+        rc = take_once(q, fn, ctx, max, taken, deadline);
+        if (rc == FSHM_EBUSY && !timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+            continue;
+        }
         if (rc != FSHM_ENOMSG || nonblock || timeout_ns == 0)
             return rc;
-        if (deadline == 0)
-            deadline = deadline_for(timeout_ns);
+        if (!timed) {
+            deadline = lock_deadline(timeout_ns);
+            timed = 1;
+        }
         rc = wait_until(q, 0, deadline, SPIN_NS);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_ENOMSG;
@@ -607,9 +626,60 @@ int fshm_queue_get_packed(const fshm_queue *q, void *dst, size_t dst_cap, size_t
 
 /* ---- snapshots and the lock ---- */
 
+/* The records from head to tail counted without the lock, as a reader
+ * sees them: head unchanged across the walk means no consumer took a record
+ * meanwhile, so no producer can have rewritten one (producers write only
+ * from tail to head + capacity).  0 with *n set; FSHM_EAGAIN when takes kept
+ * moving head, FSHM_EFORMAT for records that cannot be walked. */
+static int count_records(const fshm_queue *q, uint64_t *n)
+{
+    unsigned attempt;
+    for (attempt = 0; attempt < 8; attempt++) {
+        /* Acquire: pairs with the release of tail in a put, so the records
+         * up to it are whole. */
+        uint64_t head = fshm_load64(U64(q->base, Q_HEAD), FSHM_ACQUIRE);
+        uint64_t tail = fshm_load64(U64(q->base, Q_TAIL), FSHM_ACQUIRE);
+        uint64_t pos, len, k = 0;
+        int rc = 0;
+        if (((head | tail) & 7) || tail - head > q->capacity)
+            rc = FSHM_EFORMAT;
+        for (pos = head; rc == 0 && pos != tail; pos += REC + round8(len), k++)
+            rc = record_at(q, pos, tail, &len);
+        /* Acquire fence: the record reads above happen before this look. */
+        fshm_fence(FSHM_ACQUIRE);
+        if (fshm_load64(U64(q->base, Q_HEAD), FSHM_RELAXED) != head)
+            continue; /* a take meanwhile: the walk may have read reused bytes */
+        if (rc == 0)
+            *n = k;
+        return rc;
+    }
+    return FSHM_EAGAIN;
+}
+
 uint64_t fshm_queue_count(const fshm_queue *q)
 {
-    return fshm_load64(U64(q->base, Q_COUNT), FSHM_ACQUIRE);
+    uint32_t dirty = fshm_load32(U32(q->base, Q_DIRTY), FSHM_ACQUIRE);
+    uint64_t count = fshm_load64(U64(q->base, Q_COUNT), FSHM_ACQUIRE);
+    uint64_t head = fshm_load64(U64(q->base, Q_HEAD), FSHM_ACQUIRE);
+    uint64_t tail = fshm_load64(U64(q->base, Q_TAIL), FSHM_ACQUIRE);
+    uint64_t owner, n;
+    /* Every record takes at least 8 bytes: a count that says otherwise, or
+     * "none" with records queued, was left by a holder killed between its
+     * store of tail or head and its store of count (or is mid-commit). */
+    int plausible = (count == 0) == (head == tail) && count <= (tail - head) / REC;
+    if (!dirty && plausible)
+        return count;
+    if (dirty && plausible) {
+        /* A live holder is committing and fixes the count in a moment; a
+         * dead one left it for the next lock holder, which may be long in
+         * coming.  Only then is the walk worth its cost. */
+        owner = fshm_load64(U64(q->base, Q_LOCK), FSHM_RELAXED);
+        if (owner != 0 && fshm_owner_dead(owner) != 1)
+            return count;
+    }
+    if (count_records(q, &n) == 0)
+        return n;
+    return count;
 }
 
 uint64_t fshm_queue_used(const fshm_queue *q)

@@ -50,6 +50,8 @@
  * for it; meanwhile they re-check every TURN_SLEEP_NS. */
 #define TURN_MAX_NS 10000000LL
 #define TURN_SLEEP_NS 1000000
+/* The longest fshm_read_lock waits for the writer that holds the lock. */
+#define READ_LOCK_MAX_NS 50000000LL
 /* The largest store number: its slot word, 2 * seq, must not wrap. */
 #define SEQ_MAX (UINT64_MAX >> 1)
 /* How long an opener waits for another process to finish creating: when it
@@ -132,64 +134,162 @@ int fshm_seg_attach(fshm_seg *s, void *base, size_t size)
     return 0;
 }
 
+/* ---- opening: making an object, and taking over one whose maker died ---- */
+
+/* The rest of making an object this process created or took over (it holds
+ * the init lock): commit its memory, lay the header over it, publish it. */
+static int finish_making(fshm_map *m, const char *name, unsigned mode,
+                         int (*init)(void *obj, const fshm_map *m), void *obj)
+{
+    int rc = fshm__map_reserve(m);
+    if (rc == 0)
+        rc = init(obj, m);
+    if (rc != 0) {
+        /* Removed before the lock goes, so that nobody takes it over to
+         * find the name gone beneath it. */
+        fshm_unlink(name);
+        fshm__map_release(m);
+        return rc;
+    }
+    fshm__map_done(m, mode);
+    return 0;
+}
+
+/* How fshm__open goes on after looking at an unfinished object. */
+enum { OPEN_DONE, OPEN_AGAIN, OPEN_WAIT_ALIVE, OPEN_WAIT };
+
+/* An object found unfinished (size 0, or magic 0): is a live process making
+ * it, did its maker die, or can this process not tell?  Sets *next, and
+ * returns the result for OPEN_DONE, or the error to give up with once the
+ * waits are over. */
+static int unfinished(fshm_map *m, const char *name, int how, int flags, size_t need,
+                      unsigned mode, int found, int (*init)(void *obj, const fshm_map *m),
+                      void *obj, int *next)
+{
+    uint64_t mark = 0, me = fshm_self_id();
+    int state, rc, dead = -1, abandoned;
+
+    *next = OPEN_DONE;
+    rc = fshm__map_claim(m, name, flags, &state);
+    if (rc == ENOENT) {
+        *next = OPEN_AGAIN; /* removed meanwhile */
+        return rc;
+    }
+    if (rc == FSHM_EBUSY) {
+        *next = OPEN_WAIT_ALIVE; /* its maker holds the init lock */
+        return FSHM_ENOTREADY;
+    }
+    if (rc != 0)
+        return rc;
+    if (m->size >= FSHM_HEADER_SIZE &&
+        fshm_load32(U32(m->base, H_MAGIC), FSHM_ACQUIRE) != 0) {
+        fshm__map_release(m);
+        *next = OPEN_AGAIN; /* finished meanwhile */
+        return FSHM_ENOTREADY;
+    }
+    if (m->size >= FSHM_HEADER_SIZE) {
+        mark = fshm_load64(U64(m->base, H_LOCK), FSHM_ACQUIRE);
+        if (mark != 0)
+            dead = fshm_owner_dead(mark);
+    }
+    /* Abandoned: the making mark with nobody holding the init lock (a maker
+     * holds it from before the object has a size to after the magic), or a
+     * lock word naming a maker that is gone. */
+    abandoned = ((state & FSHM__LOCKED) && (state & FSHM__MAKING)) || dead == 1;
+    if (!abandoned) {
+        fshm__map_release(m);
+        /* A live maker of a fastshm without the init lock is waited for;
+         * an object without a mark is not known to be fastshm's at all. */
+        *next = mark != 0 && dead == 0 ? OPEN_WAIT_ALIVE : OPEN_WAIT;
+        return found;
+    }
+    if ((how & FSHM_HOW_MASK) != FSHM_OPEN_OR_CREATE || m->readonly) {
+        size_t size = m->size;
+        fshm__map_release(m);
+        if (size == 0 && dead != 1) {
+            /* Perhaps its maker, between creating the name and taking the
+             * lock: only an opener that may create can settle it now. */
+            *next = OPEN_WAIT;
+        }
+        return FSHM_EABANDONED;
+    }
+    if (!(state & FSHM__LOCKED) && m->size < need) {
+        fshm__map_release(m); /* no lock to grow it under */
+        *next = OPEN_WAIT;
+        return found;
+    }
+    if ((rc = fshm__map_adopt(m, need)) != 0) {
+        fshm__map_release(m);
+        return rc;
+    }
+    /* The mark changes hands by compare-and-swap, so that of two openers
+     * taking over at once (without an init lock to order them) one wins;
+     * the loser waits for the winner, which its lock word now names. */
+    if (!fshm_cas64(U64(m->base, H_LOCK), &mark, me)) {
+        m->created = 0;
+        fshm__map_release(m);
+        *next = OPEN_AGAIN;
+        return FSHM_ENOTREADY;
+    }
+    if (fshm_load32(U32(m->base, H_MAGIC), FSHM_ACQUIRE) != 0) {
+        /* Published after all (no init lock here), and the dead id was a
+         * writer's that died holding the lock, taken over just now: free. */
+        fshm__break_lock(m->base, me);
+        m->created = 0;
+        fshm__map_release(m);
+        *next = OPEN_AGAIN;
+        return FSHM_ENOTREADY;
+    }
+    /* Made anew: every header field the dead maker may have written goes,
+     * but the magic (still 0) and the mark (now this process's). */
+    memset((unsigned char *)m->base + H_VERSION, 0, H_LOCK - H_VERSION);
+    memset((unsigned char *)m->base + H_LOCK + 8, 0, FSHM_HEADER_SIZE - H_LOCK - 8);
+    return finish_making(m, name, mode, init, obj);
+}
+
 int fshm__open(fshm_map *m, const char *name, int how, size_t need, unsigned mode,
                int (*init)(void *obj, const fshm_map *m), void *obj)
 {
     int64_t start = fshm_monotonic_ns();
     int64_t deadline = start + OPEN_READY_NS;
     int64_t backoff = 20000;
-    int flags = how & FSHM_ANY_OWNER, rc;
+    int flags = how & FSHM_ANY_OWNER, rc, next;
 
     how &= FSHM_HOW_MASK;
     for (;;) {
-        rc = fshm_map_open(m, name, how | flags | FSHM_RESERVE | FSHM_DEFER_RESERVE,
+        rc = fshm_map_open(m, name,
+                           how | flags | FSHM_RESERVE | FSHM_DEFER_RESERVE | FSHM__INIT_LOCK,
                            need, mode);
+        if (rc == FSHM_EAGAIN)
+            continue; /* made anew by another opener before this one locked it */
         if (rc == 0 && m->created) {
             /* Reserving a large object takes a while (the kernel zeroes
              * every page): the creator's id in the lock word, before the
-             * magic, tells openers meanwhile that it is alive and working. */
+             * magic, tells openers meanwhile who is at work. */
             fshm_store64(U64(m->base, H_LOCK), fshm_self_id(), FSHM_RELEASE);
-            rc = fshm_map_reserve(m);
-            if (rc == 0)
-                rc = init(obj, m);
-            if (rc != 0) {
-                fshm_unmap(m->base, m->size);
-                fshm_unlink(name);
-                m->base = NULL;
-            }
-            return rc;
+            return finish_making(m, name, mode, init, obj);
         }
         if (rc == 0) {
             rc = init(obj, m);
             if (rc == 0)
                 return 0;
-            if (rc == FSHM_ENOTREADY) {
-                /* Its creator is still at work while it lives (a minute at
-                 * most: a stopped one, or a pid reused); once it is dead,
-                 * nobody will finish the header. */
-                int dead = fshm_owner_dead(fshm_load64(U64(m->base, H_LOCK), FSHM_ACQUIRE));
-                int done = fshm_load32(U32(m->base, H_MAGIC), FSHM_ACQUIRE) != 0;
-                if (done)
-                    dead = -2; /* finished meanwhile (the lock word is a writer's now) */
-                if (dead == 0 && fshm_monotonic_ns() - start < OPEN_CREATOR_NS)
-                    deadline = fshm_monotonic_ns() + OPEN_READY_NS;
-                else if (dead == 1)
-                    deadline = 0;
-                if (done) {
-                    fshm_unmap(m->base, m->size);
-                    m->base = NULL;
-                    continue;
-                }
-            }
             fshm_unmap(m->base, m->size);
             m->base = NULL;
         }
-        /* Another process has made the name but not yet sized or
-         * initialised it: wait for it, a bounded time. */
         if (rc != FSHM_ENOTREADY && rc != FSHM_EEMPTY)
             return rc;
+        rc = unfinished(m, name, how, flags, need, mode, rc, init, obj, &next);
+        if (next == OPEN_DONE)
+            return rc;
+        if (next == OPEN_AGAIN)
+            continue;
+        /* A maker at work is waited for while it lives (a minute at most:
+         * a stopped one, or a pid reused); one that cannot be judged, or a
+         * name of size 0, a bounded time. */
+        if (next == OPEN_WAIT_ALIVE && fshm_monotonic_ns() - start < OPEN_CREATOR_NS)
+            deadline = fshm_monotonic_ns() + OPEN_READY_NS;
         if (fshm_monotonic_ns() >= deadline)
-            return FSHM_ENOTREADY;
+            return rc;
         if (fshm_sleep_ns(backoff) == EINTR)
             return EINTR;
         if (backoff < 10000000)
@@ -233,9 +333,20 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
 
 /* ---- the writer lock ---- */
 
+int64_t fshm__deadline(int64_t timeout_ns)
+{
+    int64_t start;
+    if (timeout_ns < 0)
+        return FSHM__NEVER;
+    start = fshm_monotonic_ns();
+    return timeout_ns > INT64_MAX - start ? FSHM__NEVER : start + timeout_ns;
+}
+
 /* 0 once this process holds the lock; EINTR when a signal arrived while it
- * slept (the caller lets its handler run, then tries again); with nonblock,
- * FSHM_EBUSY instead of sleeping.
+ * slept (the caller lets its handler run, then tries again); FSHM_EBUSY when
+ * the lock was still another's at the deadline (FSHM__NOW: after the spin),
+ * so that a holder that is alive but stopped (SIGSTOP, a debugger) bounds
+ * no caller's timeout.
  *
  * A compare-and-swap alone is unfair: a writer storing in a tight loop takes
  * the lock again before a woken waiter has even been scheduled, and a reader
@@ -244,7 +355,7 @@ int fshm_seg_open(fshm_seg *s, fshm_map *m, const char *name, int how,
  * free lock to it, and the unlock wakes everyone.  A turn whose owner is
  * dead, or that the lock has sat free for TURN_MAX_NS without its owner
  * taking it (a stopped process), is cleared by whoever notices. */
-int fshm__lock_acquire(unsigned char *base, int nonblock)
+int fshm__lock_acquire(unsigned char *base, int64_t deadline)
 {
     uint64_t *lock = U64(base, H_LOCK);
     uint64_t *next = U64(base, H_LOCK_NEXT);
@@ -259,6 +370,7 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         uint64_t owner = 0, turn, mine;
         uint32_t v;
         int rc = 0;
+        int64_t sleep_ns;
         turn = fshm_load64(next, FSHM_ACQUIRE);
         if (turn == 0 || turn == me) {
             /* Acquire on success: this writer sees the previous writer's
@@ -302,8 +414,17 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         } else {
             yielded_since = 0;
         }
-        if (nonblock)
-            return FSHM_EBUSY;
+        sleep_ns = turn != 0 && turn != me ? TURN_SLEEP_NS : LOCK_SLEEP_NS;
+        if (deadline != FSHM__NEVER) {
+            int64_t now = deadline == FSHM__NOW ? 0 : fshm_monotonic_ns();
+            if (now >= deadline) {
+                mine = me;
+                fshm_cas64(next, &mine, 0); /* a turn it will not take */
+                return FSHM_EBUSY;
+            }
+            if (deadline - now < sleep_ns)
+                sleep_ns = deadline - now;
+        }
         if (slept && turn == 0) {
             uint64_t none = 0;
             fshm_cas64(next, &none, me); /* my turn next */
@@ -315,8 +436,7 @@ int fshm__lock_acquire(unsigned char *base, int nonblock)
         v = fshm_load32(wake, FSHM_SEQ_CST);
         turn = fshm_load64(next, FSHM_SEQ_CST);
         if (fshm_load64(lock, FSHM_SEQ_CST) != 0 || (turn != 0 && turn != me))
-            rc = fshm_futex_wait(wake, v, turn != 0 && turn != me ? TURN_SLEEP_NS
-                                                                  : LOCK_SLEEP_NS);
+            rc = fshm_futex_wait(wake, v, sleep_ns);
         fshm_add32(waiters, -1);
         slept = 1;
         if (rc == EINTR) {
@@ -339,9 +459,9 @@ void fshm__lock_release(unsigned char *base)
                         fshm_load64(U64(base, H_LOCK_NEXT), FSHM_RELAXED) != 0);
 }
 
-static int lock_acquire(const fshm_seg *s, int nonblock)
+static int lock_acquire(const fshm_seg *s, int64_t deadline)
 {
-    return fshm__lock_acquire(s->base, nonblock);
+    return fshm__lock_acquire(s->base, deadline);
 }
 
 static void lock_release(const fshm_seg *s)
@@ -375,7 +495,7 @@ int fshm_break_lock(const fshm_seg *s, uint64_t owner)
 /* ---- store and load ---- */
 
 static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
-                 int nonblock)
+                 int64_t deadline)
 {
     unsigned char *slot;
     uint64_t next;
@@ -387,7 +507,7 @@ static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
         return EINVAL;
     if (s->readonly)
         return EACCES;
-    if ((rc = lock_acquire(s, nonblock)) != 0)
+    if ((rc = lock_acquire(s, deadline)) != 0)
         return rc;
     /* Relaxed is enough: the lock's acquire already ordered us after the
      * previous writer's store of the counter. */
@@ -430,12 +550,23 @@ static int store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq,
 
 int fshm_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 {
-    return store(s, src, n, seq, 0);
+    return store(s, src, n, seq, FSHM__NEVER);
 }
 
 int fshm_try_store(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
 {
-    return store(s, src, n, seq, 1);
+    return store(s, src, n, seq, FSHM__NOW);
+}
+
+int fshm_store_timed(const fshm_seg *s, const void *src, size_t n, int64_t timeout_ns,
+                     uint64_t *seq)
+{
+    /* The first try spins for the lock and reads no clock. */
+    int rc = store(s, src, n, seq, FSHM__NOW);
+    if (rc != FSHM_EBUSY)
+        return rc;
+    return store(s, src, n, seq,
+                 fshm__deadline(timeout_ns == 0 ? FSHM__LOCK_GRACE_NS : timeout_ns));
 }
 
 int fshm_read_begin(const fshm_seg *s, fshm_read *r)
@@ -497,7 +628,9 @@ int fshm_read_lock(const fshm_seg *s, fshm_read *r)
     int rc;
     if (s->readonly)
         return EACCES;
-    if ((rc = lock_acquire(s, 0)) != 0)
+    /* Bounded: a writer stopped with the lock (SIGSTOP, a debugger) spoils
+     * no copy, so its caller can go back to copying without it. */
+    if ((rc = lock_acquire(s, fshm__deadline(READ_LOCK_MAX_NS))) != 0)
         return rc;
     if ((rc = fshm_read_begin(s, r)) != 0)
         lock_release(s);
@@ -542,6 +675,11 @@ static int load(const fshm_seg *s, void *dst, size_t dst_cap, size_t *n, uint64_
                 locked = !s->readonly;
         }
         rc = locked ? fshm_read_lock(s, &r) : fshm_read_begin(s, &r);
+        if (rc == FSHM_EBUSY) {
+            tries = 0; /* its writer is stopped: lock-free copies hold again */
+            since = 0;
+            continue;
+        }
         if (rc != 0)
             return rc;
         if (r.length > dst_cap) {

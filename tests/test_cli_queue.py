@@ -266,6 +266,39 @@ def test_follow_ctrl_c_exits_130_and_takes_nothing_more(backend: str, name: str)
             finish(follower)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+@pytest.mark.parametrize("command", ["get", "put"])
+def test_ctrl_c_after_the_work_is_done_is_exit_0(backend: str, name: str,
+                                                 command: str) -> None:
+    """Ctrl-C that lands once `fastshm get` has written its message (or
+    `fastshm put` has said it put one) does not turn the exit status into
+    130, which means "nothing taken" ("nothing put"): each round sends
+    SIGINT the moment the output is read from the pipe, or a few
+    milliseconds later, while the command closes and exits."""
+    with Queue(name, 4096, backend=backend) as q:
+        for i in range(20):
+            msg = b"message %d" % i
+            if command == "get":
+                q.put(msg)
+                proc = popen("get", name, backend=backend)
+                expect = msg
+            else:
+                proc = popen("put", name, msg.decode(), backend=backend)
+                expect = f"put {len(msg)} bytes in queue {name!r}\n".encode()
+            try:
+                assert proc.stdout is not None
+                out = proc.stdout.read(len(expect))
+                time.sleep((i % 4) * 0.002)
+                proc.send_signal(signal.SIGINT)
+                status = proc.wait(timeout=30)
+                err = proc.stderr.read()  # type: ignore[union-attr]
+            finally:
+                finish(proc)
+            assert out == expect
+            assert status == 0, (i, status, err)
+            assert q.get_nowait() == msg if command == "put" else q.empty()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="poll() on a pipe")
 def test_nothing_is_taken_for_a_reader_that_is_gone(backend: str, name: str) -> None:
     with Queue(name, 4096, backend=backend) as q:
@@ -284,6 +317,39 @@ def test_nothing_is_taken_for_a_reader_that_is_gone(backend: str, name: str) -> 
                 assert b"standard output is closed; nothing was taken" in proc.stderr
             assert q.qsize() == 1
         assert q.get_nowait() == b"stays"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="how much of a pipe is unread is known on Linux")
+@pytest.mark.parametrize("nowait", [True, False])
+def test_follow_into_a_reader_that_quits_takes_one_more_at_most(
+        backend: str, name: str, nowait: bool) -> None:
+    """`fastshm get Q --follow | head -1`: head prints the first message and
+    quits; the follower stops taking messages then, losing at most the one it
+    had written to the pipe after the one head read, not the whole queue.
+    (The reader's shell keeps the pipe open a second longer, as a slow
+    pipeline would: the follower must not fill the pipe meanwhile.)"""
+    with Queue(name, 1 << 16, backend=backend) as q:
+        q.put_many([b"m%d" % i for i in range(50)])
+        wait = ["--nowait"] if nowait else ["--timeout", "30"]
+        follower = popen("get", name, "--follow", *wait, backend=backend)
+        head = subprocess.Popen(["sh", "-c", "head -n 1; sleep 1"], stdin=follower.stdout,
+                                stdout=subprocess.PIPE)
+        try:
+            follower.stdout.close()  # type: ignore[union-attr]  # head's now
+            out, _ = head.communicate(timeout=30)
+            assert out == b"m0\n"
+            assert follower.wait(timeout=30) == 0
+            err = follower.stderr.read()  # type: ignore[union-attr]
+            assert b"Traceback" not in err and err == b"", err
+        finally:
+            finish(follower)
+            if head.poll() is None:
+                head.kill()
+            head.wait(timeout=30)
+        left = q.get_many(None, block=False)
+        assert left[-1] == b"m49" and len(left) >= 48, left
+        assert left == [b"m%d" % i for i in range(50 - len(left), 50)]
 
 
 @needs_shm_dir
@@ -330,6 +396,34 @@ def test_a_blocked_put_or_get_ends_when_the_queue_is_deleted(
             assert f"{name!r} {words}".encode() in err and b"Traceback" not in err
         finally:
             finish(waiter)
+
+
+@needs_shm_dir
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="makes a FIFO in /dev/shm")
+def test_commands_on_a_name_that_holds_no_shared_memory(backend: str, name: str) -> None:
+    """A FIFO or a directory under the name: each command says what it is
+    and how to remove it (exit 1), and blocks on nothing."""
+    path = os.path.join(SHM_DIR, name)
+    os.mkfifo(path, 0o600)
+    try:
+        for args in (["get", name], ["put", name, "x"], ["load", name], ["store", name, "x"],
+                     ["info", name]):
+            assert_clean_error(run(*args, backend=backend, timeout=30),
+                               "is a FIFO (a named pipe) in /dev/shm, not shared memory",
+                               f"fastshm delete {name}")
+        assert run("delete", name, backend=backend).returncode == 0
+        assert not os.path.lexists(path)
+        os.mkdir(path, 0o700)
+        for args in (["get", name], ["delete", name], ["info", name]):
+            assert_clean_error(run(*args, backend=backend, timeout=30),
+                               "is a directory in /dev/shm, not shared memory",
+                               f"rmdir {path}")
+        assert os.path.isdir(path)
+    finally:
+        if os.path.isdir(path):
+            os.rmdir(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
 
 
 # ---- info, list, delete, unlock ----

@@ -316,7 +316,7 @@ def test_never_initialised_segment_gives_up(backend: str, name: str) -> None:
     )
     out = run_python(code, name, backend, timeout=30).stdout.decode()
     assert out.startswith("FormatError"), out
-    assert "did not finish initialising" in out
+    assert "is not a finished fastshm segment" in out
     # Still all zeros: the opener did not initialise someone else's name.
     with fastshm.SharedMemory(name, backend=backend) as raw:
         assert raw.buf is not None
@@ -341,3 +341,103 @@ def test_empty_name_object_gives_up(backend: str, name: str) -> None:
     assert out.strip() in ("FormatError", "ValueError")
     assert os.stat(os.path.join(SHM_DIR, name)).st_size == 0
 
+
+
+# -- names that hold something else, and corrupt queues: the same words from every route --
+
+OPEN_EACH = r"""
+import json, sys
+import fastshm
+from fastshm import _backend
+name, kind = sys.argv[1], sys.argv[2]
+cls = {"Queue": fastshm.Queue, "Segment": fastshm.Segment}[kind]
+out = {}
+for backend in sys.argv[3:]:
+    for create in (None, False):
+        try:
+            cls(name, 4096, create=create, backend=backend).close()
+            out[f"{backend} {create}"] = "opened"
+        except Exception as e:
+            out[f"{backend} {create}"] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
+"""
+
+
+def _opened_by_each(name: str, kind: str) -> "dict[str, str]":
+    import json
+
+    from conftest import BACKENDS
+
+    proc = run_python(OPEN_EACH, name, kind, *BACKENDS, timeout=60)
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not os.path.isdir(SHM_DIR) or not hasattr(os, "mkfifo"),
+                    reason="makes a FIFO and a directory in /dev/shm")
+@pytest.mark.parametrize("thing", ["fifo", "directory", "symlink"])
+@pytest.mark.parametrize("kind", ["Queue", "Segment"])
+def test_a_name_that_holds_no_shared_memory(name: str, thing: str, kind: str,
+                                            tmp_path: Any) -> None:
+    """A FIFO, a directory or a symbolic link under the name: every route
+    refuses it at once with the same FormatError, which says what it is and
+    how to remove it, and leaves it alone (opening a FIFO never blocks)."""
+    path = os.path.join(SHM_DIR, name)
+    if thing == "fifo":
+        os.mkfifo(path, 0o600)
+    elif thing == "directory":
+        os.mkdir(path, 0o700)
+    else:
+        os.symlink(tmp_path / "elsewhere", path)
+    try:
+        said = _opened_by_each(name, kind)
+        words = {"fifo": "is a FIFO (a named pipe) in /dev/shm, not shared memory",
+                 "directory": "is a directory in /dev/shm, not shared memory",
+                 "symlink": "is a symbolic link in /dev/shm, not shared memory"}[thing]
+        remove = f"rmdir {path}" if thing == "directory" else f"fastshm delete {name}"
+        first = next(iter(said.values()))
+        assert first.startswith("FormatError: ") and words in first and remove in first, said
+        assert set(said.values()) == {first}, said
+        assert os.path.lexists(path) and not os.path.isfile(path)
+    finally:
+        if thing == "directory":
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+
+
+@posix_only
+def test_a_corrupt_queue_is_called_a_queue(name: str) -> None:
+    """A queue whose head and tail are out of range: every route says the
+    queue is corrupt (not "not a fastshm segment"), in the same words, and
+    takes nothing."""
+    import json
+
+    from conftest import BACKENDS
+
+    code = (
+        "import json, sys, fastshm\n"
+        "out = []\n"
+        "for b in sys.argv[2:]:\n"
+        "    q = fastshm.Queue(sys.argv[1], create=False, backend=b)\n"
+        "    try:\n"
+        "        q.get_nowait()\n"
+        "    except fastshm.FormatError as e:\n"
+        "        out.append(str(e))\n"
+        "    q.close()\n"
+        "print(json.dumps(out))\n"
+    )
+    for maker in BACKENDS:
+        with fastshm.Queue(name, 4096, create=True, backend=maker) as q:
+            q.put(b"kept")
+        with fastshm.SharedMemory(name) as raw:
+            assert raw.buf is not None
+            C.U64.pack_into(raw.buf, C.Q_TAIL, 12)  # not a multiple of 8
+        same_lock = [b for b in BACKENDS if (b == "python") == (maker == "python")]
+        said = json.loads(run_python(code, name, *same_lock, timeout=60).stdout)
+        assert len(said) == len(same_lock), said
+        assert said[0].startswith(f"queue {name!r} is corrupt: its head and tail"), said
+        assert "segment" not in said[0] and f"fastshm delete {name}" in said[0]
+        assert set(said) == {said[0]}, said
+        with fastshm.SharedMemory(name) as raw:
+            assert raw.buf is not None and C.U64.unpack_from(raw.buf, C.Q_TAIL)[0] == 12
+        fastshm.Queue(name, create=False, backend=maker).delete()

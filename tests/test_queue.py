@@ -1023,6 +1023,70 @@ def test_object_queue_too_big(backend: str, name: str) -> None:
         assert oq.qsize() == 0
 
 
+# A producer of its own process: good objects, a message that is no pickle
+# (put through the bytes queue), an object of a class only it can import,
+# and more good ones.
+MIXED_PRODUCER = r"""
+import pickle, sys
+import fastshm
+
+class OnlyHere:
+    pass
+
+name, backend = sys.argv[1], sys.argv[2]
+oq = fastshm.ObjectQueue(name, create=False, backend=backend)
+oq.put_many([1, 2, 3])
+oq.queue.put(b"not a pickle")
+oq.put_many([4, 5, 6])
+oq.put(OnlyHere())
+oq.put({"seven": 7})
+oq.close()
+"""
+
+
+def test_object_queue_keeps_the_good_objects_of_a_bad_batch(backend: str, name: str) -> None:
+    """get_many takes a batch with a message that is no pickle and one whose
+    class this process cannot import: it raises DecodeError (an
+    UnpicklingError) that carries every object that decoded, in order, and
+    the raw bytes of those that did not; nothing is left behind or lost."""
+    with fastshm.ObjectQueue(name, 1 << 16, create=True, backend=backend) as oq:
+        run_python(MIXED_PRODUCER, name, backend, timeout=60)
+        assert oq.qsize() == 9
+        with pytest.raises(fastshm.DecodeError) as info:
+            oq.get_many(None, timeout=5)
+        e = info.value
+        assert isinstance(e, pickle.UnpicklingError)
+        assert e.objects == [1, 2, 3, 4, 5, 6, {"seven": 7}]
+        assert e.data == b"not a pickle"
+        assert len(e.undecoded) == 2 and e.undecoded[0] == b"not a pickle"
+        assert b"OnlyHere" in e.undecoded[1]
+        assert e.__cause__ is not None
+        assert "2 of 9 messages" in str(e) and name in str(e)
+        assert oq.qsize() == 0
+        again = pickle.loads(pickle.dumps(e))  # it crosses processes whole
+        assert again.objects == e.objects and again.undecoded == e.undecoded
+        assert str(again) == str(e)
+
+        # One at a time: the bad ones raise with their bytes, the good ones
+        # around them come out as usual.
+        run_python(MIXED_PRODUCER, name, backend, timeout=60)
+        got: List[Any] = []
+        bad: List[bytes] = []
+        for _ in range(9):
+            try:
+                got.append(oq.get(timeout=5))
+            except fastshm.DecodeError as err:
+                assert err.objects == [] and err.undecoded == [err.data]
+                bad.append(err.data)
+        assert got == [1, 2, 3, 4, 5, 6, {"seven": 7}]
+        assert bad[0] == b"not a pickle" and b"OnlyHere" in bad[1] and len(bad) == 2
+        oq.queue.put(b"\x80\x05junk")
+        with pytest.raises(fastshm.DecodeError) as info:
+            oq.get_nowait()
+        assert info.value.data == b"\x80\x05junk"
+        assert oq.empty()
+
+
 # ---- two native routes, and the python backend beside them ----
 
 

@@ -927,3 +927,56 @@ def test_get_many_is_one_round(backend: str, name: str, tmp_path: Path) -> None:
     assert big <= per_ring, f"a get_many returned {big} messages; the ring holds {per_ring}"
     print(f"[queue get_many {backend}] batches={len(batches)} largest={big} "
           f"single gets={len(other)} put={put}")
+
+
+# ---- a producer killed between its commit and its count ----
+
+# Puts N messages, then leaves the header as a put killed between its store
+# of tail and its store of count would (tail past N messages, the count k
+# short, the dirty mark, its own id in the lock word), and kills itself.
+DIES_AFTER_TAIL = r"""
+import os, signal, struct, sys
+import fastshm
+from fastshm import _backend, _common as C
+name, backend, n, k = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+q = fastshm.Queue(name, create=False, backend=backend)
+q.put_many([b"m%d" % i for i in range(n)])
+raw = fastshm.SharedMemory(name)
+count = struct.unpack_from("<Q", raw.buf, C.Q_COUNT)[0]
+struct.pack_into("<Q", raw.buf, C.Q_LOCK, _backend.resolve(backend).self_id())
+struct.pack_into("<I", raw.buf, C.Q_DIRTY, 1)
+struct.pack_into("<Q", raw.buf, C.Q_COUNT, count - k)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("before, put, stale", [(0, 3, 3), (50, 6, 6), (50, 6, 2)])
+def test_counts_are_right_after_a_producer_died_between_its_two_stores(
+        backend: str, name: str, before: int, put: int, stale: int) -> None:
+    """qsize(), empty(), `fastshm info` and `fastshm list` give the number of
+    messages queued, not the count the dead producer left short, before
+    anyone takes the lock again; nothing is changed by looking."""
+    from test_cli_queue import fields, list_rows, run
+
+    q = fastshm.Queue(name, 4096, create=True, backend=backend)
+    try:
+        q.put_many([b"old%d" % i for i in range(before)])
+        proc = subprocess.run([sys.executable, "-c", DIES_AFTER_TAIL, name, backend,
+                               str(put), str(stale)], capture_output=True, timeout=60)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode(errors="replace")
+        raw = fastshm.SharedMemory(name)
+        assert struct.unpack_from("<I", raw.buf, 88)[0] == 1  # still dirty
+        queued = before + put
+        for _ in range(2):  # looking twice: the same answer
+            assert q.qsize() == queued
+            assert not q.empty()
+        assert fields(run("info", name, backend=backend).stdout)["messages"] == str(queued)
+        assert list_rows(backend)[name][3] == str(queued)
+        # Looking changed nothing; the next get recounts under the lock.
+        assert struct.unpack_from("<I", raw.buf, 88)[0] == 1
+        raw.close()
+        got = q.get_many(None, block=False)
+        assert got == [b"old%d" % i for i in range(before)] + [b"m%d" % i for i in range(put)]
+        assert q.qsize() == 0 and q.empty()
+    finally:
+        q.close()

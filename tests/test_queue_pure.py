@@ -219,7 +219,8 @@ def test_python_queue_dead_holder_and_recount(handle: Any) -> None:
         assert h.lock_owner() == _pure.self_id() >> 32 << 32 | pid
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        assert h.count() == 99
+        # A reader counts the records itself: the holder that left 99 is gone.
+        assert h.count() == 2 and _word(h, C.Q_COUNT) == 99
         assert h.take(1, 5.0) == [b"one"]
         assert h.count() == 1 and h.lock_owner() == 0 and _word(h, C.Q_DIRTY, 4) == 0
     finally:
@@ -322,7 +323,7 @@ def test_python_queue_hostile_header(handle: Any, corrupt: "dict[int, int]") -> 
         _set(h, off, value)
     for call in (lambda: h.take(1, None), lambda: h.put_many([b"z" * 200], None),
                  lambda: h.take_into(memoryview(bytearray(300)), None)):
-        with pytest.raises(FormatError, match="header is corrupt"):
+        with pytest.raises(FormatError, match="queue .* is corrupt"):
             call()
         assert h.lock_owner() == 0
     assert h.used() <= h.capacity
@@ -336,7 +337,7 @@ def test_python_queue_hostile_record(handle: Any, length: int) -> None:
     assert h.put_many([b"x" * 20, b"y"], 0)
     _set(h, 128, length)
     for call in (lambda: h.take(1, None), lambda: h.take_into(memoryview(bytearray(300)), None)):
-        with pytest.raises(FormatError, match="header is corrupt"):
+        with pytest.raises(FormatError, match="queue .* is corrupt"):
             call()
         assert h.lock_owner() == 0
     _set(h, 128 + 32, 1 << 50)  # the second record: the first comes out, then the error

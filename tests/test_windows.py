@@ -462,6 +462,29 @@ def test_dead_writer_lock_is_taken_over(
 
 
 @needs_wine
+def test_a_creation_whose_maker_died_is_made_anew(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A section with no magic whose lock word names a process that is gone
+    (its maker died before publishing it; another process keeps the name
+    alive): an attaching opener refuses it, an open-or-create one makes it
+    anew and is its creator."""
+    exe = win_exes["check"]
+    name = make_name("made")
+    keeper = wine.start(exe, "raw", name, "")  # zero-filled, and kept alive
+    held.append(keeper)
+    assert keeper.wait_for("wrote")["created"] == "1"
+    maker = wine.run(exe, "take-lock", name)  # its id in the lock word, then gone
+    assert maker["returncode"] == "0", maker["stdout"]
+
+    refused = wine.run(exe, "attach", name)
+    assert refused["attach"] == "FSHM_EABANDONED", refused["stdout"]
+    made = wine.run(exe, "find", name, "64")
+    assert (made["open"], made["created"], made["load"]) == ("OK", "1", "OK"), made["stdout"]
+    assert keeper.finish()["returncode"] == "0"
+
+
+@needs_wine
 def test_a_store_wakes_a_sleeper_in_another_process(
     wine: Wine, win_exes: dict[str, Path], held: list[Held]
 ) -> None:

@@ -10,7 +10,7 @@ by any process that opens the name.  ``SharedMemory`` is a raw named mapping, a 
 from typing import Any
 
 from . import _backend
-from ._errors import FormatError
+from ._errors import DecodeError, FormatError
 from .queue import ObjectQueue, Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
@@ -18,7 +18,7 @@ from .shared_memory import SharedMemory
 __version__ = "0.1.0"
 
 __all__ = [
-    "Segment", "Queue", "ObjectQueue", "SharedMemory", "FormatError",
+    "Segment", "Queue", "ObjectQueue", "SharedMemory", "FormatError", "DecodeError",
     "backend", "binding", "features", "__version__",
 ]
 

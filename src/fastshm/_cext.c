@@ -84,9 +84,17 @@ static PyObject *raise_from(const char *fn, const char *fmt, ...)
     return NULL;
 }
 
+/* raise_for(rc, name, detail, kind): `kind` "segment" or "queue"; for
+ * FSHM_EFORMAT on an object in use, `detail` says what is wrong by
+ * _errors' key ("slot", "seq", "ring"). */
+static PyObject *raise_kind(int rc, PyObject *name, const char *detail, const char *kind)
+{
+    return raise_from("raise_for", "(iOss)", rc, name, detail, kind);
+}
+
 static PyObject *raise_code(int rc, PyObject *name, const char *detail)
 {
-    return raise_from("raise_for", "(iOs)", rc, name, detail);
+    return raise_kind(rc, name, detail, "segment");
 }
 
 /* ------------------------------------------------------------------ */
@@ -311,7 +319,8 @@ static int open_by_name(const char *type_name, const char *other, PyObject *args
         return -1;
     }
     if (rc != 0) {
-        raise_code(rc, *name, rc == FSHM_EKIND ? other : "");
+        raise_kind(rc, *name, rc == FSHM_EKIND ? other : "",
+                   strcmp(other, "Segment") == 0 ? "queue" : "segment");
         return -1;
     }
     return 0;
@@ -377,19 +386,28 @@ static PyObject *hold(SegmentObject *self, fshm_seg *s)
 
 /* -- store -- */
 
-static int store_without_gil(const fshm_seg *s, const void *src, size_t n, uint64_t *seq)
+/* A store without the GIL, waiting for another writer's lock in slices of
+ * WAIT_SLICE_NS: between them (and after EINTR, a signal that came while it
+ * slept) Python's signal handlers run, and the store goes on unless one
+ * raised.  A signal that lands while the core spins rather than sleeps is
+ * seen at the slice's end, so a writer stopped with the lock cannot make
+ * Ctrl-C wait. */
+static int store_without_gil(SegmentObject *self, const fshm_seg *s, const void *src,
+                             size_t n, uint64_t *seq)
 {
     int rc;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        rc = fshm_store(s, src, n, seq);
+        rc = fshm_store_timed(s, src, n, WAIT_SLICE_NS, seq);
         Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while waiting for another writer: its
-         * handler runs now, and the store goes on unless it raised. */
-        if (rc != EINTR)
+        if (rc != EINTR && rc != FSHM_EBUSY)
             return rc;
         if (PyErr_CheckSignals() != 0)
             return PY_ERROR_SET;
+        if (self->seg.base == NULL) { /* closed by another thread meanwhile */
+            closed_error(self);
+            return PY_ERROR_SET;
+        }
     }
 }
 
@@ -402,7 +420,7 @@ static PyObject *store_error(SegmentObject *self, const fshm_seg *s, int rc, Py_
                           (unsigned long long)s->capacity);
     if (rc == EACCES && s->readonly)
         return raise_from("read_only_error", "(O)", self->name);
-    return raise_code(rc, self->name, "");
+    return raise_code(rc, self->name, rc == FSHM_EFORMAT ? "seq" : "");
 }
 
 static PyObject *segment_store(SegmentObject *self, PyObject *data)
@@ -446,9 +464,9 @@ static PyObject *segment_store(SegmentObject *self, PyObject *data)
          * another writer's lock lets it go. */
         rc = fshm_try_store(&s, src, (size_t)n, &seq);
         if (rc == FSHM_EBUSY)
-            rc = store_without_gil(&s, src, (size_t)n, &seq);
+            rc = store_without_gil(self, &s, src, (size_t)n, &seq);
     } else {
-        rc = store_without_gil(&s, src, (size_t)n, &seq);
+        rc = store_without_gil(self, &s, src, (size_t)n, &seq);
     }
     if (rc != 0) {
         store_error(self, &s, rc, n);
@@ -469,7 +487,7 @@ static PyObject *read_error(SegmentObject *self, int rc)
 {
     if (rc == PY_ERROR_SET)
         return NULL;
-    return raise_code(rc, self->name, "the current slot is inconsistent");
+    return raise_code(rc, self->name, "slot");
 }
 
 /* The writer lock and the GIL are never held while waiting for the other:
@@ -538,6 +556,15 @@ static PyObject *segment_load(SegmentObject *self, PyObject *unused)
             PyMem_RawFree(buf);
             if (rc == FSHM_EAGAIN)
                 continue;
+            if (rc == FSHM_EBUSY) {
+                /* A writer held the lock 50 ms: stopped, it spoils no copy,
+                 * so copies without the lock hold again. */
+                tries = 0;
+                since = 0;
+                if (PyErr_CheckSignals() != 0)
+                    break;
+                continue;
+            }
             if (rc != 0)
                 read_error(self, rc);
             else if (out != NULL)
@@ -1298,8 +1325,9 @@ static int put_without_gil(QueueObject *self, const fshm_queue *q, const fshm_ms
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_put_many(q, msgs, count, slice);
         Py_END_ALLOW_THREADS
-        /* EINTR: a signal came while it slept; nothing was put. */
-        if (rc != EINTR && !(rc == FSHM_EFULL && slice > 0))
+        /* EINTR: a signal came while it slept; EBUSY: another process held
+         * the lock through the slice.  Either way nothing was put. */
+        if (rc != EINTR && !((rc == FSHM_EFULL || rc == FSHM_EBUSY) && slice > 0))
             return rc;
         if ((rc = sleep_until_ready(self, q, need, wait, deadline, &slice)) != 0)
             return rc;
@@ -1326,13 +1354,14 @@ static PyObject *queue_op_error(QueueObject *self, const fshm_queue *q, int rc)
         return raise_from("read_only_error", "(Os)", self->name, "queue");
     if (rc == FSHM_EPROTOCOL)
         return raise_from("protocol_error", "(Os)", self->name, "python");
-    if (rc == FSHM_EFORMAT)
-        return raise_code(rc, self->name, "the queue's records are inconsistent");
-    return raise_code(rc, self->name, "");
+    return raise_kind(rc, self->name, rc == FSHM_EFORMAT ? "ring" : "", "queue");
 }
 
 static PyObject *put_error(QueueObject *self, const fshm_queue *q, int rc, uint64_t need)
 {
+    if (rc == FSHM_EBUSY)
+        return raise_from("lock_held_error", "(OKO)", self->name,
+                          (unsigned long long)fshm_queue_lock_owner(q), Py_True);
     if (rc == FSHM_EFULL)
         return raise_from("full_error", "(OKKK)", self->name, (unsigned long long)need,
                           (unsigned long long)q->capacity,
@@ -1662,8 +1691,9 @@ static int take_without_gil(QueueObject *self, const fshm_queue *q, size_t max, 
         Py_BEGIN_ALLOW_THREADS
         rc = fshm_queue_take(q, take_raw, &t, max, &taken, slice);
         Py_END_ALLOW_THREADS
-        /* EINTR and "none yet" took nothing: a signal handler may run. */
-        if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
+        /* EINTR, "none yet" and a lock held through the slice took
+         * nothing: a signal handler may run. */
+        if (rc != EINTR && !((rc == FSHM_ENOMSG || rc == FSHM_EBUSY) && slice > 0))
             break;
         if ((rc = sleep_until_ready(self, q, 0, wait, deadline, &slice)) != 0)
             break;
@@ -1740,6 +1770,9 @@ static PyObject *take_error(QueueObject *self, const fshm_queue *q, int rc)
 {
     if (rc == FSHM_ENOMSG)
         return raise_from("empty_error", "(O)", self->name);
+    if (rc == FSHM_EBUSY)
+        return raise_from("lock_held_error", "(OKO)", self->name,
+                          (unsigned long long)fshm_queue_lock_owner(q), Py_False);
     return queue_op_error(self, q, rc);
 }
 
@@ -1924,7 +1957,7 @@ static PyObject *queue_get_into(QueueObject *self, PyObject *const *args, Py_ssi
             Py_BEGIN_ALLOW_THREADS
             rc = fshm_queue_take(&q, take_into_buffer, &t, 1, &taken, slice);
             Py_END_ALLOW_THREADS
-            if (rc != EINTR && !(rc == FSHM_ENOMSG && slice > 0))
+            if (rc != EINTR && !((rc == FSHM_ENOMSG || rc == FSHM_EBUSY) && slice > 0))
                 break;
             if ((rc = sleep_until_ready(self, &q, 0, wait, deadline, &slice)) != 0)
                 break;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import struct
 import sys
-from typing import Union
+from typing import Any, Callable, Optional, Union
 
 # How a name is opened (the same numbers as csrc/fastshm.h).
 ATTACH = 0
@@ -204,3 +204,53 @@ def record_size(n: int) -> int:
     """Ring bytes a message of ``n`` bytes takes: its length word, itself,
     and padding to 8."""
     return QUEUE_RECORD_HEADER + ((n + 7) & ~7)
+
+
+def queue_count(buf: Any, capacity: int, owner_dead: Callable[[int], int]) -> int:
+    """The messages queued in the queue mapped by ``buf``, read without its
+    lock, as fshm_queue_count in queue.c: the header's count, unless a
+    holder killed between its store of tail or head and its store of count
+    left it short (the dirty mark with a holder that is gone, or a count the
+    bytes queued disagree with); then the records between head and tail are
+    walked.  ``owner_dead`` judges the lock word's process (1: gone)."""
+    u64, u32 = U64.unpack_from, U32.unpack_from
+    dirty = u32(buf, Q_DIRTY)[0]
+    count: int = u64(buf, Q_COUNT)[0]
+    head, tail = u64(buf, Q_HEAD)[0], u64(buf, Q_TAIL)[0]
+    used = (tail - head) & U64_MASK
+    plausible = (count == 0) == (used == 0) and count <= used // QUEUE_RECORD_HEADER
+    if plausible and not dirty:
+        return count
+    if plausible:
+        # A live holder fixes the count in a moment; only a gone one leaves
+        # it for the next lock holder, and only then is the walk worth it.
+        owner = u64(buf, Q_LOCK)[0]
+        if owner and owner_dead(owner) != 1:
+            return count
+    walked = _walk_records(buf, capacity)
+    return count if walked is None else walked
+
+
+def _walk_records(buf: Any, capacity: int) -> Optional[int]:
+    """How many records lie between head and tail, counted without the
+    lock: an unchanged head across the walk means no take reused the bytes
+    walked.  None when takes kept moving head or the records are corrupt."""
+    u64 = U64.unpack_from
+    rec = QUEUE_RECORD_HEADER
+    for _ in range(8):
+        head, tail = u64(buf, Q_HEAD)[0], u64(buf, Q_TAIL)[0]
+        if (head | tail) & 7 or (tail - head) & U64_MASK > capacity:
+            return None
+        pos, n, bad = head, 0, False
+        while pos != tail:
+            length = u64(buf, HEADER_SIZE + pos % capacity)[0]
+            size = rec + ((length + 7) & ~7)
+            if length > capacity - rec or size > (tail - pos) & U64_MASK:
+                bad = True
+                break
+            pos = (pos + size) & U64_MASK
+            n += 1
+        if u64(buf, Q_HEAD)[0] != head:
+            continue
+        return None if bad else n
+    return None

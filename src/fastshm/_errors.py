@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, NoReturn, Optional
+import pickle
+from typing import TYPE_CHECKING, Any, List, NoReturn, Optional
 
 if TYPE_CHECKING:
     import queue
@@ -12,6 +13,37 @@ if TYPE_CHECKING:
 
 class FormatError(ValueError):
     """The named object is not a fastshm segment, or its header is corrupt."""
+
+
+class DecodeError(pickle.UnpicklingError):
+    """Messages an :class:`ObjectQueue` took could not be unpickled (not a
+    pickle, or a class this process cannot import).  Nothing it took is
+    lost: ``objects`` holds every object of the call that did decode, in
+    order; ``undecoded`` the raw bytes of each message that did not, in
+    order, and ``data`` the first of them.  The first decoding error is the
+    ``__cause__``."""
+
+    def __init__(self, name: str, taken: int, objects: List[Any],
+                 undecoded: List[bytes], first: BaseException) -> None:
+        self.objects = objects
+        self.undecoded = undecoded
+        self.data = undecoded[0]
+        self._args = (name, taken, objects, undecoded, first)
+        super().__init__(
+            f"{len(undecoded)} of {taken} messages taken from queue {name!r} could not "
+            f"be unpickled ({type(first).__name__}: {first}); they left the queue: "
+            f"their bytes are in .undecoded (.data: the first), and the "
+            f"{len(objects)} objects that did decode in .objects"
+        )
+
+    def __reduce__(self) -> Any:
+        # An exception pickles as its class and args: these, not the message.
+        return (type(self), self._args)
+
+
+class Abandoned(FormatError):
+    """The name's creator died before finishing it (FSHM_EABANDONED): an
+    open that may create it makes it anew."""
 
 
 # Library error codes returned by the C core (csrc/fastshm.h); the python
@@ -30,6 +62,8 @@ EKIND = -11
 EFULL = -12
 ENOMSG = -13
 EPROTOCOL = -14
+ENOTREG = -15
+EABANDONED = -16
 
 
 class ProtocolMismatch(FormatError):
@@ -101,6 +135,23 @@ def empty_error(name: str) -> "queue.Empty":
     return queue.Empty(f"queue {name!r} is empty")
 
 
+def lock_held_error(name: str, owner: int, put: bool) -> "queue.Full | queue.Empty":
+    """queue.Full (a put) or queue.Empty (a get) for a call whose timeout ran
+    out while another process held the queue's lock: one that is alive but
+    not running, since a holder that runs lets go within microseconds.
+    ``owner`` is the lock word as last seen (0: free again by now)."""
+    import queue
+
+    who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+    exc = queue.Full if put else queue.Empty
+    return exc(
+        f"queue {name!r} stayed locked by {who} until the timeout, so nothing was "
+        f"{'put' if put else 'taken'}; a holder that keeps the lock this long is alive "
+        "but not running (stopped with Ctrl-Z or SIGSTOP, or paused in a debugger): "
+        "resume it (kill -CONT), and the queue moves again"
+    )
+
+
 def owner_error(name: str, uid: int) -> PermissionError:
     """Refusal to attach to a segment that another user made (name squatting)."""
     who = _user_name(uid)
@@ -168,38 +219,96 @@ def too_small(have: int, need: int) -> ValueError:
     )
 
 
-def raise_for(code: int, name: str, detail: str = "") -> NoReturn:
+# What is wrong with a corrupt object found while using it, by the key every
+# backend passes as raise_for's detail (the C core says only FSHM_EFORMAT),
+# so that all say the same.
+_CORRUPT = {
+    "slot": "its current slot is inconsistent",
+    "seq": "its store counter is out of range",
+    "ring": "its head and tail, or a queued message's length, are out of range",
+}
+
+
+def _not_shared_memory(name: str) -> FormatError:
+    """The name holds something other than shared memory (ENOTREG)."""
+    import stat
+
+    path = os.path.join("/dev/shm", name)
+    what = "not a regular file"
+    try:
+        mode = os.lstat(path).st_mode
+    except (OSError, ValueError):
+        mode = 0
+    for test, words in ((stat.S_ISFIFO, "a FIFO (a named pipe)"),
+                        (stat.S_ISDIR, "a directory"),
+                        (stat.S_ISLNK, "a symbolic link"),
+                        (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if mode and test(mode):
+            what = words
+            break
+    remove = (f"`rmdir {path}`" if what == "a directory"
+              else f"`fastshm delete {name}`")
+    return FormatError(
+        f"{name!r} is {what} in /dev/shm, not shared memory, so fastshm cannot open "
+        f"it; if nothing needs it, remove it ({remove}), or use another name"
+    )
+
+
+def raise_for(code: int, name: str, detail: str = "", kind: str = "segment") -> NoReturn:
+    """Raise what the C core's (or the python backend's) ``code`` means for
+    the ``kind`` ("segment", "queue") called ``name``.  ``detail``: for
+    FSHM_EFORMAT, what is wrong with an object in use ("slot", "seq",
+    "ring"; empty: found at open); for FSHM_EKIND, what the name holds
+    instead."""
     if code > 0:
         raise os_error(code, name)
     if code == EFORMAT:
+        if detail:
+            raise FormatError(
+                f"{kind} {name!r} is corrupt: {_CORRUPT.get(detail, detail)}; nothing "
+                "was changed. Look at its "
+                f"raw bytes with fastshm.SharedMemory, or delete it (`fastshm delete "
+                f"{name}`) and make it anew"
+            )
         raise FormatError(
-            f"{name!r} is not a fastshm segment, or its header is corrupt"
-            f"{': ' + detail if detail else ''}; open it with fastshm.SharedMemory "
-            "to look at the raw bytes, or delete it"
+            f"{name!r} is not a fastshm {kind}, or its header is corrupt; open it with "
+            "fastshm.SharedMemory to look at the raw bytes, or delete it"
         )
     if code == EVERSION:
         raise FormatError(
-            f"{name!r} is a fastshm segment of a format version this fastshm does "
+            f"{name!r} is a fastshm {kind} of a format version this fastshm does "
             "not know; upgrade fastshm or open it with the version that made it"
         )
     if code == ENOTREADY:
         raise FormatError(
-            f"{name!r} exists but its creator did not finish initialising it (it "
-            "died while creating it, or did not finish within a minute, or the name "
-            f"belongs to another program); remove it with `fastshm delete {name}`"
+            f"{name!r} exists but is not a finished fastshm {kind}: it has no header, "
+            "and nothing shows a fastshm process making it (it is another program's, "
+            "or an older fastshm died creating it), or its creator has been at it for "
+            f"over a minute; if nothing uses it, remove it with `fastshm delete {name}`"
         )
     if code == EEMPTY:
         # FormatError (a ValueError): the same exception from both backends,
         # whichever of them noticed it.
         raise FormatError(
-            f"cannot attach to {name!r}: it exists but has size 0 (not a fastshm "
-            "segment, or its creator never sized it)"
+            f"{name!r} exists but has size 0, and nothing shows a fastshm process "
+            "making it (it is another program's, or an older fastshm died creating "
+            f"it); if nothing uses it, remove it with `fastshm delete {name}`"
         )
+    if code == EABANDONED:
+        raise Abandoned(
+            f"{name!r} was never finished: the process creating it died first. Opening "
+            f"it with create=None (open or create, the default) makes it anew, as "
+            f"`fastshm {'put' if kind == 'queue' else 'store'}` does; "
+            f"`fastshm delete {name}` removes it"
+        )
+    if code == ENOTREG:
+        raise _not_shared_memory(name)
     if code == ETIMEOUT:
         raise TimeoutError(f"no new message in {name!r} before the timeout")
     if code == EKIND:
         # detail: what the name holds, "Queue" or "Segment".
-        raise kind_error(name, detail or "Queue")
+        raise kind_error(name, detail or ("Segment" if kind == "queue" else "Queue"))
     if code == EPROTOCOL:
         raise protocol_error(name, detail or "python")
     raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")

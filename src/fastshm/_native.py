@@ -13,6 +13,8 @@ from typing import Any, Optional, Tuple
 
 from . import _common as C
 from ._errors import (
+    EBUSY,
+    EFORMAT,
     EFULL,
     EKIND,
     ENOMSG,
@@ -22,6 +24,7 @@ from ._errors import (
     ETOOBIG,
     batch_too_big,
     closed_error,
+    lock_held_error,
     next_too_small,
     owner_error,
     protocol_error,
@@ -91,10 +94,10 @@ def _how(how: int, any_owner: bool) -> int:
     return how | lib.FSHM_ANY_OWNER if any_owner else how
 
 
-def _raise_open(rc: int, m: Any, name: str) -> None:
+def _raise_open(rc: int, m: Any, name: str, kind: str = "segment") -> None:
     if rc == EOWNER:
         raise owner_error(name, int(m.owner))
-    raise_for(rc, name)
+    raise_for(rc, name, "Segment" if rc == EKIND and kind == "queue" else "", kind)
 
 
 def unlink(name: str) -> None:
@@ -165,9 +168,9 @@ class SegmentHandle:
             sc = _Scratch()
         # bytes go to C as they are; cffi takes their pointer without a copy.
         src = data if type(data) is bytes else ffi.from_buffer(data)
-        rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
-        while rc == _EINTR:  # a signal came while waiting for another writer; its handler ran
-            rc = lib.fshm_store(self._seg, src, len(data), sc.seq)
+        rc = lib.fshm_try_store(self._seg, src, len(data), sc.seq)
+        if rc and rc == EBUSY:
+            rc = self._store_waiting(src, len(data), sc)
         seq = sc.seq[0]
         _pool.append(sc)
         if rc:
@@ -175,8 +178,21 @@ class SegmentHandle:
                 raise too_big(len(data), self.name, self.capacity)
             if self.readonly:
                 raise read_only_error(self.name)
-            raise_for(rc, self.name)
+            raise_for(rc, self.name, "seq" if rc == EFORMAT else "")
         return seq  # type: ignore[no-any-return]
+
+    def _store_waiting(self, src: Any, n: int, sc: _Scratch) -> int:
+        """A store that found another writer's lock busy: wait for it in
+        slices.  EINTR (a signal came while it slept) and EBUSY (the holder
+        kept it through the slice: stopped?) both come back here, where
+        signal handlers run, before the next slice."""
+        while True:
+            if self.closed:  # by another thread meanwhile: nothing stored
+                _pool.append(sc)
+                raise closed_error("segment", self.name)
+            rc = lib.fshm_store_timed(self._seg, src, n, _WAIT_SLICE_NS, sc.seq)
+            if rc != _EINTR and rc != EBUSY:
+                return rc  # type: ignore[no-any-return]
 
     def load(self) -> Tuple[bytes, int]:
         # A small message: one C call copies it into the scratch buffer under
@@ -198,13 +214,13 @@ class SegmentHandle:
                 return out
             if rc != ESMALL:
                 _pool.append(sc)
-                raise_for(rc, self.name, "the current slot is inconsistent")
+                raise_for(rc, self.name, "slot")
         r = sc.read
         for _ in range(3):
             rc = lib.fshm_read_begin(seg, r)
             if rc:
                 _pool.append(sc)
-                raise_for(rc, self.name, "the current slot is inconsistent")
+                raise_for(rc, self.name, "slot")
             off = r.offset
             n = r.length
             data = self._mv[off : off + n].tobytes()
@@ -227,7 +243,7 @@ class SegmentHandle:
             # A longer message came meanwhile: room for it, and again.
         _pool.append(sc)
         if rc:
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         return bytes(memoryview(buf)[:n]), seq
 
     def load_into(self, dst: memoryview) -> Tuple[int, int]:
@@ -245,7 +261,7 @@ class SegmentHandle:
         if rc:
             if rc == ESMALL:
                 raise too_small(cap, n)
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         return n, seq
 
     def view(self) -> Tuple[memoryview, int]:
@@ -260,7 +276,7 @@ class SegmentHandle:
         n, seq = sc.n[0], sc.seq[0]
         _pool.append(sc)
         if rc and rc != ESMALL:
-            raise_for(rc, self.name, "the current slot is inconsistent")
+            raise_for(rc, self.name, "slot")
         off = _PAYLOAD + (seq & 1) * self._stride
         return self._mv[off : off + n].toreadonly(), seq
 
@@ -350,9 +366,7 @@ class QueueHandle:
         while rc == _EINTR:  # a signal came while waiting for its creator; its handler ran
             rc = lib.fshm_queue_open(q, m, cname, chow, capacity, 0, mode)
         if rc:
-            if rc == EKIND:
-                raise_for(rc, name, "Segment")
-            _raise_open(rc, m, name)
+            _raise_open(rc, m, name, "queue")
         size = int(m.size)
         base = m.base
         # Unmapped when this handle (and so any call in flight on it) is gone.
@@ -379,7 +393,7 @@ class QueueHandle:
         of records, or 0: a message), without spinning again, before fn
         tries once more.  Returns fn's code (EFULL / ENOMSG once out of
         time); ValueError when the queue was closed meanwhile."""
-        if timeout == 0:
+        if timeout == 0:  # no wait for room or a message; a short one for the lock
             return fn(*args, 0)  # type: ignore[no-any-return]
         if timeout is None:
             deadline = None
@@ -389,7 +403,8 @@ class QueueHandle:
             slice_ns = self._slice(deadline)
         while True:
             rc = fn(*args, slice_ns)
-            if rc == EFULL or rc == ENOMSG:
+            # EBUSY: another process held the lock through the slice.
+            if rc == EFULL or rc == ENOMSG or rc == EBUSY:
                 if slice_ns == 0:
                     return rc  # type: ignore[no-any-return]
             elif rc != _EINTR:  # EINTR: a signal, whose handler runs here
@@ -415,9 +430,11 @@ class QueueHandle:
         return 0 if left <= 0 else min(_QUEUE_SLICE_NS, int(left * 1e9))
 
     def _fail(self, rc: int) -> None:
+        if rc == EBUSY:  # a get's: a put's says Full
+            raise lock_held_error(self.name, self.lock_owner(), False)
         if self.readonly and rc == errno.EACCES:
             raise read_only_error(self.name, "queue")
-        raise_for(rc, self.name, "the queue's records are inconsistent")
+        raise_for(rc, self.name, "ring" if rc == EFORMAT else "", "queue")
 
     def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
         if len(msgs) == 1:
@@ -440,6 +457,8 @@ class QueueHandle:
             return True
         if rc == EFULL:
             return False
+        if rc == EBUSY:
+            raise lock_held_error(self.name, self.lock_owner(), True)
         if rc == ETOOBIG:
             total = sum(C.record_size(len(m)) for m in msgs)
             raise batch_too_big(total, self.name, self.capacity)
@@ -482,7 +501,7 @@ class QueueHandle:
             if rc == ENOMSG:
                 return []
             if rc:
-                self._fail(rc)
+                self._fail(rc)  # EBUSY included
             out = []
             fbuf, lens = sc.fbuf, sc.lens
             pos = 0

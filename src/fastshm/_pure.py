@@ -17,22 +17,27 @@ import itertools
 import mmap
 import os
 import platform
+import stat
 import sys
 import threading
 import time
 import weakref
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 from . import _common as C
 from ._errors import (
+    EABANDONED,
+    EBUSY,
     EEMPTY,
     EFORMAT,
     EKIND,
     ENOTREADY,
+    ENOTREG,
     EVERSION,
     FormatError,
     batch_too_big,
     closed_error,
+    lock_held_error,
     message_too_big,
     next_too_small,
     os_error,
@@ -265,37 +270,92 @@ class _Empty(Exception):
     """The name exists with size 0: its creator has not sized it (yet)."""
 
 
+# An existing name is opened without blocking: a FIFO made under it would
+# otherwise wait for a writer (a shared-memory object ignores the flag).
+_ATTACH_FLAGS = os.O_NONBLOCK if sys.platform.startswith("linux") else 0
+# The mode bit a new object carries while a fastshm process makes it, from
+# the open that creates the name until its header is published (MAKING_MODE
+# in map_posix.c; Linux only).
+_MAKING_MODE = stat.S_ISVTX if sys.platform.startswith("linux") else 0
+
+
 def _attach_fd(path: str) -> Tuple[int, bool]:
     """An existing object, read-write, or read-only when its permissions let
     this process read but not write it: (fd, read_only)."""
     try:
-        return _posixshmem.shm_open(path, os.O_RDWR, mode=0), False
+        return _posixshmem.shm_open(path, os.O_RDWR | _ATTACH_FLAGS, mode=0), False
     except PermissionError:
-        return _posixshmem.shm_open(path, os.O_RDONLY, mode=0), True
+        return _posixshmem.shm_open(path, os.O_RDONLY | _ATTACH_FLAGS, mode=0), True
+
+
+def _open_error(name: str, err: int) -> int:
+    """What an open of ``name`` that failed with ``err`` means, as
+    open_error in map_posix.c: ENOTREG when the name holds something other
+    than shared memory (glibc reports a directory as EINVAL, O_NOFOLLOW a
+    symbolic link as ELOOP)."""
+    if sys.platform.startswith("linux") and err in (errno.EINVAL, errno.ELOOP, errno.EISDIR):
+        try:
+            if not stat.S_ISREG(os.lstat(os.path.join("/dev/shm", name)).st_mode):
+                return ENOTREG
+        except (OSError, ValueError):
+            pass
+    return err
+
+
+def _lock_new(fd: int) -> bool:
+    """The init lock of an object this process has just created, taken
+    before it has a size (lock_new in map_posix.c); False when an opener
+    took the object over in the instant before (it has a size then): open
+    it again as it stands."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        return True  # no flock here: the lock word alone marks the making
+    if os.fstat(fd).st_size != 0:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    return True
 
 
 def _open_posix(
-    name: str, how: int, size: int, mode: int, any_owner: bool
+    name: str, how: int, size: int, mode: int, any_owner: bool, making: bool = False
 ) -> Tuple[int, int, bool, bool]:
     """(fd, size, created, read_only).  Everything opened is closed again,
-    and a name made here removed again, when it fails."""
+    and a name made here removed again, when it fails.  ``making``: a
+    created object gets the making mode bit and its init lock, held on the
+    returned descriptor until ``_made``."""
     path = "/" + name
+    mark = _MAKING_MODE if making else 0
     for tries in range(101):
         if how != C.ATTACH:
             try:
-                fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode=mode)
+                fd = _posixshmem.shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL,
+                                          mode=mode | mark)
             except FileExistsError:
                 if how == C.CREATE:
                     raise os_error(errno.EEXIST, name) from None
             except OSError as e:
                 raise os_error(e.errno or errno.EIO, name) from None
             else:
+                if making:
+                    try:
+                        locked = _lock_new(fd)
+                    except BaseException:
+                        os.close(fd)  # interrupted while another opener made it
+                        raise
+                    if not locked:
+                        # Another opener made it anew: not ours to remove.
+                        os.close(fd)
+                        if how == C.CREATE:
+                            raise os_error(errno.EEXIST, name)
+                        continue
                 try:
-                    os.fchmod(fd, mode)
+                    os.fchmod(fd, mode | mark)
                     os.ftruncate(fd, size)
                 except BaseException as e:
-                    os.close(fd)
+                    # Removed before the lock goes with the descriptor.
                     _posixshmem.shm_unlink(path)
+                    os.close(fd)
                     if isinstance(e, OSError):
                         raise os_error(e.errno or errno.EIO, name) from None
                     raise
@@ -307,9 +367,15 @@ def _open_posix(
                 raise os_error(errno.ENOENT, name) from None
             continue
         except OSError as e:
-            raise os_error(e.errno or errno.EIO, name) from None
+            failed = e.errno or errno.EIO
+        else:
+            failed = 0
+        if failed:
+            raise_for(_open_error(name, failed), name)
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise_for(ENOTREG, name)
             # Name squatting: someone else made the name first, so that what we
             # store goes to them.  Only its owner (or root) can chmod or
             # truncate it; trust ourselves and root, nobody else unless asked.
@@ -362,16 +428,17 @@ _TRACKFD_ARG: "dict[str, Any]" = {"trackfd": False} if sys.version_info >= (3, 1
 
 
 def _map(
-    name: str, how: int, size: int, mode: int, any_owner: bool
+    name: str, how: int, size: int, mode: int, any_owner: bool, making: bool = False
 ) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
     """(mapping, size, created, fd, read_only, dup); fd is -1 where there is
     none.  Before CPython 3.13 the mapping holds a duplicate of fd of its
     own, and ``dup`` is its number as far as it can be known (else -1): a
-    guess, if another thread opened a descriptor at the same instant."""
+    guess, if another thread opened a descriptor at the same instant.
+    ``making``: as _open_posix."""
     if C.WINDOWS:
         mm, size, created = _open_windows(name, how, size)
         return mm, size, created, -1, False, -1
-    fd, size, created, read_only = _open_posix(name, how, size, mode, any_owner)
+    fd, size, created, read_only = _open_posix(name, how, size, mode, any_owner, making)
     dup = -1
     try:
         access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
@@ -381,9 +448,9 @@ def _map(
             os.close(dup)
         mm = mmap.mmap(fd, size, access=access, **_TRACKFD_ARG)
     except BaseException as e:
-        os.close(fd)
         if created:
             _posixshmem.shm_unlink("/" + name)
+        os.close(fd)
         if isinstance(e, OSError):
             raise os_error(e.errno or errno.EIO, name) from None
         raise
@@ -396,7 +463,10 @@ def unlink(name: str) -> None:
     try:
         _posixshmem.shm_unlink("/" + name)
     except OSError as e:
-        raise os_error(e.errno or errno.EIO, name) from None
+        failed = e.errno or errno.EIO
+    else:
+        return
+    raise_for(_open_error(name, failed), name)
 
 
 class RawMapping:
@@ -585,23 +655,6 @@ def _flock_wait(h: "_Mapped", fd: int, how: int, deadline: Optional[float]) -> b
         seen = now
 
 
-def _lock_held_error(name: str, owner: int, put: bool) -> Exception:
-    """queue.Full (a put) or queue.Empty (a get) for a call whose deadline
-    passed while another process held the queue's lock: one that is alive
-    but not running, since a holder that runs lets go within a copy's time.
-    ``owner`` is the lock word as last seen (0: free again by now)."""
-    import queue
-
-    who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
-    exc = queue.Full if put else queue.Empty
-    return exc(
-        f"queue {name!r} stayed locked by {who} until the timeout, so nothing was "
-        f"{'put' if put else 'taken'}; a holder that keeps the lock this long is alive "
-        "but not running (stopped with Ctrl-Z or SIGSTOP, or paused in a debugger): "
-        "resume it (kill -CONT), and the queue moves again"
-    )
-
-
 def _thread_busy() -> "dict[Any, Any]":
     """This thread's busy markers: segment key -> frame holding its lock."""
     try:
@@ -738,6 +791,120 @@ def _publish(mm: mmap.mmap, fd: int, size: int, fields: Any, magic: int) -> None
     _put(mm, C.H_MAGIC, C.U32, magic)
 
 
+def _made(fd: int, mode: int) -> None:
+    """After the magic is out (fshm__map_done in map_posix.c): the object's
+    final mode, which drops the making mark, and its init lock released."""
+    try:
+        if _MAKING_MODE:
+            os.fchmod(fd, mode)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        pass  # a mode bit nobody reads on a finished object; no flock here
+
+
+class _Claim:
+    """An unfinished object opened to judge it (fshm__map_claim): its init
+    lock tried without waiting, its header read."""
+
+    __slots__ = ("fd", "size", "locked", "making", "read_only", "magic", "mark")
+    fd: int
+    size: int
+    locked: bool  # this process holds the init lock
+    making: bool  # the object carries the making mode bit
+    read_only: bool
+    magic: int
+    mark: int  # the lock word
+
+    def close(self) -> None:
+        if self.locked:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _claim(name: str, any_owner: bool) -> Union[_Claim, int, None]:
+    """An unfinished object opened and judged, as fshm__map_claim in
+    map_posix.c: None when it was removed meanwhile, EBUSY when a live
+    process holds its init lock, else a _Claim (to be closed)."""
+    try:
+        fd, read_only = _attach_fd("/" + name)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        failed = e.errno or errno.EIO
+    else:
+        failed = 0
+    if failed:
+        raise_for(_open_error(name, failed), name)
+    c = _Claim()
+    c.fd, c.read_only, c.locked = fd, read_only, False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise_for(ENOTREG, name)
+        if not any_owner and st.st_uid not in (0, os.geteuid()):
+            raise owner_error(name, st.st_uid)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            c.locked = True
+        except BlockingIOError:
+            os.close(fd)
+            return EBUSY  # its maker is at work, and alive
+        except OSError:
+            pass  # no flock here: judge by the lock word alone
+        st = os.fstat(fd)  # again under the lock
+        c.size = st.st_size
+        c.making = bool(_MAKING_MODE and st.st_mode & _MAKING_MODE)
+        head = os.pread(fd, C.HEADER_SIZE, 0)
+        c.magic = C.U32.unpack_from(head, 0)[0] if len(head) >= 4 else 0
+        c.mark = C.U64.unpack_from(head, C.H_LOCK)[0] if len(head) >= C.HEADER_SIZE else 0
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def _take_over(c: _Claim, name: str, need: int, mode: int, init: Any
+               ) -> Tuple[mmap.mmap, int, bool, int, bool, int, int]:
+    """Make anew an object whose maker died (fshm__map_adopt and the rest of
+    ``unfinished`` in slot.c): this process holds its init lock, so no other
+    opener of either backend is at it."""
+    fd = c.fd
+    try:
+        st = os.fstat(fd)
+        if _MAKING_MODE:
+            # Marked first: should this process die too, the next opener knows.
+            os.fchmod(fd, (st.st_mode & 0o7777) | _MAKING_MODE)
+        size = max(st.st_size, need)
+        if st.st_size < need:
+            os.ftruncate(fd, need)
+        dup = -1
+        if not _TRACKFD_ARG:  # as in _map
+            dup = os.dup(fd)
+            os.close(dup)
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE, **_TRACKFD_ARG)
+    except BaseException as e:
+        c.close()
+        if isinstance(e, OSError):
+            raise os_error(e.errno or errno.EIO, name) from None
+        raise
+    try:
+        _put(mm, C.H_LOCK, C.U64, self_id())  # the flock orders it: no CAS needed
+        # Every header field the dead maker may have written goes, but the
+        # magic (still 0) and the mark (now this process's).
+        mm[4 : C.H_LOCK] = bytes(C.H_LOCK - 4)
+        mm[C.H_LOCK + 8 : C.HEADER_SIZE] = bytes(C.HEADER_SIZE - C.H_LOCK - 8)
+        init(mm, fd, size)
+    except BaseException as e:
+        unlink(name)  # removed before the lock goes
+        mm.close()
+        c.close()
+        if isinstance(e, OSError):
+            raise os_error(e.errno or errno.EIO, name) from None
+        raise
+    _made(fd, mode)
+    return mm, size, True, fd, False, dup, 1
+
+
 def _open_object(
     name: str, how: int, need: int, mode: int, any_owner: bool,
     init: Any, attach: Any, other: str,
@@ -747,58 +914,121 @@ def _open_object(
     size)`` writes the
     header of one made here; ``attach(mm, size)`` checks the one found and
     returns its capacity or an error code (EKIND: the name holds ``other``,
-    the other kind of object)."""
+    the other kind of object).  An object whose maker died before finishing
+    it is made anew when ``how`` lets this call create."""
+    kind = "queue" if other == "Segment" else "segment"
     start = time.monotonic()
     deadline = start + _READY_WAIT_S
     backoff = 20e-6
     while True:
-        creator_alive = False
         try:
-            mm, size, created, fd, read_only, dup = _map(name, how, need, mode, any_owner)
-        except _Empty:  # size 0: its creator has not sized it yet
+            mm, size, created, fd, read_only, dup = _map(name, how, need, mode, any_owner,
+                                                         making=True)
+        except _Empty:  # size 0: its maker has not sized it (yet)
             code = EEMPTY
         else:
             if created:
                 try:
                     init(mm, fd, size)
                 except BaseException as e:
+                    unlink(name)  # removed before the lock goes
                     mm.close()
                     if fd >= 0:
                         os.close(fd)
-                    unlink(name)
                     if isinstance(e, OSError):
                         raise os_error(e.errno or errno.EIO, name) from None
                     raise
-                code = 1
-            else:
-                code = attach(mm, size)
-                if code == ENOTREADY:
-                    owner = _u64(mm, C.H_LOCK)[0]
-                    state = owner_dead(owner) if owner else -1
-                    if state == 1 and _u32(mm, C.H_MAGIC)[0] == 0:
-                        # Its creator died before finishing it (and did
-                        # not finish it just now, the lock word then
-                        # being a writer's).
-                        mm.close()
-                        if fd >= 0:
-                            os.close(fd)
-                        raise_for(ENOTREADY, name)
-                    creator_alive = (state == 0
-                                     and time.monotonic() - start < _CREATOR_WAIT_S)
+                if fd >= 0:
+                    _made(fd, mode)
+                return mm, size, True, fd, False, dup, 1
+            code = attach(mm, size)
             if code > 0:
                 return mm, size, created, fd, read_only, dup, code
             mm.close()
             if fd >= 0:
                 os.close(fd)
         if code not in (ENOTREADY, EEMPTY):
-            raise_for(code, name, other if code == EKIND else "")
-        # A creator that is alive is waited for as long as it takes (a
-        # large segment can take seconds to pre-allocate); one that cannot
-        # be judged, or a name of size 0, for a bounded time.
-        if not creator_alive and time.monotonic() >= deadline:
-            raise_for(code, name)
+            raise_for(code, name, other if code == EKIND else "", kind)
+        if C.WINDOWS:
+            verdict, got = _unfinished_windows(name, code)
+        else:
+            verdict, got = _unfinished(name, how, need, mode, any_owner, init, code)
+        if verdict == _DONE:
+            if isinstance(got, int):
+                raise_for(got, name, "", kind)
+            return got
+        if verdict == _AGAIN:
+            continue
+        code = got
+        # A maker at work is waited for while it lives (a large object can
+        # take seconds to reserve; a minute at most: a stopped one, or a pid
+        # reused); one that cannot be judged, or a name of size 0, a bounded
+        # time.
+        if verdict == _WAIT_ALIVE and time.monotonic() - start < _CREATOR_WAIT_S:
+            deadline = time.monotonic() + _READY_WAIT_S
+        if time.monotonic() >= deadline:
+            raise_for(code, name, "", kind)
         time.sleep(backoff)
         backoff = min(backoff * 2, 0.01)
+
+
+# How _open_object goes on after looking at an unfinished object.
+_DONE, _AGAIN, _WAIT_ALIVE, _WAIT = range(4)
+
+
+def _unfinished(name: str, how: int, need: int, mode: int, any_owner: bool, init: Any,
+                found: int) -> Tuple[int, Any]:
+    """(verdict, what): an unfinished object judged as ``unfinished`` in
+    slot.c judges it; ``what`` is the open object for _DONE, else the error
+    code to give up with once the waits are over (``found``: ENOTREADY or
+    EEMPTY, as first seen)."""
+    c = _claim(name, any_owner)
+    if c is None:
+        return _AGAIN, found  # removed meanwhile
+    if isinstance(c, int):
+        return _WAIT_ALIVE, ENOTREADY  # its maker holds the init lock
+    if c.size >= C.HEADER_SIZE and c.magic != 0:
+        c.close()
+        return _AGAIN, found  # finished meanwhile
+    dead = owner_dead(c.mark) if c.mark else -1
+    # Abandoned: the making mark with nobody holding the init lock (a maker
+    # holds it from before the object has a size to after the magic), or a
+    # lock word naming a maker that is gone.
+    abandoned = (c.locked and c.making) or dead == 1
+    if not abandoned:
+        c.close()
+        return (_WAIT_ALIVE if c.mark and dead == 0 else _WAIT), found
+    if how != C.OPEN_OR_CREATE or c.read_only or not c.locked:
+        # Taken over only by an opener that may create it, and, pure Python
+        # having no compare-and-swap, only under the init lock.
+        c.close()
+        if (c.size == 0 and dead != 1) or (not c.locked and how == C.OPEN_OR_CREATE):
+            # Perhaps its maker, between creating the name and taking the
+            # lock (only an opener that may create can settle that now), or
+            # a native opener may take it over by compare-and-swap.
+            return _WAIT, EABANDONED
+        return _DONE, EABANDONED
+    return _DONE, _take_over(c, name, need, mode, init)
+
+
+def _unfinished_windows(name: str, found: int) -> Tuple[int, int]:
+    """Windows has no init lock and no making mark: a lock word naming a
+    maker that is gone says it was abandoned (the python backend does not
+    take it over there); one naming a live maker is waited for."""
+    try:
+        mm, size, _, _, _, _ = _map(name, C.ATTACH, 0, 0, False)
+    except (OSError, _Empty):
+        return _AGAIN, found
+    try:
+        if size < C.HEADER_SIZE or _u32(mm, C.H_MAGIC)[0] != 0:
+            return _AGAIN, found
+        owner = _u64(mm, C.H_LOCK)[0]
+    finally:
+        mm.close()
+    state = owner_dead(owner) if owner else -1
+    if state == 1:
+        return _DONE, EABANDONED
+    return (_WAIT_ALIVE if state == 0 else _WAIT), found
 
 
 # ---- the segment ----
@@ -1103,7 +1333,7 @@ class SegmentHandle(_Mapped):
             self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
-                raise_for(EFORMAT, self.name, "the store counter is out of range")
+                raise_for(EFORMAT, self.name, "seq")
             off = C.HEADER_SIZE + (nxt & 1) * self._stride
             # Each shared word in one copy (a slice assignment is one memcpy).
             mm[off : off + 8] = _p64(2 * nxt - 1)
@@ -1144,7 +1374,7 @@ class SegmentHandle(_Mapped):
             if token == 2 * seq and length <= self.capacity:
                 return off + _SLOT_HDR, length, seq, token
             if _u64(mm, _H_SEQ)[0] == seq:
-                raise_for(EFORMAT, self.name, "the current slot is inconsistent")
+                raise_for(EFORMAT, self.name, "slot")
             time.sleep(0)
 
     def _end(self, offset: int, seq: int, token: int) -> bool:
@@ -1521,11 +1751,11 @@ class QueueHandle(_Mapped):
         head: int = _HEADTAIL(mm, C.Q_HEAD)[0]
         tail: int = _HEADTAIL(mm, C.Q_TAIL)[0]
         if (head | tail) & 7 or (tail - head) & _M64 > self.capacity:
-            raise_for(EFORMAT, self.name, "the queue's head and tail are inconsistent")
+            raise_for(EFORMAT, self.name, "ring", "queue")
         return head, tail
 
     def _bad_record(self) -> None:
-        raise_for(EFORMAT, self.name, "a queued record's length is out of range")
+        raise_for(EFORMAT, self.name, "ring", "queue")
 
     def _recount(self) -> None:
         """After a holder died (or was interrupted) between its dirty marks:
@@ -1910,7 +2140,7 @@ class QueueHandle(_Mapped):
             if done:
                 return True
             if done is None:
-                raise _lock_held_error(self.name, self.lock_owner(), True)
+                raise lock_held_error(self.name, self.lock_owner(), True)
             if deadline == _NOW or not self._wait(need, deadline):
                 return False
 
@@ -1922,7 +2152,7 @@ class QueueHandle(_Mapped):
         while True:
             out = self._locked(what, arg, None, 0, deadline)
             if out is None:
-                raise _lock_held_error(self.name, self.lock_owner(), False)
+                raise lock_held_error(self.name, self.lock_owner(), False)
             if (out >= 0) if what == _TAKE_INTO else out:  # a length, or messages
                 return out
             if deadline == _NOW or not self._wait(0, deadline):
@@ -1940,7 +2170,7 @@ class QueueHandle(_Mapped):
     # -- snapshots, without the lock --
 
     def count(self) -> int:
-        return _u64(self._mm, C.Q_COUNT)[0]  # type: ignore[no-any-return]
+        return C.queue_count(self._mm, self.capacity, owner_dead)
 
     def used(self) -> int:
         mm = self._mm

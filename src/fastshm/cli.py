@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import mmap
 import os
 import queue
 import secrets
@@ -20,7 +21,7 @@ from typing import BinaryIO, Callable, List, Optional, TextIO, Tuple, TypeVar, U
 
 from . import _common as C
 from ._backend import CHOICES, resolve
-from ._errors import FormatError, ProtocolMismatch
+from ._errors import Abandoned, FormatError, ProtocolMismatch
 from .queue import Queue
 from .segment import Segment
 from .shared_memory import SharedMemory
@@ -251,7 +252,7 @@ def cmd_store(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
     # for a message that fits it.
     try:
         seg: Optional[Segment] = _open(args, create=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, Abandoned):  # made anew below, if the message fits
         seg = None
     try:
         capacity = seg.capacity if seg is not None else args.size
@@ -564,7 +565,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
             row = (shown, kind, capacity, seq, "-", "-", size, lock, "-")
         elif kind == "queue":
             used = C.U64.unpack_from(head, C.Q_TAIL)[0] - C.U64.unpack_from(head, C.Q_HEAD)[0]
-            count = C.U64.unpack_from(head, C.Q_COUNT)[0]
+            count = _queued(os.path.join(os.fsencode(SHM_DIR), entry), head, capacity, args)
             pylock = C.U32.unpack_from(head, C.Q_FLAGS)[0] & C.QUEUE_PYLOCK
             row = (shown, kind, capacity, "-", count, max(used, 0), size, lock,
                    "python" if pylock else "native")
@@ -580,10 +581,30 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
-    """(size, first bytes) of the regular file at ``path``; None for anything
-    else (a FIFO, a device, a directory or a symbolic link is never opened,
-    so nothing can block), or when it cannot be read."""
+def _queued(path: bytes, head: bytes, capacity: int, args: argparse.Namespace) -> int:
+    """Messages queued in the queue at ``path``: its header's count, or, when
+    a holder killed between two stores left that short, the records counted
+    (read-only, as qsize() does)."""
+    count: int = C.U64.unpack_from(head, C.Q_COUNT)[0]
+    opened = _open_regular(path)
+    if opened is None:
+        return count
+    fd, size = opened
+    try:
+        if size < C.HEADER_SIZE + capacity:
+            return count
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mm:
+            return C.queue_count(mm, capacity, resolve(args.backend).owner_dead)
+    except (OSError, ValueError):
+        return count
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: bytes) -> Optional[Tuple[int, int]]:
+    """(descriptor, size) of the regular file at ``path``, opened for reading;
+    None for anything else (a FIFO, a device, a directory or a symbolic link
+    is never opened, so nothing can block), or when it cannot be opened."""
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
@@ -593,9 +614,25 @@ def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
         return None
     try:
         st = os.fstat(fd)  # it may have been swapped since the lstat
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return st.st_size, os.read(fd, C.HEADER_SIZE)
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd, st.st_size
+
+
+def _peek(path: bytes) -> Optional[Tuple[int, bytes]]:
+    """(size, first bytes) of the regular file at ``path``; None for anything
+    else (a FIFO, a device, a directory or a symbolic link is never opened,
+    so nothing can block), or when it cannot be read."""
+    opened = _open_regular(path)
+    if opened is None:
+        return None
+    fd, size = opened
+    try:
+        return size, os.read(fd, C.HEADER_SIZE)
     except OSError:
         return None
     finally:
@@ -648,11 +685,22 @@ class _OutputGone(Exception):
 class _Interrupt:
     """While a queue command runs, Ctrl-C is noted and acted on between
     waits, not raised at any instant: a message taken is always written out,
-    and a put has either happened or not."""
+    and a put has either happened or not.
+
+    Once the command has done its work (``settle()``), a Ctrl-C can no
+    longer undo it, and must not turn the exit status into 130, which says
+    nothing was put or taken: run as the ``fastshm`` command, the process
+    ignores SIGINT from then on until it exits; called in-process, the old
+    handler comes back."""
 
     def __init__(self) -> None:
         self.hit = False
         self._old: object = None
+        self._settled = False
+
+    def settle(self, as_command: bool) -> None:
+        self.hit = False
+        self._settled = as_command
 
     def __enter__(self) -> "_Interrupt":
         try:
@@ -666,7 +714,8 @@ class _Interrupt:
 
     def __exit__(self, *exc: object) -> None:
         if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)  # type: ignore[arg-type]
+            keep = signal.SIG_IGN if self._settled else self._old
+            signal.signal(signal.SIGINT, keep)  # type: ignore[arg-type]
 
     def check(self) -> None:
         if self.hit:
@@ -719,7 +768,7 @@ def cmd_put(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
     name = _checked_name(args)
     try:
         q: Optional[Queue] = _open_queue(args, create=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, Abandoned):  # made anew below, if the message fits
         q = None
     try:
         room = q.max_message if q is not None else _ring(args.size) - 8
@@ -741,7 +790,8 @@ def cmd_put(args: argparse.Namespace, stdin: BinaryIO, out: TextIO) -> int:
                 raise _put_too_big(n, exact, q.name, q.max_message, False)
         with _Interrupt() as stop:
             _put(q, data, args, stop)
-        out.write(f"put {n} bytes in queue {q.name!r}\n")
+            stop.settle(args.as_command)
+            out.write(f"put {n} bytes in queue {q.name!r}\n")
     finally:
         if q is not None:
             q.close()
@@ -779,7 +829,8 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
         q = _open_queue(args, create=False)
     except FileNotFoundError:
         raise _no_queue(args) from None
-    with q, _Interrupt() as stop:
+    # The queue is closed before Ctrl-C is let through again.
+    with _Interrupt() as stop, q:
         identity = _identity(q.name)
         timeout = 0.0 if args.nowait else args.timeout
 
@@ -807,17 +858,23 @@ def cmd_get(args: argparse.Namespace, out: BinaryIO) -> int:
                     "longer with --timeout (without it, get waits as long as it takes)"
                 ) from None
             tail = b"\n" if out.isatty() and not data.endswith(b"\n") else b""
+            stop.settle(args.as_command)  # taken: only the writing is left
             _emit(out, q.name, data, tail)
             return 0
+        pipe = _is_pipe(out)
         while True:
             try:
                 data = _sliced(attempt, queue.Empty, timeout, stop, still_there)
+                _emit(out, q.name, data, b"\n")
+                if pipe:
+                    # Not one message more into the pipe's buffer than its
+                    # reader takes: what it holds when the reader quits is lost.
+                    _wait_read(out, stop)
             except queue.Empty:
                 return 0
             except _OutputGone:  # the reader is done, as `| head -1` is
                 _quiet_stdout()
                 return 0
-            _emit(out, q.name, data, b"\n")
             stop.check()
 
 
@@ -846,6 +903,48 @@ def _out_closed(out: BinaryIO) -> bool:
         return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _is_pipe(out: BinaryIO) -> bool:
+    """Whether ``out`` is a pipe whose unread bytes can be counted (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return stat.S_ISFIFO(os.fstat(out.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _unread(out: BinaryIO) -> int:
+    """Bytes written to the pipe ``out`` that its reader has not read yet."""
+    import array
+    import fcntl
+    import termios
+
+    n = array.array("i", [0])
+    try:
+        fcntl.ioctl(out.fileno(), termios.FIONREAD, n, True)
+    except (OSError, ValueError):
+        return 0
+    return n[0]
+
+
+def _wait_read(out: BinaryIO, stop: "_Interrupt") -> None:
+    """Until the reader of the pipe ``out`` has read all that was written to
+    it; _OutputGone once it has gone.  Ctrl-C ends the wait."""
+    pause = 0.0
+    while _unread(out):
+        if _out_closed(out):
+            raise _OutputGone
+        stop.check()
+        if pause == 0.0:
+            pause = 20e-6
+            os.sched_yield()  # a reader on the other core is usually there already
+            continue
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+    if _out_closed(out):
+        raise _OutputGone
 
 
 def _quiet_stdout() -> None:
@@ -949,9 +1048,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-f", "--follow", action="store_true",
                    help="take and print every message, one per line, as they come, until "
                         "Ctrl-C (exit 130) or until --timeout seconds pass without one "
-                        "(exit 0); --nowait prints those queued now. A message "
-                        "written to a pipe has left the queue, even if the reader "
-                        "stops before reading it")
+                        "(exit 0); --nowait prints those queued now. Into a pipe, the "
+                        "next message is taken only after the reader has read the last "
+                        "one, and none after the reader is gone (exit 0); but a message "
+                        "written has left the queue, so a reader that quits early "
+                        "(| head -1) loses the one written after the last it read. "
+                        "Elsewhere than on Linux, all that the pipe's buffer holds is "
+                        "lost then")
     _wait_options(g, "for a message")
 
     d = sub.add_parser("delete", help="remove NAME (a segment or a queue)")
@@ -987,6 +1090,9 @@ def _wait_options(p: argparse.ArgumentParser, what: str) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Run as the command (not called with arguments from Python code): the
+    # process ends with this call, which may leave signal handling so.
+    args.as_command = argv is None
     if args.command == "load" and args.timeout is not None and not args.follow:
         parser.error("--timeout needs --follow (it bounds the wait for the next message)")
     try:

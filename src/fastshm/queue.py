@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 from . import _common as C
 from ._backend import resolve
 from ._errors import (
+    DecodeError,
     ProtocolMismatch,
     batch_too_big,
     empty_error,
@@ -206,7 +207,7 @@ class Queue(Named):
 
     def empty(self) -> bool:
         """Whether no message is queued."""
-        return self.qsize() == 0
+        return self.bytes_used == 0  # head == tail: each is stored whole
 
     def full(self) -> bool:
         """Whether not even an empty message would fit."""
@@ -338,6 +339,12 @@ class ObjectQueue:
     and a queue of another user is refused); do not widen both for writers
     you do not trust.  Send bytes through a plain :class:`Queue` when they
     come from elsewhere.
+
+    A message that does not unpickle (bytes put through the plain queue, a
+    class the getting process cannot import) has left the queue when
+    ``get`` or ``get_many`` finds out: they raise :class:`DecodeError`, a
+    ``pickle.UnpicklingError`` that carries its bytes (``.data``) and, for
+    ``get_many``, every other object of the batch (``.objects``).
     """
 
     __slots__ = ("queue", "protocol")
@@ -355,7 +362,11 @@ class ObjectQueue:
         self.put(obj, False)
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        return pickle.loads(self.queue.get(block, timeout))
+        """Remove the front message and return its object; waits as
+        :meth:`Queue.get` does.  A message that does not unpickle has left
+        the queue all the same: :class:`DecodeError` carries its bytes
+        (``.data``)."""
+        return self._decode([self.queue.get(block, timeout)])[0]
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -366,7 +377,28 @@ class ObjectQueue:
 
     def get_many(self, max_messages: Optional[int] = None, block: bool = True,
                  timeout: Optional[float] = None) -> List[Any]:
-        return [pickle.loads(m) for m in self.queue.get_many(max_messages, block, timeout)]
+        """Up to ``max_messages`` objects (None: all queued), as
+        :meth:`Queue.get_many` takes them.  When any of the messages taken
+        does not unpickle, every one is still decoded that can be, and
+        :class:`DecodeError` is raised with those objects, in order
+        (``.objects``), and the bytes of the others (``.undecoded``): the
+        messages have left the queue, and none is lost."""
+        return self._decode(self.queue.get_many(max_messages, block, timeout))
+
+    def _decode(self, messages: List[bytes]) -> List[Any]:
+        objects: List[Any] = []
+        undecoded: List[bytes] = []
+        first: Optional[BaseException] = None
+        for m in messages:
+            try:
+                objects.append(pickle.loads(m))
+            except Exception as e:  # anything unpickling raises: bad bytes, a missing class
+                undecoded.append(m)
+                first = first or e
+        if first is not None:
+            raise DecodeError(self.queue.name, len(messages), objects, undecoded,
+                              first) from first
+        return objects
 
     def qsize(self) -> int:
         return self.queue.qsize()

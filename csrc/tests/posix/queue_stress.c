@@ -903,7 +903,7 @@ static int same(const uint64_t *a, size_t na, const uint64_t *b, size_t nb)
 static int recover(const scenario *sc, size_t size, int *dirty)
 {
     fshm_queue c;
-    uint64_t ids[STEP_MSGS];
+    uint64_t ids[STEP_MSGS], seen;
     size_t n;
     int rc;
     memcpy(scratch, q.base, size);
@@ -918,8 +918,13 @@ static int recover(const scenario *sc, size_t size, int *dirty)
     *dirty = U32(scratch, Q_DIRTY) != 0;
     if ((rc = fshm_queue_attach(&c, scratch, size)) != 0)
         die("%s: attach of the copy: rc %d", sc->what, rc);
+    /* What a reader that looks before the next lock holder comes is told. */
+    seen = fshm_queue_count(&c);
     lock_round(&c);
     n = walk(&c, ids, STEP_MSGS);
+    if (seen != n)
+        die("%s: the count without the lock said %llu with %zu queued", sc->what,
+            (unsigned long long)seen, n);
     if (same(ids, n, sc->before, sc->before_n))
         return 0;
     if (same(ids, n, sc->after, sc->after_n))

@@ -54,6 +54,7 @@ static const char *code_name(int rc)
     case FSHM_EEMPTY: return "FSHM_EEMPTY";
     case FSHM_EAGAIN: return "FSHM_EAGAIN";
     case FSHM_EVERSION: return "FSHM_EVERSION";
+    case FSHM_EABANDONED: return "FSHM_EABANDONED";
     default: {
         static char buf[32];
         snprintf(buf, sizeof buf, "code%d", rc);
