@@ -52,8 +52,15 @@ from ._errors import (
 name = "python"
 binding = "python"
 # "file_lock": writers exclude each other with flock (POSIX only; on Windows
-# the python backend has no writer lock at all).
-features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset({"file_lock"})
+# the python backend has no writer lock at all).  "quiet_commit": no signal
+# handler runs between a queue's commit and the return of its put or get
+# (CPython 3.11 and later; see "after the commit"), so that a put that
+# raises KeyboardInterrupt has put nothing; elsewhere that is best effort.
+features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset(
+    {"file_lock", "quiet_commit"}
+    if sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
+    else {"file_lock"}
+)
 
 if C.WINDOWS:
     import _winapi
