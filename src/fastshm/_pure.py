@@ -18,6 +18,7 @@ import mmap
 import os
 import platform
 import stat
+import struct
 import sys
 import threading
 import time
@@ -568,6 +569,8 @@ _LOCK_EX_NB = _LOCK_EX | _LOCK_NB
 _LOCK_SH_NB = _LOCK_SH | _LOCK_NB
 _LOCK_SL = slice(C.H_LOCK, C.H_LOCK + 8)
 _H_NEXT = C.H_LOCK_NEXT
+# The lock word and the turn word (lock_next), in one look.
+_LOCK_AND_NEXT = struct.Struct(f"<Q{C.H_LOCK_NEXT - C.H_LOCK - 8}xQ").unpack_from
 _NEXT_SL = slice(C.H_LOCK_NEXT, C.H_LOCK_NEXT + 8)
 _SEQ_SL = slice(C.H_SEQ, C.H_SEQ + 8)
 _NOTIFY_SL = slice(C.H_NOTIFY, C.H_NOTIFY + 4)
@@ -1225,11 +1228,11 @@ class SegmentHandle(_Mapped):
         lock to it, so native writers storing back to back cannot starve it
         (it polls, and would otherwise have to land in the instant between
         one native store and the next); ``named``: it did so already.  It
-        looks every 20 us while the
-        writers move (the lock word or the notify word changes), and less
-        and less often, up to every 50 ms, while they do not: the holder is
-        then stuck (stopped, or paused in a debugger), and a waiter behind it
-        costs little CPU.  A signal ends the sleep it lands in."""
+        looks every 20 us while the writers move (the lock word or the
+        notify word changes), and less and less often, up to every 50 ms,
+        while they do not: the holder is then stuck (stopped, or paused in a
+        debugger), and a waiter behind it costs little CPU.  A signal ends
+        the sleep it lands in."""
         me = t.me
         rounds = 0
         turn = named and _u64(mm, _H_NEXT)[0] == me
@@ -1278,7 +1281,7 @@ class SegmentHandle(_Mapped):
     def _leave_turn(self, mm: mmap.mmap, turn: int) -> None:
         """lock_next names another process, one waiting for the lock, which
         native writers leave the free lock to (docs/FORMAT.md, "Storing");
-        so does this writer, before it takes the flock: it waits until that
+        so does this writer: it lets go of the flock and waits until that
         turn is taken (lock_next moves on), or is stale -- its process gone,
         or the lock free for _TURN_MAX_S without it taking it -- and then
         clears it.  Without this, a python writer storing back to back would
@@ -1321,10 +1324,8 @@ class SegmentHandle(_Mapped):
         if inner is not None and _on_stack(inner):
             raise _reentrant(self.name, inner, "store")
         mm = self._mm
-        turn = _u64(mm, _H_NEXT)[0]
-        if turn and turn != t.me:
-            self._leave_turn(mm, turn)
         fd = t.fd
+        me = t.me
         ops = rel = None
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
@@ -1332,12 +1333,26 @@ class SegmentHandle(_Mapped):
         # From here until the release, see "what a signal may interrupt".
         busy[key] = sys._getframe()
         try:
-            if fd >= 0:
-                try:
-                    _flock(fd, _LOCK_EX_NB)
-                except BlockingIOError:
-                    _flock_wait(self, fd, _LOCK_EX_NB, None)  # see "waiting for a flock"
-            self._claim(t, mm, ops)
+            while True:
+                if fd >= 0:
+                    try:
+                        _flock(fd, _LOCK_EX_NB)
+                    except BlockingIOError:
+                        _flock_wait(self, fd, _LOCK_EX_NB, None)  # see "waiting for a flock"
+                owner, turn = _LOCK_AND_NEXT(mm, C.H_LOCK)
+                if not turn or turn == me:
+                    break
+                # Another process's turn: leave the lock to it (_leave_turn).
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+                self._leave_turn(mm, turn)
+            if owner == 0 or owner == me:  # as _claim's first look finds it
+                t.claimed = True
+                if ops is not None:
+                    ops[0] = t.clear
+                mm[_LOCK_SL] = t.ident
+            else:
+                self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
                 raise_for(EFORMAT, self.name, "seq")
@@ -1446,14 +1461,18 @@ class SegmentHandle(_Mapped):
                     if not exclusive:
                         _flock_wait(self, fd, how, None)
                     else:
-                        # Its turn next: writers of either backend leave the
-                        # lock to it once the holder lets go (see _leave_turn).
-                        if _u64(mm, _H_NEXT)[0] == 0:
-                            mm[_NEXT_SL] = t.ident
-                            named = True
-                        if not self._until_stuck(
-                            lambda end: _flock_wait(self, fd, how, end)
-                        ):
+                        named = True
+
+                        def take(end: float) -> bool:
+                            # Its turn next: writers of either backend leave
+                            # the lock to it once the holder lets go
+                            # (_leave_turn).  Named again every round: a
+                            # writer that found the turn stale cleared it.
+                            if _u64(mm, _H_NEXT)[0] == 0:
+                                mm[_NEXT_SL] = t.ident
+                            return _flock_wait(self, fd, how, end)
+
+                        if not self._until_stuck(take):
                             return _HELD
             if exclusive and not self._until_stuck(
                 lambda end: self._claim(t, mm, ops, end, named)
