@@ -546,6 +546,7 @@ _NO_CALL: Any = iter(int, 1)  # stands for a call that has nothing to do
 def _from_c(fn: Any, *args: Any) -> Any:
     return itertools.starmap(fn, itertools.repeat(args))
 
+
 # Loads: lock-free attempts before a writable handle takes the writer lock
 # and copies under it, so that a load ends whatever the writers do.
 _LOCKFREE_TRIES = 3
@@ -614,8 +615,9 @@ _LOCK_PAUSE_MIN_S = 50e-6
 _LOCK_PAUSE_BUSY_S = 0.002
 _LOCK_PAUSE_MAX_S = 0.05
 _LOCK_GRACE_S = (50e-6, 100e-6, 200e-6, 400e-6)
-# The longest a load waits for the writer lock before it copies without it
-# again (a writer stopped with the lock spoils no copy), as fshm_read_lock.
+# A load waiting for the writer lock gives up on it when this long passes
+# without a store, and copies without it (a writer stopped with the lock
+# spoils no copy), as fshm_read_lock does.
 _READ_LOCK_MAX_S = 0.05
 _HELD = object()  # SegmentHandle._read_locked: what it returns then
 # How long a turn to the lock (lock_next) is kept while the lock sits free
@@ -920,12 +922,12 @@ def _open_object(
     init: Any, attach: Any, other: str,
 ) -> Tuple[mmap.mmap, int, bool, int, bool, int, int]:
     """Map a segment or a queue, as fshm__open in slot.c: (mapping, size,
-    created, fd, read_only, dup, capacity) (dup: see _map).  ``init(mm, fd,
-    size)`` writes the
-    header of one made here; ``attach(mm, size)`` checks the one found and
-    returns its capacity or an error code (EKIND: the name holds ``other``,
-    the other kind of object).  An object whose maker died before finishing
-    it is made anew when ``how`` lets this call create."""
+    created, fd, read_only, dup, capacity), dup as _map's.  ``init(mm, fd,
+    size)`` writes the header of one made here; ``attach(mm, size)`` checks
+    the one found and returns its capacity or an error code (EKIND: the
+    name holds ``other``, the other kind of object).  An object whose maker
+    died before finishing it is made anew when ``how`` lets this call
+    create."""
     kind = "queue" if other == "Segment" else "segment"
     start = time.monotonic()
     deadline = start + _READY_WAIT_S
