@@ -1778,3 +1778,64 @@ def test_queue_of_another_user_is_refused(backend: str, name: str) -> None:
     assert as_user(VICTIM, VICTIM_QUEUE, name, backend) == [
         "attach refused", "open_or_create refused", "any_owner squatted",
     ]
+
+
+# ---- the first call on a handle ----
+
+
+@pytest.mark.parametrize("kind", ["queue", "segment"])
+def test_first_call_does_not_grow_with_open_descriptors(backend: str, name: str,
+                                                        kind: str) -> None:
+    """A handle's first put or store costs the same whether the process has
+    a few descriptors open or hundreds more (the python backend then sets up
+    a descriptor of the calling thread's own for its flock)."""
+    import resource
+
+    extra = 600
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < extra + 256:
+        if hard != resource.RLIM_INFINITY and hard < extra + 256:
+            pytest.skip(f"the descriptor limit ({hard}) is too low")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (extra + 256, hard))
+    if kind == "queue":
+        first = fastshm.Queue(name, 1 << 16, create=True, backend=backend)
+
+        def open_and_call() -> float:
+            h = fastshm.Queue(name, create=False, backend=backend)
+            start = time.perf_counter()
+            h.put_nowait(b"x")
+            took = time.perf_counter() - start
+            h.close()
+            first.get_nowait()
+            return took
+    else:
+        first = fastshm.Segment(name, 64, create=True, backend=backend)
+
+        def open_and_call() -> float:
+            h = fastshm.Segment(name, create=False, backend=backend)
+            start = time.perf_counter()
+            h.store(b"x")
+            took = time.perf_counter() - start
+            h.close()
+            return took
+
+    def median_first_call() -> float:
+        times = sorted(open_and_call() for _ in range(15))
+        return times[len(times) // 2]
+
+    fds: List[int] = []
+    try:
+        median_first_call()  # warm up: imports, caches
+        few = median_first_call()
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(extra)]
+        many = median_first_call()
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if soft != resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        first.close()
+    assert many < 4 * few, (
+        f"a handle's first call took {many * 1e6:.0f} us with {extra} more descriptors "
+        f"open, {few * 1e6:.0f} us without"
+    )

@@ -268,6 +268,40 @@ def sigint_worker(name, backend, stop_path, count_path):
                       "get_intr": get_intr, "left": len(left)}), flush=True)
 
 
+def interrupted_putter(name, backend, stop_path, count_path):
+    # Puts numbered messages while SIGINTs arrive.  The handler raises
+    # KeyboardInterrupt when it runs inside fastshm's code -- the put was
+    # interrupted -- and lets the signal pass when it runs in this loop: the
+    # put had returned (or not begun).  Says which puts were interrupted.
+    import signal
+    q = fastshm.Queue(name, create=False, backend=backend)
+    package = os.path.dirname(fastshm.__file__) + os.sep
+    state = {"inside": 0, "outside": 0}
+
+    def on_sigint(signum, frame):
+        if frame is not None and frame.f_code.co_filename.startswith(package):
+            state["inside"] += 1
+            raise KeyboardInterrupt
+        state["outside"] += 1
+
+    signal.signal(signal.SIGINT, on_sigint)
+    counter = os.open(count_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    interrupted = []
+    i = 0
+    print("ready", flush=True)
+    while not os.path.exists(stop_path):
+        os.pwrite(counter, b"%8d" % len(interrupted), 0)
+        msg = struct.pack("<Q", i)
+        try:
+            q.put(msg, timeout=10)
+        except KeyboardInterrupt:
+            interrupted.append(i)
+        i += 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(json.dumps({"puts": i, "interrupted": interrupted, "outside": state["outside"]}),
+          flush=True)
+
+
 def racer(name, backend, size, workdir, index):
     # Waits for the go file, opens (or creates) the queue, puts its pid.
     open(os.path.join(workdir, "ready.%d" % index), "w").close()
@@ -744,6 +778,53 @@ def test_ctrl_c_storm(backend: str, name: str, tmp_path: Path) -> None:
     q.close()
     print(f"[queue ctrl-c {backend}] puts={len(put_ok)} interrupted puts={len(put_intr)} "
           f"interrupted gets={r['get_intr']} lost={len(lost)}")
+
+
+def test_interrupted_put_queued_nothing(backend: str, name: str, tmp_path: Path) -> None:
+    """A put that a signal's exception interrupts has put nothing, so a
+    caller that retries it does not send the message twice: a signal that
+    lands after the commit is handled once the put has returned.  (The
+    child's handler raises only when it runs inside fastshm's code.)"""
+    impl = fastshm._backend.resolve(backend)
+    if impl.name == "python" and "quiet_commit" not in impl.features:
+        pytest.skip("this interpreter can run a signal handler as a function returns "
+                    "(PyPy, CPython before 3.11): the python backend's promise is best "
+                    "effort there")
+    q = fastshm.Queue(name, 1 << 23, create=True, backend=backend)
+    stop, count = tmp_path / "stop", tmp_path / "count"
+    ch = Child("putter", "interrupted_putter", name, backend, str(stop), str(count))
+    try:
+        assert ch.poll_ready(30), ch.failure("no ready")
+        rnd = random.Random()
+        # At least 150 signals; on a route whose put runs Python code, until
+        # 40 of them have landed inside a put.
+        deadline = time.monotonic() + 60
+        sent = 0
+        while sent < 150 or (backend != "native" and int(count.read_bytes() or b"0") < 40):
+            assert time.monotonic() < deadline, f"{count.read_bytes()!r} interrupted puts"
+            time.sleep(rnd.uniform(0, 0.003))
+            assert ch.proc.poll() is None, ch.failure("died in the storm")
+            ch.proc.send_signal(signal.SIGINT)
+            sent += 1
+        stop.touch()
+        rc, out, err = ch.finish(60)
+    finally:
+        stop.touch()
+        ch.cleanup()
+    assert rc == 0, err.decode(errors="replace")[-3000:]
+    r = json.loads(out.splitlines()[-1])
+    queued = [struct.unpack("<Q", m)[0] for m in drain(q)]
+    q.close()
+    interrupted = set(r["interrupted"])
+    twice = sorted(interrupted & set(queued))
+    assert not twice, (
+        f"{len(twice)} of {len(interrupted)} interrupted puts had queued their message "
+        f"(a retry would send it twice): {twice[:10]}"
+    )
+    assert sorted(queued) == [i for i in range(r["puts"]) if i not in interrupted], (
+        "a put that returned did not queue its message, or queued it twice")
+    print(f"[interrupted put {backend}] puts={r['puts']} interrupted={len(interrupted)} "
+          f"handled after the put={r['outside']}")
 
 
 # ---- many processes open one new name at once ----

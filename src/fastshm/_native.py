@@ -7,6 +7,7 @@ Same functions and classes as ``_pure``; ``segment.py`` and
 from __future__ import annotations
 
 import errno
+import itertools
 import sys
 import time
 from typing import Any, Optional, Tuple
@@ -89,6 +90,13 @@ def _mapping_view(base: Any, size: int, readonly: bool) -> memoryview:
     mv = memoryview(ffi.buffer(owner, size))
     # A read-only mapping faults on a write: only a read-only view of it.
     return mv.toreadonly() if readonly else mv
+
+
+def _from_c(fn: Any, *args: Any) -> Any:
+    """An iterator whose first step calls fn(*args) from C: ``for rc in
+    _from_c(...)`` makes the call without a CALL instruction, after which
+    CPython (3.11 and later) would run pending signal handlers."""
+    return itertools.starmap(fn, itertools.repeat(args))
 
 
 def _how(how: int, any_owner: bool) -> int:
@@ -409,8 +417,13 @@ class QueueHandle:
         of records, or 0: a message), without spinning again, before fn
         tries once more.  Returns fn's code (EFULL / ENOMSG once out of
         time); ValueError when the queue was closed meanwhile."""
+        # fn is called from C (_from_c) and nothing but comparisons follow
+        # a success on the way back to the caller: CPython 3.11 and later
+        # run no signal handler there, so a put that raises
+        # KeyboardInterrupt has put nothing (as through the C-API binding).
         if timeout == 0:  # no wait for room or a message; a short one for the lock
-            return fn(*args, 0)  # type: ignore[no-any-return]
+            for rc in _from_c(fn, *args, 0):
+                return rc  # type: ignore[no-any-return]
         if timeout is None:
             deadline = None
             slice_ns = _QUEUE_SLICE_NS
@@ -418,7 +431,8 @@ class QueueHandle:
             deadline = time.monotonic() + timeout
             slice_ns = self._slice(deadline)
         while True:
-            rc = fn(*args, slice_ns)
+            for rc in _from_c(fn, *args, slice_ns):  # noqa: B007 -- used below the loop
+                break
             # EBUSY: another process held the lock through the slice.
             if rc == EFULL or rc == ENOMSG or rc == EBUSY:
                 if slice_ns == 0:

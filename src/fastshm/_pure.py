@@ -13,10 +13,12 @@ segment waiters poll with a growing sleep instead of sleeping on a futex
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import platform
 import stat
+import struct
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ from ._errors import (
     FormatError,
     batch_too_big,
     closed_error,
+    lock_held_error,
     message_too_big,
     next_too_small,
     os_error,
@@ -50,8 +53,15 @@ from ._errors import (
 name = "python"
 binding = "python"
 # "file_lock": writers exclude each other with flock (POSIX only; on Windows
-# the python backend has no writer lock at all).
-features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset({"file_lock"})
+# the python backend has no writer lock at all).  "quiet_commit": no signal
+# handler runs between a queue's commit and the return of its put or get
+# (CPython 3.11 and later; see "after the commit"), so that a put that
+# raises KeyboardInterrupt has put nothing; elsewhere that is best effort.
+features: "frozenset[str]" = frozenset() if C.WINDOWS else frozenset(
+    {"file_lock", "quiet_commit"}
+    if sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
+    else {"file_lock"}
+)
 
 if C.WINDOWS:
     import _winapi
@@ -221,6 +231,17 @@ def _futex_wake(anchor: Any, offset: int) -> None:
                            _futex_ffi.NULL, _futex_ffi.NULL, 0)
     else:
         _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
+
+
+def _futex_waker(anchor: Any, offset: int) -> Any:
+    """``_futex_wake(anchor, offset)`` as a call from C (see _from_c)."""
+    if anchor is None:
+        return _NO_CALL
+    if _futex_ffi is not None:
+        return _from_c(_futex_lib.syscall, _SYS_futex, anchor + offset, _FUTEX_WAKE,
+                       0x7FFFFFFF, _futex_ffi.NULL, _futex_ffi.NULL, 0)
+    return _from_c(_syscall, _SYS_futex, anchor[0] + offset, _FUTEX_WAKE, 0x7FFFFFFF,
+                   None, None, 0)
 
 
 def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> int:
@@ -416,16 +437,23 @@ _TRACKFD_ARG: "dict[str, Any]" = {"trackfd": False} if sys.version_info >= (3, 1
 
 def _map(
     name: str, how: int, size: int, mode: int, any_owner: bool, making: bool = False
-) -> Tuple[mmap.mmap, int, bool, int, bool]:
-    """(mapping, size, created, fd, read_only); fd is -1 where there is none.
-    Before CPython 3.13 the mapping holds a duplicate of fd of its own.
+) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+    """(mapping, size, created, fd, read_only, dup); fd is -1 where there is
+    none.  Before CPython 3.13 the mapping holds a duplicate of fd of its
+    own, and ``dup`` is its number as far as it can be known (else -1): a
+    guess, if another thread opened a descriptor at the same instant.
     ``making``: as _open_posix."""
     if C.WINDOWS:
         mm, size, created = _open_windows(name, how, size)
-        return mm, size, created, -1, False
+        return mm, size, created, -1, False, -1
     fd, size, created, read_only = _open_posix(name, how, size, mode, any_owner, making)
+    dup = -1
     try:
         access = mmap.ACCESS_READ if read_only else mmap.ACCESS_WRITE
+        if not _TRACKFD_ARG:
+            # mmap duplicates fd with the lowest free number, as dup() does.
+            dup = os.dup(fd)
+            os.close(dup)
         mm = mmap.mmap(fd, size, access=access, **_TRACKFD_ARG)
     except BaseException as e:
         if created:
@@ -434,7 +462,7 @@ def _map(
         if isinstance(e, OSError):
             raise os_error(e.errno or errno.EIO, name) from None
         raise
-    return mm, size, created, fd, read_only
+    return mm, size, created, fd, read_only, dup
 
 
 def unlink(name: str) -> None:
@@ -456,7 +484,7 @@ class RawMapping:
 
     def __init__(self, name: str, how: int, size: int, mode: int, any_owner: bool) -> None:
         try:
-            mm, self.size, self.created, fd, self.readonly = _map(
+            mm, self.size, self.created, fd, self.readonly, _ = _map(
                 name, how, size, mode, any_owner
             )
         except _Empty:
@@ -507,6 +535,18 @@ if not _INLINE_RELEASE:
     _consume: Any = collections.deque(maxlen=0).extend
     _partial: Any = functools.partial
 
+# A call made where no signal handler may run after it: ``for _ in it:
+# break`` over ``_from_c(fn, *args)`` calls fn(*args) once, from the
+# iterator's C code, and CPython 3.11 and later run handlers only after
+# CALL instructions, at function entries and at backward jumps, none of
+# which that loop has.
+_NO_CALL: Any = iter(int, 1)  # stands for a call that has nothing to do
+
+
+def _from_c(fn: Any, *args: Any) -> Any:
+    return itertools.starmap(fn, itertools.repeat(args))
+
+
 # Loads: lock-free attempts before a writable handle takes the writer lock
 # and copies under it, so that a load ends whatever the writers do.
 _LOCKFREE_TRIES = 3
@@ -525,8 +565,13 @@ _flock: Any = None if fcntl is None else fcntl.flock
 _LOCK_EX = 0 if fcntl is None else fcntl.LOCK_EX
 _LOCK_SH = 0 if fcntl is None else fcntl.LOCK_SH
 _LOCK_UN = 0 if fcntl is None else fcntl.LOCK_UN
+_LOCK_NB = 0 if fcntl is None else fcntl.LOCK_NB
+_LOCK_EX_NB = _LOCK_EX | _LOCK_NB
+_LOCK_SH_NB = _LOCK_SH | _LOCK_NB
 _LOCK_SL = slice(C.H_LOCK, C.H_LOCK + 8)
 _H_NEXT = C.H_LOCK_NEXT
+# The lock word and the turn word (lock_next), in one look.
+_LOCK_AND_NEXT = struct.Struct(f"<Q{C.H_LOCK_NEXT - C.H_LOCK - 8}xQ").unpack_from
 _NEXT_SL = slice(C.H_LOCK_NEXT, C.H_LOCK_NEXT + 8)
 _SEQ_SL = slice(C.H_SEQ, C.H_SEQ + 8)
 _NOTIFY_SL = slice(C.H_NOTIFY, C.H_NOTIFY + 4)
@@ -541,6 +586,85 @@ _u32 = C.U32.unpack_from
 _p32 = C.U32.pack
 
 _busy_local = threading.local()
+
+# ---- waiting for a flock that another process holds ----
+#
+# A holder that runs lets go within microseconds or a copy's time; one that
+# holds on is alive but not running -- stopped with Ctrl-Z or SIGSTOP, paused
+# in a debugger -- and holds on until it resumes.  So no wait for the flock
+# outlasts the caller's deadline: every attempt is a LOCK_NB, and between
+# attempts the waiter sleeps, 50 us at first, doubling.  While the object's
+# notify word or its lock word moves (others commit: the lock changes hands)
+# the sleep stays at 2 ms at most, so a waiter keeps its chances among busy
+# holders, and it starts again at 50 us when the lock word has just been
+# cleared (holders clear it before they let go of the flock); while neither
+# moves (the holder is stuck) it grows to 50 ms, which keeps the CPU a
+# waiter spends behind a stopped holder near 0.3% of a core (a wake-up costs
+# tens of microseconds), as little as a queue's idle sleeper.  A call that
+# must not wait (timeout 0, the *_nowait forms) makes a few attempts over
+# about a millisecond, for a holder preempted mid-commit.  A call without a
+# deadline waits the same way rather than in a blocking flock: a signal that
+# landed just before a blocking flock began would wait for the holder, and so
+# would a close() from another thread; here a signal ends the sleep it lands
+# in and its handler runs, and every round (50 ms at most) looks at the
+# handle.
+
+_NOW = -1.0  # the deadline of a call that must not wait
+_LOCK_BUSY = -2  # QueueHandle._enlist: the flock stayed held until the deadline
+_LOCK_PAUSE_MIN_S = 50e-6
+_LOCK_PAUSE_BUSY_S = 0.002
+_LOCK_PAUSE_MAX_S = 0.05
+_LOCK_GRACE_S = (50e-6, 100e-6, 200e-6, 400e-6)
+# A load waiting for the writer lock gives up on it when this long passes
+# without a store, and copies without it (a writer stopped with the lock
+# spoils no copy), as fshm_read_lock does.
+_READ_LOCK_MAX_S = 0.05
+_HELD = object()  # SegmentHandle._read_locked: what it returns then
+# How long a turn to the lock (lock_next) is kept while the lock sits free
+# without its owner taking it, as TURN_MAX_NS in slot.c.
+_TURN_MAX_S = 0.01
+_monotonic = time.monotonic
+
+
+def _flock_wait(h: "_Mapped", fd: int, how: int, deadline: Optional[float]) -> bool:
+    """After an attempt found the flock on ``fd`` held: attempt again
+    (``how`` has LOCK_NB) until it is ours, True, or ``deadline`` passes,
+    False (None: no deadline; _NOW: a few attempts).  ValueError once
+    another thread has closed ``h``."""
+    if deadline == _NOW:
+        for pause in _LOCK_GRACE_S:
+            time.sleep(pause)
+            try:
+                _flock(fd, how)
+                return True
+            except BlockingIOError:
+                pass
+        return False
+    mm = h._mm
+    seen = (_u32(mm, C.H_NOTIFY)[0], _u64(mm, C.H_LOCK)[0])
+    pause = _LOCK_PAUSE_MIN_S
+    while True:
+        h._check_open()
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+        else:
+            time.sleep(pause)
+        try:
+            _flock(fd, how)
+            return True
+        except BlockingIOError:
+            pass
+        now = (_u32(mm, C.H_NOTIFY)[0], _u64(mm, C.H_LOCK)[0])
+        if now == seen:
+            pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+        elif now[1] == 0:  # the holder has just let go of the word: the flock follows
+            pause = _LOCK_PAUSE_MIN_S
+        else:
+            pause = min(pause * 2, _LOCK_PAUSE_BUSY_S)
+        seen = now
 
 
 def _thread_busy() -> "dict[Any, Any]":
@@ -577,10 +701,11 @@ def _reentrant(name: str, frame: Any, what: str) -> RuntimeError:
 class _ThreadState:
     """One thread's lock state for one handle."""
 
-    __slots__ = ("fd", "claimed", "ident", "me", "busy", "clear", "unflock", "noop",
-                 "__weakref__")
+    __slots__ = ("fd", "claimed", "ident", "me", "busy", "release", "clear", "unflock",
+                 "noop", "__weakref__")
 
     fd: int
+    release: Any  # LOCK_UN on fd, called from C (_from_c)
     claimed: bool  # the lock word holds our id (inline release only)
     ident: bytes  # that id, packed
     me: int
@@ -751,7 +876,7 @@ def _claim(name: str, any_owner: bool) -> Union[_Claim, int, None]:
 
 
 def _take_over(c: _Claim, name: str, need: int, mode: int, init: Any
-               ) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+               ) -> Tuple[mmap.mmap, int, bool, int, bool, int, int]:
     """Make anew an object whose maker died (fshm__map_adopt and the rest of
     ``unfinished`` in slot.c): this process holds its init lock, so no other
     opener of either backend is at it."""
@@ -764,6 +889,10 @@ def _take_over(c: _Claim, name: str, need: int, mode: int, init: Any
         size = max(st.st_size, need)
         if st.st_size < need:
             os.ftruncate(fd, need)
+        dup = -1
+        if not _TRACKFD_ARG:  # as in _map
+            dup = os.dup(fd)
+            os.close(dup)
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_WRITE, **_TRACKFD_ARG)
     except BaseException as e:
         c.close()
@@ -785,27 +914,28 @@ def _take_over(c: _Claim, name: str, need: int, mode: int, init: Any
             raise os_error(e.errno or errno.EIO, name) from None
         raise
     _made(fd, mode)
-    return mm, size, True, fd, False, 1
+    return mm, size, True, fd, False, dup, 1
 
 
 def _open_object(
     name: str, how: int, need: int, mode: int, any_owner: bool,
     init: Any, attach: Any, other: str,
-) -> Tuple[mmap.mmap, int, bool, int, bool, int]:
+) -> Tuple[mmap.mmap, int, bool, int, bool, int, int]:
     """Map a segment or a queue, as fshm__open in slot.c: (mapping, size,
-    created, fd, read_only, capacity).  ``init(mm, fd, size)`` writes the
-    header of one made here; ``attach(mm, size)`` checks the one found and
-    returns its capacity or an error code (EKIND: the name holds ``other``,
-    the other kind of object).  An object whose maker died before finishing
-    it is made anew when ``how`` lets this call create."""
+    created, fd, read_only, dup, capacity), dup as _map's.  ``init(mm, fd,
+    size)`` writes the header of one made here; ``attach(mm, size)`` checks
+    the one found and returns its capacity or an error code (EKIND: the
+    name holds ``other``, the other kind of object).  An object whose maker
+    died before finishing it is made anew when ``how`` lets this call
+    create."""
     kind = "queue" if other == "Segment" else "segment"
     start = time.monotonic()
     deadline = start + _READY_WAIT_S
     backoff = 20e-6
     while True:
         try:
-            mm, size, created, fd, read_only = _map(name, how, need, mode, any_owner,
-                                                    making=True)
+            mm, size, created, fd, read_only, dup = _map(name, how, need, mode, any_owner,
+                                                         making=True)
         except _Empty:  # size 0: its maker has not sized it (yet)
             code = EEMPTY
         else:
@@ -822,10 +952,10 @@ def _open_object(
                     raise
                 if fd >= 0:
                     _made(fd, mode)
-                return mm, size, True, fd, False, 1
+                return mm, size, True, fd, False, dup, 1
             code = attach(mm, size)
             if code > 0:
-                return mm, size, created, fd, read_only, code
+                return mm, size, created, fd, read_only, dup, code
             mm.close()
             if fd >= 0:
                 os.close(fd)
@@ -898,7 +1028,7 @@ def _unfinished_windows(name: str, found: int) -> Tuple[int, int]:
     maker that is gone says it was abandoned (the python backend does not
     take it over there); one naming a live maker is waited for."""
     try:
-        mm, size, _, _, _ = _map(name, C.ATTACH, 0, 0, False)
+        mm, size, _, _, _, _ = _map(name, C.ATTACH, 0, 0, False)
     except (OSError, _Empty):
         return _AGAIN, found
     try:
@@ -923,16 +1053,19 @@ class _Mapped:
         "name", "_mm", "_mv", "_fd", "_src", "_key", "_anchor", "_tls", "_states",
         "size", "created", "readonly", "closed", "__weakref__",
     )
+    _KIND = "object"  # in messages: "segment" or "queue"
 
-    def _setup(self, name: str, mm: mmap.mmap, fd: int, size: int, created: bool,
-               read_only: bool) -> None:
+    def _setup(self, name: str, mm: mmap.mmap, fd: int, dup: int, size: int,
+               created: bool, read_only: bool) -> None:
         self.name = name
         self.closed = False  # set by close() of its Segment or Queue: blocked calls end
         self._mm = mm
         self._mv = memoryview(mm)
         self.readonly = read_only
         self._key: Any = name
-        self._src: int = -1
+        # A descriptor of this object that threads reopen to lock: the
+        # mapping's duplicate (as _map found it; _open_thread_fd checks).
+        self._src: int = dup
         if fd >= 0:
             st = os.fstat(fd)
             self._key = (st.st_dev, st.st_ino)
@@ -961,6 +1094,12 @@ class _Mapped:
         except (AttributeError, OSError):
             pass
 
+    def _check_open(self) -> None:
+        """Between two sleeps of a wait: ValueError once another thread has
+        closed the object (the wait changed nothing)."""
+        if self.closed:
+            raise closed_error(self._KIND, self.name)
+
     # -- per-thread lock state --
 
     def _thread_state(self) -> _ThreadState:
@@ -972,6 +1111,7 @@ class _Mapped:
         t.busy = _thread_busy()
         if fcntl is not None:
             t.fd = self._open_thread_fd()
+        t.release = _from_c(_flock, t.fd, _LOCK_UN) if t.fd >= 0 else _NO_CALL
         if not _INLINE_RELEASE:
             t.clear = _partial(self._mm.__setitem__, _LOCK_SL, _ZERO8)
             t.noop = _partial(int)
@@ -985,6 +1125,30 @@ class _Mapped:
         self._states.add(t)
         return t
 
+    def _reopen(self, cands: "list[int]") -> int:
+        """A new description of the first of ``cands`` that is a descriptor
+        of this object, through /proc/self/fd (Linux); -1 if none is."""
+        if not _LINUX:
+            return -1
+        for n in cands:
+            path = f"/proc/self/fd/{n}"
+            try:
+                # Looked at before it is opened: the number may have been
+                # closed and reused for something that an open would wait
+                # for or act on (a FIFO, a device).
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) != self._key:
+                    continue
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            if self._same(fd):
+                if n != self._fd:
+                    self._src = n
+                return fd
+            os.close(fd)
+        return -1
+
     def _same(self, fd: int) -> bool:
         st = os.fstat(fd)
         return (st.st_dev, st.st_ino) == self._key  # type: ignore[no-any-return]
@@ -994,32 +1158,14 @@ class _Mapped:
         the object), for flock; opened read-only, which flock needs no more
         than."""
         flags = os.O_RDONLY
-        if _LINUX:
-            # Reopening /proc/self/fd/N makes a new description of N's object:
-            # N is the handle's fd, the mapping's duplicate found earlier, or
-            # any descriptor of this object (the mapping's is always there).
-            for scan in (False, True):
-                if scan:
-                    cands = []
-                    for entry in os.listdir("/proc/self/fd"):
-                        try:
-                            st = os.stat(f"/proc/self/fd/{entry}")
-                        except OSError:
-                            continue
-                        if (st.st_dev, st.st_ino) == self._key:
-                            cands.append(int(entry))
-                else:
-                    cands = [n for n in (self._fd, self._src) if n >= 0]
-                for n in cands:
-                    try:
-                        fd = os.open(f"/proc/self/fd/{n}", flags)
-                    except OSError:
-                        continue
-                    if self._same(fd):
-                        if n != self._fd:
-                            self._src = n
-                        return fd
-                    os.close(fd)
+        # Reopening /proc/self/fd/N makes a new description of N's object: N
+        # is the handle's fd or the mapping's duplicate, each checked, as is
+        # the object the name leads to (it may be gone, or another).  Only
+        # when all of them fail, every descriptor of the process is looked
+        # at: a cost in proportion to how many are open.
+        fd = self._reopen([n for n in (self._fd, self._src) if n >= 0])
+        if fd >= 0:
+            return fd
         try:
             fd = int(_posixshmem.shm_open("/" + self.name, flags, mode=0))
         except OSError:
@@ -1028,6 +1174,18 @@ class _Mapped:
             if self._same(fd):
                 return fd
             os.close(fd)
+        if _LINUX:
+            cands = []
+            for entry in os.listdir("/proc/self/fd"):
+                try:
+                    st = os.stat(f"/proc/self/fd/{entry}")
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == self._key:
+                    cands.append(int(entry))
+            fd = self._reopen(cands)  # (each looked at twice: a rare path)
+            if fd >= 0:
+                return fd
         if self._fd >= 0:
             # The name is gone or names another object: a duplicate shares
             # the handle's description, so this thread's stores exclude other
@@ -1040,6 +1198,7 @@ class SegmentHandle(_Mapped):
     """An open fastshm segment over an mmap."""
 
     __slots__ = ("capacity", "_stride")
+    _KIND = "segment"
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
@@ -1051,33 +1210,43 @@ class SegmentHandle(_Mapped):
         def init(mm: mmap.mmap, fd: int, size: int) -> None:
             _initialise(mm, fd, size, capacity)
 
-        mm, size, created, fd, read_only, code = _open_object(
+        mm, size, created, fd, read_only, dup, code = _open_object(
             name, how, need, mode, any_owner, init, _attach, "Queue"
         )
-        self._setup(name, mm, fd, size, created, read_only)
+        self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = code if not created else capacity
         self._stride = C.stride_for(self.capacity)
 
-    def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any) -> None:
+    def _claim(self, t: _ThreadState, mm: mmap.mmap, ops: Any,
+               deadline: Optional[float] = None, named: bool = False) -> bool:
         """Wait for the lock word, then write this process's id into it (the
-        caller holds the flock).  A native writer holds the word with a CAS;
-        its owner is asked about only every 50th round (system calls).
+        caller holds the flock): True; False, nothing claimed, when another
+        still held it at ``deadline`` (None: no deadline).  A native writer
+        holds the word with a CAS; its owner is asked about every 50th round
+        (system calls), and every round once the wait has grown long.
 
         After one failed look this process names itself in lock_next, as a
         native waiter that has slept does: native writers then leave the free
         lock to it, so native writers storing back to back cannot starve it
         (it polls, and would otherwise have to land in the instant between
-        one native store and the next)."""
+        one native store and the next); ``named``: it did so already.  It
+        looks every 20 us while the writers move (the lock word or the
+        notify word changes), and less and less often, up to every 50 ms,
+        while they do not: the holder is then stuck (stopped, or paused in a
+        debugger), and a waiter behind it costs little CPU.  A signal ends
+        the sleep it lands in."""
         me = t.me
         rounds = 0
-        turn = False
+        turn = named and _u64(mm, _H_NEXT)[0] == me
+        pause = 20e-6
+        seen = (0, 0)
         try:
             while True:
                 owner = _u64(mm, C.H_LOCK)[0]
                 # Our own id under our flock: left by a store of this process
                 # that was interrupted where an old CPython could not clear it.
                 if owner == 0 or owner == me or (
-                    rounds % 50 == 0 and owner_dead(owner) == 1
+                    (rounds % 50 == 0 or pause >= 1e-3) and owner_dead(owner) == 1
                 ):
                     break
                 if not turn and _u64(mm, _H_NEXT)[0] == 0:
@@ -1087,7 +1256,19 @@ class SegmentHandle(_Mapped):
                     mm[_NEXT_SL] = t.ident
                     turn = True
                 rounds += 1
-                time.sleep(20e-6)
+                now = (owner, _u32(mm, C.H_NOTIFY)[0])
+                if now != seen:
+                    seen = now
+                    pause = 20e-6
+                else:
+                    pause = min(pause * 2, _LOCK_PAUSE_MAX_S)
+                if deadline is not None:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        return False
+                    pause = min(pause, left)
+                self._check_open()
+                time.sleep(pause)
             t.claimed = True
             if ops is not None:
                 ops[0] = t.clear
@@ -1097,6 +1278,35 @@ class SegmentHandle(_Mapped):
             # could take the lock in between), or on the way out.
             if turn and _u64(mm, _H_NEXT)[0] == me:
                 mm[_NEXT_SL] = _ZERO8
+        return True
+
+    def _leave_turn(self, mm: mmap.mmap, turn: int) -> None:
+        """lock_next names another process, one waiting for the lock, which
+        native writers leave the free lock to (docs/FORMAT.md, "Storing");
+        so does this writer: it lets go of the flock and waits until that
+        turn is taken (lock_next moves on), or is stale -- its process gone,
+        or the lock free for _TURN_MAX_S without it taking it -- and then
+        clears it.  Without this, a python writer storing back to back would
+        take the flock again before a waiting reader ever got it."""
+        free_since: Optional[float] = None
+        pause = 20e-6
+        while True:
+            self._check_open()
+            time.sleep(pause)
+            if _u64(mm, _H_NEXT)[0] != turn:
+                return
+            now = _monotonic()
+            if _u64(mm, C.H_LOCK)[0] != 0:
+                free_since = None
+            elif free_since is None:
+                free_since = now
+            if (free_since is not None and now - free_since >= _TURN_MAX_S) or (
+                owner_dead(turn) == 1
+            ):
+                if _u64(mm, _H_NEXT)[0] == turn:
+                    mm[_NEXT_SL] = _ZERO8
+                return
+            pause = min(pause * 2, 1e-3)
 
     # -- the operations --
 
@@ -1117,6 +1327,7 @@ class SegmentHandle(_Mapped):
             raise _reentrant(self.name, inner, "store")
         mm = self._mm
         fd = t.fd
+        me = t.me
         ops = rel = None
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
@@ -1124,9 +1335,26 @@ class SegmentHandle(_Mapped):
         # From here until the release, see "what a signal may interrupt".
         busy[key] = sys._getframe()
         try:
-            if fd >= 0:
-                _flock(fd, _LOCK_EX)
-            self._claim(t, mm, ops)
+            while True:
+                if fd >= 0:
+                    try:
+                        _flock(fd, _LOCK_EX_NB)
+                    except BlockingIOError:
+                        _flock_wait(self, fd, _LOCK_EX_NB, None)  # see "waiting for a flock"
+                owner, turn = _LOCK_AND_NEXT(mm, C.H_LOCK)
+                if not turn or turn == me:
+                    break
+                # Another process's turn: leave the lock to it (_leave_turn).
+                if fd >= 0:
+                    _flock(fd, _LOCK_UN)
+                self._leave_turn(mm, turn)
+            if owner == 0 or owner == me:  # as _claim's first look finds it
+                t.claimed = True
+                if ops is not None:
+                    ops[0] = t.clear
+                mm[_LOCK_SL] = t.ident
+            else:
+                self._claim(t, mm, ops)
             nxt: int = _u64(mm, C.H_SEQ)[0] + 1
             if nxt > C.SEQ_MAX:  # a corrupt counter: 2 * nxt would not fit its word
                 raise_for(EFORMAT, self.name, "seq")
@@ -1203,7 +1431,10 @@ class SegmentHandle(_Mapped):
     def _read_locked(self, what: int, dst: Any, exclusive: bool) -> Any:
         """One attempt under the flock: shared (ordering on weakly ordered
         CPUs), or exclusive with the lock word too (no writer can get in the
-        way, native ones included)."""
+        way, native ones included).  Exclusive, _HELD when a writer kept the
+        lock for _READ_LOCK_MAX_S without a store: one that holds it that
+        long is stuck (stopped, or paused in a debugger), and spoils no
+        copy."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1221,12 +1452,34 @@ class SegmentHandle(_Mapped):
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
             rel = map(_pcall, ops)
+        named = False
         busy[key] = sys._getframe()
         try:
             if fd >= 0:
-                _flock(fd, _LOCK_EX if exclusive else _LOCK_SH)
-            if exclusive:
-                self._claim(t, mm, ops)
+                how = _LOCK_EX_NB if exclusive else _LOCK_SH_NB
+                try:
+                    _flock(fd, how)
+                except BlockingIOError:
+                    if not exclusive:
+                        _flock_wait(self, fd, how, None)
+                    else:
+                        named = True
+
+                        def take(end: float) -> bool:
+                            # Its turn next: writers of either backend leave
+                            # the lock to it once the holder lets go
+                            # (_leave_turn).  Named again every round: a
+                            # writer that found the turn stale cleared it.
+                            if _u64(mm, _H_NEXT)[0] == 0:
+                                mm[_NEXT_SL] = t.ident
+                            return _flock_wait(self, fd, how, end)
+
+                        if not self._until_stuck(take):
+                            return _HELD
+            if exclusive and not self._until_stuck(
+                lambda end: self._claim(t, mm, ops, end, named)
+            ):
+                return _HELD
             out = self._read_once(what, dst)
             if rel is not None:
                 _consume(rel)
@@ -1240,7 +1493,21 @@ class SegmentHandle(_Mapped):
             else:
                 _consume(rel)
             busy[key] = None
+            if named and _u64(mm, _H_NEXT)[0] == t.me:  # a turn it did not take
+                mm[_NEXT_SL] = _ZERO8
         return out
+
+    def _until_stuck(self, attempt: Any) -> bool:
+        """``attempt(deadline)`` in rounds of _READ_LOCK_MAX_S until it
+        succeeds, True, or a round passes in which no writer stored, False:
+        the holder is stuck, and spoils no copy."""
+        mm = self._mm
+        while True:
+            seen = _u32(mm, C.H_NOTIFY)[0]
+            if attempt(_monotonic() + _READ_LOCK_MAX_S):
+                return True
+            if _u32(mm, C.H_NOTIFY)[0] == seen:
+                return False
 
     def _read_slow(self, what: int, dst: Any) -> Any:
         """After the lock-free attempts (strongly ordered CPUs) or instead of
@@ -1251,6 +1518,9 @@ class SegmentHandle(_Mapped):
             exclusive = tries >= _LOCKFREE_TRIES and not self.readonly
             if exclusive or not _STRONG_ORDER:
                 out = self._read_locked(what, dst, exclusive)
+                if out is _HELD:  # by a writer that is stuck: copy without it
+                    out = (self._read_once(what, dst) if _STRONG_ORDER
+                           else self._read_locked(what, dst, False))
             else:
                 out = self._read_once(what, dst)
             if out is not None:
@@ -1384,13 +1654,18 @@ class SegmentHandle(_Mapped):
 # them with one store of tail; a take copies the front records out, then
 # drops them with one store of head.  Everything before that store can be
 # interrupted (a KeyboardInterrupt, SIGKILL) without changing the queue; the
-# count word beside it is fixed by whoever next finds the dirty mark.  The
-# statements from the head or tail store to the release make no call (the
-# futex wake of sleepers comes after the release), so that on CPython 3.11
-# and later no signal handler runs between the commit and the release: a
-# handler's exception after the commit surfaces only once the lock is given
-# back, and a take's messages are then lost to its caller, as the result of
-# any Python function interrupted after it has done its work.
+# count word beside it is fixed by whoever next finds the dirty mark.
+#
+# After the commit.  From the head or tail store until put or get has
+# returned to its caller, nothing runs a signal handler (CPython 3.11 and
+# later): the statements up to the release make no call, the release's
+# LOCK_UN and the wake of sleepers after it are called from C (_from_c), and
+# the returns through put_many or _take to the caller are no such point
+# either.  A signal that lands after the commit raises its exception in the
+# caller, after the call returned: an interrupted put has put nothing (a
+# caller that retries it sends nothing twice), and the messages of a take
+# that committed reach its caller.  A signal that lands before the commit
+# raises inside, and the queue is as it was.
 
 _Q_RING = C.HEADER_SIZE
 _Q_REC = C.QUEUE_RECORD_HEADER
@@ -1413,7 +1688,7 @@ _Q_SLICE_S = 0.1
 # Zero padding after a payload of n bytes, by n % 8.
 _PADS = tuple(bytes(-i & 7) for i in range(8))
 _HEADTAIL = C.U64.unpack_from  # one word at a time: each is stored whole
-_QH, _QT, _QC = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT
+_QH, _QT, _QC, _QN = C.Q_HEAD, C.Q_TAIL, C.Q_COUNT, C.Q_NOTIFY
 
 # What QueueHandle._locked does under the lock.
 _PUT, _TAKE, _TAKE_INTO = 0, 1, 2
@@ -1443,7 +1718,8 @@ class QueueHandle(_Mapped):
     """An open fastshm queue over an mmap (the python backend's lock: flags
     PYLOCK)."""
 
-    __slots__ = ("capacity", "max_message")
+    __slots__ = ("capacity", "max_message", "_waker", "_owed")
+    _KIND = "queue"
 
     def __init__(
         self, name: str, how: int, capacity: int, mode: int, any_owner: bool
@@ -1475,7 +1751,7 @@ class QueueHandle(_Mapped):
 
             _publish(mm, fd, size, fields, C.QUEUE_MAGIC)
 
-        mm, size, created, fd, read_only, code = _open_object(
+        mm, size, created, fd, read_only, dup, code = _open_object(
             name, how, need, mode, any_owner, init, _queue_attach, "Segment"
         )
         if not created:
@@ -1487,9 +1763,13 @@ class QueueHandle(_Mapped):
                 if fd >= 0:
                     os.close(fd)
                 raise protocol_error(name, "native")
-        self._setup(name, mm, fd, size, created, read_only)
+        self._setup(name, mm, fd, dup, size, created, read_only)
         self.capacity = capacity
         self.max_message = capacity - _Q_REC
+        self._waker = _futex_waker(self._anchor, C.Q_NOTIFY)
+        # Sleepers this handle could not uncount (the flock stayed held past
+        # the call's deadline): its next count under the flock takes them off.
+        self._owed = 0
 
     # -- under the lock --
 
@@ -1522,10 +1802,14 @@ class QueueHandle(_Mapped):
         mm[_Q_COUNT_SL] = _p64(n)
         mm[_Q_DIRTY_SL] = _ZERO4
 
-    def _locked(self, what: int, arg: Any, arg2: Any) -> Any:
+    def _locked(self, what: int, arg: Any, arg2: Any, need: int,
+                deadline: Optional[float]) -> Any:
         """One attempt under the lock: _PUT (arg: messages, arg2: their
-        lengths) -> bool; _TAKE (arg: at most that many) -> list;
-        _TAKE_INTO (arg: the buffer) -> length, or -1 when empty."""
+        lengths, need: the ring bytes of their records) -> bool; _TAKE (arg:
+        at most that many) -> list;
+        _TAKE_INTO (arg: the buffer) -> length, or -1 when empty.  None,
+        nothing done, when another process held the lock until ``deadline``
+        (see "waiting for a flock")."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1545,8 +1829,12 @@ class QueueHandle(_Mapped):
         # From here until the release, see "what a signal may interrupt".
         busy[key] = sys._getframe()
         try:
-            if fd >= 0:
-                _flock(fd, _LOCK_EX)
+            # (A queue is never opened without flock: fd is a descriptor.)
+            try:
+                _flock(fd, _LOCK_EX_NB)
+            except BlockingIOError:
+                if not _flock_wait(self, fd, _LOCK_EX_NB, deadline):
+                    return None
             # The flock is the lock: a word found here that is not 0 (nor
             # ours, left by an old CPython's interrupted release) belongs to
             # a holder that died; the dirty mark says whether to recount.
@@ -1564,13 +1852,10 @@ class QueueHandle(_Mapped):
                 self._positions()  # raises
             count: int = _u64(mm, _QC)[0]
             # notify + 1, ready before the commit (the flock makes it exact).
-            bump = _p32((_u32(mm, C.Q_NOTIFY)[0] + 1) & 0xFFFFFFFF)
+            bump = _p32((_u32(mm, _QN)[0] + 1) & 0xFFFFFFFF)
             done = False
             if what == _PUT:
                 lens: "list[int]" = arg2
-                need = 0
-                for n in lens:
-                    need += _Q_REC + ((n + 7) & ~7)
                 if cap - ((tail - head) & _M64) < need:
                     out: Any = False
                 else:
@@ -1657,12 +1942,13 @@ class QueueHandle(_Mapped):
                 _consume(rel)  # released here; the finally's call finds nothing left
         finally:
             if rel is None:
-                # No point where a signal handler runs until LOCK_UN is done.
+                # No point where a signal handler runs from here back to the
+                # caller (see "after the commit" above).
                 if t.claimed:
                     mm[_LOCK_SL] = _ZERO8
                     t.claimed = False
-                if fd >= 0:
-                    _flock(fd, _LOCK_UN)
+                for _ in t.release:  # LOCK_UN
+                    break
             else:
                 _consume(rel)
             busy[key] = None
@@ -1670,7 +1956,8 @@ class QueueHandle(_Mapped):
             # After the release, so the woken take the flock at once.  An
             # interrupt before it loses the wake-up: the sleepers find the
             # change at the end of their slice.
-            _futex_wake(self._anchor, C.Q_NOTIFY)
+            for _ in self._waker:
+                break
         return out
 
     # -- waiting --
@@ -1707,11 +1994,15 @@ class QueueHandle(_Mapped):
             return True
         return (used != 0) if room == 0 else (cap - used >= room)
 
-    def _enlist(self, delta: int, room: int, mark: "list[bool]") -> int:
+    def _enlist(self, delta: int, room: int, mark: "list[bool]",
+                deadline: Optional[float]) -> int:
         """Under the flock: with ``delta`` 1, unless ``_ready(room)``, count
         this thread in ``waiters`` and return the notify word it then holds
         (-1 when ready: nothing counted); with -1, uncount it.  ``mark[0]``
-        says whether this thread is counted, stored right beside the count."""
+        says whether this thread is counted, stored right beside the count.
+        _LOCK_BUSY when another process held the flock until ``deadline``:
+        nothing counted, or an uncount owed (``_owed``) to the handle's next
+        count under the flock."""
         try:
             t: _ThreadState = self._tls.t
         except AttributeError:
@@ -1730,8 +2021,20 @@ class QueueHandle(_Mapped):
         busy[key] = sys._getframe()
         try:
             if fd >= 0:
-                _flock(fd, _LOCK_EX)
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                except BlockingIOError:
+                    if not _flock_wait(self, fd, _LOCK_EX_NB, deadline):
+                        if delta < 0:
+                            self._owed += 1
+                            mark[0] = False
+                        return _LOCK_BUSY
             n: int = _u32(mm, C.Q_WAITERS)[0]
+            owed = self._owed
+            if owed:
+                self._owed = 0
+                n = n - owed if n > owed else 0
+                mm[_Q_WAITERS_SL] = _p32(n)
             if delta > 0:
                 if not self._ready(room):
                     more = _p32((n + 1) & 0xFFFFFFFF)
@@ -1762,7 +2065,9 @@ class QueueHandle(_Mapped):
         global _futex_waits
         mark = [False]
         try:
-            seen = self._enlist(1, room, mark)
+            seen = self._enlist(1, room, mark, deadline)
+            if seen == _LOCK_BUSY:
+                return False  # only ever at the deadline
             if seen < 0:
                 return True
             mm = self._mm
@@ -1782,7 +2087,9 @@ class QueueHandle(_Mapped):
                     return True
         finally:
             if mark[0]:
-                self._enlist(-1, room, mark)
+                # Without waiting for a holder that does not run: this may be
+                # a deadline's or an interrupt's way out.
+                self._enlist(-1, room, mark, _NOW)
 
     def _wait(self, room: int, deadline: Optional[float]) -> bool:
         """Until ``_ready(room)``: True; False at the deadline.  It may end
@@ -1829,58 +2136,54 @@ class QueueHandle(_Mapped):
             self._check_open()
             time.sleep(pause if deadline is None else min(pause, deadline - now))
 
-    def _check_open(self) -> None:
-        """Between two sleeps of a wait: ValueError once another thread has
-        closed the queue (nothing was put or taken)."""
-        if self.closed:
-            raise closed_error("queue", self.name)
-
-    @staticmethod
-    def _deadline(timeout: Optional[float]) -> Optional[float]:
-        if timeout is None or timeout == float("inf"):
-            return None
-        return time.monotonic() + timeout
-
     # -- the operations --
 
+    # The timeouts of put_many, take and take_into: seconds (finite), 0 for a
+    # call that must not wait, None for no timeout.
+
     def put_many(self, msgs: "list[Any]", timeout: Optional[float]) -> bool:
-        lens = [len(m) for m in msgs]
-        if not lens:
-            return True
-        biggest = max(lens)
+        if len(msgs) == 1:  # put(): the common case, without the loops
+            biggest = len(msgs[0])
+            lens = [biggest]
+            need = _Q_REC + ((biggest + 7) & ~7)
+        else:
+            lens = [len(m) for m in msgs]
+            if not lens:
+                return True
+            biggest = max(lens)
+            need = 0
+            for n in lens:
+                need += _Q_REC + ((n + 7) & ~7)
         if biggest > self.max_message:
             raise message_too_big(biggest, self.name, self.max_message)
-        need = 0
-        for n in lens:
-            need += _Q_REC + ((n + 7) & ~7)
         if need > self.capacity:
             raise batch_too_big(need, self.name, self.capacity)
         if self.readonly:
             raise read_only_error(self.name, "queue")
-        deadline = None
+        # Taken as the call starts: it bounds the wait for the lock too.
+        deadline = (None if timeout is None
+                    else _monotonic() + timeout if timeout else _NOW)
         while True:
-            if self._locked(_PUT, msgs, lens):
+            done = self._locked(_PUT, msgs, lens, need, deadline)
+            if done:
                 return True
-            if timeout == 0:
-                return False
-            if deadline is None:
-                deadline = self._deadline(timeout)
-            if not self._wait(need, deadline):
+            if done is None:
+                raise lock_held_error(self.name, self.lock_owner(), True)
+            if deadline == _NOW or not self._wait(need, deadline):
                 return False
 
     def _take(self, what: int, arg: Any, timeout: Optional[float]) -> Any:
         if self.readonly:
             raise read_only_error(self.name, "queue")
-        deadline = None
+        deadline = (None if timeout is None
+                    else _monotonic() + timeout if timeout else _NOW)
         while True:
-            out = self._locked(what, arg, None)
+            out = self._locked(what, arg, None, 0, deadline)
+            if out is None:
+                raise lock_held_error(self.name, self.lock_owner(), False)
             if (out >= 0) if what == _TAKE_INTO else out:  # a length, or messages
                 return out
-            if timeout == 0:
-                return out
-            if deadline is None:
-                deadline = self._deadline(timeout)
-            if not self._wait(0, deadline):
+            if deadline == _NOW or not self._wait(0, deadline):
                 return out
 
     def take(self, max: Optional[int], timeout: Optional[float]) -> "list[bytes]":
