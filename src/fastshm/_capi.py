@@ -20,9 +20,11 @@ from ._cext import PublisherCore, QueueCore, SegmentCore, SubscriberCore
 
 name = "native"
 binding = "capi"
+# "quiet_commit": a put's commit and its return are one C call, with no
+# signal handler between them.
 features = frozenset(
-    {"capi", "atomic_lock", "futex"} if sys.platform.startswith("linux")
-    else {"capi", "atomic_lock"}
+    {"capi", "atomic_lock", "futex", "quiet_commit"} if sys.platform.startswith("linux")
+    else {"capi", "atomic_lock", "quiet_commit"}
 )
 NAME_MAX: int = _cext.NAME_MAX
 ANY_OWNER: int = _cext.ANY_OWNER

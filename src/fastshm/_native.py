@@ -39,9 +39,14 @@ from ._fastshm import ffi, lib
 
 name = "native"
 binding = "cffi"
+# "quiet_commit": no signal handler runs between a queue put's commit and
+# its return (CPython 3.11 and later; see _from_c), so a put that raises
+# KeyboardInterrupt has put nothing; on PyPy that is best effort.
 features = frozenset(
-    {"cffi", "atomic_lock", "futex"} if sys.platform.startswith("linux")
-    else {"cffi", "atomic_lock"}
+    ({"cffi", "atomic_lock", "futex"} if sys.platform.startswith("linux")
+     else {"cffi", "atomic_lock"})
+    | ({"quiet_commit"} if sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
+       else set())
 )
 NAME_MAX: int = lib.fshm_name_max()
 
