@@ -320,6 +320,8 @@ def iceoryx2_available() -> bool:
 
 # Channels the queue cases add to the round trip (benchmarks/queues.py).
 QUEUE_KINDS = ("q-native", "q-native-cffi", "q-python", "faster-fifo", "simplequeue")
+# And the channel cases theirs (benchmarks/channels.py).
+CHANNEL_KINDS = ("ch-native", "ch-native-cffi")
 
 
 def _make_end(spec: Tuple[Any, ...]) -> Any:
@@ -328,6 +330,10 @@ def _make_end(spec: Tuple[Any, ...]) -> Any:
         from . import queues
 
         return queues.make_end(spec)
+    if kind in CHANNEL_KINDS:
+        from . import channels
+
+        return channels.make_end(spec)
     if kind in SEGMENTS:
         return _SegEnd(spec[1], spec[2], kind)
     if kind == "iceoryx2":
@@ -352,6 +358,11 @@ class _Channel:
             from . import queues
 
             self.mine, self.theirs, more = queues.channel(kind, names, size)
+            self.cleanup += more
+        elif kind in CHANNEL_KINDS:
+            from . import channels
+
+            self.mine, self.theirs, more = channels.channel(kind, names, size)
             self.cleanup += more
         elif kind in SEGMENTS:
             a, b = names.new("rt"), names.new("rt")

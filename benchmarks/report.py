@@ -43,6 +43,7 @@ FLOORS = {
     ("round trip", None): "c-spin",
     ("queue round trip", None): "c-spin",
     ("queue", None): "c-queue",
+    ("channel round trip", None): "c-spin",
 }
 # T10: a consumer keeps level when it takes this share of the producer's
 # rate and finds the queue full in at most this share of the looks.
@@ -278,6 +279,9 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             )
         )
     out += queue_targets(rows)
+    from .report_channels import channel_targets
+
+    out += channel_targets(rows)
     return out
 
 
@@ -646,6 +650,9 @@ def markdown(
         )
 
     out += _queue_sections(meta, rows)
+    from .report_channels import channel_sections
+
+    out += channel_sections(meta, rows)
 
     gl = [r for r in rows if r["case"] == "gil"]
     if gl:
@@ -697,7 +704,7 @@ def markdown(
     out += [
         "",
         "Plots: copy_path.png (main), round_trip.png, open_costs.png, one_way.png, frames.png, "
-        "queues.png.",
+        "queues.png, channels.png.",
         "",
     ]
     return "\n".join(out)
@@ -1014,6 +1021,11 @@ def plots(rows: List[Dict[str, Any]], outdir: str, title: str) -> List[str]:
         fig.suptitle(f"Queues across processes: {title}", fontsize=10)
         fig.tight_layout()
         save(fig, "queues.png")
+    from .report_channels import channel_plot
+
+    fig = channel_plot(rows, plt, title)
+    if fig is not None:
+        save(fig, "channels.png")
     return made
 
 

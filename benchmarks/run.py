@@ -1,7 +1,7 @@
 """Command line of the benchmark suite: runs the cases, prints the targets'
 verdicts, writes results.md, results.json and the plots.
 
-    python -m benchmarks            # the full run (about ten minutes on 2 cores)
+    python -m benchmarks            # the full run (about twelve minutes on 2 cores)
     python -m benchmarks --quick    # a subset, about 90 s (to results/quick)
     python -m benchmarks --replot   # results.md and plots again from results.json
 """
@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 import fastshm
 
-from . import cfloor, crossproc, gil, inproc, queues, report
+from . import cfloor, channels, crossproc, gil, inproc, queues, report
 from .names import Names, iceoryx2_entries, sweep_new_iceoryx2
 from .timing import Progress
 
@@ -60,6 +60,15 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "queue_rt_sizes": [64],
         "queue_rt_block_s": 0.02,
         "queue_rt_blocks": 3,
+        # The channel cases (channels.py): seconds of each stream run, and so on.
+        "chan_seconds": 1.0,
+        "chan_repeats": 1,
+        "chan_cffi": False,  # the channel's cffi route in C1-C3 too (C4, C5 always)
+        "chan_rt_sizes": [64],
+        "chan_rt_block_s": 0.02,
+        "chan_rt_blocks": 3,
+        "chan_idle_seconds": 2.0,
+        "chan_sample_count": 30,
     },
     "full": {
         "copy_sizes": ALL_SIZES,
@@ -89,6 +98,14 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "queue_rt_sizes": [64, 4 * KIB],
         "queue_rt_block_s": 0.06,
         "queue_rt_blocks": 12,
+        "chan_seconds": 2.0,
+        "chan_repeats": 3,
+        "chan_cffi": True,
+        "chan_rt_sizes": [64],
+        "chan_rt_block_s": 0.06,
+        "chan_rt_blocks": 12,
+        "chan_idle_seconds": 2.0,
+        "chan_sample_count": 200,
     },
 }
 
@@ -188,6 +205,7 @@ def main(argv: List[str] | None = None) -> int:
         + 2
         + len(cfg["queue_plan"])
         + len(cfg["queue_rt_sizes"])
+        + channels.steps(cfg["chan_rt_sizes"])
     )
     progress = Progress(steps)
     names = Names()
@@ -210,6 +228,7 @@ def main(argv: List[str] | None = None) -> int:
         else f"n/a: {cfloor.queue_why()}"
     )
     meta["queue_skipped"] = queues.skipped()
+    meta["channel_skipped"] = channels.skipped()
     m = meta["machine"]
     sys.stderr.write(
         f"fastshm benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores, "
@@ -248,6 +267,7 @@ def main(argv: List[str] | None = None) -> int:
             cfg["queue_rt_blocks"],
             progress,
         )
+        rows += channels.run(names, cfg, progress)
         rows += gil.gil(names, cfg["gil_sizes"], cfg["gil_seconds"], cfg["gil_repeats"], progress)
     finally:
         left = names.sweep(quiet=False)
