@@ -266,9 +266,16 @@ int fshm_channel_attach(fshm_channel *c, void *base, size_t size)
     flags = fshm_load32(U32(base, C_FLAGS), FSHM_RELAXED);
     payload = fshm_load64(U64(base, C_PAYLOAD), FSHM_RELAXED);
     need = fshm_channel_size_for(slot_size, slots, max_subs);
-    if (need == 0 || need > size || history >= slots || (flags & ~FSHM_CHANNEL_OVERWRITE) ||
+    if (need == 0 || need > size || history >= slots ||
+        (flags & ~(FSHM_CHANNEL_OVERWRITE | FSHM_CHANNEL_PYLOCK)) ||
         payload != payload_offset_for(slots, max_subs))
         return FSHM_EFORMAT;
+    /* Made by the python backend, whose processes change the channel under
+     * a flock and never with the atomics this code relies on (the pin's
+     * read-modify-write, the claim's Dekker pair): the two would not
+     * exclude each other, so this side keeps out. */
+    if (flags & FSHM_CHANNEL_PYLOCK)
+        return FSHM_EPROTOCOL;
     fill_channel(c, base, size, slot_size, slots, history, max_subs, flags);
     return 0;
 }

@@ -77,7 +77,8 @@ extern "C" {
 #define FSHM_EFULL (-12)     /* a queue has no room for the message(s); a
                                 channel has no slot to lend */
 #define FSHM_ENOMSG (-13)    /* a queue holds no message */
-#define FSHM_EPROTOCOL (-14) /* a queue made for the python backend's lock */
+#define FSHM_EPROTOCOL (-14) /* a queue or channel made for the python
+                                backend's lock */
 #define FSHM_ENOTREG (-15)   /* the name holds no shared memory: a FIFO, a
                                 directory, a device, a socket or a symbolic
                                 link made there by other means */
@@ -103,6 +104,9 @@ extern "C" {
 /* Channel flags. */
 #define FSHM_CHANNEL_OVERWRITE 1u     /* publishers never wait for subscribers:
                                          the oldest unpinned slot is reused */
+#define FSHM_CHANNEL_PYLOCK 2u        /* made by fastshm's python backend, whose
+                                         processes do everything under a flock:
+                                         attach refuses it (FSHM_EPROTOCOL) */
 
 /* What the magic at the start of a mapping names (fshm_kind, fshm_kind_of). */
 #define FSHM_KIND_SEGMENT 1
@@ -455,7 +459,9 @@ int fshm_channel_init(fshm_channel *c, void *base, size_t size, uint64_t slot_si
                       uint32_t slots, uint32_t history, uint32_t max_subscribers,
                       uint32_t flags);
 /* Check an existing header and fill c: FSHM_EKIND for a segment or a queue,
- * FSHM_ENOTREADY / FSHM_EFORMAT / FSHM_EVERSION as fshm_seg_attach. */
+ * FSHM_ENOTREADY / FSHM_EFORMAT / FSHM_EVERSION as fshm_seg_attach, and
+ * FSHM_EPROTOCOL for a channel of the python backend (FSHM_CHANNEL_PYLOCK):
+ * its lock is a flock, which this code's compare-and-swap does not exclude. */
 int fshm_channel_attach(fshm_channel *c, void *base, size_t size);
 /* Map and open a channel by name, as fshm_seg_open does for a segment.  A
  * created channel gets the parameters given; an existing one keeps its own,

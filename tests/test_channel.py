@@ -12,13 +12,17 @@ import time
 from typing import Callable, Iterator
 
 import pytest
-from conftest import BACKENDS, in_thread
+from conftest import BACKENDS, in_thread, run_python
 
 import fastshm
+from fastshm import _backend
+from fastshm._errors import ProtocolMismatch
 
-# Channels run on the native backend (both bindings); the python backend
-# refuses them with a clear error (test_python_backend_refuses_channels).
-ROUTES = [b for b in BACKENDS if b != "python"]
+# Every route: the native backend through each binding, and the python
+# backend where it can lock a channel (flock: its "file_lock" feature), which
+# it does its own way (test_backends_keep_to_their_own_channels).
+PY_CHANNELS = "file_lock" in _backend.resolve("python").features
+ROUTES = [b for b in BACKENDS if b != "python" or PY_CHANNELS]
 CPYTHON = platform.python_implementation() == "CPython"
 
 try:
@@ -408,6 +412,70 @@ def test_delete_removes_the_name(route: str, name: str) -> None:
         fastshm.Subscriber(name, backend=route)
 
 
-def test_python_backend_refuses_channels(name: str) -> None:
-    with pytest.raises(NotImplementedError, match="native backend"):
-        fastshm.Publisher(name, 64, 4, create=True, backend="python")
+# -- the two lock protocols --
+
+needs_py_channels = pytest.mark.skipif(not PY_CHANNELS,
+                                       reason="the python backend's channels lock with flock")
+
+
+@pytest.mark.skipif(not PY_CHANNELS or len(BACKENDS) < 2,
+                    reason="needs the native backend and the python one's channels")
+def test_backends_keep_to_their_own_channels(shm_name: Callable[..., str]) -> None:
+    """A channel is locked the way the backend that made it locks (a
+    compare-and-swap, or the python backend's flock): the other refuses it
+    by name, and without an explicit backend the matching one opens it."""
+    made = {"native": shm_name(), "python": shm_name()}
+    pubs = [fastshm.Publisher(made[b], 64, 4, create=True, backend=b) for b in made]
+    try:
+        for made_by, other in (("native", "python"), ("python", "native")):
+            ch = made[made_by]
+            for args in ((), (64, 4)):
+                with pytest.raises(fastshm.FormatError,
+                                   match=f"made by the {made_by} backend.*backend='{made_by}'"):
+                    fastshm.Publisher(ch, *args, backend=other)
+            with pytest.raises(ProtocolMismatch, match=f"made by the {made_by} backend"):
+                fastshm.Subscriber(ch, backend=other)
+            with fastshm.Subscriber(ch) as sub, fastshm.Publisher(ch, 64, 4) as pub:
+                assert sub.backend == pub.backend == made_by and not pub.created
+                pub.publish(b"to " + made_by.encode())
+                with sub.receive(1) as s:
+                    assert bytes(s) == b"to " + made_by.encode()
+        # And from a process whose default backend is python.
+        code = ("import sys, fastshm\n"
+                "for ch in sys.argv[1:]:\n"
+                "    with fastshm.Subscriber(ch) as s:\n"
+                "        print(s.backend)\n")
+        out = run_python(code, made["native"], made["python"],
+                         env={"FASTSHM_BACKEND": "python"}, timeout=60)
+        assert out.stdout.decode().split() == ["native", "python"]
+    finally:
+        for p in pubs:
+            p.close()
+
+
+@needs_py_channels
+def test_the_python_backend_marks_its_channels(name: str) -> None:
+    with fastshm.Publisher(name, 64, 4, create=True, backend="python") as pub:
+        assert pub.flags == 2  # PYLOCK (docs/FORMAT.md)
+    with fastshm.Publisher(name, create=False, backend="python") as pub:
+        assert pub.overflow == "block" and pub.flags == 2
+
+
+@needs_py_channels
+def test_python_samples_are_the_slot_in_place(name: str) -> None:
+    """A python-backend sample lends the channel's own bytes: a change to
+    the slot shows through it (which no publisher makes while it is pinned;
+    the test makes one through the mapping)."""
+    with fastshm.Publisher(name, 64, 4, create=True, backend="python") as pub, \
+            fastshm.Subscriber(name, backend="python") as sub:
+        with pub.loan(8) as buf:
+            buf[:] = b"in place"
+        s = sub.receive(1)
+        mv = memoryview(s)
+        assert bytes(mv) == b"in place" and mv.readonly
+        h = pub._handle()
+        first = h._payload  # the first message goes to slot 0
+        h.view[first : first + 2] = b"IN"
+        assert bytes(mv) == b"IN place"
+        mv.release()
+        s.release()

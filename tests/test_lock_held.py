@@ -1,4 +1,4 @@
-"""A process that holds a queue's or a segment's lock without making
+"""A process that holds a queue's, a segment's or a channel's lock without making
 progress -- stopped with SIGSTOP, as Ctrl-Z or a debugger stops it -- must
 not make other processes' calls outlast their deadlines, nor keep Ctrl-C
 from ending the calls that have none; the command line keeps the promises
@@ -187,6 +187,108 @@ def test_queue_calls_keep_their_deadlines(backend: str, name: str) -> None:
         assert q.get(timeout=5) == b"queued before the holder stopped"
     finally:
         q.close()
+
+
+# ---- timed and nonblocking channel calls ----
+
+# As CALLS, on a channel: the publisher and the subscriber join before the
+# holder stops (joining takes the lock), then wait for a line on stdin.
+CHANNEL_CALLS = r"""
+import json, os, sys, threading, time
+import fastshm
+
+name, backend, timeout, margin = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+pub = fastshm.Publisher(name, create=False, backend=backend)
+sub = fastshm.Subscriber(name, backend=backend)
+print("ready", flush=True)
+sys.stdin.readline()
+
+def loan(t):
+    with pub.loan(8, timeout=t) as buf:
+        buf[:] = b"12345678"
+
+calls = {
+    "publish(timeout=0)": lambda: pub.publish(b"x", timeout=0),
+    "publish(timeout)": lambda: pub.publish(b"x", timeout=timeout),
+    "loan(timeout=0)": lambda: loan(0),
+    "loan(timeout)": lambda: loan(timeout),
+    "receive(timeout=0)": lambda: sub.receive(timeout=0),
+    "receive(timeout)": lambda: sub.receive(timeout=timeout),
+}
+results = {}
+
+def run(label, call):
+    start = time.monotonic()
+    try:
+        call()
+        outcome, text = "returned", ""
+    except BaseException as e:
+        outcome, text = type(e).__name__, str(e)
+    results[label] = {"outcome": outcome, "elapsed": time.monotonic() - start,
+                      "message": text}
+
+threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+for t in threads:
+    t.start()
+end = time.monotonic() + timeout + margin
+for t in threads:
+    t.join(max(0.0, end - time.monotonic()))
+for label in calls:
+    results.setdefault(label, {"outcome": "hung", "elapsed": None, "message": ""})
+print(json.dumps(results), flush=True)
+os._exit(0)
+"""
+
+
+def test_channel_calls_keep_their_deadlines(backend: str, name: str) -> None:
+    """publish, loan and receive, with a zero or a short timeout, raise
+    TimeoutError once it has passed while a process that does not run holds
+    the channel's lock; a publish or loan says who holds it.  Nothing is
+    published."""
+    pub = fastshm.Publisher(name, 64, 4, create=True, backend=backend)
+    watch = fastshm.Subscriber(name, backend=backend)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", CHANNEL_CALLS, name, backend,
+                                 str(TIMEOUT), str(MARGIN)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            line = _read_line(proc, 30)
+            assert line == b"ready\n", (line, proc.poll(), proc.stderr.read()[-2000:])
+            with stopped_holder(name) as holder:
+                assert proc.stdin is not None
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+                rc, out, err = _finish(proc, 60)
+                assert rc == 0, (rc, err.decode(errors="replace")[-2000:])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        results = json.loads(out)
+        wrong = {}
+        for label, r in results.items():
+            timed = "timeout=0" not in label
+            bound = (TIMEOUT if timed else 0.0) + MARGIN
+            if r["outcome"] != "TimeoutError" or r["elapsed"] > bound:
+                wrong[label] = r
+            elif timed and r["elapsed"] < 0.8 * TIMEOUT:
+                wrong[label] = dict(r, problem="gave up before its timeout")
+            elif not label.startswith("receive") and str(holder) not in r["message"]:
+                wrong[label] = dict(r, problem="the message does not name the holder")
+        assert not wrong, (
+            f"calls that did not end with TimeoutError within their timeout + {MARGIN} s "
+            f"behind a stopped lock holder:\n" + "\n".join(
+                f"  {label}: {r['outcome']} after {r['elapsed']} s {r.get('problem', '')} "
+                f"{r['message'][:200]!r}" for label, r in wrong.items())
+        )
+        with pytest.raises(TimeoutError):
+            watch.receive(timeout=0)  # nothing was published meanwhile
+        assert pub.publish(b"after", timeout=5) == 1
+        with watch.receive(timeout=5) as sample:
+            assert (sample.seq, bytes(sample)) == (1, b"after")
+    finally:
+        watch.close()
+        pub.close()
 
 
 # ---- Ctrl-C ends a call that has no timeout ----

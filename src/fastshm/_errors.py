@@ -64,6 +64,8 @@ ENOMSG = -13
 EPROTOCOL = -14
 ENOTREG = -15
 EABANDONED = -16
+ELOST = -17
+ESUBFULL = -18
 
 
 class ProtocolMismatch(FormatError):
@@ -92,16 +94,16 @@ def kind_error(name: str, found: str, wanted: Optional[str] = None) -> FormatErr
     )
 
 
-def protocol_error(name: str, made_by: str) -> ProtocolMismatch:
-    """A queue whose lock this backend cannot take part in; ``made_by`` is the
-    backend that made it ("native" or "python")."""
+def protocol_error(name: str, made_by: str, kind: str = "queue") -> ProtocolMismatch:
+    """A queue or channel (``kind``) whose lock this backend cannot take part
+    in; ``made_by`` is the backend that made it ("native" or "python")."""
     if made_by == "python":
         why = "whose flock-based lock native code cannot share"
     else:
         why = "whose compare-and-swap lock the python backend cannot take part in"
     return ProtocolMismatch(
-        f"queue {name!r} was made by the {made_by} backend, {why}: open it with "
-        f"backend={made_by!r} (or leave backend unset to choose by the queue)"
+        f"{kind} {name!r} was made by the {made_by} backend, {why}: open it with "
+        f"backend={made_by!r} (or leave backend unset to choose by the {kind})"
     )
 
 
@@ -174,18 +176,26 @@ def channel_full_error(name: str, timeout: Optional[float], lock_held: bool, own
             "processes: close a Subscriber first, or make the channel with a larger "
             "max_subscribers"
         )
-    within = "at once" if timeout == 0 else f"within {timeout} s" if timeout else ""
     if lock_held:
-        who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
-        return TimeoutError(
-            f"channel {name!r} stayed locked by {who} {within}, so nothing was published; a "
-            "holder that keeps the lock this long is alive but not running (stopped with "
-            "Ctrl-Z or SIGSTOP, or paused in a debugger): resume it (kill -CONT)"
-        )
+        return channel_locked_error(name, timeout, owner, "published")
+    within = "at once" if timeout == 0 else f"within {timeout} s" if timeout else ""
     return TimeoutError(
         f"no free slot in channel {name!r} {within}: every slot holds a message a live "
         "subscriber has not received yet, or is pinned by one (a Sample not released) or "
         "lent to a publisher; nothing was published"
+    )
+
+
+def channel_locked_error(name: str, timeout: Optional[float], owner: int,
+                         undone: str = "received") -> TimeoutError:
+    """A call whose timeout ran out while another process held the channel's
+    lock (``owner``: the lock word as last seen); nothing was ``undone``."""
+    within = "at once" if timeout == 0 else f"within {timeout} s" if timeout else ""
+    who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+    return TimeoutError(
+        f"channel {name!r} stayed locked by {who} {within}, so nothing was {undone}; a "
+        "holder that keeps the lock this long is alive but not running (stopped with "
+        "Ctrl-Z or SIGSTOP, or paused in a debugger): resume it (kill -CONT)"
     )
 
 
@@ -373,5 +383,5 @@ def raise_for(code: int, name: str, detail: str = "", kind: str = "segment") -> 
         found, _, wanted = (detail or ("Segment" if kind == "queue" else "Queue")).partition(":")
         raise kind_error(name, found, wanted or kind.capitalize())
     if code == EPROTOCOL:
-        raise protocol_error(name, detail or "python")
+        raise protocol_error(name, detail or "python", "channel" if kind == "channel" else "queue")
     raise RuntimeError(f"fastshm: unexpected error code {code} for {name!r}")

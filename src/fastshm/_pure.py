@@ -75,6 +75,8 @@ else:
     NAME_MAX = 30 if sys.platform == "darwin" else 255
 
 _READY_WAIT_S = 1.0
+# A channel's magic ("FSHC", _pure_channel): a segment or queue opener names it.
+_CHANNEL_MAGIC = 0x43485346
 # The longest an opener waits for a creator that is alive (as slot.c does):
 # a stopped creator, or a dead one whose pid was reused, would hold it forever.
 _CREATOR_WAIT_S = 60.0
@@ -757,7 +759,7 @@ def _check_header(mm: mmap.mmap, size: int, magic_want: int, other_magic: int,
     magic, version, header_size, capacity = C.HEAD.unpack_from(mm, 0)
     if magic == 0:
         return ENOTREADY
-    if magic == other_magic:
+    if magic == other_magic or magic == _CHANNEL_MAGIC:
         return EKIND
     if magic != magic_want:
         return EFORMAT
@@ -956,6 +958,8 @@ def _open_object(
             code = attach(mm, size)
             if code > 0:
                 return mm, size, created, fd, read_only, dup, code
+            if code == EKIND and _u32(mm, C.H_MAGIC)[0] == _CHANNEL_MAGIC:
+                other = "Channel:" + ("Segment" if other == "Queue" else "Queue")
             mm.close()
             if fd >= 0:
                 os.close(fd)

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple, Union
 from . import _common as C
 from ._backend import resolve
 from ._errors import (
+    ProtocolMismatch,
     channel_full_error,
     channel_param_error,
     closed_error,
@@ -109,12 +110,10 @@ class Sample(_SampleBase):
 
 
 def _handle_class(impl: Any) -> Any:
-    if impl.name != "native":
-        raise NotImplementedError(
-            "fastshm channels (Publisher, Subscriber) need the native backend for now; "
-            "the python backend does not speak them yet: use backend='native'"
-        )
-    from ._native_channel import ChannelHandle
+    if impl.name == "python":
+        from ._pure_channel import ChannelHandle
+    else:
+        from ._native_channel import ChannelHandle  # type: ignore[assignment]
 
     return ChannelHandle
 
@@ -213,6 +212,29 @@ def _open(public: type, impl: Any, name: str, how: int, mode: int, given: Dict[s
     return obj
 
 
+def _open_matching(public: type, impl: Any, backend: Optional[str], name: str, how: int,
+                   mode: int, given: Dict[str, Any], any_owner: bool) -> Any:
+    """``_open``; a channel made by the other backend, whose lock is that
+    backend's, is opened with that one when no backend was chosen."""
+    try:
+        return _open(public, impl, name, how, mode, given, any_owner)
+    except ProtocolMismatch:
+        made_by = "native" if impl.name == "python" else "python"
+        other = None
+        if backend in (None, "auto"):
+            try:
+                other = resolve(made_by)
+            except ImportError:  # not built here: say what the channel needs
+                pass
+        if other is None or other.name == impl.name:
+            raise ProtocolMismatch(
+                f"channel {name!r} was made by the {made_by} backend, whose lock the "
+                f"{impl.name} backend cannot take part in: open it with backend={made_by!r} "
+                "(or leave backend unset to choose by the channel)"
+            ) from None
+        return _open(public, other, name, C.ATTACH, mode, given, any_owner)
+
+
 class _Channel(Named):
     """What Publisher and Subscriber share, on every route."""
 
@@ -238,7 +260,7 @@ class _Channel(Named):
 
 class _HandleChannel:
     """The part of a Publisher or Subscriber that reaches the channel
-    through a ``ChannelHandle`` (the cffi binding)."""
+    through a ``ChannelHandle`` (the cffi binding, and the python backend)."""
 
     __slots__ = ()
     _h: Any
@@ -372,7 +394,8 @@ class Publisher(_Channel):
         name, how, mode, given = _channel_args(impl, name, slot_size, slots, history,
                                                max_subscribers, overflow, create, mode,
                                                any_owner)
-        return _open(Publisher, impl, name, how, mode, given, any_owner)  # type: ignore[no-any-return]
+        return _open_matching(Publisher, impl, backend, name, how, mode, given,  # type: ignore[no-any-return]
+                              any_owner)
 
     def publish(self, data: Union[C.BytesLike, str], timeout: Optional[float] = None) -> int:
         """Copy ``data`` (bytes-like, or str as UTF-8) into a slot and
@@ -415,7 +438,7 @@ class Publisher(_Channel):
 
 
 class _HandlePublisher(_HandleChannel, Publisher):
-    """Publisher over a ChannelHandle (the cffi binding)."""
+    """Publisher over a ChannelHandle (the cffi binding, the python backend)."""
 
     __slots__ = ("_h", "_name", "_backend", "_last_seq", "__weakref__")
     _last_seq: int
@@ -476,7 +499,8 @@ class Subscriber(_Channel):
         impl = resolve(backend)
         name, how, mode, given = _channel_args(impl, name, None, None, None, None, None,
                                                False, 0o600, any_owner)
-        return _open(Subscriber, impl, name, how, mode, given, any_owner)  # type: ignore[no-any-return]
+        return _open_matching(Subscriber, impl, backend, name, how, mode, given,  # type: ignore[no-any-return]
+                              any_owner)
 
     def receive(self, timeout: Optional[float] = None) -> Sample:
         """The next message, in place (a pinned :class:`Sample`).  Waits up
@@ -504,7 +528,7 @@ class Subscriber(_Channel):
 
 
 class _HandleSubscriber(_HandleChannel, Subscriber):
-    """Subscriber over a ChannelHandle (the cffi binding)."""
+    """Subscriber over a ChannelHandle (the cffi binding, the python backend)."""
 
     __slots__ = ("_h", "_name", "_backend", "_sub", "_received", "_missed", "_last_seq",
                  "__weakref__")
