@@ -90,8 +90,9 @@ _Static_assert(__atomic_always_lock_free(8, 0),
 #define fshm_load32(p, order) __atomic_load_n((p), (order))
 #define fshm_store64(p, v, order) __atomic_store_n((p), (v), (order))
 #define fshm_store32(p, v, order) __atomic_store_n((p), (v), (order))
-/* Compare-and-swap with acquire on success (the winner then reads what the
- * previous owner wrote) and relaxed on failure (the loser only retries). */
+/* Compare-and-swap, acquire and release on success (the winner reads what
+ * the previous owner wrote, and what it wrote before is seen by whoever
+ * acquires the word from it), relaxed on failure (the loser only retries). */
 #define fshm_cas64(p, expected, desired)                                   \
     __atomic_compare_exchange_n((p), (expected), (desired), 0,             \
                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)

@@ -339,6 +339,21 @@ static void notify_room(const fshm_channel *c)
         fshm_futex_wake(U32(c->base, C_ROOM), 1);
 }
 
+/* After a message was published: the slot its loan held is one that a
+ * waiting publisher may now take when nobody must read it first (overwrite
+ * mode, or no live subscriber in block mode), so tell sleeping publishers
+ * then.  The seq_cst fence orders the publish before the load of the
+ * sleeper count, as maybe_notify_room's caller's seq_cst change does. */
+static void notify_published(const fshm_channel *c)
+{
+    notify_subscribers(c);
+    if (!overwrite(c) && fshm_load64(U64(c->base, C_SUB_MASK), FSHM_RELAXED) != 0)
+        return; /* block mode: every live subscriber must receive it first */
+    fshm_fence(FSHM_SEQ_CST);
+    if (fshm_load32(U32(c->base, C_ROOM_WAITERS), FSHM_SEQ_CST) != 0)
+        notify_room(c);
+}
+
 /* The same, for the hot paths (release, discard): only when a publisher
  * sleeps.  The caller's change was a seq_cst read-modify-write or store;
  * with this seq_cst load of the sleeper count it pairs with wait_room's
@@ -354,7 +369,11 @@ static void maybe_notify_room(const fshm_channel *c)
 
 static void begin_change(const fshm_channel *c)
 {
-    /* Release fence: the mark is seen before any change that follows. */
+    /* Release fence: whoever reads a change that follows with acquire (or
+     * after an acquire fence) sees the mark too.  (A holder that dies
+     * leaves its stores to be found by the next one: on x86 and in the
+     * kernel's futex handover they are all visible to it once the lock
+     * word is, and the repair looks at every slot either way.) */
     fshm_store32(U32(c->base, C_DIRTY), 1, FSHM_RELAXED);
     fshm_fence(FSHM_RELEASE);
 }
@@ -407,8 +426,10 @@ static void drop_subscriber(const fshm_channel *c, uint32_t i)
             fshm_and64(pins, ~bit);
     }
     fshm_and64(U64(c->base, C_SUB_MASK), ~bit);
-    fshm_store64(U64(sub, SUB_CURSOR), 0, FSHM_RELAXED);
-    /* Seq_cst: a publisher's wait_room sees the entry gone, or is woken. */
+    /* Seq_cst: a publisher's wait_room sees the entry gone, or is woken.
+     * The cursor stays: a publisher looking without the lock that still
+     * sees the owner then reads a cursor that holds it back as before,
+     * never a 0 that would hold back every slot; subscribe sets it anew. */
     fshm_store64(U64(sub, SUB_OWNER), 0, FSHM_SEQ_CST);
 }
 
@@ -503,8 +524,13 @@ static int lock_channel(const fshm_channel *c, int64_t deadline)
         return EACCES;
     if ((rc = fshm__lock_acquire(c->base, deadline)) != 0)
         return rc;
-    if (fshm_load32(U32(c->base, C_DIRTY), FSHM_RELAXED) != 0)
+    if (fshm_load32(U32(c->base, C_DIRTY), FSHM_RELAXED) != 0) {
         repair(c);
+        /* What the dead holder held may be free now: publishers sleeping
+         * for room try again (rare: woken under the lock, they wait for
+         * it briefly). */
+        notify_room(c);
+    }
     return 0;
 }
 
@@ -709,7 +735,7 @@ static int lend_once(const fshm_channel *c, int64_t deadline, fshm_loan *loan, c
     if (loan != NULL) {
         fill_loan(c, s, loan);
     } else {
-        notify_subscribers(c);
+        notify_published(c);
         if (seq != NULL)
             *seq = head + 1;
     }
@@ -916,7 +942,7 @@ static int commit(const fshm_channel *c, const fshm_loan *loan, size_t length,
     publish_locked(c, loan->slot, length, k);
     end_change(c);
     fshm__lock_release(c->base);
-    notify_subscribers(c);
+    notify_published(c);
     if (seq != NULL)
         *seq = k;
     return 0;
@@ -1011,7 +1037,7 @@ int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout
 {
     uint64_t head, cursor, k, gen;
     unsigned char *e = NULL;
-    uint32_t i;
+    uint32_t i, j;
     int rc, dropped;
     if (sub == NULL)
         return EINVAL;
@@ -1042,6 +1068,13 @@ int fshm_channel_subscribe(const fshm_channel *c, fshm_sub *sub, int64_t timeout
                 fshm_load64(U64(slot_entry(c, s), S_LOANER), FSHM_RELAXED) != 0)
                 break;
             cursor = k;
+        }
+        /* Pins left under this entry's bit by an evicted subscriber that
+         * went on receiving: not this subscriber's. */
+        for (j = 0; j < c->slots; j++) {
+            uint64_t *pins = U64(slot_entry(c, j), S_PINS);
+            if (fshm_load64(pins, FSHM_RELAXED) & ((uint64_t)1 << i))
+                fshm_and64(pins, ~((uint64_t)1 << i));
         }
         gen = fshm_load64(U64(e, SUB_GEN), FSHM_RELAXED) + 1;
         fshm_store64(U64(e, SUB_CURSOR), cursor, FSHM_RELAXED);
@@ -1095,9 +1128,19 @@ int fshm_channel_unsubscribe(const fshm_channel *c, const fshm_sub *sub)
             fshm_and64(pins, ~bit);
     }
     fshm_and64(U64(c->base, C_SUB_MASK), ~bit);
-    /* Seq_cst: in block mode the cursor no longer holds publishers back;
-     * the first half of maybe_notify_room's pair. */
-    fshm_store64(U64(e, SUB_OWNER), 0, FSHM_SEQ_CST);
+    /* A compare-and-swap, then a seq_cst fence (in block mode the cursor
+     * no longer holds publishers back: the first half of
+     * maybe_notify_room's pair): an entry evicted meanwhile and taken by
+     * another subscriber keeps its new owner, and gets its mask bit back. */
+    {
+        uint64_t me = fshm_self_id();
+        if (!fshm_cas64(U64(e, SUB_OWNER), &me, 0)) {
+            if (me != 0)
+                fshm_or64(U64(c->base, C_SUB_MASK), bit);
+            return FSHM_ELOST;
+        }
+    }
+    fshm_fence(FSHM_SEQ_CST);
     maybe_notify_room(c);
     return 0;
 }
@@ -1405,6 +1448,36 @@ int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
     if (fshm_load64(U64(sub_at(c, index), SUB_OWNER), FSHM_RELAXED) == owner) {
         begin_change(c);
         drop_subscriber(c, index);
+        end_change(c);
+        rc = 0;
+    }
+    fshm__lock_release(c->base);
+    if (rc == 0)
+        notify_room(c);
+    return rc;
+}
+
+int fshm_channel_evict_loan(const fshm_channel *c, uint32_t slot, uint64_t owner,
+                            int64_t timeout_ns)
+{
+    unsigned char *e;
+    uint64_t word, head;
+    int rc;
+    if (slot >= c->slots || owner == 0)
+        return EINVAL;
+    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
+        return rc;
+    e = slot_entry(c, slot);
+    rc = FSHM_EAGAIN;
+    if (fshm_load64(U64(e, S_LOANER), FSHM_RELAXED) == owner) {
+        /* As sweep reclaims a dead process's loan: a slot that holds no
+         * message still reachable is emptied, and the next loan finds it. */
+        head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
+        word = fshm_load64(U64(e, S_WORD), FSHM_RELAXED);
+        begin_change(c);
+        if (word == 0 || !reachable(c, slot, word >> 1, head))
+            fshm_store64(U64(e, S_WORD), 0, FSHM_RELAXED);
+        fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
         end_change(c);
         rc = 0;
     }

@@ -553,6 +553,13 @@ int fshm_channel_reclaim(const fshm_channel *c, int64_t timeout_ns);
  * from then on may be overwritten. */
 int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
                        int64_t timeout_ns);
+/* Take back slot `slot` if it is still lent to `owner` (FSHM_EAGAIN
+ * otherwise), as if its loan were discarded: for a publisher that is gone
+ * but whose death fshm_owner_dead cannot see.  A live publisher whose loan
+ * is taken gets FSHM_ELOST from its commit, and what it writes from then
+ * on may land in a message another publisher is writing. */
+int fshm_channel_evict_loan(const fshm_channel *c, uint32_t slot, uint64_t owner,
+                            int64_t timeout_ns);
 /* The lock word, and fshm_break_lock's counterpart for a channel. */
 uint64_t fshm_channel_lock_owner(const fshm_channel *c);
 int fshm_channel_break_lock(const fshm_channel *c, uint64_t owner);

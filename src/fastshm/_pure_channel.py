@@ -418,9 +418,13 @@ class ChannelHandle(P._Mapped):
             if ops is not None:
                 ops[0] = t.clear
             mm[_LOCK_SL] = t.ident
+            repaired = 0
             if mm[_DIRTY_SL] != _ZERO4:
                 self._repair(mm)
+                # What the dead holder held may be free now.
+                repaired = self._room_bump(mm)
             out, wake = fn(mm, a, b)
+            wake |= repaired
             if rel is not None:
                 P._consume(rel)  # released here; the finally's call finds nothing left
         finally:
@@ -686,6 +690,13 @@ class ChannelHandle(P._Mapped):
         notify_b = _p32((_u32(mm, _H_NOTIFY)[0] + 1) & _M32)
         # Sleepers count themselves under the flock: this read is exact.
         wake = 0 if mm[_WAITERS_SL] == _ZERO4 else _WAKE_NOTIFY
+        # A publisher waiting for room may take this slot once it holds a
+        # message nobody must read first (overwrite mode, or no subscriber).
+        room_b = None
+        if (mm[_ROOM_WAITERS_SL] != _ZERO4
+                and (self._overwrite or mm[_SUB_MASK_SL] == _ZERO8)):
+            room_b = _p32((_u32(mm, _H_ROOM)[0] + 1) & _M32)
+            wake |= _WAKE_ROOM
         # The commit, and no call from here to the release.  Killed inside
         # it, the next holder finds dirty and sorts the slot out: before
         # head moves the message does not exist, after it it is whole.
@@ -697,6 +708,8 @@ class ChannelHandle(P._Mapped):
         mm[e + _S_LOANER : e + _S_LOANER + 8] = _ZERO8
         mm[_DIRTY_SL] = _ZERO4
         mm[_NOTIFY_SL] = notify_b
+        if room_b is not None:
+            mm[_ROOM_SL] = room_b
         return k, wake
 
     def _publish_locked(self, mm: mmap.mmap, data: Any, n: int) -> Tuple[int, int]:

@@ -380,9 +380,12 @@ static void ops(const fshm_channel *c, unsigned char *base, size_t size)
                 CHECK(rc == 0 || refusal(rc), "wait rc %d", rc);
             }
         } else {
-            rc = rnd() % 2 ? fshm_channel_reclaim(c, 0)
-                           : fshm_channel_evict(c, (uint32_t)(rnd() % (c->max_subscribers + 1)),
-                                                owner_word(), 0);
+            int how = (int)(rnd() % 3);
+            rc = how == 0   ? fshm_channel_reclaim(c, 0)
+                 : how == 1 ? fshm_channel_evict(c, (uint32_t)(rnd() % (c->max_subscribers + 1)),
+                                                 owner_word(), 0)
+                            : fshm_channel_evict_loan(c, (uint32_t)(rnd() % (c->slots + 1)),
+                                                      owner_word(), 0);
             CHECK(rc == 0 || rc == FSHM_EAGAIN || rc == EINVAL || rc == FSHM_EBUSY,
                   "reclaim or evict rc %d", rc);
         }
