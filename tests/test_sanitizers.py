@@ -527,8 +527,8 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
                      [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}", f"-I{binding}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     # main, big, hostile, raw, absent (never made), spare (a create that
-    # fails), queue main, queue big
-    names = [shm_name(f"capi{i}") for i in range(8)]
+    # fails), queue main, queue big, channel main
+    names = [shm_name(f"capi{i}") for i in range(9)]
     env = {
         "LD_PRELOAD": " ".join(preload),
         # CPython leaks at exit by design: no leak check.
@@ -580,4 +580,13 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
                 "q_woken_put", "q_bad_arguments", "q_thread_gets", "q_thread_puts",
                 "q_closed_under_threads", "q_scribbles", "q_hostile_ops", "err_Full",
                 "err_Empty", "err_ProtocolMismatch", "err_ZeroDivisionError"):
+        assert numbers.get(key, 0) > 0, (key, numbers)
+    # PublisherCore, SubscriberCore, SampleCore
+    assert numbers["c_constructor_checks"] == 1 and numbers["c_closed_checks"] == 2
+    assert numbers["c_thread_rounds"] == CAPI_ROUNDS
+    assert numbers["c_hostile_rounds"] == 10 * CAPI_ROUNDS
+    for key in ("c_publishes", "c_loans", "c_discards", "c_receives", "c_releases", "c_views",
+                "c_bad_arguments", "c_views_after_close", "c_views_after_delete",
+                "c_thread_receives", "c_thread_publishes", "c_closed_under_threads",
+                "c_scribbles", "c_hostile_ops", "err_BufferError"):
         assert numbers.get(key, 0) > 0, (key, numbers)

@@ -4,12 +4,12 @@ UndefinedBehaviorSanitizer (tests/test_sanitizers.py builds it with
 and PYTHONMALLOC=malloc, so the sanitizers see Python's own allocations).
 
     capi_harness.py EXTENSION SEED ITERATIONS ROUNDS MAIN BIG HOSTILE RAW ABSENT SPARE
-                    QMAIN QBIG
+                    QMAIN QBIG CMAIN
 
 EXTENSION is the instrumented build; it is imported as ``fastshm._cext``
 before anything imports the normal one, so every ``fastshm.Segment(...,
 backend="native")``, ``fastshm.Queue(..., backend="native")`` and
-``fastshm.SharedMemory`` below runs on it.  The eight names are fresh
+``fastshm.SharedMemory`` below runs on it.  The nine names are fresh
 names; everything made under them is deleted here.
 
 Phases, all with a fixed seed:
@@ -33,6 +33,14 @@ Phases, all with a fixed seed:
             without the GIL, with blocked calls woken by another thread,
             and bad arguments; closing arguments; every method after
             close(); 10 * ROUNDS queues scribbled over between operations
+  channel   PublisherCore, SubscriberCore, SampleCore: constructor refusals;
+            ROUNDS rounds of threads receiving, publishing and lending 16 MiB
+            messages while the objects are closed; ITERATIONS model-checked
+            publishes, loans (committed and discarded), receives, releases
+            and buffer exports (release refused while exported, use after
+            release refused), on slots copied with and without the GIL;
+            samples and views after close and delete; 10 * ROUNDS channels
+            scribbled over between operations
 
 Prints `key=value` counts on one line and exits 0 when every check held.
 """
@@ -55,7 +63,7 @@ from fastshm import _common as C
 
 ext_path, seed, iterations, rounds = sys.argv[1], *map(int, sys.argv[2:5])
 main_name, big_name, hostile_name, raw_name, absent_name, spare_name = sys.argv[5:11]
-qmain_name, qbig_name = sys.argv[11:13]
+qmain_name, qbig_name, cmain_name = sys.argv[11:14]
 
 # The instrumented build goes in before anything imports the normal one.
 assert "fastshm._cext" not in sys.modules and "fastshm._capi" not in sys.modules, sorted(
@@ -1226,6 +1234,324 @@ def queue_phases(qmain_name, qbig_name, seg_name):
     q_hostile_run(qmain_name, 10 * rounds)
 
 
+# ---- the channel: PublisherCore, SubscriberCore, SampleCore ----
+
+def open_pub(name, slot_size=None, slots=None, **kw):
+    pub = fastshm.Publisher(name, slot_size, slots, backend="native", **kw)
+    assert isinstance(pub, cext.PublisherCore), type(pub).__mro__
+    return pub
+
+
+def open_sub(name):
+    sub = fastshm.Subscriber(name, backend="native")
+    assert isinstance(sub, cext.SubscriberCore), type(sub).__mro__
+    return sub
+
+
+def c_constructor_checks(name, seg_name):
+    expect(FileNotFoundError, open_pub, name, 64, 4, create=False)
+    expect(FileNotFoundError, open_sub, name)
+    for args in [(0, 4), (64, 0), (-1, 4), (64, -2), (1 << 62, 1 << 20)]:
+        expect((ValueError, OverflowError, MemoryError, OSError), open_pub, name, *args,
+               create=True)
+    expect(TypeError, open_pub, name, "64", 4, create=True)
+    expect(ValueError, open_pub, name, 64, 4, overflow="sometimes", create=True)
+    seg = open_seg(seg_name, 64, create=True)
+    try:
+        expect(ValueError, open_pub, seg_name, 64, 4)  # FormatError: a segment
+        expect(ValueError, open_sub, seg_name)
+    finally:
+        seg.delete()
+    pub = open_pub(name, 64, 4, create=True)
+    expect(ValueError, open_pub, name, 128, 4, create=False)  # disagrees
+    pub.delete()
+    counts["c_constructor_checks"] += 1
+
+
+def c_payload(n):
+    kind = rng.randrange(5)
+    if kind == 0:
+        return rng.randbytes(n), None
+    if kind == 1:
+        return bytearray(rng.randbytes(n)), None
+    if kind == 2:
+        b = rng.randbytes(n + 3)
+        return memoryview(b)[3:], None
+    if kind == 3 and n % 4 == 0:
+        a = array.array("i", rng.randbytes(n))
+        return a, None
+    t = "x" * n
+    return t, t.encode()
+
+
+def c_model_run(name, slot_size, n):
+    """Random publishes, loans, receives, releases and buffer exports
+    against a model: one subscriber in block mode, so every message arrives
+    whole and in order."""
+    slots = rng.choice([2, 3, 4, 8])
+    pub = open_pub(name, slot_size, slots, create=True, overflow="block")
+    sub = open_sub(name)
+    expected = collections.deque()  # messages published, not yet received
+    held = []  # (sample, bytes it must hold)
+    views = []
+    for _ in range(n):
+        op = rng.randrange(10)
+        if op <= 2:
+            size = rng.choice([0, 1, slot_size, rng.randrange(slot_size + 1)])
+            data, raw = c_payload(size)
+            want = raw if raw is not None else bytes(memoryview(data).cast("B"))
+            try:
+                seq = pub.publish(data, 0)
+            except TimeoutError:
+                counts["err_TimeoutError"] += 1
+                continue
+            assert seq == pub.last_seq
+            expected.append(want)
+            counts["c_publishes"] += 1
+        elif op == 3:
+            size = rng.randrange(slot_size + 1)
+            fill = rng.randbytes(size)
+            fail = rng.random() < 0.3
+            try:
+                with pub.loan(size, 0) as buf:
+                    assert len(buf) == size and not buf.readonly
+                    buf[:] = fill
+                    if fail:
+                        raise KeyError("discard")
+            except TimeoutError:
+                counts["err_TimeoutError"] += 1
+                continue
+            except KeyError:
+                counts["c_discards"] += 1
+                continue
+            expected.append(fill)
+            counts["c_loans"] += 1
+        elif op <= 6:
+            try:
+                sample = sub.receive(rng.choice([0, 1e-4]))
+            except TimeoutError:
+                assert not expected, len(expected)
+                counts["err_TimeoutError"] += 1
+                continue
+            want = expected.popleft()
+            assert len(sample) == len(want) and bytes(sample) == want
+            assert sample.seq == sub.last_seq
+            held.append((sample, want))
+            counts["c_receives"] += 1
+            if np is not None and rng.random() < 0.2:
+                arr = np.frombuffer(sample, dtype=np.uint8)
+                assert arr.tobytes() == want
+                del arr
+        elif op == 7 and held:
+            i = rng.randrange(len(held))
+            sample, want = held[i]
+            if any(v.obj is sample for v, _ in views):
+                expect(BufferError, sample.release)  # a kept view: the pin stays
+                assert bytes(sample) == want
+                if rng.random() < 0.5:
+                    continue
+                mine = [v for v, _ in views if v.obj is sample]
+                views[:] = [(v, w) for v, w in views if v.obj is not sample]
+                for v in mine:
+                    v.release()
+            del held[i]
+            if rng.random() < 0.4:
+                v = memoryview(sample)
+                expect(BufferError, sample.release)
+                assert bytes(v) == want  # the pin was kept
+                v.release()
+            sample.release()
+            sample.release()  # twice: nothing more
+            expect(ValueError, bytes, sample)
+            expect(ValueError, memoryview, sample)
+            counts["c_releases"] += 1
+        elif op == 8 and held:
+            sample, want = rng.choice(held)
+            v = memoryview(sample)
+            assert v.readonly and bytes(v) == want
+            if rng.random() < 0.1 and len(views) < 64:
+                views.append((v, want))  # kept, perhaps past close and delete
+            else:
+                v.release()
+            counts["c_views"] += 1
+        else:
+            expect(ValueError, pub.publish, b"x" * (slot_size + 1), 0)
+            expect(ValueError, pub.loan, slot_size + 1)
+            expect(TypeError, pub.publish, 12345)
+            expect(TypeError, sub.receive, "soon")
+            expect((ValueError, OverflowError), pub.loan, -1)
+            counts["c_bad_arguments"] += 1
+    if not views:
+        # One view at least kept past close and delete.
+        if not held:
+            while expected:
+                s = sub.receive(0)
+                assert bytes(s) == expected.popleft()
+                s.release()
+            pub.publish(b"kept", 0)
+            held.append((sub.receive(0), b"kept"))
+        sample, want = held[-1]
+        views.append((memoryview(sample), want))
+    return pub, sub, held, views
+
+
+def c_closed_checks(name, pub, sub, held, views):
+    for v, want in views:
+        assert bytes(v) == want
+    sub.close()
+    for sample, _ in held:
+        expect(ValueError, bytes, sample)  # closing the subscriber released it
+        if any(v.obj is sample for v, _ in views):
+            expect(BufferError, sample.release)  # views of it still alive
+        else:
+            sample.release()
+    for v, want in views:
+        bytes(v)  # still mapped: the view holds the mapping
+        counts["c_views_after_close"] += 1
+    expect(ValueError, sub.receive, 0)
+    pub.close()
+    expect(ValueError, pub.publish, b"x", 0)
+    expect(ValueError, pub.loan, 1)
+    fastshm.Publisher(name, create=False, backend="native").delete()
+    for v, _ in views:
+        bytes(v)
+        v.release()
+        counts["c_views_after_delete"] += 1
+    counts["c_closed_checks"] += 1
+
+
+def c_thread_round(name, kinds):
+    """Threads blocked in or copying through receive, publish and loan (16
+    MiB, without the GIL) while the main thread closes their objects."""
+    pub = open_pub(name, BIG, 2, create=True)
+    sub = open_sub(name)
+    other = open_pub(name, create=False)
+    payload = rng.randbytes(BIG)
+    trng = random.Random(rng.random())
+    failures = []
+
+    def receiver():
+        while True:
+            with sub.receive() as s:
+                assert len(s) in (BIG, 5)
+            counts["c_thread_receives"] += 1
+
+    def publisher():
+        while True:
+            pub.publish(payload if trng.random() < 0.5 else b"small")
+            counts["c_thread_publishes"] += 1
+
+    def lender():
+        while True:
+            with pub.loan(BIG) as buf:
+                buf[:8] = b"12345678"
+            counts["c_thread_loans"] += 1
+
+    work = {"receive": receiver, "publish": publisher, "loan": lender}
+
+    def loop(fn):
+        try:
+            fn()
+        except ValueError as e:
+            if "closed" in str(e) or "released" in str(e) or "taken away" in str(e):
+                counts["c_closed_under_threads"] += 1
+            else:
+                failures.append(repr(e))
+        except BaseException as e:
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=loop, args=(work[k],)) for k in kinds]
+    for t in threads:
+        t.start()
+    time.sleep(rng.uniform(0.0, 0.05))
+    sub.close()  # the publishers are no longer held back
+    time.sleep(rng.uniform(0.0, 0.02))
+    pub.close()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    assert not failures, failures
+    other.delete()
+    counts["c_thread_rounds"] += 1
+
+
+def c_scribble(buf, lock_values):
+    at = rng.randrange(min(len(buf), 256 + 64 * 16) // 8) * 8
+    if at == 64:
+        struct.pack_into("<Q", buf, at, rng.choice(lock_values))
+    else:
+        struct.pack_into("<Q", buf, at, rng.choice(
+            [0, 1, 2, 3, rng.getrandbits(64), rng.getrandbits(32), (1 << 63) - 1]))
+    counts["c_scribbles"] += 1
+
+
+def c_hostile_op(pub, sub, name):
+    op = rng.randrange(6)
+    counts["c_hostile_ops"] += 1
+    if op == 0:
+        attempt(pub.publish, rng.randbytes(rng.randrange(pub.slot_size + 1)), 0)
+    elif op == 1:
+        s = attempt(sub.receive, rng.choice([0, 1e-4]))
+        if s is not None:
+            assert len(s) <= pub.slot_size
+            bytes(s)
+            s.release()
+    elif op == 2:
+        try:
+            with pub.loan(rng.randrange(pub.slot_size + 1), 1e-4) as buf:
+                buf[:1] = b"x" if len(buf) else b""
+        except (ValueError, TimeoutError) as e:
+            counts["err_" + type(e).__name__] += 1
+    elif op == 3:
+        pub.subscribers
+        sub.received, sub.missed
+        pub._break_lock(pub._lock_owner())
+    elif op == 4:
+        s2 = attempt(open_sub, name)
+        if s2 is not None:
+            attempt(s2.receive, 0)
+            s2.close()
+    else:
+        p2 = attempt(open_pub, name, create=False)
+        if p2 is not None:
+            attempt(p2.publish, b"y", 0)
+            p2.close()
+
+
+def c_hostile_run(name, n):
+    lock_values = [0, dead_owner()]
+    for _ in range(n):
+        pub = open_pub(name, rng.choice([8, 64, 256]), rng.choice([2, 3, 4]), create=True,
+                       overflow=rng.choice(["block", "overwrite"]))
+        sub = open_sub(name)
+        raw = fastshm.SharedMemory(name, backend="native")
+        try:
+            for _ in range(30):
+                if rng.random() < 0.6:
+                    c_scribble(raw.buf, lock_values)
+                c_hostile_op(pub, sub, name)
+        finally:
+            sub.close()
+            pub.close()
+            raw.close()
+            raw.unlink()
+        counts["c_hostile_rounds"] += 1
+
+
+def channel_phases(cmain_name, seg_name):
+    c_constructor_checks(cmain_name, seg_name)
+    kinds = ["receive", "publish", "loan"]
+    for i in range(rounds):
+        ks = [kinds[i]] if i < len(kinds) else rng.sample(kinds, rng.randrange(2, 4))
+        c_thread_round(cmain_name, ks)
+    for slot_size in (rng.choice([16, 100, 4096]), GIL_BYTES + 8 * rng.randrange(1, 512)):
+        pub, sub, held, views = c_model_run(cmain_name, slot_size,
+                                            iterations if slot_size < GIL_BYTES
+                                            else max(100, iterations // 20))
+        c_closed_checks(cmain_name, pub, sub, held, views)
+    c_hostile_run(cmain_name, 10 * rounds)
+
+
 mapping_checks(raw_name)
 payload = rng.randbytes(BIG)
 target = bytearray(BIG)
@@ -1248,5 +1574,6 @@ for v in views:
 del views
 hostile_run(hostile_name, 10 * rounds)
 queue_phases(qmain_name, qbig_name, spare_name)
+channel_phases(cmain_name, spare_name)
 counts["numpy"] = int(np is not None)
 print(" ".join(f"{k}={v}" for k, v in sorted(counts.items())), flush=True)
