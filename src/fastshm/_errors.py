@@ -69,8 +69,9 @@ ESUBFULL = -18
 
 
 class ProtocolMismatch(FormatError):
-    """A queue made by the other backend: its lock cannot be shared with
-    this one (compare-and-swap against the python backend's flock)."""
+    """A queue or channel made by the other backend: its lock cannot be
+    shared with this one (compare-and-swap against the python backend's
+    flock)."""
 
 
 _OPENERS = {
