@@ -1175,7 +1175,11 @@ static PyObject *subscriber_receive_into(SubscriberObject *self, PyObject *const
          * slice is 0 for a zero timeout, a try without waiting). */
         rc = receive_waiting(self, &c, &into, &smp, &missed, deadline);
     }
-    if (rc == 0) {
+    if (rc == 0 && self->mapping == NULL) {
+        /* Closed by another thread while this one copied without the GIL:
+         * unsubscribing cleared the pin, and the copy may be torn. */
+        closed_channel(self->name);
+    } else if (rc == 0) {
         if ((result = PyLong_FromSize_t(smp.length)) != NULL) {
             self->received++;
             self->missed += missed;

@@ -208,6 +208,10 @@ class ChannelHandle:
             lambda ns: lib.fshm_channel_wait(c, sub, ns),
             timeout)
         if rc == 0:
+            if self.closed:
+                # By another thread while this one copied: unsubscribing
+                # cleared the pin, and the copy may be torn.
+                raise closed_error("channel", self.name)
             return int(sample.length), int(sample.seq), int(missed[0])
         if rc == ESMALL:
             raise receive_too_small(cap, int(sample.length))
