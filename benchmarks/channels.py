@@ -396,6 +396,10 @@ class _Rx:
 
     def take(self, how: str) -> int:
         kind, obj = self.kind, self.obj
+        if kind in CHANNELS and how == "copy":
+            # The copy-out the other contenders make: no Sample at all.
+            n = obj.receive_into(self.tview, STEP)
+            return self._numbers(self.target, n)
         if kind in CHANNELS:
             sample = obj.receive(STEP)
             n = len(sample)
@@ -403,13 +407,9 @@ class _Rx:
                 seq = self._numbers(sample, n)
                 sample.release()
                 return seq
-            if how == "bytes":
-                data = bytes(sample)
-                sample.release()
-                return self._numbers(data, n)
-            self.tview[:n] = sample
+            data = bytes(sample)  # "bytes"
             sample.release()
-            return self._numbers(self.target, n)
+            return self._numbers(data, n)
         if kind in IOX:
             sample = self._iox_sample()
             payload = sample.payload()
@@ -830,10 +830,7 @@ class ChannelEnd:
             return bytes(sample)
 
     def recv_into(self, buf: Any, timeout: float) -> int:
-        with self.sub.receive(timeout) as sample:
-            n = len(sample)
-            memoryview(buf)[:n] = sample
-            return n
+        return self.sub.receive_into(buf, timeout)
 
     def close(self) -> None:
         self.sub.close()

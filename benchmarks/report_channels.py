@@ -361,7 +361,8 @@ def channel_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
             f"({fr[0]['seconds']:g} s each)",
             "",
             "The producer copies each frame in (`publish`, loan + memmove, `store`, `put`), "
-            "the consumer copies each out into a ready buffer. "
+            "the consumer copies each out into a ready buffer (`receive_into`, memmove, "
+            "`load_into`, `get_into`, `recv_into`). "
             + (f"Floor: memcpy of a frame {human_ns(ns)}, {rate:,.0f} frames/s." if ns else ""),
             "",
         ]

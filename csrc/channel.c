@@ -1180,9 +1180,12 @@ static uint64_t await_decision(unsigned char *e, uint64_t odd)
     }
 }
 
-/* One look: 0 with *out filled and the slot pinned, NOTHING, or an error. */
+/* One look: 0 with *out filled and the slot pinned, NOTHING, or an error.
+ * FSHM_ESMALL, with out->length and out->seq the message's, when the next
+ * message is longer than `limit`: unpinned again before anything is
+ * stored, so the cursor and the counts are as they were. */
 static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample *out,
-                        uint64_t *missed)
+                        uint64_t *missed, size_t limit)
 {
     unsigned char *sub_e;
     uint64_t bit, first, head, k, gone;
@@ -1227,6 +1230,15 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
         if (word != k << 1 || length > c->slot_size) {
             unpin(c, e, bit);
             continue;
+        }
+        if (length > limit) {
+            /* Too long for the caller's buffer: let go of it unreceived.
+             * The cursor still names it (in block mode it keeps the
+             * message in place for the next receive). */
+            unpin(c, e, bit);
+            out->length = (size_t)length;
+            out->seq = k;
+            return FSHM_ESMALL;
         }
         /* Release: a publisher that loads the cursor with acquire and finds
          * it past k sees the pin set above (claim then leaves the slot). */
@@ -1318,7 +1330,7 @@ static int wait_message(const fshm_channel *c, unsigned char *sub_e, int64_t dea
 }
 
 static int receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *out,
-                   uint64_t *missed, int64_t timeout_ns)
+                   uint64_t *missed, int64_t timeout_ns, size_t limit)
 {
     unsigned char *sub_e;
     int64_t deadline;
@@ -1328,7 +1340,7 @@ static int receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *out,
         *missed = 0;
     if (out == NULL)
         return EINVAL;
-    rc = receive_once(c, sub, out, missed);
+    rc = receive_once(c, sub, out, missed, limit);
     if (rc != NOTHING)
         return rc;
     if (timeout_ns == 0)
@@ -1338,7 +1350,7 @@ static int receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *out,
     for (;;) {
         if ((rc = wait_message(c, sub_e, deadline, spin)) != 0)
             return rc;
-        rc = receive_once(c, sub, out, missed);
+        rc = receive_once(c, sub, out, missed, limit);
         if (rc != NOTHING)
             return rc;
         spin = 0;
@@ -1348,13 +1360,53 @@ static int receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *out,
 int fshm_channel_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *sample,
                          uint64_t *missed, int64_t timeout_ns)
 {
-    return receive(c, sub, sample, missed, timeout_ns);
+    return receive(c, sub, sample, missed, timeout_ns, SIZE_MAX);
 }
 
 int fshm_channel_try_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *sample,
                              uint64_t *missed)
 {
-    return receive(c, sub, sample, missed, 0);
+    return receive(c, sub, sample, missed, 0, SIZE_MAX);
+}
+
+/* A receive of a message no longer than `capacity`, copied into dst and
+ * released at once. */
+static int receive_into(const fshm_channel *c, const fshm_sub *sub, void *dst, size_t capacity,
+                        fshm_sample *sample, uint64_t *missed, int64_t timeout_ns)
+{
+    int rc;
+    if (dst == NULL && capacity != 0) {
+        if (missed != NULL)
+            *missed = 0;
+        return EINVAL;
+    }
+    rc = receive(c, sub, sample, missed, timeout_ns, capacity);
+    if (rc != 0)
+        return rc;
+    /* The pin (a seq_cst read-modify-write, then the seq_cst re-read of the
+     * word) keeps the payload whole while it is copied. */
+    if (sample->length != 0)
+        memcpy(dst, sample->data, sample->length);
+    /* The copy is complete before the pin goes: unpin's seq_cst
+     * read-modify-write is a release for the reads above, so a publisher
+     * that sees the bit clear and reuses the slot writes after them. */
+    unpin(c, slot_entry(c, sample->slot), (uint64_t)1 << sub->index);
+    sample->data = NULL;
+    sample->offset = 0;
+    return 0;
+}
+
+int fshm_channel_receive_into(const fshm_channel *c, const fshm_sub *sub, void *dst,
+                              size_t capacity, fshm_sample *sample, uint64_t *missed,
+                              int64_t timeout_ns)
+{
+    return receive_into(c, sub, dst, capacity, sample, missed, timeout_ns);
+}
+
+int fshm_channel_try_receive_into(const fshm_channel *c, const fshm_sub *sub, void *dst,
+                                  size_t capacity, fshm_sample *sample, uint64_t *missed)
+{
+    return receive_into(c, sub, dst, capacity, sample, missed, 0);
 }
 
 int fshm_channel_release(const fshm_channel *c, const fshm_sub *sub, uint32_t slot)

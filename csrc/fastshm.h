@@ -524,6 +524,20 @@ int fshm_channel_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample
                          uint64_t *missed, int64_t timeout_ns);
 int fshm_channel_try_receive(const fshm_channel *c, const fshm_sub *sub, fshm_sample *sample,
                              uint64_t *missed);
+/* The next message copied into dst (up to `capacity` bytes) and released
+ * before returning: waits, counts and codes as fshm_channel_receive.
+ * sample->length gets the message's length, sample->seq its number and
+ * sample->slot the slot it lay in; sample->data is NULL and sample->offset
+ * 0 (the slot is no longer held).  FSHM_ESMALL when the next message is
+ * longer than capacity: sample->length and sample->seq are its, dst is
+ * untouched, and nothing changed: the next receive gets it (in overwrite
+ * mode unless it is overwritten meanwhile, which then counts as missed).
+ * EINVAL for a NULL dst with a capacity. */
+int fshm_channel_receive_into(const fshm_channel *c, const fshm_sub *sub, void *dst,
+                              size_t capacity, fshm_sample *sample, uint64_t *missed,
+                              int64_t timeout_ns);
+int fshm_channel_try_receive_into(const fshm_channel *c, const fshm_sub *sub, void *dst,
+                                  size_t capacity, fshm_sample *sample, uint64_t *missed);
 /* Unpin a slot received earlier; releasing one not held is harmless.  Never
  * waits. */
 int fshm_channel_release(const fshm_channel *c, const fshm_sub *sub, uint32_t slot);

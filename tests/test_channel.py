@@ -233,6 +233,212 @@ def test_closing_the_subscriber_releases_its_samples(pub: fastshm.Publisher) -> 
         pub.publish(b"%d" % i, timeout=0)
 
 
+# -- receive_into: the next message copied out --
+
+
+def test_receive_into_copies_and_releases_the_slot(route: str, name: str) -> None:
+    """Block mode, 2 slots, both holding messages the subscriber has not
+    received: after receive_into the first one's slot is free again (a
+    publish that never waits finds it), where a held Sample keeps it."""
+    with fastshm.Publisher(name, 64, 2, create=True, backend=route) as pub, \
+            fastshm.Subscriber(name, backend=route) as sub:
+        buf = bytearray(64)
+        pub.publish(b"first", timeout=0)
+        pub.publish(b"second", timeout=0)
+        assert sub.receive_into(buf, timeout=0) == 5 and buf[:5] == b"first"
+        assert (sub.received, sub.missed, sub.last_seq) == (1, 0, 1)
+        pub.publish(b"third", timeout=0)  # the first message's slot
+        # A Sample, by contrast, holds its slot until released.
+        held = sub.receive(0)
+        with pytest.raises(TimeoutError, match="no free slot"):
+            pub.publish(b"fourth", timeout=0)
+        held.release()
+        pub.publish(b"fourth", timeout=0)
+        got = []
+        for _ in range(2):
+            n = sub.receive_into(buf, 0)
+            got.append(bytes(buf[:n]))
+        assert got == [b"third", b"fourth"] and sub.received == 4 and sub.last_seq == 4
+        with pytest.raises(TimeoutError, match="no new message"):
+            sub.receive_into(buf, timeout=0)
+        assert sub.received == 4
+
+
+@pytest.mark.parametrize("length", [0, 1, 100, 256])
+def test_receive_into_any_length_up_to_the_slot(pub: fastshm.Publisher, length: int) -> None:
+    data = bytes(range(256))[:length]
+    with subscribe(pub) as sub:
+        for room in (length, pub.slot_size, pub.slot_size + 10):
+            buf = bytearray(b"\xee" * room)
+            seq = pub.publish(data, timeout=0)
+            assert sub.receive_into(buf, timeout=1) == length
+            assert buf[:length] == data and buf[length:] == b"\xee" * (room - length)
+            assert sub.last_seq == seq
+
+
+def test_receive_into_any_writable_buffer(pub: fastshm.Publisher) -> None:
+    import mmap
+
+    with subscribe(pub) as sub:
+        for i in range(3):
+            pub.publish(b"msg%d" % i, timeout=0)
+        whole = bytearray(b"." * 12)
+        view = memoryview(whole)[4:10]  # a slice: the copy lands in the middle
+        assert sub.receive_into(view) == 4 and whole == b"....msg0...."
+        m = mmap.mmap(-1, 4096)
+        try:
+            assert sub.receive_into(m, timeout=1) == 4 and m[:4] == b"msg1"
+        finally:
+            m.close()
+        ints = memoryview(bytearray(8)).cast("I")  # not bytes, but C-contiguous
+        assert sub.receive_into(buffer=ints, timeout=1) == 4
+        assert ints.tobytes()[:4] == b"msg2"
+
+
+@needs_numpy
+def test_receive_into_a_numpy_array(pub: fastshm.Publisher) -> None:
+    with subscribe(pub) as sub:
+        pub.publish(np.arange(8, dtype=np.int32).tobytes(), timeout=0)
+        out = np.zeros((2, 4), dtype=np.int32)
+        assert sub.receive_into(out, timeout=1) == 32
+        assert out.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        with pytest.raises(ValueError, match="C-contiguous"):
+            sub.receive_into(np.zeros((4, 4), dtype=np.int32)[:, 0], timeout=0)
+
+
+def test_receive_into_large_messages(route: str, name: str) -> None:
+    """2 MiB messages, which the C-API route copies without the GIL (even
+    the first try), waiting and not."""
+    size = 2 << 20
+    data = bytes(range(256)) * (size // 256)
+    with fastshm.Publisher(name, size, 2, create=True, backend=route) as pub, \
+            fastshm.Subscriber(name, backend=route) as sub:
+        buf = bytearray(size)
+        with pytest.raises(TimeoutError, match="no new message"):
+            sub.receive_into(buf, timeout=0)
+        pub.publish(data, timeout=0)
+        with pytest.raises(ValueError, match=f"buffer of {size - 1} bytes"):
+            sub.receive_into(memoryview(buf)[1:], timeout=0)
+        assert sub.receive_into(buf, timeout=0) == size and buf == data
+        t = threading.Timer(0.2, pub.publish, args=(data[::-1],))
+        t.start()
+        try:
+            assert sub.receive_into(buf, timeout=20) == size and buf == data[::-1]
+        finally:
+            t.join()
+        assert (sub.received, sub.missed, sub.last_seq) == (2, 0, 2)
+
+
+def test_receive_into_a_buffer_too_small_receives_nothing(pub: fastshm.Publisher) -> None:
+    with subscribe(pub) as sub:
+        seq = pub.publish(b"0123456789", timeout=0)
+        small = bytearray(b"\xee" * 9)
+        with pytest.raises(ValueError, match="buffer of 9 bytes.*message of 10 bytes") as e:
+            sub.receive_into(small, timeout=1)
+        assert "nothing was received" in str(e.value)
+        assert small == b"\xee" * 9
+        assert (sub.received, sub.missed, sub.last_seq) == (0, 0, 0)
+        with pytest.raises(ValueError, match="too small"):
+            sub.receive_into(bytearray(), timeout=0)
+        # Still the next message: for receive, and for receive_into.
+        with sub.receive(0) as s:
+            assert bytes(s) == b"0123456789" and s.seq == seq
+        assert (sub.received, sub.last_seq) == (1, seq)
+        seq2 = pub.publish(b"abc", timeout=0)
+        with pytest.raises(ValueError, match="too small"):
+            sub.receive_into(bytearray(2), timeout=0)
+        buf = bytearray(3)
+        assert sub.receive_into(buf, timeout=0) == 3 and buf == b"abc"
+        assert (sub.received, sub.missed, sub.last_seq) == (2, 0, seq2)
+
+
+def test_receive_into_refuses_what_it_cannot_write(pub: fastshm.Publisher) -> None:
+    with subscribe(pub) as sub:
+        pub.publish(b"keep", timeout=0)
+        for bad in (b"read-only!", memoryview(bytearray(8)).toreadonly()):
+            with pytest.raises(TypeError, match="writable"):
+                sub.receive_into(bad, timeout=0)
+        for bad in ("str", 12, None):
+            with pytest.raises(TypeError):
+                sub.receive_into(bad, timeout=0)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="C-contiguous"):
+            sub.receive_into(memoryview(bytearray(16))[::2], timeout=0)
+        with pytest.raises(TypeError):
+            sub.receive_into()  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            sub.receive_into(bytearray(8), 0, 0)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            sub.receive_into(bytearray(8), wait=0)  # type: ignore[call-arg]
+        with pytest.raises(ValueError):
+            sub.receive_into(bytearray(8), timeout=-1)
+        assert sub.received == 0  # nothing was consumed
+        buf = bytearray(8)
+        assert sub.receive_into(buf, 0) == 4 and buf[:4] == b"keep"
+
+
+def test_receive_into_blocks_until_a_publish(pub: fastshm.Publisher) -> None:
+    with subscribe(pub) as sub:
+        t = threading.Timer(0.2, pub.publish, args=(b"late",))
+        t.start()
+        try:
+            buf = bytearray(16)
+            assert sub.receive_into(buf, timeout=20) == 4 and buf[:4] == b"late"
+            t2 = threading.Timer(0.2, pub.publish, args=(b"later",))
+            t2.start()
+            try:
+                assert sub.receive_into(buf) == 5 and buf[:5] == b"later"
+            finally:
+                t2.join()
+        finally:
+            t.join()
+
+
+def test_receive_into_after_close_and_from_another_thread(pub: fastshm.Publisher) -> None:
+    sub = subscribe(pub)
+    t, box = in_thread(lambda: sub.receive_into(bytearray(8)))
+    time.sleep(0.2)
+    assert t.is_alive()
+    sub.close()
+    t.join(5)
+    assert not t.is_alive() and isinstance(box[0], ValueError) and "closed" in str(box[0])
+    pub.publish(b"x", timeout=0)
+    with pytest.raises(ValueError, match="closed"):
+        sub.receive_into(bytearray(8), timeout=0)
+
+
+def test_receive_into_counts_what_was_overwritten(route: str, name: str) -> None:
+    with fastshm.Publisher(name, 64, 4, overflow="overwrite", create=True,
+                           backend=route) as pub, fastshm.Subscriber(name, backend=route) as sub:
+        for i in range(20):
+            pub.publish(b"%d" % i, timeout=0)
+        # A buffer too small changes nothing: not even the count of the
+        # messages overwritten before the next one in place.
+        with pytest.raises(ValueError, match="too small"):
+            sub.receive_into(bytearray(1), timeout=0)
+        assert (sub.received, sub.missed, sub.last_seq) == (0, 0, 0)
+        buf = bytearray(8)
+        got = []
+        while True:
+            try:
+                n = sub.receive_into(buf, timeout=0)
+            except TimeoutError:
+                break
+            got.append((int(buf[:n]), sub.last_seq))
+        assert [seq for _, seq in got] == [k + 1 for k, _ in got] and got[-1][0] == 19
+        assert sub.missed == got[0][0] > 0 and sub.received == len(got)
+        assert sub.received + sub.missed == 20
+        # Overwritten between a refusal and the next receive: counted missed.
+        pub.publish(b"long message", timeout=0)
+        with pytest.raises(ValueError, match="too small"):
+            sub.receive_into(buf, timeout=0)
+        for i in range(10):
+            pub.publish(b"%d" % i, timeout=0)
+        # Messages 21 (the long one) to 31 ("0" to "9"): the ring holds 28 on.
+        assert sub.receive_into(buf, timeout=0) == 1 and buf[:1] == b"6"
+        assert sub.last_seq == 28 and sub.missed == got[0][0] + 7
+        assert sub.received + sub.missed == 28
+
+
 # -- overwrite, history, several subscribers --
 
 

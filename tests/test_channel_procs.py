@@ -1,6 +1,7 @@
 """fastshm.Publisher and Subscriber between real processes: fan-out to
-several subscribers in block mode, two publishers at once, overwrite mode
-with a slow subscriber and a pinned sample, a late joiner's history,
+several subscribers in block mode (one copying with receive_into), two
+publishers at once, overwrite mode with a slow subscriber (holding samples,
+or copying) and a pinned sample, a late joiner's history,
 subscribers and publishers killed with SIGKILL (holding samples, inside a
 loan, in the middle of a large publish, holding the lock), Ctrl-C in a
 blocked receive and a blocked publish, and the two native bindings on one
@@ -10,7 +11,7 @@ Every message names its publisher and its number and ends with a BLAKE2b
 tag over both and the CRC-32 of the body (random bytes at an offset that
 depends on the number), so a subscriber can tell a torn, foreign or
 repeated message from a good one; it checks each in place, through the
-pinned sample.  An empty message is the parent's stop mark.  Every wait is
+pinned sample, or in its copy.  An empty message is the parent's stop mark.  Every wait is
 bounded, and every child is killed on the way out.  The quick form runs 20
 publisher kills per route; ``FASTSHM_LONG=1`` runs 200, and longer fan-out
 runs.
@@ -128,17 +129,43 @@ def subscriber(name, backend, mode, out_path, seed):
     # (publisher, number, seq, missed) per message.  Modes: "fast"; "slow"
     # (now and then sleeps holding the sample); "hold" (keeps the previous
     # sample pinned until the next receive returns); "lazy" (sleeps 1 ms
-    # holding every sample).  A held sample is checked again before it is
-    # released: "changed" counts those whose bytes moved meanwhile.
+    # holding every sample); "copy" (receive_into a buffer, and now and then
+    # first into one too small for any message but the stop mark, which
+    # must receive nothing); "lazycopy" (copies, sleeping 1 ms after each).
+    # A held sample is checked again before it is released: "changed"
+    # counts those whose bytes moved meanwhile.
     s = fastshm.Subscriber(name, backend=backend)
     rnd = random.Random(seed)
     recs = bytearray()
     bad = []
-    changed = 0
+    changed = refused = 0
     last = 0
     held = None
+    view = memoryview(bytearray(s.slot_size))
     print("ready", flush=True)
-    while True:
+    while mode in ("copy", "lazycopy"):
+        before = s.missed
+        n = -1
+        if rnd.random() < 0.1:
+            try:
+                n = s.receive_into(view[: rnd.randrange(MIN_SIZE)], timeout=WAIT)
+            except ValueError:
+                refused += 1
+        if n < 0:
+            n = s.receive_into(view, timeout=WAIT)
+        if s.last_seq <= last:
+            bad.append(["seq went back", last, s.last_seq])
+        last = s.last_seq
+        if n == 0:  # the stop mark
+            break
+        got = check_message(view[:n])
+        if got is None:
+            bad.append(["torn", last, n, bytes(view[:16]).hex()])
+        else:
+            recs += REC.pack(got[0], got[1], last, s.missed - before)
+        if mode == "lazycopy":
+            time.sleep(0.001)
+    while mode not in ("copy", "lazycopy"):
         before = s.missed
         sample = s.receive(timeout=WAIT)
         if held is not None:
@@ -170,7 +197,8 @@ def subscriber(name, backend, mode, out_path, seed):
     with open(out_path, "wb") as f:
         f.write(recs)
     print(json.dumps({"received": s.received, "missed": s.missed, "bad": bad[:10],
-                      "nbad": len(bad), "changed": changed, "last_seq": s.last_seq}),
+                      "nbad": len(bad), "changed": changed, "refused": refused,
+                      "last_seq": s.last_seq}),
           flush=True)
     s.close()
 
@@ -274,20 +302,28 @@ def killable_publisher(name, backend, ident, how, log_path, seed):
         n += 1
 
 
-def waiting_subscriber(name, backend):
-    # Blocks in receive() with no timeout; says whether a message or a
-    # KeyboardInterrupt ended it, then (after an interrupt) receives once
-    # more: the subscription still works.
+def waiting_subscriber(name, backend, how):
+    # Blocks in receive() (or receive_into()) with no timeout; says whether
+    # a message or a KeyboardInterrupt ended it, then (after an interrupt)
+    # receives once more: the subscription still works.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     s = fastshm.Subscriber(name, backend=backend)
+    buf = bytearray(64)
+
+    def one(timeout=None):
+        if how == "receive_into":
+            n = s.receive_into(buf, timeout)
+            return s.last_seq, bytes(buf[:n])
+        with s.receive(timeout) as sample:
+            return sample.seq, bytes(sample)
+
     print("ready", flush=True)
     try:
-        sample = s.receive()
+        seq, data = one()
     except KeyboardInterrupt:
         print("interrupted", flush=True)
-        sample = s.receive(timeout=WAIT)
-    with sample:
-        print(json.dumps({"seq": sample.seq, "data": bytes(sample).decode()}), flush=True)
+        seq, data = one(WAIT)
+    print(json.dumps({"seq": seq, "data": data.decode()}), flush=True)
 
 
 def blocked_publisher(name, backend, how):
@@ -467,7 +503,7 @@ def test_fan_out_block(route: str, name: str, tmp_path: Path) -> None:
     probe = fastshm.Publisher(name, 4096, 8, create=True, backend=route)
     children: List[Child] = []
     try:
-        subs = _subscribers(4, name, route, tmp_path, ["fast", "slow", "hold", "slow"],
+        subs = _subscribers(4, name, route, tmp_path, ["fast", "slow", "hold", "copy"],
                             children)
         assert probe.subscribers == 4
         log = tmp_path / "p.seqs"
@@ -488,6 +524,8 @@ def test_fan_out_block(route: str, name: str, tmp_path: Path) -> None:
         assert len(got) == FANOUT, f"subscriber {i} got {len(got)} of {FANOUT} messages"
         assert got == want, f"subscriber {i}: first difference at {_first_diff(got, want)}"
         assert summary["received"] == FANOUT + 1 and summary["missed"] == 0
+    # The copying subscriber's buffers too small received nothing.
+    assert summaries[3]["refused"] > 0, summaries[3]
     # The ring is far smaller than the run: the publisher had to wait.
     assert stats["waits"] > 0, stats
     probe.close()
@@ -560,19 +598,22 @@ def test_two_publishers(route: str, name: str, tmp_path: Path) -> None:
 # ---- 3. overwrite mode ----
 
 
+@pytest.mark.parametrize("mode", ["lazy", "lazycopy"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_overwrite_never_blocks(route: str, name: str, tmp_path: Path) -> None:
-    """A subscriber that sleeps 1 ms holding each sample cannot keep up with
-    a publisher on an overwrite channel of 4 slots: the publisher never waits
-    (publish and loan with timeout=0 always find a slot), the subscriber's
-    received + missed counts every message, each skip is reported with the
-    message after it, and a held sample's bytes never change."""
+def test_overwrite_never_blocks(route: str, mode: str, name: str, tmp_path: Path) -> None:
+    """A subscriber that sleeps 1 ms holding each sample (or after copying
+    each) cannot keep up with a publisher on an overwrite channel of 4
+    slots: the publisher never waits (publish and loan with timeout=0 always
+    find a slot), the subscriber's received + missed counts every message
+    (a copy refused for a buffer too small counts nothing), each skip is
+    reported with the message after it, and a held sample's bytes never
+    change."""
     count = 20000 if LONG else 5000
     probe = fastshm.Publisher(name, 1024, 4, create=True, overflow="overwrite",
                               backend=route)
     children: List[Child] = []
     try:
-        ((sub, out),) = _subscribers(1, name, route, tmp_path, ["lazy"], children)
+        ((sub, out),) = _subscribers(1, name, route, tmp_path, [mode], children)
         log = tmp_path / "p.seqs"
         pub = Child("publisher", name, route, 0, count, random.randrange(1 << 30), "-",
                     str(log))
@@ -596,8 +637,8 @@ def test_overwrite_never_blocks(route: str, name: str, tmp_path: Path) -> None:
         last = seq
     assert summary["received"] == len(got) + 1
     probe.close()
-    print(f"[channel overwrite {route}] published={count} received={summary['received']} "
-          f"missed={summary['missed']}")
+    print(f"[channel overwrite {mode} {route}] published={count} "
+          f"received={summary['received']} missed={summary['missed']}")
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -966,12 +1007,13 @@ def test_killed_publishers(route: str, name: str, tmp_path: Path) -> None:
 # ---- 6. blocked calls: woken, and ended by Ctrl-C ----
 
 
+@pytest.mark.parametrize("how", ["receive", "receive_into"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_blocked_receive_wakes(route: str, name: str) -> None:
-    """A subscriber process blocked in receive() with no timeout wakes for a
-    message published by another process."""
+def test_blocked_receive_wakes(route: str, how: str, name: str) -> None:
+    """A subscriber process blocked in receive() (or receive_into()) with no
+    timeout wakes for a message published by another process."""
     probe = fastshm.Publisher(name, 64, 4, create=True, backend=route)
-    ch = Child("waiting_subscriber", name, route)
+    ch = Child("waiting_subscriber", name, route, how)
     try:
         ch.expect(b"ready")
         time.sleep(0.5)  # past the spin: asleep
@@ -985,12 +1027,14 @@ def test_blocked_receive_wakes(route: str, name: str) -> None:
     probe.close()
 
 
+@pytest.mark.parametrize("how", ["receive", "receive_into"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_ctrl_c_ends_blocked_receive(route: str, name: str) -> None:
-    """SIGINT to a subscriber process blocked in receive() with no timeout
-    raises KeyboardInterrupt there promptly; its subscription still works."""
+def test_ctrl_c_ends_blocked_receive(route: str, how: str, name: str) -> None:
+    """SIGINT to a subscriber process blocked in receive() (or
+    receive_into()) with no timeout raises KeyboardInterrupt there
+    promptly; its subscription still works."""
     probe = fastshm.Publisher(name, 64, 4, create=True, backend=route)
-    ch = Child("waiting_subscriber", name, route)
+    ch = Child("waiting_subscriber", name, route, how)
     try:
         ch.expect(b"ready")
         time.sleep(0.5)

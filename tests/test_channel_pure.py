@@ -1,7 +1,8 @@
 """The python backend's channel between real processes: fan-out in block
-mode, overwrite with a slow subscriber, subscribers and publishers killed
-with SIGKILL (holding samples, inside a loan, inside the lock), and Ctrl-C
-in a blocked receive and a blocked publish.
+mode (messages read in place and copied out), overwrite with a slow
+subscriber, subscribers and publishers killed with SIGKILL (holding
+samples, inside a loan, inside the lock), and Ctrl-C in a blocked receive,
+receive_into and publish.
 
 Every message carries its number and a CRC-32 of its body, so a subscriber
 can tell a torn, foreign or repeated message from a good one.  Every wait
@@ -65,12 +66,28 @@ def check(m):
 
 def subscriber(name, count, seed):
     # Block mode: every message, in order, each checked in place; now and
-    # then it dawdles holding the sample, so that the publisher waits.
+    # then it dawdles holding the sample, so that the publisher waits.  A
+    # third of them it copies out instead (receive_into), some after a
+    # try with a buffer too small for any message, which receives nothing.
     s = fastshm.Subscriber(name, backend="python")
     rnd = random.Random(seed)
     print("ready", flush=True)
     bad = []
+    view = memoryview(bytearray(s.slot_size))
+    copies = refused = 0
     for n in range(count):
+        if rnd.random() < 0.3:
+            if rnd.random() < 0.2:
+                try:
+                    s.receive_into(view[: rnd.randrange(HEAD.size)], timeout=WAIT)
+                    bad.append([n, "a message fit a buffer too small"])
+                except ValueError:
+                    refused += 1
+            got = check(view[: s.receive_into(view, timeout=WAIT)])
+            copies += 1
+            if got != n or s.last_seq != n + 1:
+                bad.append([n, got, s.last_seq])
+            continue
         with s.receive(timeout=WAIT) as sample:
             got = check(sample)
             if rnd.random() < 0.01:
@@ -78,7 +95,8 @@ def subscriber(name, count, seed):
                 got = got if check(sample) == got else -2
             if got != n or sample.seq != n + 1:
                 bad.append([n, got, sample.seq])
-    print(json.dumps({"received": s.received, "missed": s.missed, "bad": bad[:10]}),
+    print(json.dumps({"received": s.received, "missed": s.missed, "bad": bad[:10],
+                      "copies": copies, "refused": refused}),
           flush=True)
     s.close()
 
@@ -165,7 +183,7 @@ def lock_holder(name):
 def blocked(name, what):
     # Blocks with no timeout until a SIGINT, then says so.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if what == "receive":
+    if what.startswith("receive"):
         o = fastshm.Subscriber(name, backend="python")
     else:
         o = fastshm.Publisher(name, create=False, backend="python")
@@ -173,6 +191,8 @@ def blocked(name, what):
     try:
         if what == "receive":
             o.receive()
+        elif what == "receive_into":
+            o.receive_into(bytearray(8))
         else:
             o.publish(b"never")
         print("returned", flush=True)
@@ -253,7 +273,9 @@ def test_python_fan_out_block_every_message_in_order(name: str, children: Childr
             assert pub.publish(message(n, sizes[n]), timeout=WAIT) == n + 1
         for p in subs:
             r = children.result(p)
+            copies, refused = r.pop("copies"), r.pop("refused")
             assert r == {"received": count, "missed": 0, "bad": []}
+            assert copies > 0 and refused > 0, (copies, refused)
         assert pub.subscribers == 0
 
 
@@ -351,7 +373,7 @@ def test_python_killed_inside_the_lock_is_repaired(name: str, children: Children
         assert sub.missed == 0
 
 
-@pytest.mark.parametrize("what", ["receive", "publish"])
+@pytest.mark.parametrize("what", ["receive", "receive_into", "publish"])
 def test_python_ctrl_c_ends_a_blocked_call(what: str, name: str, children: Children) -> None:
     with fastshm.Publisher(name, 64, 2, create=True, backend="python") as pub:
         sub = None

@@ -19,7 +19,8 @@
   queue_fuzz.c does for queues, against a model of intact block-mode
   channels too.  csrc/tests/posix/channel_stress.c runs publishers and
   subscribers as threads (under ThreadSanitizer) and as forked processes
-  (under both) in block and overwrite mode; late joiners; publishers and
+  (under both) in block and overwrite mode, receiving in place and as copies
+  (some into buffers too small); late joiners; publishers and
   subscribers SIGKILLed inside loans, inside commits and holding pins; wake-ups
   and signals; and single-steps a traced publisher, recovering the channel as
   a kill after each instruction would leave it (ASan + UBSan).
@@ -316,6 +317,9 @@ def test_channel_hostile_headers_under_asan_ubsan(tmp_path: Path,
         assert numbers[key] > 100, (key, numbers)
     assert numbers["model_messages"] > 10 * numbers["model_cases"] > 0, numbers
     assert numbers["model_full"] > 0 and numbers["model_joins"] > 0, numbers
+    # Copying receives ran, and buffers too small were refused.
+    assert numbers["receives_into"] > 100 and numbers["model_copies"] > 100, numbers
+    assert numbers["model_small"] > 100, numbers
     assert numbers["ekind"] >= 6, numbers
 
 
@@ -344,7 +348,7 @@ def _check_channel_run(numbers: dict[str, int], mode: str, publishers: int,
     # The ring wrapped many times, and every way to publish and receive ran.
     assert numbers["wraps"] > 100, numbers
     for key in ("publishes", "try_publishes", "loans", "try_loans", "discards", "held",
-                "pinned_checks", "empty_waits"):
+                "pinned_checks", "empty_waits", "copies", "refused"):
         assert numbers[key] > 0, (key, numbers)
     if mode == "block":
         # Lossless, and the publishers really waited for the subscribers.

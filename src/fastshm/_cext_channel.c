@@ -3,7 +3,8 @@
  *
  *   PublisherCore   publish, and the halves of a loan (_loan, _commit,
  *                   _discard) that fastshm.Publisher.loan puts together.
- *   SubscriberCore  receive: the next message as a SampleCore, in place.
+ *   SubscriberCore  receive: the next message as a SampleCore, in place;
+ *                   receive_into: a copy of it in the caller's buffer.
  *   SampleCore      a received message: read-only bytes in the channel's
  *                   memory, pinned until release().  It counts the buffers
  *                   it hands out (memoryview, numpy.frombuffer, bytes), and
@@ -570,9 +571,10 @@ static PyObject *publisher_hold(PublisherObject *self, fshm_channel *c)
     return self->mapping;
 }
 
+/* (first, timeout=None), `first` positional only unless first_kw names it. */
 static int parse_size_timeout(const char *fn, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, PyObject **first, int first_required,
-                              PyObject **timeout)
+                              PyObject **timeout, const char *first_kw)
 {
     Py_ssize_t i, nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     if (nargs > 2) {
@@ -587,6 +589,9 @@ static int parse_size_timeout(const char *fn, PyObject *const *args, Py_ssize_t 
         PyObject *key = PyTuple_GET_ITEM(kwnames, i);
         if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0 && nargs < 2) {
             *timeout = args[nargs + i];
+        } else if (first_kw != NULL && nargs < 1 &&
+                   PyUnicode_CompareWithASCIIString(key, first_kw) == 0) {
+            *first = args[nargs + i];
         } else {
             PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R", fn,
                          key);
@@ -690,7 +695,7 @@ static PyObject *publisher_publish(PublisherObject *self, PyObject *const *args,
 
     if (nargs == 1 && kwnames == NULL)
         data = args[0];
-    else if (parse_size_timeout("publish", args, nargs, kwnames, &data, 1, &timeout) != 0)
+    else if (parse_size_timeout("publish", args, nargs, kwnames, &data, 1, &timeout, NULL) != 0)
         return NULL;
     if (parse_timeout(timeout, &deadline) != 0)
         return NULL;
@@ -758,7 +763,7 @@ static PyObject *publisher_loan(PublisherObject *self, PyObject *const *args, Py
     fshm_loan loan;
     int rc;
 
-    if (parse_size_timeout("_loan", args, nargs, kwnames, &size_obj, 1, &timeout) != 0)
+    if (parse_size_timeout("_loan", args, nargs, kwnames, &size_obj, 1, &timeout, NULL) != 0)
         return NULL;
     if ((size = PyNumber_AsSsize_t(size_obj, PyExc_OverflowError)) == -1 && PyErr_Occurred())
         return NULL;
@@ -998,16 +1003,26 @@ static void subscriber_dealloc(SubscriberObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* A receive that found nothing with the GIL: without it, in slices. */
-static int receive_waiting(SubscriberObject *self, const fshm_channel *c, fshm_sample *smp,
-                           uint64_t *missed, int64_t deadline)
+/* Where a receive_into copies to: the caller's buffer, pinned by its
+ * Py_buffer while the GIL is released. */
+typedef struct {
+    void *dst;
+    size_t cap;
+} copy_to;
+
+/* A receive that found nothing with the GIL: without it, in slices.  With
+ * `into`, a receive_into. */
+static int receive_waiting(SubscriberObject *self, const fshm_channel *c, const copy_to *into,
+                           fshm_sample *smp, uint64_t *missed, int64_t deadline)
 {
     int64_t slice = slice_until(deadline);
     fshm_sub sub = self->sub;
     int rc;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        rc = fshm_channel_receive(c, &sub, smp, missed, slice);
+        rc = into == NULL
+                 ? fshm_channel_receive(c, &sub, smp, missed, slice)
+                 : fshm_channel_receive_into(c, &sub, into->dst, into->cap, smp, missed, slice);
         Py_END_ALLOW_THREADS
         if (rc != EINTR && !(rc == FSHM_ETIMEOUT && slice > 0))
             return rc;
@@ -1030,6 +1045,22 @@ static int receive_waiting(SubscriberObject *self, const fshm_channel *c, fshm_s
     }
 }
 
+/* What a receive that did not get a message raises. */
+static PyObject *receive_error(SubscriberObject *self, const fshm_channel *c, int rc,
+                               PyObject *timeout)
+{
+    if (rc == FSHM_ETIMEOUT) {
+        PyErr_Format(PyExc_TimeoutError, "no new message on channel %R within %S s",
+                     self->name, timeout);
+        return NULL;
+    }
+    /* Closed by another thread while this one waited without the GIL: the
+     * entry given up is why it was lost. */
+    if (rc == FSHM_ELOST && self->mapping == NULL)
+        return closed_channel(self->name);
+    return channel_error(rc, self->name, c);
+}
+
 static PyObject *subscriber_receive(SubscriberObject *self, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1045,7 +1076,7 @@ static PyObject *subscriber_receive(SubscriberObject *self, PyObject *const *arg
         timeout = args[0];
     else if (nargs != 0 || kwnames != NULL) {
         if (nargs > 1 || parse_size_timeout("receive", args, 0, kwnames, &unused, 0,
-                                            &timeout) != 0) {
+                                            &timeout, NULL) != 0) {
             if (!PyErr_Occurred())
                 PyErr_SetString(PyExc_TypeError, "receive() takes at most 1 argument");
             return NULL;
@@ -1062,13 +1093,9 @@ static PyObject *subscriber_receive(SubscriberObject *self, PyObject *const *arg
     Py_INCREF(keep);
     rc = fshm_channel_try_receive(&c, &self->sub, &smp, &missed);
     if (rc == FSHM_ETIMEOUT && slice_until(deadline) > 0)
-        rc = receive_waiting(self, &c, &smp, &missed, deadline);
+        rc = receive_waiting(self, &c, NULL, &smp, &missed, deadline);
     if (rc != 0) {
-        if (rc == FSHM_ETIMEOUT)
-            PyErr_Format(PyExc_TimeoutError, "no new message on channel %R within %S s",
-                         self->name, timeout);
-        else
-            channel_error(rc, self->name, &c);
+        receive_error(self, &c, rc, timeout);
         Py_DECREF(keep);
         return NULL;
     }
@@ -1089,6 +1116,83 @@ static PyObject *subscriber_receive(SubscriberObject *self, PyObject *const *arg
     self->missed += missed;
     self->last_seq = smp.seq;
     return (PyObject *)out;
+}
+
+/* receive_into(buffer, timeout=None) -> the message's length: the next
+ * message copied into a writable C-contiguous buffer, its slot released
+ * before returning.  A buffer too small is a ValueError, and nothing is
+ * received.  The copy keeps the GIL unless it may reach GIL_RELEASE_BYTES;
+ * a wait never does. */
+static PyObject *subscriber_receive_into(SubscriberObject *self, PyObject *const *args,
+                                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *buffer = NULL, *timeout = Py_None, *keep, *result = NULL;
+    Py_buffer view;
+    fshm_channel c;
+    fshm_sample smp;
+    copy_to into;
+    uint64_t missed = 0;
+    int64_t deadline;
+    int rc;
+
+    if (nargs == 1 && kwnames == NULL)
+        buffer = args[0];
+    else if (parse_size_timeout("receive_into", args, nargs, kwnames, &buffer, 1, &timeout,
+                                "buffer") != 0)
+        return NULL;
+    if (parse_timeout(timeout, &deadline) != 0)
+        return NULL;
+    if (self->mapping == NULL)
+        return closed_channel(self->name);
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_STRIDED_RO) != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "receive_into needs a writable bytes-like object, not %.200s",
+                     Py_TYPE(buffer)->tp_name);
+        return NULL;
+    }
+    if (view.readonly) {
+        PyErr_SetString(PyExc_TypeError,
+                        "receive_into needs a writable buffer; this one is read-only");
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (!PyBuffer_IsContiguous(&view, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "receive_into needs a C-contiguous buffer");
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    c = self->c;
+    keep = self->mapping;
+    Py_INCREF(keep);
+    into.dst = view.buf;
+    into.cap = (size_t)view.len;
+    if ((into.cap < c.slot_size ? into.cap : c.slot_size) < GIL_RELEASE_BYTES) {
+        rc = fshm_channel_try_receive_into(&c, &self->sub, into.dst, into.cap, &smp, &missed);
+        if (rc == FSHM_ETIMEOUT && slice_until(deadline) > 0)
+            rc = receive_waiting(self, &c, &into, &smp, &missed, deadline);
+    } else {
+        /* A copy that may be long: even the first try lets the GIL go (its
+         * slice is 0 for a zero timeout, a try without waiting). */
+        rc = receive_waiting(self, &c, &into, &smp, &missed, deadline);
+    }
+    if (rc == 0 && self->mapping == NULL) {
+        /* Closed by another thread while this one copied without the GIL:
+         * unsubscribing cleared the pin, and the copy may be torn. */
+        closed_channel(self->name);
+    } else if (rc == 0) {
+        if ((result = PyLong_FromSize_t(smp.length)) != NULL) {
+            self->received++;
+            self->missed += missed;
+            self->last_seq = smp.seq;
+        }
+    } else if (rc == FSHM_ESMALL) {
+        raise_from("receive_too_small", "(nn)", view.len, (Py_ssize_t)smp.length);
+    } else {
+        receive_error(self, &c, rc, timeout);
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(keep);
+    return result;
 }
 
 static PyObject *subscriber_get_received(SubscriberObject *self, void *closure)
@@ -1116,6 +1220,8 @@ static PyGetSetDef subscriber_getset[] = {
 static PyMethodDef subscriber_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))subscriber_receive,
      METH_FASTCALL | METH_KEYWORDS, "receive(timeout=None) -> Sample"},
+    {"receive_into", (PyCFunction)(void (*)(void))subscriber_receive_into,
+     METH_FASTCALL | METH_KEYWORDS, "receive_into(buffer, timeout=None) -> length"},
     {"close", (PyCFunction)subscriber_close, METH_NOARGS,
      "Leave the channel, giving up every sample still held."},
     {"_lock_owner", (PyCFunction)subscriber_lock_owner, METH_NOARGS, NULL},

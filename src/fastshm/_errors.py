@@ -133,6 +133,15 @@ def next_too_small(have: int, need: int) -> ValueError:
     )
 
 
+def receive_too_small(have: int, need: int) -> ValueError:
+    """Subscriber.receive_into refused a buffer of ``have`` bytes for the
+    next message, of ``need``."""
+    return ValueError(
+        f"buffer of {have} bytes is too small for the next message of {need} bytes; "
+        "nothing was received (it is still the next message)"
+    )
+
+
 def full_error(name: str, need: int, capacity: int, used: int) -> "queue.Full":
     """queue.Full with what was asked and what there was."""
     import queue

@@ -19,12 +19,14 @@ from ._errors import (
     EBUSY,
     EFORMAT,
     EFULL,
+    ESMALL,
     ETIMEOUT,
     channel_full_error,
     closed_error,
     lost_error,
     raise_for,
     read_only_error,
+    receive_too_small,
 )
 from ._fastshm import ffi, lib
 from ._native import _how, _raise_open
@@ -188,12 +190,44 @@ class ChannelHandle:
         if rc == 0:
             return (int(sample.slot), int(sample.offset), int(sample.length), int(sample.seq),
                     int(missed[0]))
+        self._no_message(rc)
+        return None
+
+    def receive_into(self, sub: Any, dst: memoryview,
+                     timeout: Optional[float]) -> Optional[Tuple[int, int, int]]:
+        """The next message copied into ``dst`` (a writable byte-wise view)
+        and released: (length, seq, missed before it); None when none came
+        in time.  ValueError, nothing received, when dst is too small."""
+        sample = ffi.new("fshm_sample *")
+        missed = ffi.new("uint64_t *")
+        c = self._c
+        buf = ffi.from_buffer(dst, require_writable=True)
+        cap = dst.nbytes
+        rc = self._call(
+            lambda ns: lib.fshm_channel_receive_into(c, sub, buf, cap, sample, missed, ns),
+            lambda ns: lib.fshm_channel_wait(c, sub, ns),
+            timeout)
+        if rc == 0:
+            if self.closed:
+                # By another thread while this one copied: unsubscribing
+                # cleared the pin, and the copy may be torn.
+                raise closed_error("channel", self.name)
+            return int(sample.length), int(sample.seq), int(missed[0])
+        if rc == ESMALL:
+            raise receive_too_small(cap, int(sample.length))
+        self._no_message(rc)
+        return None
+
+    def _no_message(self, rc: int) -> None:
+        """For a receive that got no message: returns when none came in
+        time, raises what any other code means."""
         if rc == ETIMEOUT:
-            return None
+            return
         if rc == lib.FSHM_ELOST:
+            if self.closed:  # by another thread, which gave the entry up
+                raise closed_error("channel", self.name)
             raise lost_error(self.name)
         self._fail(rc)
-        return None  # not reached
 
     def release(self, sub: Any, slot: int) -> None:
         lib.fshm_channel_release(self._c, sub, slot)

@@ -26,11 +26,12 @@ is alive).  Loans and subscriptions of dead processes are reclaimed when
 slots run short, at most every 100 ms, as in the C core.
 
 What a signal may interrupt follows ``_pure``'s queue: the last stores of
-each operation (a commit, a pin and its cursor, a release) are plain slice
-assignments with no call between them and the release of the lock, so on
-CPython 3.11 and later no signal handler runs between a change and the
-unlock; the loops (sweeps, reclaims, unsubscribing) run inside the dirty
-bracket, so an interrupt there leaves work the next holder redoes.
+each operation (a commit, a pin and its cursor, a copying receive's cursor
+after its copy, a release) are plain slice assignments with no call between
+them and the release of the lock, so on CPython 3.11 and later no signal
+handler runs between a change and the unlock; the loops (sweeps, reclaims,
+unsubscribing) run inside the dirty bracket, so an interrupt there leaves
+work the next holder redoes.
 
 Waiting: subscribers sleep on ``notify``, publishers on ``room``, counting
 themselves in ``waiters`` / ``room_waiters`` under the flock (Linux: a
@@ -56,6 +57,7 @@ from ._errors import (
     EKIND,
     ELOST as _ELOST,
     ENOTREADY,
+    ESMALL,
     EVERSION,
     FormatError,
     channel_full_error,
@@ -67,6 +69,7 @@ from ._errors import (
     protocol_error,
     raise_for,
     read_only_error,
+    receive_too_small,
     too_big,
 )
 
@@ -791,21 +794,23 @@ class ChannelHandle(P._Mapped):
         mm[_DIRTY_SL] = _ZERO4
         return 0, self._room_bump(mm)
 
-    def _receive_locked(self, mm: mmap.mmap, sub: Tuple[int, int], _b: Any) -> Tuple[Any, int]:
-        """The next message pinned: (slot, offset, length, seq, missed), or
-        _NOTHING, ELOST, EFORMAT."""
+    def _next_locked(self, mm: mmap.mmap, sub: Tuple[int, int]) -> Any:
+        """The subscriber's next message still in place, as (entry, slot,
+        slot entry, pins, length, k, first, missed, received, pending) for
+        the caller to store its cursor and counts; or _NOTHING (what was
+        overwritten meanwhile counted: the last stores), ELOST, EFORMAT."""
         e = self._own_entry(mm, sub)
         if e < 0:
-            return _ELOST, 0
+            return _ELOST
         bit = 1 << sub[0]
         owner, first, missed, gen, received, pending = _ENTRY.unpack_from(mm, e)
         if first == 0:
             first = 1
         head: int = _u64(mm, _H_HEAD)[0]
         if head > _SEQ_MAX:
-            return EFORMAT, 0
+            return EFORMAT
         if first > head:
-            return (EFORMAT if first > head + 1 else _NOTHING), 0
+            return EFORMAT if first > head + 1 else _NOTHING
         n = self.slots
         k = head - n + 1 if head >= n and first <= head - n else first
         index = self._index
@@ -818,19 +823,7 @@ class ChannelHandle(P._Mapped):
                 word, length, pins, _, _ = unpack(mm, se)
                 # A slot this subscriber holds pinned holds an earlier message.
                 if word == k << 1 and not pins & bit and length <= limit:
-                    gone = k - first + pending
-                    pins_b = _p64(pins | bit)
-                    cursor_b = _p64(k + 1)
-                    missed_b = _p64((missed + k - first) & _M64)
-                    received_b = _p64((received + 1) & _M64)
-                    # The pin and the cursor, and no call from here to the
-                    # release: the sample is this subscriber's, whole.
-                    mm[se + _S_PINS : se + _S_PINS + 8] = pins_b
-                    mm[e + _E_CURSOR : e + _E_CURSOR + 8] = cursor_b
-                    mm[e + _E_MISSED : e + _E_MISSED + 8] = missed_b
-                    mm[e + _E_RECEIVED : e + _E_RECEIVED + 8] = received_b
-                    mm[e + _E_PENDING : e + _E_PENDING + 8] = _ZERO8
-                    return (s, self._payload + s * self._stride, length, k, gone), 0
+                    return e, s, se, pins, length, k, first, missed, received, pending
             k += 1
         # Everything up to head was overwritten before this subscriber got
         # to it: counted now, reported with the next message received.
@@ -841,7 +834,54 @@ class ChannelHandle(P._Mapped):
         mm[e + _E_CURSOR : e + _E_CURSOR + 8] = cursor_b
         mm[e + _E_MISSED : e + _E_MISSED + 8] = missed_b
         mm[e + _E_PENDING : e + _E_PENDING + 8] = pending_b
-        return _NOTHING, 0
+        return _NOTHING
+
+    def _receive_locked(self, mm: mmap.mmap, sub: Tuple[int, int], _b: Any) -> Tuple[Any, int]:
+        """The next message pinned: (slot, offset, length, seq, missed), or
+        _NOTHING, ELOST, EFORMAT."""
+        found = self._next_locked(mm, sub)
+        if type(found) is int:
+            return found, 0
+        e, s, se, pins, length, k, first, missed, received, pending = found
+        gone = k - first + pending
+        pins_b = _p64(pins | (1 << sub[0]))
+        cursor_b = _p64(k + 1)
+        missed_b = _p64((missed + k - first) & _M64)
+        received_b = _p64((received + 1) & _M64)
+        # The pin and the cursor, and no call from here to the release: the
+        # sample is this subscriber's, whole.
+        mm[se + _S_PINS : se + _S_PINS + 8] = pins_b
+        mm[e + _E_CURSOR : e + _E_CURSOR + 8] = cursor_b
+        mm[e + _E_MISSED : e + _E_MISSED + 8] = missed_b
+        mm[e + _E_RECEIVED : e + _E_RECEIVED + 8] = received_b
+        mm[e + _E_PENDING : e + _E_PENDING + 8] = _ZERO8
+        return (s, self._payload + s * self._stride, length, k, gone), 0
+
+    def _receive_into_locked(self, mm: mmap.mmap, sub: Tuple[int, int],
+                             dst: memoryview) -> Tuple[Any, int]:
+        """The next message copied into dst and received: (length, seq,
+        missed); (ESMALL, length, seq) when dst is too small for it, with
+        nothing changed; or _NOTHING, ELOST, EFORMAT.  No pin: nobody
+        reuses the slot while the flock is held."""
+        found = self._next_locked(mm, sub)
+        if type(found) is int:
+            return found, 0
+        e, s, _, _, length, k, first, missed, received, pending = found
+        if length > dst.nbytes:
+            return (ESMALL, length, k), 0
+        gone = k - first + pending
+        start = self._payload + s * self._stride
+        # The copy first: a process killed inside it has changed nothing.
+        dst[:length] = self._mv[start : start + length]
+        cursor_b = _p64(k + 1)
+        missed_b = _p64((missed + k - first) & _M64)
+        received_b = _p64((received + 1) & _M64)
+        # The cursor and the counts, and no call from here to the release.
+        mm[e + _E_CURSOR : e + _E_CURSOR + 8] = cursor_b
+        mm[e + _E_MISSED : e + _E_MISSED + 8] = missed_b
+        mm[e + _E_RECEIVED : e + _E_RECEIVED + 8] = received_b
+        mm[e + _E_PENDING : e + _E_PENDING + 8] = _ZERO8
+        return (length, k, gone), 0
 
     def _release_locked(self, mm: mmap.mmap, sub: Tuple[int, int], s: int) -> Tuple[int, int]:
         if s >= self.slots or s < 0:
@@ -1093,16 +1133,36 @@ class ChannelHandle(P._Mapped):
                           _NOTHING)
         if type(got) is tuple:
             return got
+        self._no_message(got, timeout)
+        return None
+
+    def _no_message(self, got: Any, timeout: Optional[float]) -> None:
+        """For a receive that got no message: returns when none came in
+        time, raises what any other outcome means."""
         if got is _BUSY:
             raise channel_locked_error(self.name, timeout, self.lock_owner())
         if got == _NOTHING:
-            return None
+            return
         if got == _ELOST:
             if self.closed:  # by another thread, which gave the entry up
                 raise closed_error("channel", self.name)
             raise lost_error(self.name)
         _inconsistent(self.name)
-        return None  # not reached
+
+    def receive_into(self, sub: Tuple[int, int], dst: memoryview,
+                     timeout: Optional[float]) -> Optional[Tuple[int, int, int]]:
+        """The next message copied into ``dst`` (a writable byte-wise view)
+        and received: (length, seq, missed before it); None when none came
+        in time.  ValueError, nothing received, when dst is too small."""
+        self._writable()
+        got = self._retry(self._receive_into_locked, sub, dst, _FOR_MESSAGE, sub, timeout,
+                          _NOTHING)
+        if type(got) is tuple:
+            if got[0] == ESMALL:
+                raise receive_too_small(dst.nbytes, got[1])
+            return got
+        self._no_message(got, timeout)
+        return None
 
     def release(self, sub: Tuple[int, int], slot: int) -> None:
         """Let go of a pinned slot (nothing when it is not pinned, or the

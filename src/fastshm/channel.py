@@ -483,7 +483,8 @@ class Subscriber(_Channel):
     It receives every message published after it joined, preceded by up to
     the channel's ``history`` of the latest earlier ones, in order
     (``overwrite`` channels: minus those it fell too far behind for, counted
-    in :attr:`missed`).  Each is a :class:`Sample`, the message in place.
+    in :attr:`missed`).  Each is a :class:`Sample`, the message in place, or
+    with :meth:`receive_into` a copy in a buffer of yours.
     Closing it releases every sample it still holds.
     """
 
@@ -506,6 +507,16 @@ class Subscriber(_Channel):
         """The next message, in place (a pinned :class:`Sample`).  Waits up
         to ``timeout`` seconds (None: as long as it takes; 0: not at all),
         then raises ``TimeoutError``."""
+        raise NotImplementedError
+
+    def receive_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        """Copy the next message into ``buffer`` (any writable C-contiguous
+        bytes-like object: a bytearray, a memoryview, a numpy array, an
+        mmap) and return its length; its slot is released before this
+        returns.  Waits as :meth:`receive` does.  A buffer smaller than the
+        message raises ``ValueError`` and receives nothing: the message is
+        still the next one (on an ``overwrite`` channel it may be
+        overwritten meanwhile, and is then counted in :attr:`missed`)."""
         raise NotImplementedError
 
     def samples(self, timeout: Optional[float] = None) -> Iterator[Sample]:
@@ -570,6 +581,19 @@ class _HandleSubscriber(_HandleChannel, Subscriber):
         self._missed += missed
         self._last_seq = seq
         return sample
+
+    def receive_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        h = self._handle()
+        dst = (memoryview(buffer) if type(buffer) is bytearray
+               else C.writable_view(buffer, "receive_into"))
+        got = h.receive_into(self._sub, dst, _timeout_arg(timeout))
+        if got is None:
+            raise TimeoutError(f"no new message on channel {self._name!r} within {timeout} s")
+        length, seq, missed = got
+        self._received += 1
+        self._missed += missed
+        self._last_seq = seq
+        return length  # type: ignore[no-any-return]
 
     def _release(self, slot: int) -> None:
         h = self._h

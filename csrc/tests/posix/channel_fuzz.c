@@ -7,12 +7,14 @@
  * slot entries, index and free-stack entries and subscriber entries with
  * adversarial values, and calls every channel operation without sleeping
  * (but for a few bounded 2 ms waits).  Each must return success or a
- * defined refusal; a loan's whole capacity is written and a received
+ * defined refusal; a loan's whole capacity is written, a received
  * message's whole length is read (into a heap block of exactly that
- * length); a sanitizer report, a crash or a hang (the driver's timeout) is
- * a failure.  A quarter of the cases are left intact and checked against a
- * model of a block-mode channel instead: whether each loan finds a slot,
- * every message each subscriber receives, every cursor.  A last pass does
+ * length), and a copying receive writes into a heap block of exactly the
+ * capacity it is given; a sanitizer report, a crash or a hang (the
+ * driver's timeout) is a failure.  A quarter of the cases are left intact
+ * and checked against a model of a block-mode channel instead: whether
+ * each loan finds a slot, every message each subscriber receives (in place
+ * or copied; a buffer too small changes nothing), every cursor.  A last pass does
  * the same over real named mappings, and opens each kind of object as the
  * others (FSHM_EKIND).
  *
@@ -79,7 +81,8 @@ static const uint32_t SUB_COUNTS[] = {1, 2, 3, 64};
 static struct {
     unsigned long iterations, attach_ok, attach_refused, loans_ok, loans_refused, commits_ok,
         commits_refused, receives_ok, receives_refused, subscribes_ok, subscribes_refused,
-        waits, model_cases, model_ops, model_messages, model_full, model_joins, ekind;
+        waits, receives_into, model_cases, model_ops, model_messages, model_full, model_joins,
+        model_copies, model_small, ekind;
 } st;
 
 #define CHECK(cond, ...)                                                     \
@@ -361,6 +364,23 @@ static void ops(const fshm_channel *c, unsigned char *base, size_t size)
             uint64_t missed = 0;
             if (!have[j])
                 continue;
+            if (rnd() % 4 == 0) {
+                /* A copy, into a block of exactly the capacity asked for. */
+                size_t cap = (size_t)(rnd() % (c->slot_size + 2));
+                unsigned char *into = malloc(cap ? cap : 1);
+                CHECK(into != NULL, "malloc");
+                rc = what == 4
+                         ? fshm_channel_try_receive_into(c, &subs[j], into, cap, &s, &missed)
+                         : fshm_channel_receive_into(c, &subs[j], into, cap, &s, &missed, 0);
+                CHECK(rc == 0 || refusal(rc) || rc == FSHM_ESMALL, "receive_into rc %d", rc);
+                CHECK(rc != 0 || (s.length <= cap && s.data == NULL && s.slot < c->slots),
+                      "receive_into of %zu bytes into %zu", s.length, cap);
+                CHECK(rc != FSHM_ESMALL || (s.length > cap && s.length <= c->slot_size),
+                      "receive_into refused %zu bytes for %zu", s.length, cap);
+                free(into);
+                st.receives_into += rc == 0;
+                continue;
+            }
             rc = what == 4 ? fshm_channel_try_receive(c, &subs[j], &s, &missed)
                            : fshm_channel_receive(c, &subs[j], &s, &missed, 0);
             CHECK(rc == 0 || refusal(rc), "receive rc %d", rc);
@@ -531,6 +551,40 @@ static void model_case(void)
                 head += rc == 0;
                 st.model_full += rc == FSHM_EFULL;
             }
+        } else if (op <= 4 && subs[s].on && rnd() % 3 == 0) {
+            /* Receive a copy: into a buffer one byte short, exact or one
+             * byte long; one too short changes nothing. */
+            fshm_sample smp;
+            uint64_t missed = 7, want = subs[s].cursor;
+            size_t len = want <= head ? msg_len(want, slot_size) : 0, cap, z;
+            unsigned fit = (unsigned)(rnd() % 3);
+            cap = fit == 0 && len > 0 ? len - 1 : fit == 1 ? len : len + 1;
+            memset(buf, 0xA5, cap + 1);
+            rc = rnd() % 2 ? fshm_channel_try_receive_into(&c, &subs[s].sub, buf, cap, &smp,
+                                                           &missed)
+                           : fshm_channel_receive_into(&c, &subs[s].sub, buf, cap, &smp,
+                                                       &missed, 0);
+            if (want > head) {
+                CHECK(rc == FSHM_ETIMEOUT && missed == 0, "model receive_into of nothing: rc %d",
+                      rc);
+                continue;
+            }
+            if (cap < len) {
+                CHECK(rc == FSHM_ESMALL && smp.length == len && smp.seq == want && missed == 0,
+                      "model receive_into %zu of %zu bytes: rc %d", cap, len, rc);
+                for (z = 0; z <= cap; z++)
+                    CHECK(buf[z] == 0xA5, "model receive_into: a refused buffer was written");
+                st.model_small++;
+                continue;
+            }
+            CHECK(rc == 0 && smp.seq == want && missed == 0 && smp.data == NULL &&
+                      msg_is(buf, smp.length, smp.seq, slot_size) && buf[smp.length] == 0xA5,
+                  "model receive_into: rc %d, message %llu, wanted %llu", rc,
+                  (unsigned long long)smp.seq, (unsigned long long)want);
+            /* Released: it holds no slot (the busy count says so next). */
+            subs[s].cursor++;
+            st.model_messages++;
+            st.model_copies++;
         } else if (op <= 4) {
             /* Receive: the subscriber's next message, whole. */
             fshm_sample smp;
@@ -808,10 +862,12 @@ int main(int argc, char **argv)
     printf("iterations=%lu attach_ok=%lu attach_refused=%lu loans_ok=%lu loans_refused=%lu "
            "commits_ok=%lu commits_refused=%lu receives_ok=%lu receives_refused=%lu "
            "subscribes_ok=%lu subscribes_refused=%lu waits=%lu model_cases=%lu model_ops=%lu "
-           "model_messages=%lu model_full=%lu model_joins=%lu ekind=%lu\n",
+           "model_messages=%lu model_full=%lu model_joins=%lu model_copies=%lu "
+           "model_small=%lu receives_into=%lu ekind=%lu\n",
            st.iterations, st.attach_ok, st.attach_refused, st.loans_ok, st.loans_refused,
            st.commits_ok, st.commits_refused, st.receives_ok, st.receives_refused,
            st.subscribes_ok, st.subscribes_refused, st.waits, st.model_cases, st.model_ops,
-           st.model_messages, st.model_full, st.model_joins, st.ekind);
+           st.model_messages, st.model_full, st.model_joins, st.model_copies, st.model_small,
+           st.receives_into, st.ekind);
     return 0;
 }

@@ -13,7 +13,9 @@
  *       FSHM_EFULL (they never wait for readers); subscriber 0 holds a
  *       message pinned while the publishers lap the ring, and its bytes
  *       must not change; for every subscriber, messages received plus
- *       messages reported missed is every message published.
+ *       messages reported missed is every message published.  Subscribers
+ *       receive in place and as copies (fshm_channel_receive_into), now and
+ *       then into a buffer too small, which must change nothing.
  *   channel_stress procs PUBS SUBS PER_PUB SLOTS SLOT_SIZE block|overwrite NAME
  *       the same with forked processes, each opening the named channel.
  *   channel_stress history ROUNDS
@@ -203,7 +205,8 @@ static int overwrite_mode;
 static uint32_t *seen;
 static struct totals {
     uint64_t subscribed, received, missed, publishes, try_publishes, loans, try_loans,
-        discards, full_waits, busy, empty_waits, held, pinned_checks, laps, failures;
+        discards, full_waits, busy, empty_waits, held, pinned_checks, laps, copies, refused,
+        failures;
 } *totals;
 
 static void wait_for_subscribers(void)
@@ -308,21 +311,43 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
     uint64_t state = s * 104729u + 3, total = pubs * per_pub;
     uint64_t last_seq = 0, received = 0, missed = 0, *last_n;
     held_msg *held = malloc(sizeof *held);
+    unsigned char *into = malloc(max_len);
     int holding = 0;
     int64_t last = fshm_monotonic_ns();
     last_n = calloc(pubs + 1, sizeof *last_n);
-    if (held == NULL || last_n == NULL)
+    if (held == NULL || into == NULL || last_n == NULL)
         die("malloc");
     for (;;) {
-        unsigned how = (unsigned)(rnd(&state) % 4);
+        unsigned how = (unsigned)(rnd(&state) % 6);
         fshm_sample smp;
         uint64_t gone = 0, n;
         uint32_t p;
-        int rc;
+        int rc, copied = 0;
         /* A subscriber that holds a slot while it sleeps for the next
          * message could leave a block-mode publisher without one: only
          * the non-sleeping receive while holding. */
-        if (holding || how == 0)
+        if (how >= 4 && !(overwrite_mode && s == 0)) {
+            /* A copy, into a buffer of max_len bytes, or now and then into
+             * one that may be too small: refused, the message stays next
+             * (the order checks below see it again). */
+            size_t cap = rnd(&state) % 8 == 0 ? (size_t)(rnd(&state) % (max_len + 1)) : max_len;
+            rc = how == 4 && !holding
+                     ? fshm_channel_receive_into(&ch, sub, into, cap, &smp, &gone, WAIT_NS)
+                     : fshm_channel_try_receive_into(&ch, sub, into, cap, &smp, &gone);
+            if (rc == FSHM_ESMALL) {
+                if (smp.length <= cap || smp.length > max_len || gone != 0)
+                    die("subscriber %u: %zu bytes refused for %zu", s, smp.length, cap);
+                add(&totals->refused, 1);
+                continue;
+            }
+            if (rc == 0) {
+                if (smp.data != NULL || smp.length > cap || smp.slot >= ch.slots)
+                    die("subscriber %u: a copy of %zu bytes into %zu", s, smp.length, cap);
+                smp.data = into;
+                copied = 1;
+                add(&totals->copies, 1);
+            }
+        } else if (holding || how == 0)
             rc = fshm_channel_try_receive(&ch, sub, &smp, &gone);
         else if (how == 1)
             rc = fshm_channel_receive(&ch, sub, &smp, &gone, WAIT_NS);
@@ -348,9 +373,11 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
             die("subscriber %u: receive rc %d", s, rc);
         last = fshm_monotonic_ns();
         missed += gone;
-        check_alignment(&ch, smp.offset);
-        if ((const unsigned char *)smp.data != ch.base + smp.offset)
-            die("sample data and offset disagree");
+        if (!copied) {
+            check_alignment(&ch, smp.offset);
+            if ((const unsigned char *)smp.data != ch.base + smp.offset)
+                die("sample data and offset disagree");
+        }
         if (smp.seq <= last_seq || (!overwrite_mode && (smp.seq != last_seq + 1 || gone != 0)))
             die("subscriber %u: message %llu after %llu (%llu missed)", s,
                 (unsigned long long)smp.seq, (unsigned long long)last_seq,
@@ -375,6 +402,12 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
             check_held(held);
             fshm_channel_release(&ch, sub, held->s.slot);
             holding = 0;
+        }
+        if (copied) {
+            /* Released already (the run's end finds no pin left). */
+            if (overwrite_mode ? smp.seq == total : received == total)
+                break;
+            continue;
         }
         if (overwrite_mode && s == 0 && received % 8 == 1 && smp.seq < total) {
             /* The slow reader: keeps this one pinned while the publishers
@@ -413,6 +446,7 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
             (unsigned long long)received, (unsigned long long)missed, (unsigned long long)total);
     add(&totals->received, received);
     add(&totals->missed, missed);
+    free(into);
     free(held);
     free(last_n);
 }
@@ -480,7 +514,8 @@ static void final_checks(void)
         die("%u subscribers left", fshm_channel_subscribers(&ch));
     printf("messages=%llu received=%llu missed=%llu publishes=%llu try_publishes=%llu "
            "loans=%llu try_loans=%llu discards=%llu full_waits=%llu busy=%llu "
-           "empty_waits=%llu held=%llu pinned_checks=%llu laps=%llu wraps=%llu\n",
+           "empty_waits=%llu held=%llu pinned_checks=%llu laps=%llu copies=%llu refused=%llu "
+           "wraps=%llu\n",
            (unsigned long long)total, (unsigned long long)totals->received,
            (unsigned long long)totals->missed, (unsigned long long)totals->publishes,
            (unsigned long long)totals->try_publishes, (unsigned long long)totals->loans,
@@ -488,6 +523,7 @@ static void final_checks(void)
            (unsigned long long)totals->full_waits, (unsigned long long)totals->busy,
            (unsigned long long)totals->empty_waits, (unsigned long long)totals->held,
            (unsigned long long)totals->pinned_checks, (unsigned long long)totals->laps,
+           (unsigned long long)totals->copies, (unsigned long long)totals->refused,
            (unsigned long long)(total / ch.slots));
 }
 
