@@ -11,8 +11,9 @@ C1-C5 of the report).
   in a ``loan``, read in the ``Sample``: a few bytes touched each side);
 - C3, ``channel fan-out``: 1 MiB messages to 4 subscriber processes reading
   in place: deliveries per second (messages times subscribers);
-- C4, ``channel round trip``: 64 B there and back through two channels
-  (crossproc's round trip, beside the Segment's and the C floor);
+- C4, ``channel round trip``: 64 B there and back through two channels,
+  each end copying into a ready buffer (``receive_into``; the Segment's
+  ``load_into`` beside it) (crossproc's round trip, beside the C floor);
 - C5, ``channel idle`` and ``channel sample``: the CPU of a receive blocked
   with nothing to receive, and receive + release of a 16 MiB sample against
   copying it.
@@ -856,8 +857,8 @@ def channel(
 def round_trip(
     names: Names, sizes: List[int], block_s: float, blocks: int, progress: Progress
 ) -> List[Dict[str, Any]]:
-    """C4: publish -> receive there and back, beside the Segment's store ->
-    wait -> load, interleaved in blocks (crossproc.round_trip)."""
+    """C4: publish -> receive_into there and back, beside the Segment's
+    store -> wait -> load_into, interleaved in blocks (crossproc.round_trip)."""
     from . import crossproc
 
     kinds = tuple(k for k in ROUND_TRIP if not why_not(k))
@@ -872,6 +873,7 @@ def round_trip(
         kinds,
         case="channel round trip",
         labels=RT_LABELS,
+        into=True,
     )
 
 

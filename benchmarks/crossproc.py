@@ -430,18 +430,26 @@ def _recv_ctl(conn: Any) -> Any:
 # ---- round trip ----
 
 
-def _echo_child(spec: Tuple[Any, ...], ctl: Any) -> None:
+def _echo_child(spec: Tuple[Any, ...], ctl: Any, into: int = 0) -> None:
     """Answer every message with the same bytes, in blocks the parent asks
-    for, so the contenders' blocks can be interleaved."""
+    for, so the contenders' blocks can be interleaved.  ``into``: the size
+    of a ready buffer each message is copied into (recv_into) instead of a
+    new bytes object (recv)."""
     end = _make_end(spec)
+    buf = bytearray(into)
+    view = memoryview(buf)
     ctl.send("ready")
     try:
         while ctl.poll(TIMEOUT * 4):
             k = ctl.recv()
             if k is None:
                 break
-            for _ in range(k):
-                end.send(end.recv())
+            if into:
+                for _ in range(k):
+                    end.send(view[: end.recv_into(buf, TIMEOUT)])
+            else:
+                for _ in range(k):
+                    end.send(end.recv())
             ctl.send("done")
     finally:
         end.close()
@@ -488,9 +496,12 @@ def round_trip(
     kinds: Tuple[str, ...] = ROUND_TRIP,
     case: str = "round trip",
     labels: Optional[Dict[str, str]] = None,
+    into: bool = False,
 ) -> List[Dict[str, Any]]:
     """Round trips of each size, per contender, in interleaved blocks; rows
-    of ``case``, each contender named as ``labels`` says (else its kind)."""
+    of ``case``, each contender named as ``labels`` says (else its kind).
+    ``into``: both ends copy each message into a ready buffer (recv_into)
+    rather than into a new bytes object (recv)."""
     rows = []
     labels = labels or {}
     all_kinds = kinds
@@ -506,7 +517,8 @@ def round_trip(
                 ch = _Channel(kind, names, size)
                 chans[kind] = ch
                 mine, theirs = _ctx.Pipe()
-                p = _ctx.Process(target=_echo_child, args=(ch.theirs, theirs), daemon=True)
+                p = _ctx.Process(target=_echo_child,
+                                 args=(ch.theirs, theirs, size if into else 0), daemon=True)
                 p.start()
                 procs.append(p)
                 ctls[kind] = mine
@@ -514,6 +526,12 @@ def round_trip(
                     raise RuntimeError(f"{kind} echo child failed")
                 ends[kind] = _make_end(ch.mine)
             spin = {k: _CSpin(msg, C_SPIN[k]) for k in kinds if k in C_SPIN}
+            rbuf = bytearray(size)
+
+            def one(e: Any, m: bytes) -> Any:
+                e.send(m)
+                return e.recv_into(rbuf, TIMEOUT) if into else e.recv()
+
             samples: Dict[str, List[float]] = {k: [] for k in kinds}
             counts: Dict[str, int] = {}
             for kind in kinds:  # warm-up, and how many round trips fill a block
@@ -523,7 +541,7 @@ def round_trip(
                 else:
                     end = ends[kind]
                     ctls[kind].send(warm)
-                    t = timed_calls(lambda e=end, m=msg: (e.send(m), e.recv()), warm)
+                    t = timed_calls(lambda e=end, m=msg: one(e, m), warm)
                     _recv_ctl(ctls[kind])
                 # From the median: a spinning contender sharing a core with its
                 # peer is fast at times and a scheduler tick slow at others.
@@ -539,7 +557,7 @@ def round_trip(
                         continue
                     end = ends[kind]
                     ctls[kind].send(n)
-                    samples[kind] += timed_calls(lambda e=end, m=msg: (e.send(m), e.recv()), n)
+                    samples[kind] += timed_calls(lambda e=end, m=msg: one(e, m), n)
                     if _recv_ctl(ctls[kind]) != "done":
                         raise RuntimeError(f"{kind} echo child failed")
             for kind in kinds:

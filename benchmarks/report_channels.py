@@ -416,9 +416,10 @@ def channel_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
             "",
             "### C4: round trip through two channels",
             "",
-            "One side publishes, the other receives (`bytes(sample)`, release) and publishes "
-            "the same bytes on a second channel; `segment` is the Segment's store, wait, "
-            "load both ways (C-API binding), `segment-cffi` the same through cffi, beside "
+            "One side publishes, the other copies the message into a ready buffer "
+            "(`receive_into`) and publishes those bytes on a second channel; `segment` is "
+            "the Segment's store, wait, `load_into` a ready buffer both ways (C-API "
+            "binding), `segment-cffi` the same through cffi, beside "
             "`channel-cffi`. The floor is the C ping-pong (`c-spin`, "
             "`c-spin-yield`), the faster of the two.",
             "",
