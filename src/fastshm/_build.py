@@ -27,6 +27,10 @@ def _rel(*parts: str) -> str:
 with open(os.path.join(_CSRC, "fastshm.cdef")) as f:
     _CDEF = f.read()
 
+# The C-API binding: the module, and a file per type (the channel's three in
+# one), sharing _cext.h.
+_CEXT_SOURCES = ["_cext.c", "_cext_mapping.c", "_cext_channel.c"]
+
 if sys.platform == "win32":
     _SOURCES = ["slot.c", "queue.c", "channel.c", "map_win32.c"]
     _LIBRARIES: list = []
@@ -59,8 +63,7 @@ def ext_modules() -> List[Extension]:
     return [
         Extension(
             "fastshm._cext",
-            sources=[os.path.join(here, "_cext.c"), os.path.join(here, "_cext_channel.c")]
-            + [_rel(s) for s in _SOURCES],
+            sources=[os.path.join(here, s) for s in _CEXT_SOURCES] + [_rel(s) for s in _SOURCES],
             depends=[os.path.join(here, "_cext.h")],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,

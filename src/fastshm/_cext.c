@@ -7,9 +7,10 @@
  * is slow.
  *
  * Its types:
- *   Mapping      owns a mapping and exports it as a buffer; it is unmapped
- *                when the last memoryview over it is gone, so a view that
- *                outlives close() never touches unmapped memory.
+ *   Mapping (_cext_mapping.c): owns a mapping and exports it as a buffer;
+ *                it is unmapped when the last memoryview over it is gone,
+ *                so a view that outlives close() never touches unmapped
+ *                memory.
  *   SegmentCore  the hot methods of fastshm.Segment (store, load, load_into,
  *                view, wait, seq, len) as METH_FASTCALL C methods;
  *                fastshm.segment makes the Segment class that subclasses it.
@@ -34,6 +35,9 @@
 #include "fastshm.h"
 #include "_cext.h"
 
+
+/* ------------------------------------------------------------------ */
+/* what the types' files share                                        */
 
 /* fastshm._errors: raise_for, too_big, too_small, owner_error, read_only_error,
  * and the queue's message_too_big, batch_too_big, next_too_small, full_error,
@@ -80,74 +84,7 @@ PyObject *raise_code(int rc, PyObject *name, const char *detail)
 }
 
 /* ------------------------------------------------------------------ */
-/* Mapping                                                            */
-
-typedef struct {
-    PyObject_HEAD
-    void *base;
-    Py_ssize_t size;
-    int readonly;
-} MappingObject;
-
-static void mapping_dealloc(MappingObject *self)
-{
-    fshm_unmap(self->base, (size_t)self->size);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int mapping_getbuffer(MappingObject *self, Py_buffer *view, int flags)
-{
-    return PyBuffer_FillInfo(view, (PyObject *)self, self->base, self->size,
-                             self->readonly, flags);
-}
-
-static PyBufferProcs mapping_as_buffer = {
-    (getbufferproc)mapping_getbuffer,
-    NULL,
-};
-
-static PyObject *mapping_get_size(MappingObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->size);
-}
-
-static PyObject *mapping_get_readonly(MappingObject *self, void *closure)
-{
-    (void)closure;
-    return PyBool_FromLong(self->readonly);
-}
-
-static PyGetSetDef mapping_getset[] = {
-    {"size", (getter)mapping_get_size, NULL, "bytes mapped", NULL},
-    {"readonly", (getter)mapping_get_readonly, NULL, "mapped for reading only", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject MappingType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "fastshm._cext.Mapping",
-    .tp_basicsize = sizeof(MappingObject),
-    .tp_dealloc = (destructor)mapping_dealloc,
-    .tp_as_buffer = &mapping_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A shared-memory mapping, unmapped when the last view of it is gone.",
-    .tp_getset = mapping_getset,
-};
-
-/* A Mapping owning *m, or NULL (and *m unmapped). */
-PyObject *mapping_new(const fshm_map *m)
-{
-    MappingObject *self = PyObject_New(MappingObject, &MappingType);
-    if (self == NULL) {
-        fshm_unmap(m->base, m->size);
-        return NULL;
-    }
-    self->base = m->base;
-    self->size = (Py_ssize_t)m->size;
-    self->readonly = m->readonly;
-    return (PyObject *)self;
-}
+/* the module                                                         */
 
 /* map_open(name, how, size, mode) -> (Mapping, created) */
 static PyObject *cext_map_open(PyObject *module, PyObject *args)
@@ -2140,17 +2077,15 @@ static struct PyModuleDef cext_module = {
 PyMODINIT_FUNC PyInit__cext(void)
 {
     PyObject *m;
-    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&SegmentType) < 0 ||
-        PyType_Ready(&QueueType) < 0)
+    if (PyType_Ready(&SegmentType) < 0 || PyType_Ready(&QueueType) < 0)
         return NULL;
     if ((errors_module = PyImport_ImportModule("fastshm._errors")) == NULL)
         return NULL;
     if ((m = PyModule_Create(&cext_module)) == NULL)
         return NULL;
-    Py_INCREF(&MappingType);
     Py_INCREF(&SegmentType);
     Py_INCREF(&QueueType);
-    if (PyModule_AddObject(m, "Mapping", (PyObject *)&MappingType) < 0 ||
+    if (mapping_types_add(m) < 0 ||
         PyModule_AddObject(m, "SegmentCore", (PyObject *)&SegmentType) < 0 ||
         PyModule_AddObject(m, "QueueCore", (PyObject *)&QueueType) < 0 ||
         channel_types_add(m) < 0 ||

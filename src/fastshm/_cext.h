@@ -2,7 +2,7 @@
  * What the files of the C-API binding share (not part of any public API):
  * the limits of its blocking calls and the helpers each type's file uses.
  * _cext.c holds the module and the segment's and queue's types;
- * _cext_channel.c the channel's.
+ * _cext_mapping.c the Mapping; _cext_channel.c the channel's.
  */
 #ifndef FASTSHM_CEXT_H
 #define FASTSHM_CEXT_H
@@ -48,7 +48,8 @@ int parse_timeout(PyObject *obj, int64_t *deadline);
 /* A fastshm._cext.Mapping owning *m, or NULL (and *m unmapped). */
 PyObject *mapping_new(const fshm_map *m);
 
-/* _cext_channel.c: ready its types and add them to the module. */
-int channel_types_add(PyObject *module);
+/* Each type's file: ready its types and add them to the module. */
+int mapping_types_add(PyObject *module);  /* _cext_mapping.c */
+int channel_types_add(PyObject *module);  /* _cext_channel.c */
 
 #endif
