@@ -29,7 +29,9 @@ with open(os.path.join(_CSRC, "fastshm.cdef")) as f:
 
 # The C-API binding: the module, and a file per type (the channel's three in
 # one), sharing _cext.h.
-_CEXT_SOURCES = ["_cext.c", "_cext_mapping.c", "_cext_segment.c", "_cext_channel.c"]
+_CEXT_SOURCES = [
+    "_cext.c", "_cext_mapping.c", "_cext_segment.c", "_cext_queue.c", "_cext_channel.c",
+]
 
 if sys.platform == "win32":
     _SOURCES = ["slot.c", "queue.c", "channel.c", "map_win32.c"]

@@ -1,9 +1,9 @@
 /*
  * What the files of the C-API binding share (not part of any public API):
  * the limits of its blocking calls and the helpers each type's file uses.
- * _cext.c holds the module, those helpers and the queue's type;
- * _cext_mapping.c the Mapping; _cext_segment.c the SegmentCore;
- * _cext_channel.c the channel's.
+ * _cext.c holds the module and those helpers; each type has its file:
+ * _cext_mapping.c, _cext_segment.c, _cext_queue.c, and _cext_channel.c
+ * the channel's three.
  */
 #ifndef FASTSHM_CEXT_H
 #define FASTSHM_CEXT_H
@@ -60,6 +60,7 @@ PyObject *mapping_new(const fshm_map *m);
 /* Each type's file: ready its types and add them to the module. */
 int mapping_types_add(PyObject *module);  /* _cext_mapping.c */
 int segment_types_add(PyObject *module);  /* _cext_segment.c */
+int queue_types_add(PyObject *module);    /* _cext_queue.c */
 int channel_types_add(PyObject *module);  /* _cext_channel.c */
 
 #endif
