@@ -23,7 +23,7 @@
   subscribers SIGKILLed inside loans, inside commits and holding pins; wake-ups
   and signals; and single-steps a traced publisher, recovering the channel as
   a kill after each instruction would leave it (ASan + UBSan).
-* The C-API binding: src/fastshm/_cext.c is built with ASan + UBSan as an
+* The C-API binding: src/fastshm/_cext*.c are built with ASan + UBSan as an
   extension module, and csrc/tests/posix/capi_harness.py drives every method
   of SegmentCore and Mapping with it in a child Python (the ASan runtime
   preloaded, PYTHONMALLOC=malloc so ASan sees Python's allocations too).

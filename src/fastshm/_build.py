@@ -2,7 +2,7 @@
 
 ``ffibuilder`` is ``setup.py``'s ``cffi_modules`` target: the cffi binding
 (``fastshm._fastshm``; PyPy's, and the fallback).  ``ext_modules()`` is the
-C-API binding (``fastshm._cext``, from ``src/fastshm/_cext.c``), built for
+C-API binding (``fastshm._cext``, from ``src/fastshm/_cext*.c``), built for
 CPython only.  Both compile the same plain-C core in ``csrc/``; the
 declarations cffi may call are read from ``csrc/fastshm.cdef``.
 """

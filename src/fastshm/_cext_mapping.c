@@ -1,9 +1,9 @@
 /*
  * fastshm._cext.Mapping: owns a mapping and exports it as a buffer; it is
  * unmapped when the last memoryview over it is gone, so a view that
- * outlives close() never touches unmapped memory.  Every type of the
- * binding keeps its mapping in one (mapping_new), and map_open() returns
- * one.
+ * outlives close() never touches unmapped memory.  SegmentCore, QueueCore,
+ * PublisherCore and SubscriberCore keep their memory in one (mapping_new),
+ * and map_open() returns one.
  */
 #include "_cext.h"
 
