@@ -24,7 +24,7 @@
   subscribers SIGKILLed inside loans, inside commits and holding pins; wake-ups
   and signals; and single-steps a traced publisher, recovering the channel as
   a kill after each instruction would leave it (ASan + UBSan).
-* The C-API binding: src/fastshm/_cext.c is built with ASan + UBSan as an
+* The C-API binding: src/fastshm/_cext*.c are built with ASan + UBSan as an
   extension module, and csrc/tests/posix/capi_harness.py drives every method
   of SegmentCore and Mapping with it in a child Python (the ASan runtime
   preloaded, PYTHONMALLOC=malloc so ASan sees Python's allocations too).
@@ -526,7 +526,8 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
     preload = [asan] + [lib for lib in [_runtime("libubsan.so")] if lib]
     ext = tmp_path / f"_cext{sysconfig.get_config_var('EXT_SUFFIX')}"
     binding = ROOT / "src" / "fastshm"
-    built = _compile(ext, [binding / "_cext.c", binding / "_cext_channel.c", CSRC / "slot.c",
+    # The module and each type's file (_build.py lists the same).
+    built = _compile(ext, [*sorted(binding.glob("_cext*.c")), CSRC / "slot.c",
                            CSRC / "queue.c", CSRC / "channel.c", CSRC / "map_posix.c"],
                      [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}", f"-I{binding}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")

@@ -2,7 +2,7 @@
 
 ``ffibuilder`` is ``setup.py``'s ``cffi_modules`` target: the cffi binding
 (``fastshm._fastshm``; PyPy's, and the fallback).  ``ext_modules()`` is the
-C-API binding (``fastshm._cext``, from ``src/fastshm/_cext.c``), built for
+C-API binding (``fastshm._cext``, from ``src/fastshm/_cext*.c``), built for
 CPython only.  Both compile the same plain-C core in ``csrc/``; the
 declarations cffi may call are read from ``csrc/fastshm.cdef``.
 """
@@ -26,6 +26,12 @@ def _rel(*parts: str) -> str:
 
 with open(os.path.join(_CSRC, "fastshm.cdef")) as f:
     _CDEF = f.read()
+
+# The C-API binding: the module, and a file per type (the channel's three in
+# one), sharing _cext.h.
+_CEXT_SOURCES = [
+    "_cext.c", "_cext_mapping.c", "_cext_segment.c", "_cext_queue.c", "_cext_channel.c",
+]
 
 if sys.platform == "win32":
     _SOURCES = ["slot.c", "queue.c", "channel.c", "map_win32.c"]
@@ -59,8 +65,7 @@ def ext_modules() -> List[Extension]:
     return [
         Extension(
             "fastshm._cext",
-            sources=[os.path.join(here, "_cext.c"), os.path.join(here, "_cext_channel.c")]
-            + [_rel(s) for s in _SOURCES],
+            sources=[os.path.join(here, s) for s in _CEXT_SOURCES] + [_rel(s) for s in _SOURCES],
             depends=[os.path.join(here, "_cext.h")],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,

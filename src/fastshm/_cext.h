@@ -1,8 +1,9 @@
 /*
  * What the files of the C-API binding share (not part of any public API):
  * the limits of its blocking calls and the helpers each type's file uses.
- * _cext.c holds the module and the segment's and queue's types;
- * _cext_channel.c the channel's.
+ * _cext.c holds the module and those helpers; each type has its file:
+ * _cext_mapping.c, _cext_segment.c, _cext_queue.c, and _cext_channel.c
+ * the channel's three.
  */
 #ifndef FASTSHM_CEXT_H
 #define FASTSHM_CEXT_H
@@ -45,10 +46,21 @@ PyObject *raise_kind(int rc, PyObject *name, const char *detail, const char *kin
 /* A timeout argument (None, or seconds >= 0) as a deadline in
  * fshm_monotonic_ns() time (INT64_MAX: none).  -1 with an exception. */
 int parse_timeout(PyObject *obj, int64_t *deadline);
+/* SegmentCore.__new__'s and QueueCore.__new__'s opening by name, with
+ * `open` the core's opening call for the kind and `core` its fshm_seg or
+ * fshm_queue.  0 with *name (borrowed from args) and *m filled, or -1 with
+ * an exception. */
+typedef int (*open_fn)(void *core, fshm_map *m, const char *name, int how,
+                       uint64_t capacity, unsigned mode);
+int open_by_name(const char *type_name, const char *other, PyObject *args, PyObject *kwds,
+                 open_fn open, void *core, fshm_map *m, PyObject **name);
 /* A fastshm._cext.Mapping owning *m, or NULL (and *m unmapped). */
 PyObject *mapping_new(const fshm_map *m);
 
-/* _cext_channel.c: ready its types and add them to the module. */
-int channel_types_add(PyObject *module);
+/* Each type's file: ready its types and add them to the module. */
+int mapping_types_add(PyObject *module);  /* _cext_mapping.c */
+int segment_types_add(PyObject *module);  /* _cext_segment.c */
+int queue_types_add(PyObject *module);    /* _cext_queue.c */
+int channel_types_add(PyObject *module);  /* _cext_channel.c */
 
 #endif

@@ -1,4 +1,4 @@
-# Type stub for the C-API binding (src/fastshm/_cext.c).
+# Type stub for the C-API binding (src/fastshm/_cext*.c).
 from typing import Any, Iterable, List, Optional, Tuple
 
 ANY_OWNER: int

@@ -1,4 +1,4 @@
-"""The C-API binding (src/fastshm/_cext.c) under AddressSanitizer and
+"""The C-API binding (src/fastshm/_cext*.c) under AddressSanitizer and
 UndefinedBehaviorSanitizer (tests/test_sanitizers.py builds it with
 -fsanitize=address,undefined and runs this file with the runtime preloaded
 and PYTHONMALLOC=malloc, so the sanitizers see Python's own allocations).
