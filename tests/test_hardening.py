@@ -29,7 +29,7 @@ from test_stress import TESTS_DIR, check_message, make_message
 
 import fastshm
 from fastshm import _common as C
-from fastshm import _pure
+from fastshm import _pure, _pure_segment
 
 posix_only = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 needs_root = pytest.mark.skipif(
@@ -723,6 +723,7 @@ def test_creator_names_itself_while_creating(name: str, monkeypatch: pytest.Monk
         real(mm, offset, st, value)
 
     monkeypatch.setattr(_pure, "_put", spy)
+    monkeypatch.setattr(_pure_segment, "_put", spy)
     with fastshm.Segment(name, 64, create=True, backend="python") as seg:
         assert seg._lock_owner() == 0
     assert seen[1] == (0, _pure.self_id())  # before the header is written
@@ -878,7 +879,7 @@ def test_threads_exclude_each_other(name: str) -> None:
 
 
 def weak_reader_main(name: str, seconds: float) -> None:
-    _pure._STRONG_ORDER = False
+    _pure_segment._STRONG_ORDER = False
     seg = fastshm.Segment(name, create=False, backend="python")
     buf = bytearray(seg.capacity)
     loads = views_checked = 0
@@ -897,7 +898,7 @@ def weak_reader_main(name: str, seconds: float) -> None:
 
 
 def weak_writer_main(name: str, seconds: float) -> None:
-    _pure._STRONG_ORDER = False
+    _pure_segment._STRONG_ORDER = False
     seg = fastshm.Segment(name, create=False, backend="python")
     msgs = _messages(seg.capacity, 5, 11)
     deadline = time.monotonic() + seconds
@@ -910,7 +911,7 @@ def weak_writer_main(name: str, seconds: float) -> None:
 
 def test_weak_order_readers_take_a_shared_lock(name: str, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
-    monkeypatch.setattr(_pure, "_STRONG_ORDER", False, raising=False)
+    monkeypatch.setattr(_pure_segment, "_STRONG_ORDER", False)
     with fastshm.Segment(name, 1024, create=True, backend="python") as seg:
         seg.store(b"first")
         # An exclusive flock, as a python writer holds during its store.

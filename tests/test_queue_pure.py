@@ -20,7 +20,7 @@ import pytest
 
 import fastshm
 from fastshm import _common as C
-from fastshm import _pure
+from fastshm import _pure, _pure_queue
 from fastshm._errors import FormatError, ProtocolMismatch
 
 pytestmark = pytest.mark.skipif(C.WINDOWS, reason="the python backend's queue locks with flock")
@@ -234,7 +234,7 @@ def test_python_queue_take_interrupted_before_commit(handle: Any,
     and the lock free."""
     h = handle
     assert h.put_many([b"stay"], 0)
-    real = _pure._p64
+    real = _pure_queue._p64
     state = {"left": 2}  # the count's word, then the head's
 
     def interrupting(value: int) -> bytes:
@@ -243,10 +243,10 @@ def test_python_queue_take_interrupted_before_commit(handle: Any,
             raise KeyboardInterrupt
         return real(value)
 
-    monkeypatch.setattr(_pure, "_p64", interrupting)
+    monkeypatch.setattr(_pure_queue, "_p64", interrupting)
     with pytest.raises(KeyboardInterrupt):
         h.take(1, 0)
-    monkeypatch.setattr(_pure, "_p64", real)
+    monkeypatch.setattr(_pure_queue, "_p64", real)
     assert h.lock_owner() == 0 and h.count() == 1
     assert h.take(1, 0) == [b"stay"]
 
@@ -255,7 +255,7 @@ def test_python_queue_put_interrupted_before_commit(handle: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     h = handle
     assert h.take(1, 0) == []  # this thread's lock state exists before the patch
-    real = _pure._p64
+    real = _pure_queue._p64
     calls = []
 
     def interrupting(value: int) -> bytes:
@@ -264,10 +264,10 @@ def test_python_queue_put_interrupted_before_commit(handle: Any,
             raise KeyboardInterrupt
         return real(value)
 
-    monkeypatch.setattr(_pure, "_p64", interrupting)
+    monkeypatch.setattr(_pure_queue, "_p64", interrupting)
     with pytest.raises(KeyboardInterrupt):
         h.put_many([b"a", b"b"], 0)
-    monkeypatch.setattr(_pure, "_p64", real)
+    monkeypatch.setattr(_pure_queue, "_p64", real)
     assert h.lock_owner() == 0
     assert _word(h, C.Q_DIRTY, 4) == 1  # left marked: the next holder recounts
     assert h.take(5, 0) == [] and h.count() == 0 and _word(h, C.Q_DIRTY, 4) == 0
@@ -389,7 +389,7 @@ def test_python_queue_through_fastshm_queue(name: str) -> None:
 _IDLE_CHILD = r"""
 import resource, struct, sys, time, queue
 import fastshm
-from fastshm import _pure
+from fastshm import _pure_queue
 
 q = fastshm.Queue(sys.argv[1], create=False, backend="python")
 
@@ -409,7 +409,7 @@ except queue.Empty:
     pass
 print(cpu() - c0, time.monotonic() - t0, flush=True)
 # Long slices: only the put's wake-up, not a slice's end, gets it out soon.
-_pure._Q_SLICE_S = 30.0
+_pure_queue._Q_SLICE_S = 30.0
 m = q.get(timeout=60)
 print(time.monotonic() - struct.unpack("d", m)[0], flush=True)
 """
@@ -520,8 +520,8 @@ def test_python_queue_waits_poll_without_the_futex(handle: Any,
         calls.append(args)
         return errno.ENOSYS
 
-    monkeypatch.setattr(_pure, "_futex_waits", True)
-    monkeypatch.setattr(_pure, "_futex_wait", refused)
+    monkeypatch.setattr(_pure_queue, "_futex_waits", True)
+    monkeypatch.setattr(_pure_queue, "_futex_wait", refused)
     for attempt in range(2):
         timer = threading.Timer(0.2, h.put_many, ([b"late%d" % attempt], 0))
         timer.start()
@@ -530,5 +530,5 @@ def test_python_queue_waits_poll_without_the_futex(handle: Any,
         finally:
             timer.join()
         assert _word(h, C.Q_WAITERS, 4) == 0
-        assert not _pure._futex_waits and len(calls) == 1
+        assert not _pure_queue._futex_waits and len(calls) == 1
     assert h.take(1, 0.05) == [] and len(calls) == 1
