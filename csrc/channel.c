@@ -1488,18 +1488,34 @@ int fshm_channel_reclaim(const fshm_channel *c, int64_t timeout_ns)
     return 0;
 }
 
-int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
-                       int64_t timeout_ns)
+/* Under the lock, a change begun: give slot s back as if its loan were
+ * discarded, as sweep reclaims a dead process's loan: a message still
+ * reachable is kept, any other is claimed (which fails while a reader holds
+ * the slot pinned; a later sweep frees it once released).  The next loan
+ * finds the slot. */
+static void take_loan(const fshm_channel *c, uint32_t s)
 {
-    int rc;
-    if (index >= c->max_subscribers || owner == 0)
-        return EINVAL;
-    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
+    unsigned char *e = slot_entry(c, s);
+    uint64_t head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
+    uint64_t word = fshm_load64(U64(e, S_WORD), FSHM_RELAXED);
+    if (word != 0 && !reachable(c, s, word >> 1, head))
+        claim(e, word);
+    fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
+}
+
+/* An eviction by hand: under the lock, `take(c, i)` if the owner word at
+ * `word` still names `owner` (FSHM_EAGAIN otherwise); publishers sleeping
+ * for room are woken after it. */
+static int evict(const fshm_channel *c, uint64_t *word, uint64_t owner, int64_t timeout_ns,
+                 void (*take)(const fshm_channel *, uint32_t), uint32_t i)
+{
+    int rc = lock_channel(c, channel_deadline(timeout_ns));
+    if (rc != 0)
         return rc;
     rc = FSHM_EAGAIN;
-    if (fshm_load64(U64(sub_at(c, index), SUB_OWNER), FSHM_RELAXED) == owner) {
+    if (fshm_load64(word, FSHM_RELAXED) == owner) {
         begin_change(c);
-        drop_subscriber(c, index);
+        take(c, i);
         end_change(c);
         rc = 0;
     }
@@ -1509,34 +1525,21 @@ int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
     return rc;
 }
 
+int fshm_channel_evict(const fshm_channel *c, uint32_t index, uint64_t owner,
+                       int64_t timeout_ns)
+{
+    if (index >= c->max_subscribers || owner == 0)
+        return EINVAL;
+    return evict(c, U64(sub_at(c, index), SUB_OWNER), owner, timeout_ns, drop_subscriber,
+                 index);
+}
+
 int fshm_channel_evict_loan(const fshm_channel *c, uint32_t slot, uint64_t owner,
                             int64_t timeout_ns)
 {
-    unsigned char *e;
-    uint64_t word, head;
-    int rc;
     if (slot >= c->slots || owner == 0)
         return EINVAL;
-    if ((rc = lock_channel(c, channel_deadline(timeout_ns))) != 0)
-        return rc;
-    e = slot_entry(c, slot);
-    rc = FSHM_EAGAIN;
-    if (fshm_load64(U64(e, S_LOANER), FSHM_RELAXED) == owner) {
-        /* As sweep reclaims a dead process's loan: a slot that holds no
-         * message still reachable is emptied, and the next loan finds it. */
-        head = fshm_load64(U64(c->base, C_HEAD), FSHM_RELAXED);
-        word = fshm_load64(U64(e, S_WORD), FSHM_RELAXED);
-        begin_change(c);
-        if (word == 0 || !reachable(c, slot, word >> 1, head))
-            fshm_store64(U64(e, S_WORD), 0, FSHM_RELAXED);
-        fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
-        end_change(c);
-        rc = 0;
-    }
-    fshm__lock_release(c->base);
-    if (rc == 0)
-        notify_room(c);
-    return rc;
+    return evict(c, U64(slot_entry(c, slot), S_LOANER), owner, timeout_ns, take_loan, slot);
 }
 
 uint64_t fshm_channel_lock_owner(const fshm_channel *c)

@@ -109,26 +109,10 @@ def _finish(proc: "subprocess.Popen[bytes]", within: float) -> "tuple[int, bytes
 
 # ---- timed and nonblocking queue calls ----
 
-# Each call in a thread of its own, all at once: one that blocks is reported
-# as "hung" after its bound, and the others still report.
-CALLS = r"""
-import json, os, queue, sys, threading, time
-import fastshm
-
-name, backend, timeout, margin = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-q = fastshm.Queue(name, create=False, backend=backend)
-calls = {
-    "put_nowait": lambda: q.put_nowait(b"x"),
-    "put(block=False)": lambda: q.put(b"x", block=False),
-    "get_nowait": lambda: q.get_nowait(),
-    "get_many(block=False)": lambda: q.get_many(block=False),
-    "put(timeout)": lambda: q.put(b"x", timeout=timeout),
-    "get(timeout)": lambda: q.get(timeout=timeout),
-    "get_many(timeout)": lambda: q.get_many(timeout=timeout),
-    "get_into(timeout)": lambda: q.get_into(bytearray(64), timeout=timeout),
-    "put_many(timeout)": lambda: q.put_many([b"a", b"b"], timeout=timeout),
-}
-results = {}
+# The end of a CALLS child: each call of its dict ``calls`` in a thread of
+# its own, all at once; one that blocks is reported as "hung" after its
+# bound, and the others still report.
+RUN_CALLS = r"""results = {}
 
 def run(label, call):
     start = time.monotonic()
@@ -151,6 +135,26 @@ for label in calls:
 print(json.dumps(results), flush=True)
 os._exit(0)
 """
+
+# The queue's calls, each in a thread of its own (RUN_CALLS).
+CALLS = r"""
+import json, os, queue, sys, threading, time
+import fastshm
+
+name, backend, timeout, margin = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+q = fastshm.Queue(name, create=False, backend=backend)
+calls = {
+    "put_nowait": lambda: q.put_nowait(b"x"),
+    "put(block=False)": lambda: q.put(b"x", block=False),
+    "get_nowait": lambda: q.get_nowait(),
+    "get_many(block=False)": lambda: q.get_many(block=False),
+    "put(timeout)": lambda: q.put(b"x", timeout=timeout),
+    "get(timeout)": lambda: q.get(timeout=timeout),
+    "get_many(timeout)": lambda: q.get_many(timeout=timeout),
+    "get_into(timeout)": lambda: q.get_into(bytearray(64), timeout=timeout),
+    "put_many(timeout)": lambda: q.put_many([b"a", b"b"], timeout=timeout),
+}
+""" + RUN_CALLS
 
 
 def test_queue_calls_keep_their_deadlines(backend: str, name: str) -> None:
@@ -215,29 +219,7 @@ calls = {
     "receive(timeout=0)": lambda: sub.receive(timeout=0),
     "receive(timeout)": lambda: sub.receive(timeout=timeout),
 }
-results = {}
-
-def run(label, call):
-    start = time.monotonic()
-    try:
-        call()
-        outcome, text = "returned", ""
-    except BaseException as e:
-        outcome, text = type(e).__name__, str(e)
-    results[label] = {"outcome": outcome, "elapsed": time.monotonic() - start,
-                      "message": text}
-
-threads = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
-for t in threads:
-    t.start()
-end = time.monotonic() + timeout + margin
-for t in threads:
-    t.join(max(0.0, end - time.monotonic()))
-for label in calls:
-    results.setdefault(label, {"outcome": "hung", "elapsed": None, "message": ""})
-print(json.dumps(results), flush=True)
-os._exit(0)
-"""
+""" + RUN_CALLS
 
 
 def test_channel_calls_keep_their_deadlines(backend: str, name: str) -> None:

@@ -206,6 +206,7 @@ class Wine:
         out = parse_lines(proc.stdout)
         out["returncode"] = str(proc.returncode)
         out["stdout"] = proc.stdout
+        out["stderr"] = proc.stderr
         return out
 
     def start(self, exe: Path, *args: str) -> Held:

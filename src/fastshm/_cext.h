@@ -54,6 +54,36 @@ typedef int (*open_fn)(void *core, fshm_map *m, const char *name, int how,
                        uint64_t capacity, unsigned mode);
 int open_by_name(const char *type_name, const char *other, PyObject *args, PyObject *kwds,
                  open_fn open, void *core, fshm_map *m, PyObject **name);
+/* The bytes of a message to `verb` ("store", "publish"): bytes, str as
+ * UTF-8, or any C-contiguous buffer.  0 with *src and *n set (and, when a
+ * buffer was taken, *view filled and *have_view 1: release it after the
+ * copy), or -1 with an exception.  Inline: it is on the hot path. */
+static inline int message_bytes(PyObject *data, const char *verb, Py_buffer *view,
+                                int *have_view, const char **src, Py_ssize_t *n)
+{
+    if (PyBytes_CheckExact(data)) {
+        *src = PyBytes_AS_STRING(data);
+        *n = PyBytes_GET_SIZE(data);
+        return 0;
+    }
+    if (PyUnicode_Check(data))
+        return (*src = PyUnicode_AsUTF8AndSize(data, n)) == NULL ? -1 : 0;
+    if (PyObject_GetBuffer(data, view, PyBUF_STRIDED_RO) != 0) {
+        PyErr_Format(PyExc_TypeError, "can only %s bytes-like objects or str, not %.200s",
+                     verb, Py_TYPE(data)->tp_name);
+        return -1;
+    }
+    *have_view = 1;
+    if (!PyBuffer_IsContiguous(view, 'C')) {
+        PyErr_Format(PyExc_ValueError, "can only %s a C-contiguous buffer; copy it first",
+                     verb);
+        return -1;
+    }
+    *src = (const char *)view->buf;
+    *n = view->len;
+    return 0;
+}
+
 /* A fastshm._cext.Mapping owning *m, or NULL (and *m unmapped). */
 PyObject *mapping_new(const fshm_map *m);
 

@@ -701,28 +701,8 @@ static PyObject *publisher_publish(PublisherObject *self, PyObject *const *args,
         return NULL;
     if ((keep = publisher_hold(self, &c)) == NULL)
         return NULL;
-    if (PyBytes_CheckExact(data)) {
-        src = PyBytes_AS_STRING(data);
-        n = PyBytes_GET_SIZE(data);
-    } else if (PyUnicode_Check(data)) {
-        if ((src = PyUnicode_AsUTF8AndSize(data, &n)) == NULL)
-            goto done;
-    } else {
-        if (PyObject_GetBuffer(data, &view, PyBUF_STRIDED_RO) != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "can only publish bytes-like objects or str, not %.200s",
-                         Py_TYPE(data)->tp_name);
-            goto done;
-        }
-        have_view = 1;
-        if (!PyBuffer_IsContiguous(&view, 'C')) {
-            PyErr_SetString(PyExc_ValueError,
-                            "can only publish a C-contiguous buffer; copy it first");
-            goto done;
-        }
-        src = (const char *)view.buf;
-        n = view.len;
-    }
+    if (message_bytes(data, "publish", &view, &have_view, &src, &n) != 0)
+        goto done;
     if ((uint64_t)n > c.slot_size) {
         raise_from("too_big", "(nOK)", n, self->name, (unsigned long long)c.slot_size);
         goto done;

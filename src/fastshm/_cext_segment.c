@@ -165,28 +165,8 @@ static PyObject *segment_store(SegmentObject *self, PyObject *data)
 
     if (keep == NULL)
         return NULL;
-    if (PyBytes_CheckExact(data)) {
-        src = PyBytes_AS_STRING(data);
-        n = PyBytes_GET_SIZE(data);
-    } else if (PyUnicode_Check(data)) {
-        if ((src = PyUnicode_AsUTF8AndSize(data, &n)) == NULL)
-            goto done;
-    } else {
-        if (PyObject_GetBuffer(data, &view, PyBUF_STRIDED_RO) != 0) {
-            PyErr_Format(PyExc_TypeError,
-                         "can only store bytes-like objects or str, not %.200s",
-                         Py_TYPE(data)->tp_name);
-            goto done;
-        }
-        have_view = 1;
-        if (!PyBuffer_IsContiguous(&view, 'C')) {
-            PyErr_SetString(PyExc_ValueError,
-                            "can only store a C-contiguous buffer; copy it first");
-            goto done;
-        }
-        src = (const char *)view.buf;
-        n = view.len;
-    }
+    if (message_bytes(data, "store", &view, &have_view, &src, &n) != 0)
+        goto done;
     if ((uint64_t)n > s.capacity) {
         rc = FSHM_ETOOBIG;
     } else if (n < GIL_RELEASE_BYTES) {
