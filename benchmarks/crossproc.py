@@ -528,7 +528,7 @@ def round_trip(
             spin = {k: _CSpin(msg, C_SPIN[k]) for k in kinds if k in C_SPIN}
             rbuf = bytearray(size)
 
-            def one(e: Any, m: bytes) -> Any:
+            def one(e: Any, m: bytes, rbuf: bytearray = rbuf) -> Any:
                 e.send(m)
                 return e.recv_into(rbuf, TIMEOUT) if into else e.recv()
 

@@ -55,7 +55,6 @@ from . import _pure as P
 from ._errors import (
     EFORMAT,
     EKIND,
-    ELOST as _ELOST,
     ENOTREADY,
     ESMALL,
     EVERSION,
@@ -71,6 +70,9 @@ from ._errors import (
     read_only_error,
     receive_too_small,
     too_big,
+)
+from ._errors import (
+    ELOST as _ELOST,
 )
 
 # ---- the layout (docs/FORMAT.md, "Channels") ----
