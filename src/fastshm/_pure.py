@@ -115,6 +115,10 @@ def owner_dead(owner: int) -> int:
         return -1
     if sys.platform == "win32":  # spelled so that type checkers follow it
         return _owner_dead_windows(pid)
+    if pid > 0x7FFFFFFF:
+        # Not a pid (pid_t is signed: fshm_owner_dead sees it <= 0), and
+        # os.kill would raise OverflowError on it: a word nobody can judge.
+        return -1
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
