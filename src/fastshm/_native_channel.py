@@ -135,6 +135,8 @@ class ChannelHandle:
             return int(seq[0])
         if rc == EFULL or rc == EBUSY:
             raise channel_full_error(self.name, timeout, rc == EBUSY, self.lock_owner())
+        if rc == lib.FSHM_ELOST:  # a commit of a loan that is no longer this process's
+            raise lost_error(self.name)
         self._fail(rc)
         return 0  # not reached
 
