@@ -497,8 +497,10 @@ static int sweep(const fshm_channel *c, int live)
             if (loaner == me || !(live || head - at >= c->slots) ||
                 fshm_owner_dead(loaner) != 1)
                 continue; /* a live loan */
-            if (word == 0 || !reachable(c, s, word >> 1, head))
-                fshm_store64(U64(e, S_WORD), word = 0, FSHM_RELAXED);
+            /* The word it left is judged below as any slot's: a message
+             * still reachable is kept (its publisher died after storing
+             * head, before clearing loaner), any other is claimed, so a
+             * slot a reader holds pinned is not emptied under it. */
             fshm_store64(U64(e, S_LOANER), 0, FSHM_RELAXED);
             changed = 1;
         }

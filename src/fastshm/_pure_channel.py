@@ -536,9 +536,8 @@ class ChannelHandle(P._Mapped):
                 if (loaner == me or not (live or (head - at) & _M64 >= n)
                         or P.owner_dead(loaner) != 1):
                     continue  # a live loan
-                if word == 0 or not self._reachable(mm, s, word >> 1, head):
-                    word = 0
-                    mm[e : e + 8] = _ZERO8
+                # Its word is judged below as any slot's, so a slot a reader
+                # holds pinned is not emptied under it.
                 mm[e + _S_LOANER : e + _S_LOANER + 8] = _ZERO8
                 changed = True
             if word and not self._reachable(mm, s, word >> 1, head) and not pins:
