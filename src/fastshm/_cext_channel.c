@@ -1093,7 +1093,9 @@ static PyObject *subscriber_receive(SubscriberObject *self, PyObject *const *arg
     out->seq = smp.seq;
     out->slot = smp.slot;
     self->received++;
-    self->missed += missed;
+    /* Saturating: a pending count another process wrote near 2^64 must not
+     * wrap the total below what was already reported. */
+    self->missed = missed > UINT64_MAX - self->missed ? UINT64_MAX : self->missed + missed;
     self->last_seq = smp.seq;
     return (PyObject *)out;
 }
