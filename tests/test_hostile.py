@@ -224,6 +224,25 @@ def test_lock_held_by_dead_pid_is_taken_over(backend: str, name: str) -> None:
         raw.close()
 
 
+@pytest.mark.parametrize("turn", ["another namespace", "a live process"])
+def test_lock_held_by_dead_pid_with_another_process_turn(backend: str, name: str,
+                                                         turn: str) -> None:
+    """The lock word names a dead process and lock_next another one (which
+    cannot be judged, or lives but is not waiting): a store takes the dead
+    holder's lock over all the same, rather than wait for the turn's holder
+    to take a lock that nobody will ever let go of."""
+    raw = _fresh(name, 64, backend)
+    try:
+        _put(raw.buf, "<Q", C.H_LOCK, _owner_word(_dead_pid()))
+        other = 0x1234567800000042 if turn == "another namespace" else _owner_word(1)
+        _put(raw.buf, "<Q", C.H_LOCK_NEXT, other)
+        result = probe(name, backend, timeout=30)
+        assert result["store"] == ["ok", 4]
+        assert struct.unpack_from("<Q", raw.buf, C.H_LOCK)[0] == 0
+    finally:
+        raw.close()
+
+
 HOLDER = "import sys; print('holding', flush=True); sys.stdin.read()"
 
 STORER = """

@@ -216,6 +216,13 @@ class SegmentHandle(_Mapped):
                 owner, turn = _LOCK_AND_NEXT(mm, C.H_LOCK)
                 if not turn or turn == me:
                     break
+                # A lock word that will never be let go of (its holder died,
+                # or it is this process's own, left by an interrupted store)
+                # is taken whoever's turn it is, as a native writer does: the
+                # turn's holder waits for that word too, and _leave_turn
+                # would wait for it to be free for ever.
+                if owner == me or (owner != 0 and owner_dead(owner) == 1):
+                    break
                 # Another process's turn: leave the lock to it (_leave_turn).
                 if fd >= 0:
                     _flock(fd, _LOCK_UN)
