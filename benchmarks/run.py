@@ -99,7 +99,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "queue_rt_block_s": 0.06,
         "queue_rt_blocks": 12,
         "chan_seconds": 2.0,
-        "chan_repeats": 3,
+        "chan_repeats": 5,  # large messages vary with the memory traffic of the moment
         "chan_cffi": True,
         "chan_rt_sizes": [64],
         "chan_rt_block_s": 0.06,
