@@ -636,30 +636,38 @@ static int take_message(const fshm_channel *c, uint64_t k, uint32_t *slot)
     return 1;
 }
 
-/* Under the lock: the slot of a message still reachable that may be
- * overwritten.  First the newest one that every live subscriber has
- * received and a late joiner is not shown (older than the last `history`):
- * it was the last read, so it is likely still in the caches, and a stream
- * of large messages cycles through two slots rather than through all N,
- * its copies staying within the last-level cache.  Else the oldest one: in
- * block mode received by every live subscriber, in overwrite mode any. */
-static int take_reusable(const fshm_channel *c, uint64_t head, uint32_t *slot)
+/* Under the lock: the slot of the newest message that every live
+ * subscriber has received and a late joiner is not shown (older than the
+ * last `history`).  It was the last read, so it is likely still in the
+ * caches: a stream of large messages that keeps up cycles through two slots
+ * rather than through all N, its copies staying within the last-level
+ * cache. */
+static int take_read(const fshm_channel *c, uint64_t head, uint32_t *slot)
 {
-    uint64_t first = head >= c->slots ? head - c->slots + 1 : 1, last = head, k;
-    uint64_t least = min_cursor(c, head);
-    if (least != 0 && head >= c->history) {
-        uint64_t top = least - 1 < head - c->history ? least - 1 : head - c->history;
-        for (k = top; k >= first; k--)
-            if (take_message(c, k, slot))
-                return 1;
-    }
+    uint64_t first = head >= c->slots ? head - c->slots + 1 : 1, least, top, k;
+    if (head < c->history || (least = min_cursor(c, head)) == 0)
+        return 0;
+    top = least - 1 < head - c->history ? least - 1 : head - c->history;
+    for (k = top; k >= first; k--)
+        if (take_message(c, k, slot))
+            return 1;
+    return 0;
+}
+
+/* Under the lock: the slot of the oldest message still reachable that may
+ * be overwritten: in block mode received by every live subscriber, in
+ * overwrite mode any. */
+static int take_oldest(const fshm_channel *c, uint64_t head, uint32_t *slot)
+{
+    uint64_t k = head >= c->slots ? head - c->slots + 1 : 1, last = head;
     if (!overwrite(c)) {
+        uint64_t least = min_cursor(c, head);
         if (least == 0)
             return 0;
         if (least <= last)
             last = least - 1;
     }
-    for (k = first; k <= last; k++)
+    for (; k <= last; k++)
         if (take_message(c, k, slot))
             return 1;
     return 0;
@@ -686,7 +694,13 @@ static int lend_locked(const fshm_channel *c, uint64_t head, uint32_t *slot, int
         *freed |= sweep(c, 0);
         fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
     }
-    if (take_free(c, slot) || take_reusable(c, head, slot))
+    if (take_free(c, slot) || take_read(c, head, slot))
+        return 1;
+    /* Taking the newest read first leaves older slots holding messages that
+     * fell out of reach: a sweep frees them before an unread message is
+     * overwritten (overwrite mode) or the publisher waits (block mode). */
+    *freed |= sweep(c, 0);
+    if (take_free(c, slot) || take_oldest(c, head, slot))
         return 1;
     /* Short of slots: find those of dead processes (at most every
      * LIVENESS_NS, the question costs system calls), and any that a sweep
@@ -695,7 +709,7 @@ static int lend_locked(const fshm_channel *c, uint64_t head, uint32_t *slot, int
     if (live)
         *freed |= reclaim_subscribers(c);
     *freed |= sweep(c, live);
-    return take_free(c, slot) || take_reusable(c, head, slot);
+    return take_free(c, slot) || take_oldest(c, head, slot);
 }
 
 /* Under the lock, the change begun: publish slot s, holding `length`
