@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
 import os
 import pickle
 import signal
@@ -352,6 +353,20 @@ def test_manager_hands_out_fastshm_objects_and_unlinks_them(backend: str) -> Non
         other.shm.close()
         sl.shm.close()
     assert not any(exists(n) for n in names)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_manager_with_other_start_methods(method: str) -> None:
+    """Its server starts by spawn (macOS's and Windows' default) and
+    forkserver too, and still unlinks at the end."""
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    with SharedMemoryManager(ctx=multiprocessing.get_context(method)) as smm:
+        sl = smm.ShareableList([1, "x"])
+        assert list(sl) == [1, "x"] and exists(sl.shm.name)
+        name = sl.shm.name
+        sl.shm.close()
+    assert not exists(name)
 
 
 def test_manager_not_started() -> None:

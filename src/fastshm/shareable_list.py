@@ -125,8 +125,9 @@ class ShareableList:
     The length is fixed when the list is made, and so is each item's slot:
     an int, float, bool or None takes 8 bytes, a str or bytes the next
     multiple of 8 above its length (as the stdlib counts it: characters for
-    a str, unless its UTF-8 bytes need more).  Any item may later be set to a value
-    of any of these types that fits its slot.  As with the stdlib's class,
+    a str, unless its UTF-8 bytes need more).  Any item may later be set to
+    a value of any of these types that fits its slot.  As with the stdlib's
+    class,
     trailing NUL bytes of a str or bytes item are dropped when it is read,
     and setting an item is not atomic: a process reading an item while
     another sets it may see a mix of the two (use a :class:`fastshm.Segment`
