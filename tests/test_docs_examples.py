@@ -48,6 +48,8 @@ _KEYS = {"names", "needs", "runner"}
 _NAMED = re.compile(
     r"\b(?:Segment|Queue|ObjectQueue|SharedMemory|Publisher|Subscriber)"
     r"(?:\.open_or_create)?\(\s*(['\"])([^'\"]+)\1"
+    # ShareableList takes its name as a keyword.
+    r"|\bShareableList\([^()]*?\bname=(['\"])([^'\"]+)\3"
 )
 # What the python backend does not open on Windows (it has no flock there).
 _NEEDS_FLOCK = re.compile(r"\b(?:Queue|ObjectQueue|Publisher|Subscriber)\b")
@@ -249,7 +251,7 @@ def test_markers_are_consistent(block: Block) -> None:
         return
     for runner in block.options.get("runner", []):
         assert runner in RUNNERS, f"{block.where}: no runner {runner!r}"
-    literal = {m.group(2) for m in _NAMED.finditer(block.code)}
+    literal = {m.group(2) or m.group(4) for m in _NAMED.finditer(block.code)}
     missing = literal - set(block.options.get("names", []))
     assert not missing, f"{block.where}: add names={','.join(sorted(missing))} to its marker"
 

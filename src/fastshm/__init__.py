@@ -6,24 +6,29 @@ other, never a torn message, ``wait`` for the next one without polling.
 by any process that opens the name.  ``Publisher`` and ``Subscriber`` share
 large messages (frames, tensors) without copying them: every subscriber reads
 each message in place.  ``SharedMemory`` is a raw named mapping, a drop-in for
-``multiprocessing.shared_memory.SharedMemory``.
+``multiprocessing.shared_memory.SharedMemory``, ``ShareableList`` a fixed-length
+list of small values in one, and ``SharedMemoryManager`` unlinks every one it
+hands out when it shuts down, as in ``multiprocessing``.
 """
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .channel import Publisher, Sample, Subscriber  # noqa: F401
+    from .managers import SharedMemoryManager  # noqa: F401
 
 from . import _backend
 from ._errors import DecodeError, FormatError
 from .queue import ObjectQueue, Queue
 from .segment import Segment
+from .shareable_list import ShareableList
 from .shared_memory import SharedMemory
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Segment", "Queue", "ObjectQueue", "Publisher", "Subscriber", "Sample", "SharedMemory",
+    "ShareableList", "SharedMemoryManager",
     "FormatError", "DecodeError",
     "backend", "binding", "features", "__version__",
 ]
@@ -40,6 +45,11 @@ def __getattr__(attr: str) -> Any:
         from . import channel
 
         return getattr(channel, attr)
+    # multiprocessing.managers is a heavy import: only for those who use it.
+    if attr == "SharedMemoryManager":
+        from .managers import SharedMemoryManager
+
+        return SharedMemoryManager
     # The default backend is chosen on first use, so a bad FASTSHM_BACKEND is
     # a clear error there (and an explicit backend= still works), not at import.
     if attr == "backend":
