@@ -56,11 +56,9 @@ CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil
 pytestmark = [
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX harnesses"),
     pytest.mark.skipif(CC is None, reason="no C compiler on PATH"),
-    # Run in parallel (pytest-xdist), one worker builds each harness once.
-    pytest.mark.xdist_group("sanitizers"),
 ]
 
-FUZZ_ITERATIONS = 2_000_000 if LONG else 200_000
+FUZZ_ITERATIONS = 2_000_000 if LONG else 100_000
 STORES_PER_WRITER = 100_000 if LONG else 10_000
 # queue_stress.c: messages per producer; crash rounds; single-step rounds.
 QUEUE_MESSAGES = 100_000 if LONG else 10_000
@@ -70,7 +68,7 @@ QUEUE_FUZZ_ITERATIONS = 1_000_000 if LONG else 100_000
 QUEUE_CAPACITY = 256  # a few records: wrap-around, full and empty all the time
 # capi_harness.py: model-checked operations; rounds of closing under 16 MiB
 # copies (and ten times as many hostile-header segments).
-CAPI_ITERATIONS = 200_000 if LONG else 20_000
+CAPI_ITERATIONS = 200_000 if LONG else 10_000
 CAPI_ROUNDS = 100 if LONG else 10
 ASAN_UBSAN = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 REPORT_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "WARNING: ThreadSanitizer",
