@@ -3,6 +3,10 @@
 Every test that takes ``backend`` runs once per importable backend; names
 are random and every segment a test makes is unlinked afterwards, and the
 session fails if anything is left in /dev/shm.
+
+The suite runs in parallel (pytest-xdist, ``-n auto`` in pyproject.toml):
+each worker is its own process with its own name prefix, so the check
+above holds per worker.
 """
 
 from __future__ import annotations
@@ -150,6 +154,64 @@ def close_ends_blocked_call(obj: Any, call: Callable[[], Any]) -> BaseException:
     assert len(box) == 1 and isinstance(box[0], ValueError), box
     assert "closed" in str(box[0])
     return box[0]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: two workers per core, at most 16.  Most tests spend their
+    time waiting on other processes (a child's start, a timeout running
+    out, a blocked call woken), so one worker per core leaves the cores
+    idle a third of the time."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return min(2 * cores, 16)
+
+
+# Tests that run one after another on one worker, given out first (the
+# longest): the two Wine modules (one build and one prefix per module, never
+# two wineservers starting under each other's load), and the sanitizer
+# tests sharing a harness compiled once per module (its queue_ and channel_
+# tests; the others build their own and run anywhere).
+WINE_MODULES = ("test_windows.py", "test_windows_channel.py")
+FIRST = ("test_sanitizers.py", *WINE_MODULES)
+
+
+def _group_of(nodeid: str) -> "str | None":
+    path, _, test = nodeid.partition("::")
+    module = path.rsplit("/", 1)[-1]
+    if module in WINE_MODULES:
+        return "wine"
+    if module == "test_sanitizers.py":
+        for part in ("queue", "channel"):
+            if test.startswith(f"test_{part}_"):
+                return f"sanitizers-{part}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """The long modules' tests first, so that their runs start while the
+    rest of the suite is shared out around them (a stable sort: each
+    module's tests keep their order)."""
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.partition("::")[0].rsplit("/", 1)[-1]
+        return FIRST.index(module) if module in FIRST else len(FIRST)
+
+    items.sort(key=rank)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Every test its own unit of work, but a group's tests one unit, in
+    their order.  (xdist's own ``xdist_group`` mark works by renaming the
+    tests; with pytest 9.2 and pytest-xdist 3.8 it left a group's tests
+    spread over the workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialGroups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return _group_of(nodeid) or nodeid
+
+    return SerialGroups(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -395,19 +395,27 @@ def test_python_load_keeps_up_with_native(shm_name: Callable[..., str]) -> None:
     lock-free copies are spoiled, gets the writer lock in its turn rather
     than whenever the writer happens to let go of its flock.  The target is
     3x (measured: 0.7-2.4x); 5x leaves room for a busy machine that stops
-    one reader for a while, far below the 20x a starved reader showed."""
-    figures: "dict[str, list[dict[str, float]]]" = {"native": [], "python": []}
-    for _ in range(2):
-        for backend in ("native", "python"):
-            figures[backend].append(_slowest_load(backend, shm_name(), 1.5))
-    native = max(r["slowest"] for r in figures["native"])
-    python = max(r["slowest"] for r in figures["python"])
-    report = {b: [(round(r["slowest"] * 1e3, 1), r["loads"], r["stores"]) for r in rs]
-              for b, rs in figures.items()}
-    print(f"[slowest load, ms / loads / stores per round] {report}")
-    assert python <= 5 * native, (
+    one reader for a while, far below the 20x a starved reader showed.
+    Other work on the machine (the suite's own parallel workers) can stall
+    any one round, so a miss is measured again, up to three times: a starved
+    reader misses every time."""
+    report: "dict[str, list[tuple[float, float, float]]]" = {}
+    for _attempt in range(3):
+        figures: "dict[str, list[dict[str, float]]]" = {"native": [], "python": []}
+        for _ in range(2):
+            for backend in ("native", "python"):
+                figures[backend].append(_slowest_load(backend, shm_name(), 1.5))
+        native = max(r["slowest"] for r in figures["native"])
+        python = max(r["slowest"] for r in figures["python"])
+        report = {b: [(round(r["slowest"] * 1e3, 1), r["loads"], r["stores"]) for r in rs]
+                  for b, rs in figures.items()}
+        print(f"[slowest load, ms / loads / stores per round] {report}")
+        if python <= 5 * native:
+            return
+    pytest.fail(
         f"the python backend's slowest load took {python * 1e3:.1f} ms, the native "
-        f"backend's {native * 1e3:.1f} ms: (slowest ms, loads, stores) {report}"
+        f"backend's {native * 1e3:.1f} ms, in each of three measurements: "
+        f"(slowest ms, loads, stores) of the last {report}"
     )
 
 

@@ -202,7 +202,7 @@ def collect(procs: list[subprocess.Popen], timeout: float) -> list[dict]:
 
 
 def report(label: str, **numbers: object) -> None:
-    # Shown with `pytest -s` (or -rA); the README's figures come from here.
+    # Shown with `pytest -n 0 -s` (or -rA); the README's figures come from here.
     print(f"\n[stress] {label}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
 
 

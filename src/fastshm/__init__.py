@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .channel import Publisher, Sample, Subscriber  # noqa: F401
     from .managers import SharedMemoryManager  # noqa: F401
+    from .shareable_list import ShareableList  # noqa: F401
 
 from . import _backend
 from ._errors import DecodeError, FormatError
 from .queue import ObjectQueue, Queue
 from .segment import Segment
-from .shareable_list import ShareableList
 from .shared_memory import SharedMemory
 
 __version__ = "0.1.0"
@@ -45,11 +45,17 @@ def __getattr__(attr: str) -> Any:
         from . import channel
 
         return getattr(channel, attr)
-    # multiprocessing.managers is a heavy import: only for those who use it.
+    # multiprocessing.managers is a heavy import, and ShareableList (struct
+    # formats, the stdlib's layout) is needed by few: only for those who use
+    # them, so that `import fastshm` stays quick for every CLI call.
     if attr == "SharedMemoryManager":
         from .managers import SharedMemoryManager
 
         return SharedMemoryManager
+    if attr == "ShareableList":
+        from .shareable_list import ShareableList
+
+        return ShareableList
     # The default backend is chosen on first use, so a bad FASTSHM_BACKEND is
     # a clear error there (and an explicit backend= still works), not at import.
     if attr == "backend":

@@ -768,6 +768,14 @@ static PyObject *publisher_loan(PublisherObject *self, PyObject *const *args, Py
         channel_error(rc, self->name, &c);
         goto done;
     }
+    /* Another thread may have closed the publisher (dropping its view)
+     * while this one waited for room without the GIL: the slot goes back,
+     * and the caller hears the publisher is closed. */
+    if (self->view == NULL) {
+        fshm_channel_discard(&c, &loan);
+        closed_channel(self->name);
+        goto done;
+    }
     sl = PySequence_GetSlice(self->view, (Py_ssize_t)loan.offset,
                              (Py_ssize_t)loan.offset + size);
     if (sl == NULL) {

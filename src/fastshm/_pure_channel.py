@@ -1079,7 +1079,7 @@ class ChannelHandle(P._Mapped):
         if seq is _BUSY:
             raise channel_full_error(self.name, timeout, True, self.lock_owner())
         if seq > 0:
-            return seq
+            return int(seq)
         if seq == 0:
             raise channel_full_error(self.name, timeout, False, self.lock_owner())
         if seq == _ELOST:

@@ -8,7 +8,6 @@ import math
 import mmap
 import os
 import queue
-import secrets
 import select
 import shlex
 import signal
@@ -988,6 +987,8 @@ seg.close()
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    import secrets  # the demo's alone: every other command starts without it
+
     name = f"fastshm_demo_{secrets.token_hex(4)}"
     seg = Segment(name, 1024, create=True, backend=args.backend, any_owner=args.any_owner)
     try:

@@ -14,7 +14,6 @@ by either class is opened by the other.  The differences are on purpose:
 
 from __future__ import annotations
 
-import secrets
 import sys
 from typing import Any, Optional, Tuple
 
@@ -28,6 +27,8 @@ _NAME_PREFIX = "wnsm_" if C.WINDOWS else "psm_"
 
 def _make_name() -> str:
     nbytes = (_SAFE_NAME_LENGTH - len(_NAME_PREFIX) - (0 if C.WINDOWS else 1)) // 2
+    import secrets  # only a nameless SharedMemory needs it: keeps the import quick
+
     return _NAME_PREFIX + secrets.token_hex(nbytes)
 
 
