@@ -177,9 +177,12 @@ WINE_MODULES = ("test_windows.py", "test_windows_channel.py")
 FIRST = ("test_sanitizers.py", *WINE_MODULES)
 
 
+def _module_of(nodeid: str) -> str:
+    return nodeid.partition("::")[0].rsplit("/", 1)[-1]
+
+
 def _group_of(nodeid: str) -> "str | None":
-    path, _, test = nodeid.partition("::")
-    module = path.rsplit("/", 1)[-1]
+    module, test = _module_of(nodeid), nodeid.partition("::")[2]
     if module in WINE_MODULES:
         return "wine"
     if module == "test_sanitizers.py":
@@ -194,7 +197,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     rest of the suite is shared out around them (a stable sort: each
     module's tests keep their order)."""
     def rank(item: pytest.Item) -> int:
-        module = item.nodeid.partition("::")[0].rsplit("/", 1)[-1]
+        module = _module_of(item.nodeid)
         return FIRST.index(module) if module in FIRST else len(FIRST)
 
     items.sort(key=rank)
