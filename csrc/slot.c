@@ -278,7 +278,8 @@ int fshm__open(fshm_map *m, const char *name, int how, size_t need, unsigned mod
     int64_t start = fshm_monotonic_ns();
     int64_t deadline = start + OPEN_READY_NS;
     int64_t backoff = 20000;
-    int flags = how & FSHM_ANY_OWNER, rc, next;
+    int flags = how & FSHM_ANY_OWNER, rc, next, format_tries = 0;
+    size_t format_size = 0;
 
     how &= FSHM_HOW_MASK;
     for (;;) {
@@ -295,11 +296,21 @@ int fshm__open(fshm_map *m, const char *name, int how, size_t need, unsigned mod
             return finish_making(m, name, mode, init, obj);
         }
         if (rc == 0) {
+            size_t mapped = m->size;
             rc = init(obj, m);
             if (rc == 0)
                 return 0;
             fshm_unmap(m->base, m->size);
             m->base = NULL;
+            /* Mapped at the size a dead maker left, then taken over and
+             * grown by another opener before this one read its header: the
+             * header asks for more than was mapped.  Open it again while
+             * its size keeps changing; the same size twice is a corrupt
+             * header. */
+            if (rc == FSHM_EFORMAT && mapped != format_size && format_tries++ < 16) {
+                format_size = mapped;
+                continue;
+            }
         }
         if (rc != FSHM_ENOTREADY && rc != FSHM_EEMPTY)
             return rc;

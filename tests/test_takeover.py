@@ -216,6 +216,40 @@ def test_openers_racing_to_take_over(name: str, tmp_path: Path, kind: str, what:
     assert makers[0][1] in range(4096, 4096 + 64 * n, 64)
 
 
+
+@pytest.mark.parametrize("kind", ["Queue", "Segment"])
+def test_an_opener_that_mapped_the_leftover_before_it_grew(name: str, kind: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the test above can lose at random, made certain: an opener
+    maps a dead maker's leftover at its old size, another takes it over,
+    grows it and publishes it, and only then does the first read the
+    header, which now asks for more than it mapped.  It opens the object
+    again and gets the new one, not a FormatError."""
+    from fastshm import _pure as P
+
+    _leave(name, "dead-mark-only")
+    cls = fastshm.Queue if kind == "Queue" else fastshm.Segment
+    real_map = P._map
+    taker: List[Any] = []
+
+    def map_then_lose_the_race(*args: Any, **kw: Any) -> Any:
+        got = real_map(*args, **kw)
+        if not taker:  # the other opener wins while this one holds the old size
+            taker.append(None)
+            taker[0] = cls(name, 1 << 16, backend="python")
+            assert taker[0].created and got[1] < (1 << 16)
+        return got
+
+    monkeypatch.setattr(P, "_map", map_then_lose_the_race)
+    try:
+        with cls(name, 4096, backend="python") as late:
+            assert not late.created and late.capacity == 1 << 16
+    finally:
+        for obj in taker:
+            if obj is not None:
+                obj.close()
+
+
 # ---- makers killed at random instants ----
 
 MAKER = r"""

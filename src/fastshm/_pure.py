@@ -939,6 +939,7 @@ def _open_object(
     start = time.monotonic()
     deadline = start + _READY_WAIT_S
     backoff = 20e-6
+    format_size, format_tries = 0, 0
     while True:
         try:
             mm, size, created, fd, read_only, dup = _map(name, how, need, mode, any_owner,
@@ -968,6 +969,13 @@ def _open_object(
             mm.close()
             if fd >= 0:
                 os.close(fd)
+            # Mapped at the size a dead maker left, then taken over and
+            # grown by another opener before this one read its header: the
+            # header asks for more than was mapped.  Open it again while its
+            # size keeps changing; the same size twice is a corrupt header.
+            if code == EFORMAT and size != format_size and format_tries < 16:
+                format_size, format_tries = size, format_tries + 1
+                continue
         if code not in (ENOTREADY, EEMPTY):
             raise_for(code, name, other if code == EKIND else "", kind)
         if C.WINDOWS:
