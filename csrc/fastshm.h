@@ -242,6 +242,28 @@ int fshm_owner_dead(uint64_t owner);
  * semaphores on Windows (for the header's wake words), polling elsewhere. */
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns);
 void fshm_futex_wake(uint32_t *addr, int all);
+/* ---- waiting on many words at once (wait_words.c) ---- */
+
+/* Sleep until one of words[i] differs from values[i], is woken, or the
+ * timeout (ns, < 0: none) runs out: 0 (look at them all: it may also end
+ * early, for nothing), FSHM_ETIMEOUT, EINTR on a signal, EINVAL for n 0 or
+ * above FSHM_WAIT_WORDS_MAX.  A waiter counts itself in each object's
+ * sleeper count first (fshm_waiters_add), then reads each word
+ * (fshm_word_load), then looks at what it waits for, then sleeps here. */
+#define FSHM_WAIT_WORDS_MAX 128
+/* Where the system cannot sleep on many words (fshm_wait_words_polls()
+ * says 1), they are polled, a change seen at most this late. */
+#define FSHM_WAIT_WORDS_POLL_NS 2000000
+int fshm_wait_words(uint32_t *const *words, const uint32_t *values, size_t n,
+                    int64_t timeout_ns);
+int fshm_wait_words_polls(void);
+/* Seq_cst: add delta to a sleeper count; read a wake-up word. */
+void fshm_waiters_add(uint32_t *waiters, int32_t delta);
+uint32_t fshm_word_load(const uint32_t *word);
+/* Add one to a process's own wake-up word and wake its sleeper: how a
+ * thread interrupts another's fshm_wait_words. */
+void fshm_word_bump(uint32_t *word);
+
 /* Sleep ns nanoseconds (<= 0: yield the processor).  EINTR when a signal
  * handler ran meanwhile (POSIX), else 0. */
 int fshm_sleep_ns(int64_t ns);

@@ -14,6 +14,7 @@ hands out when it shuts down, as in ``multiprocessing``.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._wait_any import wait_any  # noqa: F401
     from .channel import Publisher, Sample, Subscriber  # noqa: F401
     from .managers import SharedMemoryManager  # noqa: F401
     from .shareable_list import ShareableList  # noqa: F401
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Segment", "Queue", "ObjectQueue", "Publisher", "Subscriber", "Sample", "SharedMemory",
-    "ShareableList", "SharedMemoryManager",
+    "ShareableList", "SharedMemoryManager", "wait_any",
     "FormatError", "DecodeError",
     "backend", "binding", "features", "__version__",
 ]
@@ -52,6 +53,10 @@ def __getattr__(attr: str) -> Any:
         from .managers import SharedMemoryManager
 
         return SharedMemoryManager
+    if attr == "wait_any":
+        from ._wait_any import wait_any
+
+        return wait_any
     if attr == "ShareableList":
         from .shareable_list import ShareableList
 

@@ -1,0 +1,263 @@
+"""The sleeper of fastshm.aio: one helper thread that waits on the wake-up
+words of many objects at once (csrc/wait_words.c) and tells each waiter's
+event loop when its word changed.
+
+Every object's stores, puts, takes and publishes add one to a wake-up word
+in its header and wake the sleepers counted in the word beside it.  A
+``Watch`` is one waiter's claim on such a word: armed, it counts itself
+among the object's sleepers, so that writers wake it, and remembers the
+word's value; the waiter then looks whether what it waits for is there
+(``check``, on its own thread or loop), and if not, hands the watch to the
+helper with a callback.  The helper calls it when the word differs from the
+remembered value: something changed, look again.  So the helper never takes
+a message, and a waiter that is cancelled loses nothing.
+
+A helper thread sleeps on at most ``PER_THREAD`` watches (the kernel's limit
+for one futex_waitv is 128 words, one of them the helper's own): a process
+waiting on more objects than that gets one more thread for each
+``PER_THREAD`` of them.  Words the helper cannot be woken on (objects of the
+python backend's queue and channel, whose sleeper counts change under their
+file lock; read-only mappings; systems without futex_waitv) are polled, at
+most ``POLL_MAX_S`` apart.  Every ``PEEK_S`` an idle helper also asks each
+watch's ``peek`` whether what it waits for is there all the same (a writer
+killed between its change and its wake-up), as the blocking waits look again
+every 100 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from ._errors import ETIMEOUT, raise_for
+
+try:
+    from ._fastshm import ffi, lib
+except ImportError as e:  # pragma: no cover - an install without its C core
+    raise ImportError(
+        "fastshm.aio and fastshm.wait_any sleep in fastshm's C core, which this "
+        f"install lacks ({e}); reinstall fastshm with a C compiler at hand") from e
+
+#: Watches one helper thread sleeps on (its own wake-up word is the 128th).
+PER_THREAD = lib.FSHM_WAIT_WORDS_MAX - 1
+#: The longest a polled word goes unlooked at (the first looks come sooner).
+POLL_MAX_S = 0.05
+_POLL_MIN_S = 0.001
+#: How often an idle helper asks the watches' peek.
+PEEK_S = 1.0
+
+# Where the kernel cannot sleep on many words, every word is polled by the
+# C core itself, and counting in sleeper counts would only cost writers a
+# wake-up call for nobody.
+POLLS = bool(lib.fshm_wait_words_polls())
+
+
+class Mapping:
+    """The helper's own mapping of a fastshm object, by name: its words stay
+    readable whatever the object's owner does with its handle (closing it
+    from another thread included)."""
+
+    __slots__ = ("base", "size", "readonly", "name")
+
+    def __init__(self, name: str, any_owner: bool = False) -> None:
+        m = ffi.new("fshm_map *")
+        how = lib.FSHM_ATTACH | (lib.FSHM_ANY_OWNER if any_owner else 0)
+        rc = lib.fshm_map_open(m, name.encode("utf-8"), how, 0, 0)
+        if rc:
+            raise_for(rc, name)
+        self.name = name
+        self.size = int(m.size)
+        self.readonly = bool(m.readonly)
+        size = self.size
+        self.base = ffi.gc(ffi.cast("unsigned char *", m.base),
+                           lambda p: lib.fshm_unmap(p, size), size=size)
+
+    def word(self, offset: int) -> Any:
+        return ffi.cast("uint32_t *", self.base + offset)
+
+
+class Watch:
+    """One waiter's claim on a wake-up word (see the module's docstring).
+    ``counted``: whether it counts itself among the object's sleepers
+    (False: the word is polled).  ``peek()``: whether what it waits for
+    looks there, for the helper's occasional look; ``tick``: seconds after
+    which the helper calls back even if nothing changed (a publisher waiting
+    for room looks for dead subscribers this often)."""
+
+    __slots__ = ("mapping", "word", "waiters", "value", "counted", "peek", "tick",
+                 "due", "shard", "armed")
+
+    def __init__(self, mapping: Mapping, word: int, waiters: int, *, counted: bool = True,
+                 peek: Optional[Callable[[], bool]] = None,
+                 tick: Optional[float] = None) -> None:
+        self.mapping = mapping
+        self.word = mapping.word(word)
+        self.waiters = mapping.word(waiters)
+        self.counted = counted and not mapping.readonly and not POLLS
+        self.peek = peek
+        self.tick = tick
+        self.due = 0.0
+        self.value = 0
+        self.shard: Optional[_Shard] = None
+        self.armed = False
+
+    def arm(self) -> None:
+        """Count in (once), then read the word: call before looking."""
+        if not self.armed:
+            self.shard = _shard_for(self)
+            if self.counted:
+                lib.fshm_waiters_add(self.waiters, 1)
+            self.armed = True
+        self.value = lib.fshm_word_load(self.word)
+
+    def sleep(self, callback: Callable[[], None]) -> None:
+        """Have the helper call ``callback`` (on its thread) once the word
+        differs from the value read by :meth:`arm`.  Armed first."""
+        assert self.shard is not None
+        self.shard.add(self, callback)
+
+    def wake(self) -> None:
+        """Call the callback now if it is asleep (closing the object)."""
+        if self.shard is not None:
+            self.shard.fire(self)
+
+    def disarm(self) -> None:
+        """Stop sleeping and count out; harmless twice."""
+        if not self.armed:
+            return
+        self.armed = False
+        shard, self.shard = self.shard, None
+        if shard is not None:
+            shard.leave(self)
+        if self.counted:
+            lib.fshm_waiters_add(self.waiters, -1)
+
+
+class _Shard:
+    """One helper thread and the watches it sleeps on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.members = 0
+        self.asleep: Dict[Watch, Callable[[], None]] = {}
+        self.ctl = ffi.new("uint32_t[1]")
+        self.words = ffi.new("uint32_t *[]", PER_THREAD + 1)
+        self.values = ffi.new("uint32_t[]", PER_THREAD + 1)
+        self.thread = threading.Thread(target=self._run, name="fastshm-waiter", daemon=True)
+        self.thread.start()
+
+    def add(self, w: Watch, callback: Callable[[], None]) -> None:
+        with self.lock:
+            self.asleep[w] = callback
+            if w.tick is not None:
+                w.due = time.monotonic() + w.tick
+        lib.fshm_word_bump(self.ctl)
+
+    def fire(self, w: Watch) -> None:
+        with self.lock:
+            callback = self.asleep.pop(w, None)
+        if callback is not None:
+            callback()
+
+    def leave(self, w: Watch) -> None:
+        with self.lock:
+            self.asleep.pop(w, None)
+            self.members -= 1
+        # Looked at again without it: its mapping may go the next moment.
+        lib.fshm_word_bump(self.ctl)
+
+    def _run(self) -> None:
+        poll = _POLL_MIN_S
+        peeked = time.monotonic()
+        while True:
+            ready: List[Callable[[], None]] = []
+            with self.lock:
+                now = time.monotonic()
+                ctl = lib.fshm_word_load(self.ctl)
+                self.words[0] = self.ctl
+                self.values[0] = ctl
+                n = 1
+                seen = set()
+                timeout: Optional[float] = None
+                polled = False
+                for w, callback in list(self.asleep.items()):
+                    value = lib.fshm_word_load(w.word)
+                    if value != w.value or (w.tick is not None and now >= w.due):
+                        del self.asleep[w]
+                        ready.append(callback)
+                        continue
+                    if w.tick is not None:
+                        left = w.due - now
+                        timeout = left if timeout is None else min(timeout, left)
+                    polled = polled or not w.counted
+                    key = int(ffi.cast("uintptr_t", w.word))
+                    if key not in seen:  # the same value: each was just compared
+                        seen.add(key)
+                        self.words[n] = w.word
+                        self.values[n] = value
+                        n += 1
+                asleep = bool(self.asleep)
+            if ready:
+                poll = _POLL_MIN_S
+                for callback in ready:
+                    callback()
+                continue
+            if polled:
+                timeout = poll if timeout is None else min(timeout, poll)
+                poll = min(poll * 2, POLL_MAX_S)
+            if asleep:
+                peek_in = max(peeked + PEEK_S - time.monotonic(), 0.0)
+                timeout = peek_in if timeout is None else min(timeout, peek_in)
+            # The GIL is released for the sleep (cffi does so for every call).
+            rc = lib.fshm_wait_words(self.words, self.values, n,
+                                     -1 if timeout is None else int(timeout * 1e9))
+            if rc == ETIMEOUT and asleep and time.monotonic() >= peeked + PEEK_S:
+                peeked = time.monotonic()
+                self._peek()
+
+    def _peek(self) -> None:
+        with self.lock:
+            looks = [w for w in self.asleep if w.peek is not None]
+        for w in looks:
+            try:
+                there = w.peek()  # type: ignore[misc]
+            except Exception:
+                there = True  # closed, say: the waiter finds out when it looks
+            if there:
+                self.fire(w)
+
+
+_lock = threading.Lock()
+_shards: List[_Shard] = []
+
+
+def _shard_for(w: Watch) -> _Shard:
+    with _lock:
+        for shard in _shards:
+            with shard.lock:
+                if shard.members < PER_THREAD:
+                    shard.members += 1
+                    return shard
+        shard = _Shard()
+        with shard.lock:
+            shard.members += 1
+        _shards.append(shard)
+        return shard
+
+
+def threads() -> int:
+    """How many helper threads this process has started."""
+    return len(_shards)
+
+
+def _forget() -> None:
+    # A forked child has none of its parent's threads: it starts its own.
+    global _lock
+    _lock = threading.Lock()
+    _shards.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)

@@ -1,0 +1,126 @@
+"""What every fastshm.aio object shares: the synchronous object it wraps,
+the helper's mapping of it, and the one way it waits (``until``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Optional, Set, Type
+
+from .. import _watched
+from .._hub import Mapping, Watch
+
+#: What a ``check`` returns while what it waits for is not there.
+NOT_YET: Any = object()
+
+
+def _wake(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _waker(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[None]") -> Callable[[], None]:
+    """The helper thread's callback: wake the loop for this future."""
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(_wake, fut)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+    return wake
+
+
+class Waiting:
+    """Base of the aio classes: ``sync`` is the synchronous object, shared
+    (closing either closes both); attributes not defined here are its."""
+
+    __slots__ = ("sync", "_mapping", "_watches", "__weakref__")
+
+    @classmethod
+    def _sync_class(cls) -> Type[Any]:
+        raise NotImplementedError
+
+    def __init__(self, sync: Any) -> None:
+        self.sync = sync
+        self._mapping: Optional[Mapping] = _watched.mapping_of(sync)
+        self._watches: Set[Watch] = set()
+
+    @classmethod
+    def from_sync(cls, obj: Any) -> Any:
+        """The asynchronous twin of ``obj``, sharing its handle."""
+        want = cls._sync_class()
+        if not isinstance(obj, want):
+            raise TypeError(f"fastshm.aio.{cls.__name__}.from_sync() takes a "
+                            f"fastshm.{want.__name__}, not {type(obj).__name__!r}")
+        self = cls.__new__(cls)
+        Waiting.__init__(self, obj)
+        return self
+
+    def __getattr__(self, attr: str) -> Any:
+        # The non-blocking methods and the attributes: the synchronous one's.
+        if attr in Waiting.__slots__:
+            raise AttributeError(attr)
+        return getattr(self.sync, attr)
+
+    def close(self) -> None:
+        """Close the object; tasks awaiting it raise the error a closed
+        object gives.  Harmless twice."""
+        self.sync.close()
+        for w in list(self._watches):
+            w.wake()
+        self._mapping = None
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<fastshm.aio {self.sync!r}>"
+
+    async def until(self, check: Callable[[], Any], timeout: Optional[float],
+                    expired: Callable[[], BaseException], *, room: bool = False,
+                    peek: Optional[Callable[[], bool]] = None) -> Any:
+        """``check()`` until it returns something other than NOT_YET, and
+        that; ``expired()`` raised after ``timeout`` seconds (None: none).
+        Only ``check`` takes anything, on this task: a cancelled wait has
+        taken nothing.  The first look costs no thread hop."""
+        got = check()
+        if got is not NOT_YET:
+            return got
+        mapping = self._mapping
+        if mapping is None:
+            return check()  # closed: the synchronous call says so
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
+        w = _watched.watch(self.sync, mapping, room=room, peek=peek)
+        self._watches.add(w)
+        try:
+            w.arm()
+            while True:
+                # After arming: a change from now on alters the word.
+                got = check()
+                if got is not NOT_YET:
+                    return got
+                if self._mapping is None:
+                    return check()
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0:
+                    raise expired()
+                fut: "asyncio.Future[None]" = loop.create_future()
+                w.sleep(_waker(loop, fut))
+                timer = None if left is None else loop.call_later(left, _wake, fut)
+                try:
+                    await fut
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                w.arm()
+        finally:
+            w.disarm()
+            self._watches.discard(w)

@@ -1,0 +1,507 @@
+"""fastshm.aio and fastshm.wait_any: every blocking call a coroutine, none
+holding a thread while it waits.
+
+Each test runs its own event loop (asyncio.run), bounded by a timeout;
+wakers are separate processes.  Timings are never asserted: where the loop
+must stay free, a blocked loop would show as a stall of seconds, and the
+bound allows a loaded machine a hundred times less."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue as stdqueue
+import random
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Awaitable, Callable, List
+
+import pytest
+from conftest import backend_name, run_python
+
+import fastshm
+
+aio = pytest.importorskip("fastshm.aio", reason="needs fastshm's C core")
+from fastshm import _hub  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") and sys.platform != "darwin",
+    reason="the wakers run as POSIX processes here; Windows has tests of its own",
+)
+
+
+def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+def later(code: str, *args: str, delay: float = 0.2) -> subprocess.Popen:
+    """Run ``code`` in another process after ``delay`` seconds."""
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time; time.sleep({delay})\n" + code, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(p: subprocess.Popen) -> None:
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err.decode(errors="replace")[-3000:]
+
+
+# ---- each object, woken by another process ----
+
+
+def test_queue_get_and_put_wake_on_another_process(backend: str,
+                                                   shm_name: Callable[..., str]) -> None:
+    """get awaits the other process's put; put, on a full queue, its gets."""
+    there, back = shm_name(), shm_name()
+
+    async def main() -> None:
+        with aio.Queue(there, 256, backend=backend) as q, \
+                aio.Queue(back, 256, backend=backend) as r:
+            p = later("import fastshm, sys, time\n"
+                      "q = fastshm.Queue(sys.argv[1], backend=sys.argv[3])\n"
+                      "r = fastshm.Queue(sys.argv[2], backend=sys.argv[3])\n"
+                      "r.put(b'from the other side')\n"
+                      "time.sleep(0.3)\n"
+                      "got = [q.get(timeout=30) for _ in range(3)]\n"
+                      "assert got == [b'x' * 100, b'y' * 100, b'z' * 100], got\n"
+                      "r.put(b'done')\n", there, back, backend)
+            try:
+                assert await r.get(timeout=30) == b"from the other side"
+                for c in b"xyz":  # two fit: the third awaits the other's get
+                    await q.put(bytes([c]) * 100, timeout=30)
+                assert await r.get(timeout=30) == b"done"
+            finally:
+                finish(p)
+    run(main())
+
+
+def test_segment_wait_wakes_on_another_process(backend: str, name: str) -> None:
+    async def main() -> None:
+        with aio.Segment(name, 64, backend=backend) as seg:
+            seg.store(b"mine")
+            p = later("import fastshm, sys\ns = fastshm.Segment(sys.argv[1], backend=sys.argv[2])\n"
+                      "s.store(b'theirs')\n", name, backend)
+            try:
+                seq = await seg.wait(timeout=30)  # after its own store
+                assert seq == 2 and seg.load() == b"theirs"
+                with pytest.raises(TimeoutError, match="no new message"):
+                    await seg.wait(timeout=0.05)
+            finally:
+                finish(p)
+    run(main())
+
+
+def test_segment_messages_iterates_as_they_come(name: str) -> None:
+    async def main() -> List[bytes]:
+        seg = aio.Segment(name, 64)
+        p = later("import fastshm, sys, time\ns = fastshm.Segment(sys.argv[1])\n"
+                  "for i in range(3):\n    s.store(b'm%d' % i)\n    time.sleep(0.2)\n", name)
+        got = [m async for m in seg.messages(timeout=5)]
+        finish(p)
+        seg.close()
+        return got
+    got = run(main())
+    # A reader may skip a message a faster writer overwrote, never repeat one.
+    assert got and got == sorted(set(got)) and got[-1] == b"m2"
+
+
+def test_channel_publish_receive_and_loan(backend: str, name: str) -> None:
+    """A subscriber process reads slowly: the block-mode publisher awaits
+    room, by publish and by loan; then it answers, and an aio subscriber
+    receives the answer in place."""
+    async def main() -> None:
+        pub = aio.Publisher(name, 64, 2, backend=backend)
+        p = later("import fastshm, sys, time\n"
+                  "sub = fastshm.Subscriber(sys.argv[1], backend=sys.argv[2])\n"
+                  "print('ready', flush=True)\n"
+                  "for i in range(6):\n"
+                  "    with sub.receive(timeout=30) as s:\n"
+                  "        assert bytes(s).rstrip(b'\\0') == b'%d' % i, bytes(s)\n"
+                  "    time.sleep(0.05)\n"
+                  "time.sleep(0.2)\n"
+                  "fastshm.Publisher(sys.argv[1], backend=sys.argv[2]).publish(b'reply')\n",
+                  name, backend, delay=0)
+        try:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+            for i in range(3):
+                await pub.publish(b"%d" % i, timeout=30)
+            for i in range(3, 6):
+                async with pub.loan(8, timeout=30) as buf:
+                    buf[:1] = b"%d" % i
+                    buf[1:] = b"\0" * 7
+            async with aio.Subscriber(name, backend=backend) as sub:
+                async for sample in sub.samples(timeout=30):
+                    with sample:
+                        assert bytes(sample) == b"reply"
+                    break
+                with pytest.raises(TimeoutError):
+                    await sub.receive(timeout=0.05)
+        finally:
+            finish(p)
+            pub.close()
+    run(main())
+
+
+def test_a_loan_ended_by_an_exception_is_discarded(name: str) -> None:
+    async def main() -> None:
+        with aio.Publisher(name, 16, 2) as pub, aio.Subscriber(name) as sub:
+            with pytest.raises(KeyError):
+                async with pub.loan(4) as buf:
+                    buf[:] = b"lost"
+                    raise KeyError("no")
+            await pub.publish(b"kept")
+            with await sub.receive(timeout=5) as s:
+                assert bytes(s) == b"kept"
+    run(main())
+
+
+def test_object_queue_round_trip(backend: str, name: str) -> None:
+    async def main() -> None:
+        with aio.ObjectQueue(name, 4096, backend=backend) as q:
+            p = later("import fastshm, sys\nq = fastshm.ObjectQueue(sys.argv[1], "
+                      "backend=sys.argv[2])\nq.put({'n': q.get(timeout=30)['n'] + 1})\n",
+                      name, backend, delay=0)
+            try:
+                await q.put({"n": 41})
+                await asyncio.sleep(0)
+                for _ in range(200):  # until the other process has taken it
+                    if q.qsize() == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (await q.get(timeout=30)) == {"n": 42}
+            finally:
+                finish(p)
+    run(main())
+
+
+# ---- what an asyncio user relies on ----
+
+
+def test_the_first_look_needs_no_helper_thread(name: str) -> None:
+    """A call that finds its message returns without a thread hop: no
+    helper is started for it."""
+    code = (
+        "import asyncio, sys, fastshm.aio as aio\nfrom fastshm import _hub\n"
+        "async def main():\n"
+        "    q = aio.Queue(sys.argv[1], 4096)\n"
+        "    q.put_nowait(b'there')\n"
+        "    assert await q.get() == b'there'\n"
+        "    await q.put(b'room')\n"
+        "    print(_hub.threads())\n"
+        "    q.delete()\n"
+        "asyncio.run(main())\n")
+    assert run_python(code, name, timeout=60).stdout.strip() == b"0"
+
+
+def test_a_cancelled_get_takes_nothing(backend: str, name: str) -> None:
+    async def main() -> None:
+        with aio.Queue(name, 4096, backend=backend) as q:
+            task = asyncio.ensure_future(q.get())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            q.put_nowait(b"still here")
+            assert await q.get(timeout=5) == b"still here"
+            # wait_for's timeout cancels the same way.
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(q.get(), 0.05)
+            q.put_nowait(b"and this")
+            assert q.get_nowait() == b"and this"
+    run(main())
+
+
+def test_closing_wakes_its_awaiters_with_a_clear_error(name: str) -> None:
+    async def main() -> None:
+        q = aio.Queue(name, 4096)
+        seg = aio.Segment(name + "s", 64)
+        try:
+            waits = [asyncio.ensure_future(q.get()), asyncio.ensure_future(q.get()),
+                     asyncio.ensure_future(seg.wait())]
+            await asyncio.sleep(0.05)
+            q.close()
+            seg.close()
+            for w in waits:
+                with pytest.raises(ValueError, match="closed"):
+                    await asyncio.wait_for(w, 10)
+        finally:
+            fastshm.Segment(name + "s").delete()
+    run(main())
+
+
+def test_from_sync_shares_the_handle(name: str) -> None:
+    q = fastshm.Queue(name, 4096)
+    aq = aio.Queue.from_sync(q)
+    assert aq.sync is q and aq.name == q.name and aq.capacity == q.capacity
+    q.put(b"one")
+
+    async def main() -> bytes:
+        return await aq.get()  # type: ignore[no-any-return]
+    assert run(main()) == b"one"
+    with pytest.raises(TypeError, match="takes a fastshm.Queue"):
+        aio.Queue.from_sync(fastshm.Segment(name + "s", 64))
+    fastshm.Segment(name + "s").delete()
+    aq.close()
+    assert q.closed
+
+
+def test_the_loop_is_never_blocked(name: str) -> None:
+    """100 tasks await messages for seconds while a ticker runs every
+    millisecond: a wait that blocked the loop would stall it for seconds."""
+    names = [f"{name}t{i}" for i in range(100)]
+
+    async def main() -> float:
+        qs = [aio.Queue(n, 4096) for n in names]
+        gaps: List[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.001)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        async def consumer(q: Any) -> bytes:
+            return await q.get(timeout=60)  # type: ignore[no-any-return]
+
+        tick = asyncio.ensure_future(ticker())
+        tasks = [asyncio.ensure_future(consumer(q)) for q in qs]
+        p = later("import fastshm, sys, time, random\nnames = sys.argv[1:]\n"
+                  "random.shuffle(names)\n"
+                  "for n in names:\n    fastshm.Queue(n).put(n.encode())\n"
+                  "    time.sleep(0.02)\n", *names, delay=1.0)
+        got = await asyncio.gather(*tasks)
+        stop.set()
+        await tick
+        finish(p)
+        assert got == [n.encode() for n in names]
+        for q in qs:
+            q.delete()
+        return max(gaps)
+    try:
+        worst = run(main(), timeout=120)
+    finally:
+        for n in names:
+            try:
+                fastshm.Queue(n, create=False).delete()
+            except FileNotFoundError:
+                pass
+    assert worst < 0.9, f"the loop stalled {worst:.3f} s"
+
+
+THOUSAND = r"""
+import asyncio, random, sys, threading, time
+import fastshm.aio as aio
+from fastshm import _hub
+base, n, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+async def main():
+    before = threading.active_count()
+    objs = [aio.Queue(f"{base}q{i}", 4096, backend=backend) if i % 2 == 0
+            else aio.Segment(f"{base}s{i}", 64, backend=backend) for i in range(n)]
+    async def one(i, o):
+        if i % 2 == 0:
+            return [await o.get(timeout=120), await o.get(timeout=120)]
+        await o.wait(timeout=120)
+        return [o.load()]
+    tasks = [asyncio.ensure_future(one(i, o)) for i, o in enumerate(objs)]
+    await asyncio.sleep(0.5)
+    print("waiting", threading.active_count() - before, flush=True)
+    got = await asyncio.gather(*tasks)
+    print("threads", threading.active_count() - before, _hub.threads(), flush=True)
+    for i, g in enumerate(got):
+        want = [b"%d.0" % i, b"%d.1" % i] if i % 2 == 0 else [b"%d.0" % i]
+        assert g == want, (i, g, want)
+    for o in objs:
+        o.delete()
+    print("ok", flush=True)
+asyncio.run(main())
+"""
+
+FEEDER = r"""
+import random, sys
+import fastshm
+base, n, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+items = [i for i in range(n) for _ in range(2 if i % 2 == 0 else 1)]
+random.shuffle(items)
+sent = {}
+for i in items:
+    k = sent[i] = sent.get(i, -1) + 1  # a queue's two messages in order
+    if i % 2 == 0:
+        with fastshm.Queue(f"{base}q{i}", backend=backend) as q:
+            q.put(b"%d.%d" % (i, k))
+    else:
+        with fastshm.Segment(f"{base}s{i}", backend=backend) as s:
+            s.store(b"%d.%d" % (i, k))
+"""
+
+
+def test_a_thousand_tasks_on_a_thousand_objects(backend: str, name: str) -> None:
+    """One loop, 1000 tasks each awaiting its own queue or segment; another
+    process feeds them in random order: each gets exactly its messages, and
+    the process holds one helper thread per 127 objects, no more."""
+    n = 1000 if backend_name(backend) == "native" else 200
+    child = subprocess.Popen([sys.executable, "-c", THOUSAND, name, str(n), backend],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().split()
+        assert line[:1] == [b"waiting"], child.communicate(timeout=60)[1].decode()[-3000:]
+        helpers = -(-n // _hub.PER_THREAD)
+        assert int(line[1]) <= helpers, line
+        run_python(FEEDER, name, str(n), backend, timeout=120)
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err.decode(errors="replace")[-3000:]
+        threads_line, ok = out.split(b"\n")[:2]
+        assert ok == b"ok"
+        extra, started = map(int, threads_line.split()[1:])
+        assert started <= helpers and extra <= helpers, threads_line
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate(timeout=30)
+        for i in range(n):
+            for tag in ("q", "s"):
+                path = os.path.join("/dev/shm", f"{name}{tag}{i}")
+                if os.path.exists(path):
+                    os.unlink(path)
+
+
+STORM_PUTTER = r"""
+import sys, time, fastshm
+q = fastshm.Queue(sys.argv[1], backend=sys.argv[3])
+for i in range(int(sys.argv[2])):
+    q.put(b"%d" % i, timeout=60)
+    if i % 50 == 0:
+        time.sleep(0.001)
+"""
+
+
+def test_a_cancellation_storm_loses_nothing(backend: str, name: str) -> None:
+    """10 000 gets cancelled at random instants while another process puts:
+    every message is got exactly once, in order."""
+    total = 3000 if backend_name(backend) != "python" else 600
+    cancels = 10000 if backend_name(backend) != "python" else 2000
+
+    async def main() -> List[bytes]:
+        q = aio.Queue(name, 1 << 14, backend=backend)
+        p = subprocess.Popen([sys.executable, "-c", STORM_PUTTER, name, str(total), backend],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        got: List[bytes] = []
+        rnd = random.Random(7)
+        cancelled = 0
+        try:
+            while len(got) < total:
+                task = asyncio.ensure_future(q.get(timeout=60))
+                if cancelled < cancels and rnd.random() < 0.8:
+                    for _ in range(rnd.randrange(3)):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    cancelled += 1
+                try:
+                    got.append(await task)
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            finish(p)
+        assert cancelled > 0
+        assert q.qsize() == 0
+        q.close()
+        return got
+    got = run(main(), timeout=300)
+    assert got == [b"%d" % i for i in range(total)]
+
+
+# ---- wait_any ----
+
+
+def test_wait_any_returns_the_ready_ones(backend: str, shm_name: Callable[..., str]) -> None:
+    qs = [fastshm.Queue(shm_name(), 4096, backend=backend) for _ in range(3)]
+    seg = fastshm.Segment(shm_name(), 64, backend=backend)
+    try:
+        with pytest.raises(TimeoutError, match="none of the 4 objects"):
+            fastshm.wait_any(qs + [seg], timeout=0.05)
+        p = later("import fastshm, sys\nfastshm.Queue(sys.argv[1], backend=sys.argv[2])"
+                  ".put(b'x')\n", qs[1].name, backend)
+        assert fastshm.wait_any(qs + [seg], timeout=30) == [qs[1]]
+        finish(p)
+        assert qs[1].get_nowait() == b"x"  # nothing was taken
+        with fastshm.Segment(seg.name, backend=backend) as other:
+            other.store(b"s")  # its own store would not count: see Segment.wait
+        qs[2].put(b"y")
+        assert fastshm.wait_any([seg] + qs, timeout=0) == [seg, qs[2]]
+        seg.load()
+        p = later("import fastshm, sys\nfastshm.Segment(sys.argv[1], backend=sys.argv[2])"
+                  ".store(b'z')\n", seg.name, backend)
+        assert fastshm.wait_any([qs[0], seg], timeout=30) == [seg]
+        finish(p)
+
+        async def main() -> List[Any]:
+            a = [aio.Queue.from_sync(q) for q in qs]
+            a[2].get_nowait()
+            p = later("import fastshm, sys\nfastshm.Queue(sys.argv[1], backend=sys.argv[2])"
+                      ".put(b'w')\n", qs[0].name, backend)
+            got = await aio.wait_any(a, timeout=30)
+            finish(p)
+            with pytest.raises(TimeoutError):
+                await aio.wait_any([a[1], a[2]], timeout=0.05)
+            return got
+        got = run(main())
+        assert len(got) == 1 and got[0].sync is qs[0]
+    finally:
+        for q in qs:
+            q.delete()
+        seg.delete()
+
+
+def test_wait_any_refuses_what_it_cannot_wait_on(name: str) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        fastshm.wait_any([])
+    with pytest.raises(TypeError, match="cannot wait on 'int'"):
+        fastshm.wait_any([3])
+    pub = fastshm.Publisher(name, 16, 2)
+    sub = fastshm.Subscriber(name)
+    try:
+        with pytest.raises(TypeError, match="Subscriber"):
+            fastshm.wait_any([sub])
+    finally:
+        sub.close()
+        pub.delete()
+
+
+def test_the_helper_thread_survives_a_closed_loop(name: str) -> None:
+    """A loop that ends while its task sleeps: the helper's late call finds
+    the loop closed and goes on serving others."""
+    q = aio.Queue(name, 4096)
+
+    async def abandon() -> None:
+        asyncio.ensure_future(q.get())
+        await asyncio.sleep(0.05)
+    asyncio.run(abandon())
+    fastshm.Queue(name).put(b"late")
+    time.sleep(0.1)
+    assert all(t.is_alive() for t in threading.enumerate() if t.name == "fastshm-waiter")
+
+    async def again() -> bytes:
+        return await q.get(timeout=10)  # type: ignore[no-any-return]
+    assert run(again()) == b"late"
+    q.delete()
+
+
+def test_get_timeout_raises_queue_empty_and_put_queue_full(name: str) -> None:
+    async def main() -> None:
+        with aio.Queue(name, 64) as q:
+            with pytest.raises(stdqueue.Empty, match="stayed empty"):
+                await q.get(timeout=0.02)
+            await q.put(b"x" * 40)
+            with pytest.raises(stdqueue.Full, match="had no room"):
+                await q.put(b"y" * 40, timeout=0.02)
+            with pytest.raises(ValueError):
+                await q.put(b"z" * 1000)  # could never fit: at once
+            assert q.get_nowait() == b"x" * 40
+    run(main())
