@@ -32,10 +32,40 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+try:
+    import uvloop  # noqa: F401
+
+    LOOPS = ["asyncio", "uvloop"]
+except ImportError:
+    LOOPS = ["asyncio"]
+_loop = ["asyncio"]
+
+
+@pytest.fixture(params=LOOPS, autouse=True)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """Every test on asyncio's own event loop, and on uvloop's when it is
+    installed."""
+    _loop[0] = request.param
+    return request.param  # type: ignore[no-any-return]
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
 def run(coro: Awaitable[Any], timeout: float = 60) -> Any:
     async def bounded() -> Any:
         return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(bounded())
+    loop = new_loop(_loop[0])
+    try:
+        return loop.run_until_complete(bounded())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def later(code: str, *args: str, delay: float = 0.2) -> subprocess.Popen:
@@ -299,7 +329,7 @@ THOUSAND = r"""
 import asyncio, random, sys, threading, time
 import fastshm.aio as aio
 from fastshm import _hub
-base, n, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+base, n, backend, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 async def main():
     before = threading.active_count()
     objs = [aio.Queue(f"{base}q{i}", 4096, backend=backend) if i % 2 == 0
@@ -320,6 +350,9 @@ async def main():
     for o in objs:
         o.delete()
     print("ok", flush=True)
+if kind == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 asyncio.run(main())
 """
 
@@ -341,12 +374,13 @@ for i in items:
 """
 
 
-def test_a_thousand_tasks_on_a_thousand_objects(backend: str, name: str) -> None:
+def test_a_thousand_tasks_on_a_thousand_objects(backend: str, name: str,
+                                               loop_kind: str) -> None:
     """One loop, 1000 tasks each awaiting its own queue or segment; another
     process feeds them in random order: each gets exactly its messages, and
     the process holds one helper thread per 127 objects, no more."""
     n = 1000 if backend_name(backend) == "native" else 200
-    child = subprocess.Popen([sys.executable, "-c", THOUSAND, name, str(n), backend],
+    child = subprocess.Popen([sys.executable, "-c", THOUSAND, name, str(n), backend, loop_kind],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert child.stdout is not None
@@ -482,7 +516,9 @@ def test_the_helper_thread_survives_a_closed_loop(name: str) -> None:
     async def abandon() -> None:
         asyncio.ensure_future(q.get())
         await asyncio.sleep(0.05)
-    asyncio.run(abandon())
+    loop = new_loop(_loop[0])
+    loop.run_until_complete(abandon())
+    loop.close()
     fastshm.Queue(name).put(b"late")
     time.sleep(0.1)
     assert all(t.is_alive() for t in threading.enumerate() if t.name == "fastshm-waiter")

@@ -163,10 +163,13 @@ class _Shard:
 
     def leave(self, w: Watch) -> None:
         with self.lock:
-            self.asleep.pop(w, None)
+            was_asleep = self.asleep.pop(w, None) is not None
             self.members -= 1
-        # Looked at again without it: its mapping may go the next moment.
-        lib.fshm_word_bump(self.ctl)
+        if was_asleep:
+            # Looked at again without it.  (The helper reads a word only
+            # under the lock, from a watch still asleep, so its mapping may
+            # go the next moment either way.)
+            lib.fshm_word_bump(self.ctl)
 
     def _run(self) -> None:
         poll = _POLL_MIN_S
