@@ -499,13 +499,48 @@ def test_wait_any_refuses_what_it_cannot_wait_on(name: str) -> None:
     with pytest.raises(TypeError, match="cannot wait on 'int'"):
         fastshm.wait_any([3])
     pub = fastshm.Publisher(name, 16, 2)
-    sub = fastshm.Subscriber(name)
     try:
-        with pytest.raises(TypeError, match="Subscriber"):
-            fastshm.wait_any([sub])
+        with pytest.raises(TypeError, match="a Publisher has none to give"):
+            fastshm.wait_any([pub])
     finally:
-        sub.close()
         pub.delete()
+
+
+def test_wait_any_on_subscribers(backend: str, shm_name: Callable[..., str]) -> None:
+    """A subscriber is ready when a message it has not received is
+    published: not for those before it joined (history 0), not for those it
+    received."""
+    names = [shm_name(), shm_name()]
+    pubs = [fastshm.Publisher(n, 16, 4, backend=backend) for n in names]
+    pubs[0].publish(b"before")
+    subs = [fastshm.Subscriber(n, backend=backend) for n in names]
+    try:
+        with pytest.raises(TimeoutError):
+            fastshm.wait_any(subs, timeout=0.05)
+        p = later("import fastshm, sys\nfastshm.Publisher(sys.argv[1], backend=sys.argv[2])"
+                  ".publish(b'x')\n", names[1], backend)
+        assert fastshm.wait_any(subs, timeout=30) == [subs[1]]
+        finish(p)
+        with subs[1].receive(timeout=0) as s:
+            assert bytes(s) == b"x"
+        with pytest.raises(TimeoutError):
+            fastshm.wait_any(subs, timeout=0)
+
+        async def main() -> List[Any]:
+            a = [aio.Subscriber.from_sync(s) for s in subs]
+            p = later("import fastshm, sys\nfastshm.Publisher(sys.argv[1], backend=sys.argv[2])"
+                      ".publish(b'y')\n", names[0], backend)
+            got = await aio.wait_any(a, timeout=30)
+            finish(p)
+            return got
+        got = run(main())
+        assert [g.sync for g in got] == [subs[0]]
+        assert subs[0].receive_into(bytearray(16), timeout=0) == 1
+    finally:
+        for s in subs:
+            s.close()
+        for pub in pubs:
+            pub.delete()
 
 
 def test_the_helper_thread_survives_a_closed_loop(name: str) -> None:
@@ -541,3 +576,34 @@ def test_get_timeout_raises_queue_empty_and_put_queue_full(name: str) -> None:
                 await q.put(b"z" * 1000)  # could never fit: at once
             assert q.get_nowait() == b"x" * 40
     run(main())
+
+
+ABANDONED = r"""
+import asyncio, gc, struct, sys, time
+import fastshm, fastshm.aio as aio
+name = sys.argv[1]
+q = aio.Queue(name, 4096)
+async def abandon():
+    for _ in range(3):
+        asyncio.ensure_future(q.get())
+    await asyncio.sleep(0.05)
+loop = asyncio.new_event_loop()
+loop.run_until_complete(abandon())
+loop.close()
+fastshm.Queue(name).put(b"x")  # the helper wakes them: their loop is gone
+time.sleep(0.3)
+del q, loop
+gc.collect()  # the tasks' coroutines close in a cycle with the mapping
+raw = fastshm.SharedMemory(name)
+print(struct.unpack_from("<I", raw.buf, 28)[0])  # the queue's sleeper count
+raw.close()
+fastshm.Queue(name).delete()
+"""
+
+
+def test_tasks_collected_mid_wait_count_themselves_out(name: str) -> None:
+    """Tasks of a closed loop, woken to no loop and collected while they
+    wait, with their queue object: each counts itself out of the sleepers,
+    on memory still mapped (the collector finalizes a cycle's objects in
+    any order)."""
+    assert run_python(ABANDONED, name, timeout=60).stdout.strip() == b"0"

@@ -1185,6 +1185,17 @@ static PyObject *subscriber_receive_into(SubscriberObject *self, PyObject *const
     return result;
 }
 
+/* _pending() -> bool: whether a message this subscriber has not reached is
+ * published (True also when it is closed, or its entry is no longer its
+ * own: the next receive says so).  Never waits: for fastshm.wait_any. */
+static PyObject *subscriber_pending(SubscriberObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->mapping == NULL)
+        Py_RETURN_TRUE;
+    return PyBool_FromLong(fshm_channel_wait(&self->c, &self->sub, 0) != FSHM_ETIMEOUT);
+}
+
 static PyObject *subscriber_get_received(SubscriberObject *self, void *closure)
 {
     (void)closure;
@@ -1216,6 +1227,7 @@ static PyMethodDef subscriber_methods[] = {
      "Leave the channel, giving up every sample still held."},
     {"_lock_owner", (PyCFunction)subscriber_lock_owner, METH_NOARGS, NULL},
     {"_break_lock", (PyCFunction)subscriber_break_lock, METH_O, NULL},
+    {"_pending", (PyCFunction)subscriber_pending, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,10 +12,10 @@ helper with a callback.  The helper calls it when the word differs from the
 remembered value: something changed, look again.  So the helper never takes
 a message, and a waiter that is cancelled loses nothing.
 
-A helper thread sleeps on at most ``PER_THREAD`` watches (the kernel's limit
-for one futex_waitv is 128 words, one of them the helper's own): a process
-waiting on more objects than that gets one more thread for each
-``PER_THREAD`` of them.  Words the helper cannot be woken on (objects of the
+A helper thread sleeps on at most ``PER_THREAD`` words (the kernel's limit
+for one futex_waitv is 128, one of them the helper's own), however many
+tasks wait on each: a process waiting on more objects than that gets one
+more thread for each ``PER_THREAD`` of them.  Words the helper cannot be woken on (objects of the
 python backend's queue and channel, whose sleeper counts change under their
 file lock; read-only mappings; systems without futex_waitv) are polled, at
 most ``POLL_MAX_S`` apart.  Every ``PEEK_S`` an idle helper also asks each
@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - an install without its C core
         "fastshm.aio and fastshm.wait_any sleep in fastshm's C core, which this "
         f"install lacks ({e}); reinstall fastshm with a C compiler at hand") from e
 
-#: Watches one helper thread sleeps on (its own wake-up word is the 128th).
+#: Words one helper thread sleeps on (its own wake-up word is the 128th).
 PER_THREAD = lib.FSHM_WAIT_WORDS_MAX - 1
 #: The longest a polled word goes unlooked at (the first looks come sooner).
 POLL_MAX_S = 0.05
@@ -57,9 +57,15 @@ POLLS = bool(lib.fshm_wait_words_polls())
 class Mapping:
     """The helper's own mapping of a fastshm object, by name: its words stay
     readable whatever the object's owner does with its handle (closing it
-    from another thread included)."""
+    from another thread included).
 
-    __slots__ = ("base", "size", "readonly", "name")
+    Unmapped when the last of its holders lets go (``release``), never by
+    the garbage collector: a task collected with its wait unfinished counts
+    itself out of the sleepers in its ``finally``, whichever of the cycle's
+    objects the collector finalizes first.  The maker holds the first
+    reference, each watch one more."""
+
+    __slots__ = ("base", "size", "readonly", "name", "refs", "_lock")
 
     def __init__(self, name: str, any_owner: bool = False) -> None:
         m = ffi.new("fshm_map *")
@@ -70,12 +76,25 @@ class Mapping:
         self.name = name
         self.size = int(m.size)
         self.readonly = bool(m.readonly)
-        size = self.size
-        self.base = ffi.gc(ffi.cast("unsigned char *", m.base),
-                           lambda p: lib.fshm_unmap(p, size), size=size)
+        self.base = ffi.cast("unsigned char *", m.base)
+        self.refs = 1
+        self._lock = threading.Lock()
 
     def word(self, offset: int) -> Any:
         return ffi.cast("uint32_t *", self.base + offset)
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self.refs <= 0:
+                raise ValueError(f"the wake-up mapping of {self.name!r} is closed")
+            self.refs += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.refs -= 1
+            last = self.refs == 0
+        if last:
+            lib.fshm_unmap(self.base, self.size)
 
 
 class Watch:
@@ -84,16 +103,20 @@ class Watch:
     (False: the word is polled).  ``peek()``: whether what it waits for
     looks there, for the helper's occasional look; ``tick``: seconds after
     which the helper calls back even if nothing changed (a publisher waiting
-    for room looks for dead subscribers this often)."""
+    for room looks for dead subscribers this often).  It holds its mapping
+    until :meth:`disarm`, which every maker of one must call."""
 
-    __slots__ = ("mapping", "word", "waiters", "value", "counted", "peek", "tick",
-                 "due", "shard", "armed")
+    __slots__ = ("mapping", "word", "key", "waiters", "value", "counted", "peek", "tick",
+                 "due", "shard", "armed", "held")
 
     def __init__(self, mapping: Mapping, word: int, waiters: int, *, counted: bool = True,
                  peek: Optional[Callable[[], bool]] = None,
                  tick: Optional[float] = None) -> None:
+        mapping.acquire()
+        self.held = True
         self.mapping = mapping
         self.word = mapping.word(word)
+        self.key = int(ffi.cast("uintptr_t", self.word))
         self.waiters = mapping.word(waiters)
         self.counted = counted and not mapping.readonly and not POLLS
         self.peek = peek
@@ -120,19 +143,23 @@ class Watch:
 
     def wake(self) -> None:
         """Call the callback now if it is asleep (closing the object)."""
-        if self.shard is not None:
-            self.shard.fire(self)
+        shard = self.shard
+        if shard is not None:
+            shard.fire(self)
 
     def disarm(self) -> None:
-        """Stop sleeping and count out; harmless twice."""
-        if not self.armed:
-            return
-        self.armed = False
-        shard, self.shard = self.shard, None
-        if shard is not None:
-            shard.leave(self)
-        if self.counted:
-            lib.fshm_waiters_add(self.waiters, -1)
+        """Stop sleeping, count out and let go of the mapping; harmless
+        twice."""
+        if self.armed:
+            self.armed = False
+            shard, self.shard = self.shard, None
+            if shard is not None:
+                shard.leave(self)  # the helper looks at it no more
+            if self.counted:
+                lib.fshm_waiters_add(self.waiters, -1)
+        if self.held:
+            self.held = False
+            self.mapping.release()
 
 
 class _Shard:
@@ -140,7 +167,8 @@ class _Shard:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.members = 0
+        # How many armed watches share each word (by address) here.
+        self.members: Dict[int, int] = {}
         self.asleep: Dict[Watch, Callable[[], None]] = {}
         self.ctl = ffi.new("uint32_t[1]")
         self.words = ffi.new("uint32_t *[]", PER_THREAD + 1)
@@ -164,7 +192,11 @@ class _Shard:
     def leave(self, w: Watch) -> None:
         with self.lock:
             was_asleep = self.asleep.pop(w, None) is not None
-            self.members -= 1
+            left = self.members[w.key] - 1
+            if left:
+                self.members[w.key] = left
+            else:
+                del self.members[w.key]
         if was_asleep:
             # Looked at again without it.  (The helper reads a word only
             # under the lock, from a watch still asleep, so its mapping may
@@ -174,19 +206,22 @@ class _Shard:
     def _run(self) -> None:
         poll = _POLL_MIN_S
         peeked = time.monotonic()
+        words, values = self.words, self.values
         while True:
             ready: List[Callable[[], None]] = []
             with self.lock:
                 now = time.monotonic()
-                ctl = lib.fshm_word_load(self.ctl)
-                self.words[0] = self.ctl
-                self.values[0] = ctl
+                # Plain reads here (a cffi call would let the GIL go each
+                # time): a stale one only ends the sleep below at once, as
+                # the kernel compares each word again before sleeping.
+                words[0] = self.ctl
+                values[0] = self.ctl[0]
                 n = 1
                 seen = set()
                 timeout: Optional[float] = None
                 polled = False
                 for w, callback in list(self.asleep.items()):
-                    value = lib.fshm_word_load(w.word)
+                    value = w.word[0]
                     if value != w.value or (w.tick is not None and now >= w.due):
                         del self.asleep[w]
                         ready.append(callback)
@@ -195,18 +230,22 @@ class _Shard:
                         left = w.due - now
                         timeout = left if timeout is None else min(timeout, left)
                     polled = polled or not w.counted
-                    key = int(ffi.cast("uintptr_t", w.word))
-                    if key not in seen:  # the same value: each was just compared
-                        seen.add(key)
-                        self.words[n] = w.word
-                        self.values[n] = value
+                    if w.key not in seen:  # the same value: each was just compared
+                        seen.add(w.key)
+                        words[n] = w.word
+                        values[n] = value
                         n += 1
                 asleep = bool(self.asleep)
             if ready:
+                # Then straight to sleep, on what is left: the woken loops
+                # find the GIL free.
                 poll = _POLL_MIN_S
                 for callback in ready:
                     callback()
-                continue
+            # Nothing of a waiter stays referenced from here while asleep:
+            # a task whose loop is gone must be free to be collected.
+            ready = []
+            w = callback = None  # type: ignore[assignment]
             if polled:
                 timeout = poll if timeout is None else min(timeout, poll)
                 poll = min(poll * 2, POLL_MAX_S)
@@ -214,7 +253,7 @@ class _Shard:
                 peek_in = max(peeked + PEEK_S - time.monotonic(), 0.0)
                 timeout = peek_in if timeout is None else min(timeout, peek_in)
             # The GIL is released for the sleep (cffi does so for every call).
-            rc = lib.fshm_wait_words(self.words, self.values, n,
+            rc = lib.fshm_wait_words(words, values, n,
                                      -1 if timeout is None else int(timeout * 1e9))
             if rc == ETIMEOUT and asleep and time.monotonic() >= peeked + PEEK_S:
                 peeked = time.monotonic()
@@ -237,17 +276,24 @@ _shards: List[_Shard] = []
 
 
 def _shard_for(w: Watch) -> _Shard:
+    """The helper that sleeps on w's word already, else one with room for
+    another word: a helper's limit is on words, however many tasks share
+    one."""
     with _lock:
+        home = None
         for shard in _shards:
             with shard.lock:
-                if shard.members < PER_THREAD:
-                    shard.members += 1
+                if w.key in shard.members:
+                    shard.members[w.key] += 1
                     return shard
-        shard = _Shard()
-        with shard.lock:
-            shard.members += 1
-        _shards.append(shard)
-        return shard
+                if home is None and len(shard.members) < PER_THREAD:
+                    home = shard
+        if home is None:
+            home = _Shard()
+            _shards.append(home)
+        with home.lock:
+            home.members[w.key] = home.members.get(w.key, 0) + 1
+        return home
 
 
 def threads() -> int:

@@ -195,6 +195,13 @@ class ChannelHandle:
         self._no_message(rc)
         return None
 
+    def pending(self, sub: Any) -> bool:
+        """Whether a message ``sub`` has not reached is published (True
+        also when the next receive would raise).  Never waits."""
+        if self.closed:
+            return True
+        return lib.fshm_channel_wait(self._c, sub, 0) != ETIMEOUT  # type: ignore[no-any-return]
+
     def receive_into(self, sub: Any, dst: memoryview,
                      timeout: Optional[float]) -> Optional[Tuple[int, int, int]]:
         """The next message copied into ``dst`` (a writable byte-wise view)

@@ -1167,6 +1167,13 @@ class ChannelHandle(P._Mapped):
             raise lost_error(self.name)
         _inconsistent(self.name)
 
+    def pending(self, sub: Tuple[int, int]) -> bool:
+        """Whether a message ``sub`` has not reached is published (True
+        also when the next receive would raise).  Never waits."""
+        if self.closed:
+            return True
+        return self._message_ready(self._mm, sub)
+
     def receive_into(self, sub: Tuple[int, int], dst: memoryview,
                      timeout: Optional[float]) -> Optional[Tuple[int, int, int]]:
         """The next message copied into ``dst`` (a writable byte-wise view)

@@ -27,8 +27,9 @@ def objects_of(objects: Iterable[Any]) -> List[Any]:
 def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
     """Block until at least one of ``objects`` is ready, and return the
     ready ones, in the order given: a Segment with a message newer than its
-    ``last_seq``, a Queue or ObjectQueue with a message queued.  Nothing is
-    taken: get or load from those returned.  TimeoutError after
+    ``last_seq``, a Queue or ObjectQueue with a message queued, a Subscriber
+    with a message it has not received.  Nothing is taken: get, load or
+    receive from those returned.  TimeoutError after
     ``timeout`` seconds (None: none).  Sleeps on all of them at once, in
     this thread (Linux 5.16 and later; elsewhere it polls, a change seen
     within a few milliseconds); Ctrl-C interrupts it."""
@@ -42,8 +43,13 @@ def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[An
         raise ValueError(f"wait_any() waits on at most {PER_THREAD + 1} objects at once, "
                          f"not {len(objs)}: await fastshm.aio.wait_any() for more")
     deadline = None if timeout is None else time.monotonic() + timeout
-    mappings = [_watched.mapping_of(o) for o in objs]
-    watches = [_watched.watch(o, m) for o, m in zip(objs, mappings)]
+    watches = []
+    for o in objs:
+        mapping = _watched.mapping_of(o)
+        try:
+            watches.append(_watched.watch(o, mapping))
+        finally:
+            mapping.release()  # the watch holds it now
     n = len(watches)
     words = ffi.new("uint32_t *[]", [w.word for w in watches])
     values = ffi.new("uint32_t[]", n)
@@ -73,3 +79,5 @@ def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[An
     finally:
         for w in counted:
             lib.fshm_waiters_add(w.waiters, -1)
+        for w in watches:
+            w.disarm()  # not armed: lets go of its mapping

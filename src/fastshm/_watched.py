@@ -72,13 +72,15 @@ def watch(obj: Any, mapping: Mapping, *, room: bool = False,
 def ready_peek(obj: Any) -> Tuple[str, Callable[[], bool]]:
     """(kind, peek): whether obj has what a reader waits for, as far as one
     can tell without taking it: a segment a message newer than its
-    last_seq, a queue a message queued."""
+    last_seq, a queue a message queued, a subscriber a message it has not
+    received."""
     kind = kind_of(obj)
     if kind == "segment":
         return kind, lambda: obj.seq > obj.last_seq
     if kind == "queue":
         q = _target(obj)
         return kind, lambda: q.qsize() > 0
-    raise TypeError(f"wait_any cannot tell yet whether a {type(obj).__name__} is ready "
-                    "without taking its message: await fastshm.aio.Subscriber.receive() "
-                    "in a task of its own instead")
+    if kind == "subscriber":
+        return kind, obj._pending
+    raise TypeError("wait_any waits for messages, and a Publisher has none to give: "
+                    "await fastshm.aio.Publisher.publish() for room instead")

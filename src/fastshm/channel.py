@@ -595,6 +595,10 @@ class _HandleSubscriber(_HandleChannel, Subscriber):
         self._last_seq = seq
         return length  # type: ignore[no-any-return]
 
+    def _pending(self) -> bool:
+        h = self._h
+        return True if h is None else bool(h.pending(self._sub))
+
     def _release(self, slot: int) -> None:
         h = self._h
         if h is not None:

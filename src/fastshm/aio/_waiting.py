@@ -4,6 +4,7 @@ the helper's mapping of it, and the one way it waits (``until``)."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, Callable, Optional, Set, Type
 
 from .. import _watched
@@ -32,7 +33,7 @@ class Waiting:
     """Base of the aio classes: ``sync`` is the synchronous object, shared
     (closing either closes both); attributes not defined here are its."""
 
-    __slots__ = ("sync", "_mapping", "_watches", "__weakref__")
+    __slots__ = ("sync", "_mapping", "_watches", "_release", "__weakref__")
 
     @classmethod
     def _sync_class(cls) -> Type[Any]:
@@ -40,8 +41,13 @@ class Waiting:
 
     def __init__(self, sync: Any) -> None:
         self.sync = sync
-        self._mapping: Optional[Mapping] = _watched.mapping_of(sync)
+        mapping = _watched.mapping_of(sync)
+        self._mapping: Optional[Mapping] = mapping
         self._watches: Set[Watch] = set()
+        # Its reference to the mapping goes at close(), or with it if it is
+        # never closed (waits still running keep theirs).
+        self._release = weakref.finalize(self, mapping.release)
+        self._release.atexit = False
 
     @classmethod
     def from_sync(cls, obj: Any) -> Any:
@@ -67,6 +73,7 @@ class Waiting:
         for w in list(self._watches):
             w.wake()
         self._mapping = None
+        self._release()  # once: a finalizer runs at most once
 
     def __enter__(self) -> Any:
         return self

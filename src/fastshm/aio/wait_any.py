@@ -22,8 +22,14 @@ async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> L
         return ready
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    watches = [_watched.watch(o, _watched.mapping_of(o)) for o in objs]
+    watches = []
     try:
+        for o in objs:
+            mapping = _watched.mapping_of(o)
+            try:
+                watches.append(_watched.watch(o, mapping))
+            finally:
+                mapping.release()  # the watch holds it now
         while True:
             for w in watches:
                 w.arm()
