@@ -282,6 +282,9 @@ def targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     from .report_channels import channel_targets
 
     out += channel_targets(rows)
+    from .report_aio import aio_targets
+
+    out += aio_targets(rows)
     return out
 
 
@@ -653,6 +656,9 @@ def markdown(
     from .report_channels import channel_sections
 
     out += channel_sections(meta, rows)
+    from .report_aio import aio_sections
+
+    out += aio_sections(meta, rows)
 
     gl = [r for r in rows if r["case"] == "gil"]
     if gl:
@@ -704,7 +710,7 @@ def markdown(
     out += [
         "",
         "Plots: copy_path.png (main), round_trip.png, open_costs.png, one_way.png, frames.png, "
-        "queues.png, channels.png.",
+        "queues.png, channels.png, aio.png.",
         "",
     ]
     return "\n".join(out)
@@ -1026,6 +1032,11 @@ def plots(rows: List[Dict[str, Any]], outdir: str, title: str) -> List[str]:
     fig = channel_plot(rows, plt, title)
     if fig is not None:
         save(fig, "channels.png")
+    from .report_aio import aio_plot
+
+    aio_fig = aio_plot(rows, plt, title)
+    if aio_fig is not None:
+        save(aio_fig, "aio.png")
     return made
 
 

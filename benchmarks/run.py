@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 import fastshm
 
-from . import cfloor, channels, crossproc, gil, inproc, queues, report
+from . import aio, cfloor, channels, crossproc, gil, inproc, queues, report
 from .names import Names, iceoryx2_entries, sweep_new_iceoryx2
 from .timing import Progress
 
@@ -69,6 +69,16 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "chan_rt_blocks": 3,
         "chan_idle_seconds": 2.0,
         "chan_sample_count": 30,
+        # The asyncio cases (aio.py): tasks awaiting at once and how long
+        # they are watched idle, wake-ups and their pause, ping-pong runs.
+        "aio_tasks": 1000,
+        "aio_settle_s": 0.5,
+        "aio_idle_seconds": 1.0,
+        "aio_wake_count": 200,
+        "aio_wake_block": 50,
+        "aio_wake_pause_s": 0.002,
+        "aio_pp_seconds": 0.5,
+        "aio_pp_repeats": 1,
     },
     "full": {
         "copy_sizes": ALL_SIZES,
@@ -106,6 +116,14 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "chan_rt_blocks": 12,
         "chan_idle_seconds": 2.0,
         "chan_sample_count": 200,
+        "aio_tasks": 1000,
+        "aio_settle_s": 0.5,
+        "aio_idle_seconds": 3.0,
+        "aio_wake_count": 2000,
+        "aio_wake_block": 100,
+        "aio_wake_pause_s": 0.002,
+        "aio_pp_seconds": 1.0,
+        "aio_pp_repeats": 5,
     },
 }
 
@@ -206,6 +224,7 @@ def main(argv: List[str] | None = None) -> int:
         + len(cfg["queue_plan"])
         + len(cfg["queue_rt_sizes"])
         + channels.steps(cfg["chan_rt_sizes"])
+        + aio.steps()
     )
     progress = Progress(steps)
     names = Names()
@@ -229,6 +248,8 @@ def main(argv: List[str] | None = None) -> int:
     )
     meta["queue_skipped"] = queues.skipped()
     meta["channel_skipped"] = channels.skipped()
+    meta["aio_skipped"] = aio.skipped()
+    meta["aio_sleeps_in"] = aio.sleeps_in()
     m = meta["machine"]
     sys.stderr.write(
         f"fastshm benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores, "
@@ -268,6 +289,7 @@ def main(argv: List[str] | None = None) -> int:
             progress,
         )
         rows += channels.run(names, cfg, progress)
+        rows += aio.run(names, cfg, progress)
         rows += gil.gil(names, cfg["gil_sizes"], cfg["gil_seconds"], cfg["gil_repeats"], progress)
     finally:
         left = names.sweep(quiet=False)
