@@ -70,6 +70,14 @@ class Waiting:
         """Close the object; tasks awaiting it raise the error a closed
         object gives.  Harmless twice."""
         self.sync.close()
+        self._closed()
+
+    def delete(self) -> None:
+        """Close it and remove its name, as the synchronous ``delete``."""
+        self.sync.delete()
+        self._closed()
+
+    def _closed(self) -> None:
         for w in list(self._watches):
             w.wake()
         self._mapping = None
