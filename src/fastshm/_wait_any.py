@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Tuple
 
 from . import _watched
 from ._errors import ETIMEOUT
 from ._fastshm import ffi, lib
-from ._hub import PER_THREAD, POLL_MAX_S
+from ._hub import PER_THREAD, POLL_MAX_S, Watch
 
 # The longest one sleep lasts: then the objects are looked at again (a
 # writer killed between its change and its wake-up), and a signal handler
@@ -16,12 +16,15 @@ from ._hub import PER_THREAD, POLL_MAX_S
 _SLICE_S = 0.1
 
 
-def objects_of(objects: Iterable[Any]) -> List[Any]:
-    """The synchronous objects (an aio object stands for its own)."""
-    objs = [getattr(o, "sync", o) for o in objects]
+def look(objects: Iterable[Any]) -> Tuple[List[Any], List[Any], List[Any], List[Any]]:
+    """(given, synchronous objects, their peeks, the given ones ready now):
+    an aio object stands for its synchronous one."""
+    given = list(objects)
+    objs = [getattr(o, "sync", o) for o in given]
     if not objs:
         raise ValueError("wait_any() needs at least one object to wait on")
-    return objs
+    peeks = [_watched.ready_peek(o)[1] for o in objs]
+    return given, objs, peeks, [g for g, peek in zip(given, peeks) if peek()]
 
 
 def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
@@ -33,29 +36,21 @@ def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[An
     ``timeout`` seconds (None: none).  Sleeps on all of them at once, in
     this thread (Linux 5.16 and later; elsewhere it polls, a change seen
     within a few milliseconds); Ctrl-C interrupts it."""
-    given = list(objects)
-    objs = objects_of(given)
-    peeks = [_watched.ready_peek(o)[1] for o in objs]
-    ready = [g for g, peek in zip(given, peeks) if peek()]
+    given, objs, peeks, ready = look(objects)
     if ready:
         return ready
     if len(objs) > PER_THREAD + 1:
         raise ValueError(f"wait_any() waits on at most {PER_THREAD + 1} objects at once, "
                          f"not {len(objs)}: await fastshm.aio.wait_any() for more")
     deadline = None if timeout is None else time.monotonic() + timeout
-    watches = []
-    for o in objs:
-        mapping = _watched.mapping_of(o)
-        try:
-            watches.append(_watched.watch(o, mapping))
-        finally:
-            mapping.release()  # the watch holds it now
-    n = len(watches)
-    words = ffi.new("uint32_t *[]", [w.word for w in watches])
-    values = ffi.new("uint32_t[]", n)
-    polled = any(not w.counted for w in watches)
-    counted = []
+    watches: List[Watch] = []
+    counted: List[Watch] = []
     try:
+        _watched.watches_of(objs, watches)
+        n = len(watches)
+        words = ffi.new("uint32_t *[]", [w.word for w in watches])
+        values = ffi.new("uint32_t[]", n)
+        polled = any(not w.counted for w in watches)
         for w in watches:
             if w.counted:
                 lib.fshm_waiters_add(w.waiters, 1)

@@ -5,7 +5,7 @@ fastshm.aio and fastshm.wait_any."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from . import _common as C
 from ._hub import Mapping, Watch
@@ -67,6 +67,17 @@ def watch(obj: Any, mapping: Mapping, *, room: bool = False,
         return Watch(mapping, ROOM, ROOM_WAITERS, counted=counted(obj), peek=peek,
                      tick=ROOM_TICK_S)
     return Watch(mapping, NOTIFY, WAITERS, counted=counted(obj), peek=peek)
+
+
+def watches_of(objs: List[Any], into: List[Watch]) -> None:
+    """A watch on each object's messages, appended to ``into`` (so that a
+    caller disarms those made before an error)."""
+    for o in objs:
+        m = mapping_of(o)
+        try:
+            into.append(watch(o, m))
+        finally:
+            m.release()  # the watch holds it now
 
 
 def ready_peek(obj: Any) -> Tuple[str, Callable[[], bool]]:

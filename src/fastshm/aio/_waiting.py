@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, Callable, Optional, Set, Type
+from typing import Any, Callable, List, Optional, Set, Type
 
 from .. import _watched
 from .._hub import Mapping, Watch
@@ -27,6 +27,24 @@ def _waker(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[None]") -> Call
         except RuntimeError:
             pass  # the loop is closed: nobody waits any more
     return wake
+
+
+async def sleep_on(loop: asyncio.AbstractEventLoop, watches: List[Watch],
+                   left: Optional[float]) -> None:
+    """Until the helper sees one of the armed ``watches`` change, or
+    ``left`` seconds (None: no limit).  Watches not woken sleep on with a
+    callback that finds the future done, until armed and put to sleep
+    again (or disarmed)."""
+    fut: "asyncio.Future[None]" = loop.create_future()
+    wake = _waker(loop, fut)
+    for w in watches:
+        w.sleep(wake)
+    timer = None if left is None else loop.call_later(left, _wake, fut)
+    try:
+        await fut
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 class Waiting:
@@ -127,14 +145,7 @@ class Waiting:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     raise expired()
-                fut: "asyncio.Future[None]" = loop.create_future()
-                w.sleep(_waker(loop, fut))
-                timer = None if left is None else loop.call_later(left, _wake, fut)
-                try:
-                    await fut
-                finally:
-                    if timer is not None:
-                        timer.cancel()
+                await sleep_on(loop, [w], left)
                 w.arm()
         finally:
             w.disarm()

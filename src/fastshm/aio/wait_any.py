@@ -6,30 +6,23 @@ import asyncio
 from typing import Any, Iterable, List, Optional
 
 from .. import _watched
-from .._wait_any import objects_of
-from ._waiting import _wake, _waker
+from .._hub import Watch
+from .._wait_any import look
+from ._waiting import sleep_on
 
 
 async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
     """:func:`fastshm.wait_any` for asyncio: the ready ones of ``objects``
     (synchronous or fastshm.aio objects), nothing taken; TimeoutError after
     ``timeout`` seconds.  Any number of objects, on the helper thread."""
-    given = list(objects)
-    objs = objects_of(given)
-    peeks = [_watched.ready_peek(o)[1] for o in objs]
-    ready = [g for g, peek in zip(given, peeks) if peek()]
+    given, objs, peeks, ready = look(objects)
     if ready:
         return ready
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    watches = []
+    watches: List[Watch] = []
     try:
-        for o in objs:
-            mapping = _watched.mapping_of(o)
-            try:
-                watches.append(_watched.watch(o, mapping))
-            finally:
-                mapping.release()  # the watch holds it now
+        _watched.watches_of(objs, watches)
         while True:
             for w in watches:
                 w.arm()
@@ -40,18 +33,7 @@ async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> L
             if left is not None and left <= 0:
                 raise TimeoutError(f"none of the {len(objs)} objects was ready within "
                                    f"{timeout} s")
-            fut: "asyncio.Future[None]" = loop.create_future()
-            wake = _waker(loop, fut)
-            for w in watches:
-                w.sleep(wake)
-            timer = None if left is None else loop.call_later(left, _wake, fut)
-            try:
-                await fut
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            # The other watches sleep on with this callback until armed
-            # and put to sleep again: a late call finds the future done.
+            await sleep_on(loop, watches, left)
     finally:
         for w in watches:
             w.disarm()
