@@ -101,6 +101,14 @@ class Waiting:
         self._mapping = None
         self._release()  # once: a finalizer runs at most once
 
+    def _after_close(self, check: Callable[[], Any]) -> Any:
+        """A wait on a closed object: what the synchronous call says (its
+        closed error, as a rule)."""
+        got = check()
+        if got is NOT_YET:
+            raise ValueError(f"{self.sync!r} is closed: nothing to wait for")
+        return got
+
     def __enter__(self) -> Any:
         return self
 
@@ -128,7 +136,7 @@ class Waiting:
             return got
         mapping = self._mapping
         if mapping is None:
-            return check()  # closed: the synchronous call says so
+            return self._after_close(check)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
         w = _watched.watch(self.sync, mapping, room=room, peek=peek)
@@ -141,7 +149,7 @@ class Waiting:
                 if got is not NOT_YET:
                     return got
                 if self._mapping is None:
-                    return check()
+                    return self._after_close(check)
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
                     raise expired()
