@@ -601,6 +601,10 @@ fastshm.Queue(name).delete()
 """
 
 
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython",
+    reason="PyPy closes a collected coroutine when its collector gets round to it (here only at "
+           "exit), not within gc.collect(): nothing to check at a known moment")
 def test_tasks_collected_mid_wait_count_themselves_out(name: str) -> None:
     """Tasks of a closed loop, woken to no loop and collected while they
     wait, with their queue object: each counts itself out of the sleepers,
