@@ -264,6 +264,25 @@ uint32_t fshm_word_load(const uint32_t *word);
  * thread interrupts another's fshm_wait_words. */
 void fshm_word_bump(uint32_t *word);
 
+/* ---- sleeping on wake-up words from an event loop (futex_ring.c) ---- */
+
+/* An io_uring of futex waits whose descriptor an event loop watches.
+ * Open: 0 and *out, or an errno value where the system cannot (not Linux,
+ * io_uring refused, a kernel before 6.7: ENOSYS).  Wait: queue and submit a
+ * sleep on word while it holds value (same protocol as fshm_wait_words),
+ * tag coming back with its completion; 0 or an errno value.  Cancel: end the
+ * wait queued with tag (it completes with -ECANCELED; tag 0 is the cancel's
+ * own completion, never a wait's).  Reap: up to max
+ * completions (results: 0 woken, -EAGAIN the value differed, -ECANCELED,
+ * another -errno), their number.  One thread uses a ring at a time. */
+typedef struct fshm_futex_ring fshm_futex_ring;
+int fshm_futex_ring_open(fshm_futex_ring **out);
+int fshm_futex_ring_fd(const fshm_futex_ring *r);
+int fshm_futex_ring_wait(fshm_futex_ring *r, uint32_t *word, uint32_t value, uint64_t tag);
+int fshm_futex_ring_cancel(fshm_futex_ring *r, uint64_t tag);
+int fshm_futex_ring_reap(fshm_futex_ring *r, uint64_t *tags, int32_t *results, int max);
+void fshm_futex_ring_close(fshm_futex_ring *r);
+
 /* Sleep ns nanoseconds (<= 0: yield the processor).  EINTR when a signal
  * handler ran meanwhile (POSIX), else 0. */
 int fshm_sleep_ns(int64_t ns);

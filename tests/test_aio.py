@@ -40,13 +40,32 @@ except ImportError:
     LOOPS = ["asyncio"]
 _loop = ["asyncio"]
 
+from fastshm import _loop_ring  # noqa: E402
 
-@pytest.fixture(params=LOOPS, autouse=True)
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    """Every test on asyncio's own event loop, and on uvloop's when it is
-    installed."""
-    _loop[0] = request.param
-    return request.param  # type: ignore[no-any-return]
+# Where a loop sleeps: on its own io_uring (Linux 6.7 and later), or on the
+# helper threads (elsewhere, and for polled words).  Every test runs on
+# each loop with the ring where this system has one, and on the helpers
+# with asyncio's loop.
+SETUPS = [(kind, "ring") for kind in LOOPS] if _loop_ring.ring_supported() else []
+SETUPS.append(("asyncio", "helper"))
+# Child processes of these tests read it (see PRELUDE).
+SLEEPER_ENV = "FSHM_TEST_SLEEPER"
+PRELUDE = ("import os\n"
+           f"if os.environ.get({SLEEPER_ENV!r}) == 'helper':\n"
+           "    import fastshm._loop_ring\n"
+           "    fastshm._loop_ring.usable = False\n")
+
+
+@pytest.fixture(params=SETUPS, ids=[f"{k}-{s}" for k, s in SETUPS], autouse=True)
+def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The event loop each test runs on (asyncio's own, uvloop's when it is
+    installed), and where it sleeps."""
+    kind, sleeper = request.param
+    _loop[0] = kind
+    if sleeper == "helper":
+        monkeypatch.setattr(_loop_ring, "usable", False)
+        monkeypatch.setenv(SLEEPER_ENV, "helper")
+    return kind  # type: ignore[no-any-return]
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -215,7 +234,7 @@ def test_the_first_look_needs_no_helper_thread(name: str) -> None:
     """A call that finds its message returns without a thread hop: no
     helper is started for it."""
     code = (
-        "import asyncio, sys, fastshm.aio as aio\nfrom fastshm import _hub\n"
+        PRELUDE + "import asyncio, sys, fastshm.aio as aio\nfrom fastshm import _hub\n"
         "async def main():\n"
         "    q = aio.Queue(sys.argv[1], 4096)\n"
         "    q.put_nowait(b'there')\n"
@@ -225,6 +244,24 @@ def test_the_first_look_needs_no_helper_thread(name: str) -> None:
         "    q.delete()\n"
         "asyncio.run(main())\n")
     assert run_python(code, name, timeout=60).stdout.strip() == b"0"
+
+
+def test_a_loop_sleeps_on_its_own_ring_where_there_is_one(name: str) -> None:
+    """With a ring (Linux 6.7 and later) the loop itself is woken: no
+    helper thread; without one, a helper thread sleeps for it."""
+    code = PRELUDE + (
+        "import asyncio, sys, fastshm, fastshm.aio as aio\nfrom fastshm import _hub\n"
+        "async def main():\n"
+        "    q = aio.Queue(sys.argv[1], 4096)\n"
+        "    task = asyncio.ensure_future(q.get(timeout=30))\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    fastshm.Queue(sys.argv[1]).put(b'x')\n"
+        "    assert await task == b'x'\n"
+        "    print(_hub.threads())\n"
+        "    q.delete()\n"
+        "asyncio.run(main())\n")
+    ring = os.environ.get(SLEEPER_ENV) != "helper"
+    assert run_python(code, name, timeout=60).stdout.strip() == (b"0" if ring else b"1")
 
 
 def test_a_cancelled_get_takes_nothing(backend: str, name: str) -> None:
@@ -380,8 +417,9 @@ def test_a_thousand_tasks_on_a_thousand_objects(backend: str, name: str,
     process feeds them in random order: each gets exactly its messages, and
     the process holds one helper thread per 127 objects, no more."""
     n = 1000 if backend_name(backend) == "native" else 200
-    child = subprocess.Popen([sys.executable, "-c", THOUSAND, name, str(n), backend, loop_kind],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + THOUSAND, name, str(n), backend, loop_kind],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert child.stdout is not None
         line = child.stdout.readline().split()
@@ -404,6 +442,71 @@ def test_a_thousand_tasks_on_a_thousand_objects(backend: str, name: str,
                 path = os.path.join("/dev/shm", f"{name}{tag}{i}")
                 if os.path.exists(path):
                     os.unlink(path)
+
+
+NO_LOOK = r"""
+import asyncio, sys
+import fastshm.aio as aio
+from fastshm import _hub
+_hub.PEEK_S = 3600.0  # no look every second: a lost wake-up would hang here
+there, back, n, m, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+async def main():
+    q, r = aio.Queue(there), aio.Queue(back)
+    for i in range(n):  # a ping-pong: each side sleeps before the other wakes it
+        await q.put(b"%d" % i)
+        got = await r.get()
+        assert got == b"%d" % i, (got, i)
+    got = []
+    async def take():  # twenty tasks on one word, fed by the other process
+        while True:
+            got.append(await r.get())
+    tasks = [asyncio.ensure_future(take()) for _ in range(20)]
+    await q.put(b"go")
+    while len(got) < m:
+        await asyncio.sleep(0.01)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert sorted(got) == sorted(b"f%d" % i for i in range(m)), len(got)
+    print("ok", flush=True)
+if kind == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+asyncio.run(main())
+"""
+
+ECHO = r"""
+import sys, fastshm
+q, r = fastshm.Queue(sys.argv[1]), fastshm.Queue(sys.argv[2])
+n, m = int(sys.argv[3]), int(sys.argv[4])
+for _ in range(n):
+    r.put(q.get(timeout=60))
+assert q.get(timeout=60) == b"go"
+for i in range(m):
+    r.put(b"f%d" % i, timeout=60)
+"""
+
+
+def test_no_wake_up_is_lost(shm_name: Callable[..., str], loop_kind: str) -> None:
+    """Without the look every second that covers a killed writer, every
+    wake-up must arrive by itself: 2000 round trips, then twenty tasks on
+    one queue taking 3000 messages.  A lost one hangs until the bound."""
+    there, back = shm_name(), shm_name()
+    with fastshm.Queue(there, 4096, create=True) as q, \
+            fastshm.Queue(back, 4096, create=True) as r:
+        echo = subprocess.Popen([sys.executable, "-c", ECHO, there, back, "2000", "3000"],
+                                stderr=subprocess.PIPE)
+        try:
+            out = run_python(PRELUDE + NO_LOOK, there, back, "2000", "3000", loop_kind,
+                             timeout=120)
+            assert out.stdout.strip() == b"ok"
+            finish(echo)
+        finally:
+            if echo.poll() is None:
+                echo.kill()
+                echo.communicate(timeout=30)
+            q.delete()
+            r.delete()
 
 
 STORM_PUTTER = r"""
@@ -610,4 +713,4 @@ def test_tasks_collected_mid_wait_count_themselves_out(name: str) -> None:
     wait, with their queue object: each counts itself out of the sleepers,
     on memory still mapped (the collector finalizes a cycle's objects in
     any order)."""
-    assert run_python(ABANDONED, name, timeout=60).stdout.strip() == b"0"
+    assert run_python(PRELUDE + ABANDONED, name, timeout=60).stdout.strip() == b"0"

@@ -34,11 +34,11 @@ _CEXT_SOURCES = [
 ]
 
 if sys.platform == "win32":
-    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "map_win32.c"]
+    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "futex_ring.c", "map_win32.c"]
     _LIBRARIES: list = []
     _ARGS: list = []
 else:
-    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "map_posix.c"]
+    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "futex_ring.c", "map_posix.c"]
     # glibc before 2.34 keeps shm_open in librt; macOS has no librt.
     _LIBRARIES = ["rt", "pthread"] if sys.platform.startswith("linux") else ["pthread"]
     _ARGS = ["-O2"]

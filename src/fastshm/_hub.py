@@ -1,6 +1,8 @@
-"""The sleeper of fastshm.aio: one helper thread that waits on the wake-up
-words of many objects at once (csrc/wait_words.c) and tells each waiter's
-event loop when its word changed.
+"""The sleepers of fastshm.aio: an event loop's own ring of futex waits
+where the system has one (``_loop_ring``, Linux 6.7 and later), else one
+helper thread that waits on the wake-up words of many objects at once
+(csrc/wait_words.c) and tells each waiter's event loop when its word
+changed.
 
 Every object's stores, puts, takes and publishes add one to a wake-up word
 in its header and wake the sleepers counted in the word beside it.  A
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from ._errors import ETIMEOUT, raise_for
 
@@ -39,6 +41,9 @@ except ImportError as e:  # pragma: no cover - an install without its C core
     raise ImportError(
         "fastshm.aio and fastshm.wait_any sleep in fastshm's C core, which this "
         f"install lacks ({e}); reinstall fastshm with a C compiler at hand") from e
+
+from . import _loop_ring  # noqa: E402 (after the C core's check)
+from ._loop_ring import Ring  # noqa: E402
 
 #: Words one helper thread sleeps on (its own wake-up word is the 128th).
 PER_THREAD = lib.FSHM_WAIT_WORDS_MAX - 1
@@ -123,21 +128,30 @@ class Watch:
         self.tick = tick
         self.due = 0.0
         self.value = 0
-        self.shard: Optional[_Shard] = None
+        # Where it sleeps: the running loop's ring, or a helper thread.
+        self.shard: Optional[Union[_Shard, Ring]] = None
         self.armed = False
 
     def arm(self) -> None:
         """Count in (once), then read the word: call before looking."""
         if not self.armed:
-            self.shard = _shard_for(self)
+            self.shard = _home_for(self)
             if self.counted:
                 lib.fshm_waiters_add(self.waiters, 1)
             self.armed = True
         self.value = lib.fshm_word_load(self.word)
 
+    @property
+    def local(self) -> bool:
+        """Whether the callback given to :meth:`sleep` runs on the waiting
+        loop's own thread (its ring) rather than a helper's.  Armed first."""
+        assert self.shard is not None
+        return self.shard.local
+
     def sleep(self, callback: Callable[[], None]) -> None:
-        """Have the helper call ``callback`` (on its thread) once the word
-        differs from the value read by :meth:`arm`.  Armed first."""
+        """Have the ring or helper call ``callback`` (see :attr:`local`)
+        once the word differs from the value read by :meth:`arm`.  Armed
+        first."""
         assert self.shard is not None
         self.shard.add(self, callback)
 
@@ -164,6 +178,9 @@ class Watch:
 
 class _Shard:
     """One helper thread and the watches it sleeps on."""
+
+    #: Callbacks given to ``add`` run on the helper's thread.
+    local = False
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -275,6 +292,16 @@ _lock = threading.Lock()
 _shards: List[_Shard] = []
 
 
+def _home_for(w: Watch) -> Union[_Shard, Ring]:
+    """The running loop's own ring where the system has one and the word is
+    woken (not polled, no periodic call back); else a helper thread."""
+    if w.counted and w.tick is None:
+        ring = _loop_ring.ring_here(PEEK_S)
+        if ring is not None:
+            return ring
+    return _shard_for(w)
+
+
 def _shard_for(w: Watch) -> _Shard:
     """The helper that sleeps on w's word already, else one with room for
     another word: a helper's limit is on words, however many tasks share
@@ -306,6 +333,7 @@ def _forget() -> None:
     global _lock
     _lock = threading.Lock()
     _shards.clear()
+    _loop_ring.forget()
 
 
 if hasattr(os, "register_at_fork"):

@@ -4,6 +4,7 @@ the helper's mapping of it, and the one way it waits (``until``)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from typing import Any, Callable, List, Optional, Set, Type
 
@@ -31,14 +32,15 @@ def _waker(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[None]") -> Call
 
 async def sleep_on(loop: asyncio.AbstractEventLoop, watches: List[Watch],
                    left: Optional[float]) -> None:
-    """Until the helper sees one of the armed ``watches`` change, or
+    """Until the loop's ring or a helper sees one of the armed ``watches`` change, or
     ``left`` seconds (None: no limit).  Watches not woken sleep on with a
     callback that finds the future done, until armed and put to sleep
     again (or disarmed)."""
     fut: "asyncio.Future[None]" = loop.create_future()
-    wake = _waker(loop, fut)
+    here = functools.partial(_wake, fut)  # for the loop's own ring
+    there = _waker(loop, fut)  # for a helper thread
     for w in watches:
-        w.sleep(wake)
+        w.sleep(here if w.local else there)
     timer = None if left is None else loop.call_later(left, _wake, fut)
     try:
         await fut
