@@ -14,7 +14,8 @@ from ._waiting import sleep_on
 async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
     """:func:`fastshm.wait_any` for asyncio: the ready ones of ``objects``
     (synchronous or fastshm.aio objects), nothing taken; TimeoutError after
-    ``timeout`` seconds.  Any number of objects, on the helper thread."""
+    ``timeout`` seconds.  Any number of objects, on the loop's ring or
+    the helper threads."""
     given, objs, peeks, ready = look(objects)
     if ready:
         return ready
