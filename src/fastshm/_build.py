@@ -27,10 +27,11 @@ def _rel(*parts: str) -> str:
 with open(os.path.join(_CSRC, "fastshm.cdef")) as f:
     _CDEF = f.read()
 
-# The C-API binding: the module, and a file per type (the channel's three in
-# one), sharing _cext.h.
+# The C-API binding: the module, and a file per type, sharing _cext.h (the
+# channel's three, and what they share, also _cext_channel.h).
 _CEXT_SOURCES = [
     "_cext.c", "_cext_mapping.c", "_cext_segment.c", "_cext_queue.c", "_cext_channel.c",
+    "_cext_sample.c", "_cext_publisher.c", "_cext_subscriber.c",
 ]
 
 if sys.platform == "win32":
@@ -66,7 +67,7 @@ def ext_modules() -> List[Extension]:
         Extension(
             "fastshm._cext",
             sources=[os.path.join(here, s) for s in _CEXT_SOURCES] + [_rel(s) for s in _SOURCES],
-            depends=[os.path.join(here, "_cext.h")],
+            depends=[os.path.join(here, "_cext.h"), os.path.join(here, "_cext_channel.h")],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,
             extra_compile_args=_ARGS,

@@ -23,8 +23,10 @@
  *   _cext_queue.c    QueueCore: the same for fastshm.Queue (put, get,
  *                    get_into, get_many, put_many, qsize, ...), over
  *                    csrc/queue.c; fastshm.queue subclasses it.
- *   _cext_channel.c  PublisherCore, SubscriberCore, SampleCore: the
- *                    channel's, over csrc/channel.c.
+ *   _cext_publisher.c, _cext_subscriber.c, _cext_sample.c
+ *                    PublisherCore, SubscriberCore, SampleCore: the
+ *                    channel's, over csrc/channel.c, with what they share
+ *                    in _cext_channel.c and _cext_channel.h.
  *
  * Error messages come from fastshm._errors, the one place both bindings and
  * the python backend take them from.

@@ -2,8 +2,9 @@
  * What the files of the C-API binding share (not part of any public API):
  * the limits of its blocking calls and the helpers each type's file uses.
  * _cext.c holds the module and those helpers; each type has its file:
- * _cext_mapping.c, _cext_segment.c, _cext_queue.c, and _cext_channel.c
- * the channel's three.
+ * _cext_mapping.c, _cext_segment.c, _cext_queue.c, and the channel's three
+ * _cext_publisher.c, _cext_subscriber.c and _cext_sample.c (sharing
+ * _cext_channel.c and _cext_channel.h).
  */
 #ifndef FASTSHM_CEXT_H
 #define FASTSHM_CEXT_H

@@ -30,7 +30,7 @@ _OVERFLOWS = ("block", "overwrite")
 _OVERWRITE = 1  # FSHM_CHANNEL_OVERWRITE
 _GONE = "the sample was released: its bytes are gone"
 
-try:  # CPython: the C half counts the buffers it hands out (_cext_channel.c).
+try:  # CPython: the C half counts the buffers it hands out (_cext_sample.c).
     from ._cext import SampleCore as _SampleBase
 
     _C_SAMPLE = True
