@@ -274,6 +274,29 @@ def test_python_queue_put_interrupted_before_commit(handle: Any,
     assert h.put_many([b"c"], 0) and h.take(5, 0) == [b"c"]
 
 
+@pytest.mark.skipif(not _pure_queue._futex_waits, reason="sleeps on a futex only where there is one")
+def test_python_queue_interrupt_inside_the_uncount(handle: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal's handler that raises inside the call counting the thread
+    out of the sleepers (its first call after the futex wait) leaves no
+    sleeper counted: the uncount is tried again, then the exception goes on."""
+    h = handle
+    real = _pure_queue.QueueHandle._enlist
+    raised = []
+
+    def interrupted(self: Any, delta: int, *args: Any) -> int:
+        if delta < 0 and not raised:
+            raised.append(1)
+            raise KeyboardInterrupt
+        return real(self, delta, *args)
+
+    monkeypatch.setattr(_pure_queue.QueueHandle, "_enlist", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        h.take(1, 0.2)  # empty: it sleeps, times out, and counts itself out
+    assert raised and _word(h, C.Q_WAITERS, 4) == 0
+    assert h.put_many([b"x"], 0) and h.take(1, 0) == [b"x"]
+
+
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
 def test_python_queue_signal_handler_reentry(handle: Any) -> None:
     """A handler that puts on the queue this thread is putting to gets a

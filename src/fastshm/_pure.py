@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from . import _common as C
 from ._errors import (
@@ -266,6 +266,25 @@ def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> in
     r = _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAIT, expected & 0xFFFFFFFF,
                  _ct.byref(_Timespec(sec, nsec)), None, 0)
     return 0 if r == 0 else int(_ct.get_errno())
+
+
+def _uncount(uncount: Callable[[], Any], mark: List[bool]) -> None:
+    """Call ``uncount`` (which counts this thread out of an object's
+    sleepers and clears ``mark[0]``) until it has.  A signal that ended the
+    futex wait has its handler run at the first call after it, often inside
+    this one: its exception (KeyboardInterrupt) must not leave the count
+    behind, so the uncount is tried again before it goes on (a few times: a
+    closed handle fails every time)."""
+    raised: Optional[BaseException] = None
+    for _ in range(4):
+        try:
+            uncount()
+        except BaseException as e:  # re-raised below, once uncounted
+            raised = raised or e
+        if not mark[0]:
+            break
+    if raised is not None:
+        raise raised
 
 
 def _put(mm: mmap.mmap, offset: int, st: Any, value: int) -> None:

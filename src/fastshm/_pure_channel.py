@@ -1007,21 +1007,9 @@ class ChannelHandle(P._Mapped):
                 self._uncount(what, sub, mark)
 
     def _uncount(self, what: int, sub: Any, mark: List[bool]) -> None:
-        """Count this thread out of the sleepers again.  A signal that ended
-        the futex wait has its handler run at the first call after it, often
-        inside this one: its exception (KeyboardInterrupt) must not leave
-        the count behind, so the uncount is tried again before it goes on
-        (a few times: a closed handle fails every time)."""
-        raised: Optional[BaseException] = None
-        for _ in range(4):
-            try:
-                self._run(self._enlist_locked, (what, sub), mark)
-            except BaseException as e:  # re-raised below, once uncounted
-                raised = raised or e
-            if not mark[0]:
-                break
-        if raised is not None:
-            raise raised
+        """Count this thread out of the sleepers again, whatever a signal's
+        handler raises meanwhile (``_pure._uncount``)."""
+        P._uncount(lambda: self._run(self._enlist_locked, (what, sub), mark), mark)
 
     def _poll(self, what: int, sub: Any, end: float) -> None:
         """``_wait`` without a futex: a growing sleep between looks.  It

@@ -51,6 +51,7 @@ from ._pure import (
     _ThreadState,
     _u32,
     _u64,
+    _uncount,
     fcntl,
     owner_dead,
 )
@@ -507,8 +508,9 @@ class QueueHandle(_Mapped):
         finally:
             if mark[0]:
                 # Without waiting for a holder that does not run: this may be
-                # a deadline's or an interrupt's way out.
-                self._enlist(-1, room, mark, _NOW)
+                # a deadline's or an interrupt's way out (whose handler may
+                # raise inside it: _uncount tries again).
+                _uncount(lambda: self._enlist(-1, room, mark, _NOW), mark)
 
     def _wait(self, room: int, deadline: Optional[float]) -> bool:
         """Until ``_ready(room)``: True; False at the deadline.  It may end
