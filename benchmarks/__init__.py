@@ -6,7 +6,8 @@ awaiting tasks idle, the wake-up of an awaiting task, a ping-pong between
 two asyncio processes), and where releasing the GIL pays, each beside its
 floor (the same work in C, measured in the same run) and against the other
 ways: the stdlib, posix_ipc, iceoryx2, faster-fifo, pipes and queues, a
-thread per waiter, asyncio streams and zmq.asyncio.
+thread per waiter, an event loop woken through a socket, asyncio streams
+and zmq.asyncio (and, where uvloop is installed, the same on its loop).
 
 Run ``python -m benchmarks`` (full, about twelve minutes on two cores) or
 ``python -m benchmarks --quick`` (about a minute and a half to two); results go to

@@ -16,7 +16,10 @@ waiter and against asyncio's own streams (targets A1-A4 of the report).
   one-way wake-up latency of a task awaiting ``fastshm.aio.Segment.wait()``
   (``aio``), of the child's main thread blocked in ``Segment.wait()``
   (``thread``) and of a task awaiting ``loop.run_in_executor(None,
-  seg.wait)`` (``executor``), in interleaved blocks;
+  seg.wait)`` (``executor``), in interleaved blocks.  Contender ``socket``,
+  the floor of any event-loop wake-up: the same messages written instead to
+  a Unix socket (one end of a ``socketpair``) that a task of the child's
+  loop awaits with ``loop.sock_recv``;
 - A4, ``aio ping-pong``: two asyncio processes hand a 64 B message back and
   forth: through two ``fastshm.aio.Queue`` (``aio``: A puts to q1, B awaits
   q1 and puts to q2, A awaits q2), asyncio streams over a Unix socket
@@ -25,7 +28,11 @@ waiter and against asyncio's own streams (targets A1-A4 of the report).
   (``zmq``, when pyzmq is installed): round trips per second, interleaved
   runs.
 
-Every loop is asyncio's default event loop.  Children are started with
+Every loop is asyncio's default event loop, except in the contenders named
+``-uvloop`` (when uvloop is installed): ``aio-uvloop`` and
+``socket-uvloop`` in A2-A3, ``aio-uvloop`` and ``streams-uvloop`` in A4
+(both processes), the same on uvloop's loop.  They are informational, beside
+the targets, which rest on the default loop's rows.  Children are started with
 ``spawn``; every blocking step has a timeout, every coroutine a watchdog,
 and every child is joined with a timeout (then terminated).  A contender
 that fails is reported as failed, with why, and the suite goes on.
@@ -39,6 +46,7 @@ import importlib
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import statistics
 import struct
 import sys
@@ -50,14 +58,15 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 import fastshm
 
 from .channels import _cpu
-from .crossproc import TIMEOUT, _join
+from .crossproc import TIMEOUT, _join, _stop
 from .names import Names
 from .timing import Progress, summarize
 
 QUEUE_SIZE = 4096  # A1: each awaited queue's ring
 IDLE_KINDS = ("aio", "executor")
-WAKE_KINDS = ("aio", "thread", "executor")
-PING_KINDS = ("aio", "streams", "zmq")
+UVLOOP = "-uvloop"  # a contender on uvloop's event loop: its name ends so
+WAKE_KINDS = ("aio", "thread", "executor", "socket", "aio" + UVLOOP, "socket" + UVLOOP)
+PING_KINDS = ("aio", "streams", "zmq", "aio" + UVLOOP, "streams" + UVLOOP)
 PING_SIZE = 64
 PING_CHUNK = 64  # round trips between two looks at the clock
 PING_WARM = 200  # untimed round trips at the start of each run
@@ -65,6 +74,7 @@ WAKE_WARM = 20  # untimed wake-ups before the first block
 STAMP = struct.Struct("<QQ")  # A2: the message's number, the waker's clock
 SEQ = struct.Struct("<Q")  # A4: the message's number, in its first 8 bytes
 STOP = b"stop"  # A4: any message of another length than PING_SIZE ends an echo
+SOCK_READ = 64 * STAMP.size  # A2 ``socket``: one read takes whatever came
 
 _ctx = mp.get_context("spawn")
 
@@ -87,9 +97,23 @@ def _rss_kib() -> int:
     return 0
 
 
-def _run(coro: Awaitable[Any], limit: float) -> Any:
-    """``coro`` on a new default event loop, cancelled after ``limit`` s."""
-    loop = asyncio.new_event_loop()
+def _base(kind: str) -> str:
+    """The contender without its loop: ``aio`` of ``aio-uvloop``."""
+    return kind[: -len(UVLOOP)] if kind.endswith(UVLOOP) else kind
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop for ``kind``: uvloop's for the ``-uvloop`` kinds,
+    else asyncio's default one."""
+    if kind.endswith(UVLOOP):
+        return importlib.import_module("uvloop").new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+def _run(coro: Awaitable[Any], limit: float, kind: str = "aio") -> Any:
+    """``coro`` on a new event loop for ``kind`` (``_new_loop``), cancelled
+    after ``limit`` s."""
+    loop = _new_loop(kind)
     try:
         return loop.run_until_complete(asyncio.wait_for(coro, limit))
     finally:
@@ -102,11 +126,11 @@ _why: Optional[Dict[str, str]] = None
 
 
 def _probe() -> Dict[str, str]:
-    """Why fastshm.aio and zmq cannot run ("" when they can)."""
+    """Why fastshm.aio, zmq and uvloop cannot run ("" when they can)."""
     global _why
     if _why is not None:
         return _why
-    out = {"zmq": ""}
+    out = {"zmq": "", "uvloop": ""}
     try:
         from fastshm import aio  # noqa: F401
 
@@ -119,6 +143,12 @@ def _probe() -> Dict[str, str]:
         out["zmq"] = "not installed"
     except Exception as e:  # noqa: BLE001 -- said in the report
         out["zmq"] = f"{type(e).__name__}: {e}"
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        out["uvloop"] = "uvloop not installed"
+    except Exception as e:  # noqa: BLE001 -- said in the report
+        out["uvloop"] = f"uvloop: {type(e).__name__}: {e}"
     _why = out
     return out
 
@@ -129,7 +159,16 @@ def why_not(kind: str) -> str:
     why = _probe()
     if why["aio"]:
         return f"fastshm.aio: {why['aio']}"
-    return why.get(kind, "")
+    if kind.endswith(UVLOOP) and why["uvloop"]:
+        return why["uvloop"]
+    return why.get(_base(kind), "")
+
+
+def uvloop_version() -> str:
+    """uvloop's version, "" without it."""
+    if _probe()["uvloop"]:
+        return ""
+    return str(getattr(importlib.import_module("uvloop"), "__version__", "?"))
 
 
 def skipped() -> Dict[str, str]:
@@ -142,9 +181,18 @@ def skipped() -> Dict[str, str]:
 
 
 def sleeps_in() -> str:
-    """How fastshm.aio's helper sleeps here: the kernel's futex_waitv, or polling."""
+    """How a loop awaiting fastshm.aio sleeps here: on its own io_uring of
+    futex waits (Linux 6.7+), else through the helper threads, in the
+    kernel's futex_waitv or polling."""
     if why_not("aio"):
         return "n/a"
+    try:  # an older fastshm has no such module
+        from fastshm import _loop_ring
+
+        if _loop_ring.ring_supported():
+            return "the loop's own io_uring (futex waits)"
+    except Exception:  # noqa: BLE001 -- then the helper threads serve
+        pass
     from fastshm import _hub
 
     return "polling (no futex_waitv here)" if _hub.POLLS else "futex_waitv"
@@ -321,27 +369,70 @@ async def _wake_block(wait: Callable[[], Awaitable[Any]], seg: Any, first: int, 
     return {"ns": lat, "missed": missed}
 
 
-def _wake_child(kind: str, name: str, ctl: Any) -> None:
+async def _sock_block(sock: socket.socket, buf: bytearray, got: int, last: int,
+                      ctl: Any) -> Dict[str, Any]:
+    """``socket``: the same messages through a Unix socket the loop awaits.
+    A wake-up that finds more than one message takes the newest, and the
+    ones before it count as missed, as a Segment's waiter finds only the
+    newest."""
+    loop = asyncio.get_running_loop()
+    clock = time.perf_counter_ns
+    lat: List[float] = []
+    missed = 0
+    ctl.send("go")
+    while got < last:
+        data = await loop.sock_recv(sock, SOCK_READ)
+        now = clock()
+        if not data:
+            raise EOFError("the waking process closed its socket")
+        buf += data
+        whole = len(buf) - len(buf) % STAMP.size
+        if not whole:
+            continue  # a part of a message: timed when the rest comes
+        i, stamp = STAMP.unpack_from(buf, whole - STAMP.size)
+        del buf[:whole]
+        lat.append(float(now - stamp))
+        missed += max(i - got - 1, 0)
+        got = i
+    return {"ns": lat, "missed": missed, "got": got}
+
+
+def _wake_child(kind: str, name: str, ctl: Any, sock: Optional[socket.socket] = None) -> None:
     """Wake-ups of one kind, in the blocks the main process asks for (the
-    number of the block's last message, None to end)."""
-    seg: Any
-    if kind == "aio":
+    number of the block's last message, None to end).  ``sock``: the
+    ``socket`` kinds' end of the socket pair, in place of the Segment."""
+    base = _base(kind)
+    seg: Any = None
+    sync: Any = None
+    if base == "aio":
         from fastshm import aio
 
         seg = aio.Segment(name, create=False)
         sync = seg.sync
-    else:
+    elif base != "socket":
         seg = sync = fastshm.Segment(name, create=False)
-    sync.load()  # from the segment's current message on
+    if sync is not None:
+        sync.load()  # from the segment's current message on
+    else:
+        assert sock is not None
+        sock.setblocking(False)
+    buf = bytearray()
+    got = 0  # ``socket``: the last message's number
+    loop = _new_loop(kind)
     ctl.send("ready")
-    loop = asyncio.new_event_loop()
     try:
         while True:
             last = _recv(ctl, TIMEOUT * 4)
             if last is None:
                 break
-            first = sync.last_seq + 1
-            if kind == "thread":
+            res: Dict[str, Any]
+            if base == "socket":
+                assert sock is not None
+                res = loop.run_until_complete(
+                    asyncio.wait_for(_sock_block(sock, buf, got, last, ctl), TIMEOUT * 2)
+                )
+                got = res.pop("got")
+            elif base == "thread":
                 clock = time.perf_counter_ns
                 lat: List[float] = []
                 got, missed = sync.last_seq, 0
@@ -350,9 +441,10 @@ def _wake_child(kind: str, name: str, ctl: Any) -> None:
                     sync.wait(TIMEOUT)
                     got, skipped = _take(sync, got, lat, clock)
                     missed += skipped
-                res: Dict[str, Any] = {"ns": lat, "missed": missed}
+                res = {"ns": lat, "missed": missed}
             else:
-                if kind == "aio":
+                first = sync.last_seq + 1
+                if base == "aio":
 
                     def wait() -> Awaitable[Any]:
                         return seg.wait(TIMEOUT)  # type: ignore[no-any-return]
@@ -368,7 +460,10 @@ def _wake_child(kind: str, name: str, ctl: Any) -> None:
             ctl.send(res)
     finally:
         loop.close()
-        seg.close()
+        if seg is not None:
+            seg.close()
+        if sock is not None:
+            sock.close()
 
 
 def _p99(s: List[float]) -> float:
@@ -381,17 +476,22 @@ def wake(
     """A2, A3: ``count`` one-way wake-ups per kind, ``pause`` seconds apart,
     in blocks of ``block`` taken in turns."""
     kinds = [k for k in WAKE_KINDS if not why_not(k)]
-    rows: List[Dict[str, Any]] = [
-        {"case": "aio wake", "contender": k, "skipped": why_not(k)}
+    skips: Dict[str, Dict[str, Any]] = {
+        k: {"case": "aio wake", "contender": k, "skipped": why_not(k)}
         for k in WAKE_KINDS
         if why_not(k)
-    ]  # all or none: every kind is fastshm's
+    }
     progress.step(
         f"aio wake-up: {count} messages {1e3 * pause:g} ms apart, {', '.join(kinds) or 'none'}"
     )
     if not kinds:
-        return rows
+        return list(skips.values())
+    # What the waking side writes to, a kind's Segment or its end of a
+    # socket pair: ``put(message)`` either way, so both are timed alike.
     segs: Dict[str, Any] = {}
+    socks: Dict[str, socket.socket] = {}
+    puts: Dict[str, Callable[[bytes], Any]] = {}
+    numbers: Dict[str, int] = {}  # the sockets' last message's number
     procs: Dict[str, Any] = {}
     ctls: Dict[str, Any] = {}
     errors: Dict[str, str] = {}
@@ -400,15 +500,35 @@ def wake(
     sent = {k: 0 for k in kinds}
     try:
         for kind in kinds:
-            segs[kind] = fastshm.Segment(names.new("aw"), STAMP.size, create=True)
-            segs[kind].store(STAMP.pack(0, 0))
-            mine, theirs = _ctx.Pipe()
-            procs[kind] = _ctx.Process(
-                target=_wake_child, args=(kind, segs[kind].name, theirs), daemon=True
-            )
-            procs[kind].start()
-            ctls[kind] = mine
+            theirs_sock: Optional[socket.socket] = None
+            try:
+                name = ""
+                if _base(kind) == "socket":
+                    # A Unix-domain stream pair (loopback TCP where there
+                    # is no AF_UNIX): the child inherits the other end.
+                    socks[kind], theirs_sock = socket.socketpair()
+                    puts[kind] = socks[kind].sendall
+                    numbers[kind] = 0
+                else:
+                    segs[kind] = fastshm.Segment(names.new("aw"), STAMP.size, create=True)
+                    segs[kind].store(STAMP.pack(0, 0))
+                    puts[kind] = segs[kind].store
+                    name = segs[kind].name
+                mine, theirs = _ctx.Pipe()
+                procs[kind] = _ctx.Process(
+                    target=_wake_child, args=(kind, name, theirs, theirs_sock), daemon=True
+                )
+                procs[kind].start()
+                ctls[kind] = mine
+            except Exception as e:  # noqa: BLE001 -- reported in the row
+                errors[kind] = f"{type(e).__name__}: {e}"
+                sys.stderr.write(f"benchmarks: aio wake {kind} failed: {errors[kind]}\n")
+            finally:
+                if theirs_sock is not None:
+                    theirs_sock.close()  # the child has its own copy
         for kind in kinds:
+            if kind in errors:
+                continue
             try:
                 if _recv(ctls[kind], TIMEOUT * 2) != "ready":
                     raise RuntimeError("the child failed to start")
@@ -417,18 +537,21 @@ def wake(
         clock, sleep = time.perf_counter_ns, time.sleep
 
         def one_block(kind: str, n: int) -> Dict[str, Any]:
-            seg, ctl = segs[kind], ctls[kind]
-            base = seg.seq
+            put, ctl = puts[kind], ctls[kind]
+            base = segs[kind].seq if kind in segs else numbers[kind]
             ctl.send(base + n)
             if _recv(ctl, TIMEOUT) != "go":
                 raise RuntimeError("the child did not start its block")
             for i in range(base + 1, base + n + 1):
                 sleep(pause)  # the waiter is asleep again by now
-                seg.store(STAMP.pack(i, clock()))
+                put(STAMP.pack(i, clock()))
+            if kind in numbers:
+                numbers[kind] = base + n
             return _recv(ctl, TIMEOUT * 3)  # type: ignore[no-any-return]
 
-        # Warm-up, untimed: a process's first wait starts fastshm.aio's
-        # helper thread, and its first wake-up comes later than a pause.
+        # Warm-up, untimed: a process's first wait makes its loop's ring or
+        # starts fastshm.aio's helper thread, and its first wake-up comes
+        # later than a pause.
         plan = [(k, WAKE_WARM, False) for k in kinds]
         for b in range((count + block - 1) // block):
             k0 = b % len(kinds)
@@ -448,11 +571,7 @@ def wake(
                 missed[kind] += res["missed"]
                 sent[kind] += n
     finally:
-        for c in ctls.values():
-            try:
-                c.send(None)
-            except OSError:
-                pass
+        _stop(ctls.values())
         started = [p for p in procs.values() if p.pid is not None]
         for kind, p in procs.items():
             if kind in errors and p.is_alive():
@@ -460,7 +579,13 @@ def wake(
         _join(started)
         for seg in segs.values():
             seg.delete()
-    for kind in kinds:
+        for s in socks.values():
+            s.close()
+    rows: List[Dict[str, Any]] = []
+    for kind in WAKE_KINDS:
+        if kind in skips:
+            rows.append(skips[kind])
+            continue
         row: Dict[str, Any] = {
             "case": "aio wake",
             "op": "one-way wake-up",
@@ -470,6 +595,8 @@ def wake(
             "sent": sent[kind],
             "missed": missed[kind],
         }
+        if kind.endswith(UVLOOP):
+            row["loop"] = "uvloop"
         if lat[kind]:
             row.update(summarize(lat[kind]))
             row["p99_ns"] = _p99(lat[kind])
@@ -553,7 +680,7 @@ class _ZmqEnd(_End):
 
 
 async def _echo(spec: Tuple[Any, ...], ctl: Any) -> None:
-    kind = spec[0]
+    kind = _base(spec[0])
     if kind == "streams":
         done = asyncio.Event()
 
@@ -589,11 +716,11 @@ async def _echo(spec: Tuple[Any, ...], ctl: Any) -> None:
 
 def _echo_child(spec: Tuple[Any, ...], life: float, ctl: Any) -> None:
     """The answering side: every message back, until the stop."""
-    _run(_echo(spec, ctl), life)
+    _run(_echo(spec, ctl), life, spec[0])
 
 
 async def _open(spec: Tuple[Any, ...]) -> _End:
-    kind = spec[0]
+    kind = _base(spec[0])
     if kind == "aio":
         return _AioEnd(spec[1], spec[2])
     if kind == "streams":
@@ -639,7 +766,7 @@ async def _ping_block(end: _End, seconds: float, seq: int) -> Dict[str, Any]:
 def _ping_child(spec: Tuple[Any, ...], ctl: Any) -> None:
     """The pinging side: a run of ``seconds`` each time the main process
     sends a number, its round trips back; None to stop."""
-    loop = asyncio.new_event_loop()
+    loop = _new_loop(spec[0])
     try:
         end = loop.run_until_complete(asyncio.wait_for(_open(spec), TIMEOUT))
         ctl.send("ready")
@@ -675,8 +802,8 @@ class _Pair:
             raise
 
     def _start(self, names: Names, life: float) -> None:
-        kind = self.kind
-        if kind == "aio":
+        kind, base = self.kind, _base(self.kind)
+        if base == "aio":
             spec: Tuple[Any, ...] = (kind, names.new("ap"), names.new("ap"))
             for n in spec[1:]:
                 q = fastshm.Queue(n, 64 * 1024, create=True)
@@ -685,7 +812,7 @@ class _Pair:
             where = tempfile.mkdtemp(prefix="fshmbench_")
             self.cleanup.append(lambda: shutil.rmtree(where, ignore_errors=True))
             path = os.path.join(where, "pp.sock")
-            spec = (kind, path if kind == "streams" else f"ipc://{path}")
+            spec = (kind, path if base == "streams" else f"ipc://{path}")
         mine, theirs = _ctx.Pipe()
         echo = _ctx.Process(target=_echo_child, args=(spec, life, theirs), daemon=True)
         self.procs.append(echo)
@@ -702,10 +829,7 @@ class _Pair:
 
     def close(self, failed: bool) -> None:
         if self.ping is not None:
-            try:
-                self.ping.send(None)
-            except OSError:
-                pass
+            _stop([self.ping])
         started = [p for p in self.procs if p.pid is not None]
         if failed:
             for p in started:
@@ -763,6 +887,8 @@ def ping_pong(
             "seconds": seconds,
             "warm_trips": PING_WARM,
         }
+        if kind.endswith(UVLOOP):
+            row["loop"] = "uvloop"
         rs = sorted(runs[kind], key=lambda x: x["trips"] / x["secs"])
         if rs:
             med = rs[len(rs) // 2]

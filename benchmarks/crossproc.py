@@ -33,7 +33,7 @@ import socket
 import struct
 import time
 from multiprocessing import shared_memory
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from fastshm import Segment
 
@@ -421,6 +421,16 @@ def _join(procs: List[Any]) -> None:
                 p.join(5)
 
 
+def _stop(ctls: Iterable[Any]) -> None:
+    """Ask each child at the other end of ``ctls`` to end (None), whatever
+    pipes are broken already (their child is gone: ``_join`` sees to it)."""
+    for c in ctls:
+        try:
+            c.send(None)
+        except OSError:
+            pass
+
+
 def _recv_ctl(conn: Any) -> Any:
     if not conn.poll(TIMEOUT * 2):
         raise TimeoutError("benchmark child did not answer")
@@ -572,11 +582,7 @@ def round_trip(
                     }
                 )
         finally:
-            for c in ctls.values():
-                try:
-                    c.send(None)
-                except OSError:
-                    pass
+            _stop(ctls.values())
             _join(procs)
             for e in ends.values():
                 e.close()

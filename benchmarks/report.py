@@ -484,7 +484,10 @@ def markdown(
             [
                 v["id"],
                 v["goal"],
-                "n/a" if v["met"] is None else "**met**" if v["met"] else "**not met**",
+                "info" if v.get("info")
+                else "n/a" if v["met"] is None
+                else "**met**" if v["met"]
+                else "**not met**",
                 v["value"],
             ]
             for v in verdicts

@@ -1,5 +1,10 @@
 """The asyncio cases' part of the report: targets A1-A4, their markdown
-section and aio.png (``report`` calls these)."""
+section and aio.png (``report`` calls these).
+
+The targets rest on the default event loop's rows.  Beside them, two
+informational lines (``info``: no verdict): A2f, fastshm.aio's wake-up
+against the floor of any event-loop wake-up, a socket's, on the same loop;
+A4u, the ping-pong with both processes on uvloop."""
 
 from __future__ import annotations
 
@@ -14,10 +19,12 @@ A1_IDLE = 0.5  # % of a core, 1000 tasks awaiting get()
 A2_THREAD = 1.5  # at most this many times a blocked thread's median wake-up
 A3_EXECUTOR = 3.0  # at least this many times faster than run_in_executor
 A4_PING = 3.0  # at least this many times the faster contender's round trips/s
+UVLOOP = "-uvloop"  # a contender on uvloop's loop: its name ends so (aio.py)
 AIO_COLORS = {
     "aio": "#d62728",
     "executor": "#8c564b",
     "thread": "#1f77b4",
+    "socket": "#7f7f7f",
     "streams": "#17becf",
     "zmq": "#2ca02c",
 }
@@ -25,17 +32,93 @@ LABELS = {
     "aio": "fastshm.aio",
     "executor": "run_in_executor",
     "thread": "thread in Segment.wait()",
+    "socket": "socket (loop.sock_recv)",
     "streams": "asyncio streams (Unix socket)",
     "zmq": "zmq.asyncio (ipc)",
 }
 
 
+def _uv(c: str) -> bool:
+    return c.endswith(UVLOOP)
+
+
+def _base(c: str) -> str:
+    return c[: -len(UVLOOP)] if _uv(c) else c
+
+
 def _label(c: str) -> str:
-    return LABELS.get(c, c)
+    label = LABELS.get(_base(c), _base(c))
+    return f"{label} on uvloop" if _uv(c) else label
 
 
 def _color(c: str) -> Optional[str]:
-    return AIO_COLORS.get(c, COLORS.get(c))
+    return AIO_COLORS.get(_base(c), COLORS.get(_base(c)))
+
+
+def _default_loop(rows: List[Row]) -> List[Row]:
+    """The rows of asyncio's default loop (and the thread's): the ones the
+    targets rest on."""
+    return [r for r in rows if not _uv(r["contender"])]
+
+
+def _wake_floor(wake: List[Row]) -> Dict[str, Any]:
+    """A2f: fastshm.aio's wake-up against a socket's on the same loop,
+    default loop first, then uvloop's when it ran."""
+    goal = (
+        "not a target: the floor of an event-loop wake-up, the same message written by "
+        "another process to a Unix socket the same loop awaits (`loop.sock_recv`), and "
+        "fastshm.aio's median over it"
+    )
+    parts: List[str] = []
+    extra: Dict[str, Any] = {}
+    for suffix, where in (("", "default loop"), (UVLOOP, "uvloop")):
+        aio, sock = _find(wake, contender="aio" + suffix), _find(wake, contender="socket" + suffix)
+        if suffix and aio is None and sock is None:
+            continue
+        if suffix and aio is not None and "skipped" in aio:
+            parts.append(f"{where}: not run ({aio['skipped']})")
+            continue
+        why = _broken(sock, "median_ns")
+        if why:
+            parts.append(f"{where}: socket {why}")
+            continue
+        assert sock is not None
+        text = (
+            f"{where}: socket median {human_ns(sock['median_ns'])} (p99 "
+            f"{human_ns(sock['p99_ns'])})"
+        )
+        why = _broken(aio, "median_ns")
+        if why:
+            text += f", fastshm.aio {why}"
+        else:
+            assert aio is not None
+            ratio = aio["median_ns"] / sock["median_ns"]
+            text += f", fastshm.aio {human_ns(aio['median_ns'])} = {ratio:.2f}x it"
+            extra["socket_ratio" + suffix.replace("-", "_")] = ratio
+        parts.append(text)
+    return _verdict("A2f", goal, None, "; ".join(parts) or "not measured", info=True, **extra)
+
+
+def _ping_uvloop(pp: List[Row]) -> Optional[Dict[str, Any]]:
+    """A4u: the ping-pong with both processes on uvloop; None when its rows
+    are not in this run."""
+    aio, streams = _find(pp, contender="aio" + UVLOOP), _find(pp, contender="streams" + UVLOOP)
+    if aio is None and streams is None:
+        return None
+    goal = (
+        "not a target: the same ping-pong with both processes on uvloop, fastshm.aio "
+        "against asyncio streams over a Unix socket"
+    )
+    why = _broken(aio, "trips_per_s") or _broken(streams, "trips_per_s")
+    if why:
+        return _verdict("A4u", goal, None, why, info=True)
+    assert aio is not None and streams is not None
+    ratio = aio["trips_per_s"] / max(streams["trips_per_s"], 1e-9)
+    value = (
+        f"{ratio:.2f}x ({aio['trips_per_s']:,.0f} against {streams['trips_per_s']:,.0f} "
+        "round trips/s, asyncio streams on uvloop)"
+    )
+    return _verdict("A4u", goal, None, value, info=True, ratio=ratio)
 
 
 def _broken(r: Optional[Row], key: str) -> Optional[str]:
@@ -103,7 +186,8 @@ def aio_targets(rows: List[Row]) -> List[Dict[str, Any]]:
         out.append(_verdict("A1", goal, met, value, **extra))
 
     # A2, A3: the wake-up against a blocked thread and against run_in_executor.
-    wake = [r for r in rows if r["case"] == "aio wake"]
+    all_wake = [r for r in rows if r["case"] == "aio wake"]
+    wake = _default_loop(all_wake)
     pause = next((r["pause_s"] for r in wake if "pause_s" in r), 0.002)
     aio = _find(wake, contender="aio")
     detail = "; ".join(
@@ -154,9 +238,12 @@ def aio_targets(rows: List[Row]) -> List[Dict[str, Any]]:
         value += f"; p99 {human_ns(aio['p99_ns'])} and {human_ns(them['p99_ns'])})"
         # The figures of all three go with A2 once.
         out.append(_verdict(tid, goal, met, value, detail if tid == "A2" else "", ratio=ratio))
+    if any(_base(r["contender"]) == "socket" for r in all_wake):  # not in older runs
+        out.append(_wake_floor(all_wake))
 
     # A4: ping-pong between two asyncio processes.
-    pp = [r for r in rows if r["case"] == "aio ping-pong"]
+    all_pp = [r for r in rows if r["case"] == "aio ping-pong"]
+    pp = _default_loop(all_pp)
     goal = (
         "64 B ping-pong between two asyncio processes through two `fastshm.aio.Queue`: "
         f"round trips/s >= {A4_PING:g}x the faster of asyncio streams over a Unix socket "
@@ -196,6 +283,9 @@ def aio_targets(rows: List[Row]) -> List[Dict[str, Any]]:
         if missing:
             value += f"; {missing}"
         out.append(_verdict("A4", goal, ratio >= A4_PING, value, detail, ratio=ratio))
+    uv = _ping_uvloop(all_pp)
+    if uv is not None:
+        out.append(uv)
     return out
 
 
@@ -206,16 +296,32 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
     ours = [r for r in rows if r["case"].startswith("aio ")]
     if not ours:
         return []
+    sleeps = meta.get("aio_sleeps_in", "futex_waitv")
+    if "io_uring" in sleeps:
+        how = (
+            "a task that must wait adds a futex wait on the object's wake-up word to its "
+            "loop's own io_uring, whose descriptor the loop watches like a socket's: the "
+            "writer's futex wake completes the wait and wakes the loop in its own epoll, "
+            "no helper thread between."
+        )
+    else:
+        how = (
+            "a task that must wait hands the object's wake-up word to a helper thread "
+            f"(one per 127 waited objects), which sleeps in {sleeps} and wakes the loop "
+            "with `call_soon_threadsafe`."
+        )
+    uv = meta.get("aio_uvloop")
     out = [
         "",
         "## asyncio: fastshm.aio across processes",
         "",
-        "`fastshm.aio` objects on asyncio's default event loop; a task that must wait hands "
-        "the object's wake-up word to a helper thread (one per 127 waited objects), which "
-        f"sleeps in {meta.get('aio_sleeps_in', 'futex_waitv')} and wakes the loop with "
-        "`call_soon_threadsafe`. `executor` is `loop.run_in_executor` of the blocking call "
-        "(a thread each); `thread` a thread blocked in `Segment.wait()`, no event loop. "
-        "Every case runs in child processes started with `spawn`.",
+        f"`fastshm.aio` objects on asyncio's default event loop; {how} `executor` is "
+        "`loop.run_in_executor` of the blocking call (a thread each); `thread` a thread "
+        "blocked in `Segment.wait()`, no event loop; `socket` the same loop woken through "
+        "a Unix socket, the floor of any event-loop wake-up. The rows `on uvloop` run the "
+        f"same on uvloop's loop{f' (uvloop {uv})' if uv else ''}: informational, the "
+        "targets rest on the default loop's rows. Every case runs in child processes "
+        "started with `spawn`.",
     ]
     skipped = meta.get("aio_skipped") or {}
     if skipped:
@@ -284,6 +390,14 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
         pause = next((r["pause_s"] for r in wake if "pause_s" in r), 0.002)
         thread = _find(wake, contender="thread")
         base = thread["median_ns"] if thread and thread.get("median_ns") else None
+
+        def floor_of(c: str) -> Optional[float]:
+            """The median of the socket's wake-up on ``c``'s loop."""
+            if c == "thread":
+                return None  # no loop
+            r = _find(wake, contender="socket" + (UVLOOP if _uv(c) else ""))
+            return r["median_ns"] if r and r.get("median_ns") else None
+
         out += [
             "",
             "### A2, A3: wake-up latency, one way",
@@ -294,16 +408,21 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
             "as soon as its wait returns and subtracts. `fastshm.aio` awaits "
             "`fastshm.aio.Segment.wait()`, `run_in_executor` awaits "
             "`loop.run_in_executor(None, seg.wait)`, the thread blocks in `Segment.wait()`. "
+            "`socket`: the same messages written (`sendall`) to one end of a Unix socket "
+            "pair, the child's loop awaiting the other (`loop.sock_recv`); the floor of an "
+            "event-loop wake-up, and the last column divides by it, the same loop's. "
             "Contenders take turns in blocks, after an untimed warm-up. `late` counts the "
             "messages a waiter was woken for only after the next one was stored (more than "
-            f"{1e3 * pause:g} ms late): they have no figure of their own.",
+            f"{1e3 * pause:g} ms late): they have no figure of their own (a socket's waiter "
+            "that finds several messages takes the newest).",
             "",
         ]
         body = []
         for r in wake:
             if _broken(r, "median_ns"):
-                body.append([_label(r["contender"]), _broken(r, "median_ns") or ""] + [""] * 5)
+                body.append([_label(r["contender"]), _broken(r, "median_ns") or ""] + [""] * 6)
                 continue
+            floor = floor_of(r["contender"])
             body.append(
                 [
                     _label(r["contender"]),
@@ -313,16 +432,32 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
                     human_ns(r["max_ns"]),
                     f"{r['median_ns'] / base:.2f}×" if base else "n/a",
                     f"{r['missed']} of {r['sent']}",
+                    "—" if r["contender"] == "thread"
+                    else f"{r['median_ns'] / floor:.2f}×" if floor
+                    else "n/a",
                 ]
             )
         out += _table(
-            ["contender", "median", "IQR", "p99", "max", "× the thread's median", "late"], body
+            [
+                "contender",
+                "median",
+                "IQR",
+                "p99",
+                "max",
+                "× the thread's median",
+                "late",
+                "× the same loop's socket",
+            ],
+            body,
         )
 
     pp = [r for r in ours if r["case"] == "aio ping-pong"]
     if pp:
-        aio = _find(pp, contender="aio")
-        mine = aio["trips_per_s"] if aio and aio.get("trips_per_s") else None
+        def mine(c: str) -> Optional[float]:
+            """fastshm.aio's rate on ``c``'s loop."""
+            r = _find(pp, contender="aio" + (UVLOOP if _uv(c) else ""))
+            return r["trips_per_s"] if r and r.get("trips_per_s") else None
+
         secs = next((r["seconds"] for r in pp if "seconds" in r), 0)
         warm = next((r["warm_trips"] for r in pp if "warm_trips" in r), 0)
         out += [
@@ -334,7 +469,9 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
             "(`await q1.put`), B awaits it (`await q1.get()`) and puts to a second, which A "
             "awaits. Streams: `start_unix_server` / `open_unix_connection`, `write` + "
             "`await drain()`, `await readexactly(64)`. zmq: `zmq.asyncio` PAIR sockets over "
-            "`ipc://`. Each message carries its number, checked on its return (`bad`). "
+            "`ipc://`. On uvloop, both processes run uvloop's loop, and the last column "
+            "divides fastshm.aio's rate on uvloop by the row's. "
+            "Each message carries its number, checked on its return (`bad`). "
             f"Runs of {secs:g} s after {warm} untimed round trips, contenders in turns; the "
             "median run. A's CPU is per round trip.",
             "",
@@ -345,6 +482,7 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
             if broken:
                 body.append([_label(r["contender"]), broken] + [""] * 5)
                 continue
+            m = mine(r["contender"])
             body.append(
                 [
                     _label(r["contender"]),
@@ -352,7 +490,7 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
                     f"{r['min_trips_per_s']:,.0f}–{r['max_trips_per_s']:,.0f}",
                     human_ns(r["round_trip_ns"]),
                     f"{r['pinger_cpu_us_per_trip']:.1f}",
-                    f"{mine / r['trips_per_s']:.2f}×" if mine else "n/a",
+                    f"{m / r['trips_per_s']:.2f}×" if m else "n/a",
                     f"{r['bad']} in {r['runs']} run(s)",
                 ]
             )
@@ -363,7 +501,7 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
                 "min–max",
                 "round trip",
                 "A's CPU µs per trip",
-                "fastshm.aio's rate ÷ this",
+                "fastshm.aio's rate (same loop) ÷ this",
                 "bad",
             ],
             body,
@@ -376,7 +514,9 @@ def aio_sections(meta: Dict[str, Any], rows: List[Row]) -> List[str]:
 
 def aio_plot(rows: List[Row], plt: Any, title: str) -> Optional[Any]:
     """aio.png: idle CPU, wake-up latency and ping-pong rate; None when no
-    asyncio case ran."""
+    asyncio case ran.  The default loop's contenders first, in full colour;
+    the uvloop rows after them, hatched and paler, the wake-up's medians only
+    (its axis logarithmic, as its p99s can be far beyond its medians)."""
     ours = [r for r in rows if r["case"].startswith("aio ") and "error" not in r]
     panels: List[Tuple[str, List[Tuple[str, float]], str]] = []
     idle = [r for r in ours if r["case"] == "aio idle" and r.get("core_percent") is not None]
@@ -390,12 +530,18 @@ def aio_plot(rows: List[Row], plt: Any, title: str) -> Optional[Any]:
         )
     wake = [r for r in ours if r["case"] == "aio wake" and r.get("median_ns") is not None]
     if wake:
+        main = _default_loop(wake)
         panels.append(
             (
                 "A2, A3: one-way wake-up",
-                [(f"{r['contender']} median", r["median_ns"] / 1e3) for r in wake]
-                + [(f"{r['contender']} p99", r["p99_ns"] / 1e3) for r in wake],
-                "µs (lower is better)",
+                [(f"{r['contender']} median", r["median_ns"] / 1e3) for r in main]
+                + [(f"{r['contender']} p99", r["p99_ns"] / 1e3) for r in main]
+                + [
+                    (f"{r['contender']} median", r["median_ns"] / 1e3)
+                    for r in wake
+                    if _uv(r["contender"])
+                ],
+                "µs, log scale (lower is better)",
             )
         )
     pp = [r for r in ours if r["case"] == "aio ping-pong" and r.get("trips_per_s") is not None]
@@ -403,21 +549,32 @@ def aio_plot(rows: List[Row], plt: Any, title: str) -> Optional[Any]:
         panels.append(
             (
                 "A4: 64 B ping-pong, two asyncio processes",
-                [(r["contender"], r["trips_per_s"]) for r in pp],
+                [(r["contender"], r["trips_per_s"]) for r in _default_loop(pp)]
+                + [(r["contender"], r["trips_per_s"]) for r in pp if _uv(r["contender"])],
                 "round trips/s (higher is better)",
             )
         )
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    most = max(len(p[1]) for p in panels)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), max(3.6, 1.2 + 0.26 * most)), squeeze=False
+    )
     for ax, (name, bars, xlabel) in zip(axes.flat, panels):
         labels = [b[0] for b in bars]
-        colors = [_color(lb.split(" ")[0]) or "#999999" for lb in labels]
-        ax.barh(labels, [b[1] for b in bars], color=colors)
+        kinds = [lb.split(" ")[0] for lb in labels]
+        colors = [_color(k) or "#999999" for k in kinds]
+        drawn = ax.barh(labels, [b[1] for b in bars], color=colors)
+        for bar, k in zip(drawn, kinds):
+            if _uv(k):
+                bar.set_alpha(0.55)
+                bar.set_hatch("//")
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
+        if "log scale" in xlabel:  # medians and p99s, a p99 up to 100x a median
+            ax.set_xscale("log")
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(f"fastshm.aio across processes: {title}", fontsize=10)
     fig.tight_layout()

@@ -250,6 +250,7 @@ def main(argv: List[str] | None = None) -> int:
     meta["channel_skipped"] = channels.skipped()
     meta["aio_skipped"] = aio.skipped()
     meta["aio_sleeps_in"] = aio.sleeps_in()
+    meta["aio_uvloop"] = aio.uvloop_version()
     m = meta["machine"]
     sys.stderr.write(
         f"fastshm benchmarks ({mode}) on {m['cpu']}, {m['cores']} cores, "
@@ -313,7 +314,12 @@ def main(argv: List[str] | None = None) -> int:
         f"{m['cores']} cores, {m['python']}"
     )
     for v in verdicts:
-        state = "n/a    " if v["met"] is None else "met    " if v["met"] else "NOT MET"
+        state = (
+            "info   " if v.get("info")
+            else "n/a    " if v["met"] is None
+            else "met    " if v["met"]
+            else "NOT MET"
+        )
         print(f"  {v['id']:<3} {state}  {v['value']}")
     print(
         f"written: {args.out}/results.md, results.json"
