@@ -264,6 +264,44 @@ def test_a_loop_sleeps_on_its_own_ring_where_there_is_one(name: str) -> None:
     assert run_python(code, name, timeout=60).stdout.strip() == (b"0" if ring else b"1")
 
 
+def test_only_quick_waits_look_again_before_sleeping(name: str) -> None:
+    """A wait whose object's last wait ended within SPIN_S looks again at
+    each turn of the loop before it sleeps (other tasks run meanwhile, and a
+    cancel there takes nothing); a wait that lasted longer turns that off."""
+    from fastshm.aio import _waiting
+
+    async def main() -> None:
+        with aio.Queue(name, 4096) as q:
+            assert not q._quick  # a new object sleeps at once
+            q._quick = True
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+            t = asyncio.ensure_future(ticker())
+            task = asyncio.ensure_future(q.get(timeout=10))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the get is looking again now
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            q.put_nowait(b"kept")
+            assert await q.get(timeout=5) == b"kept"  # found at once
+            before = ticks
+            got = asyncio.ensure_future(q.get(timeout=10))
+            await asyncio.sleep(0.2)
+            assert ticks > before  # the loop ran on while it looked and slept
+            q.put_nowait(b"late")
+            assert await got == b"late"
+            assert not q._quick  # 0.2 s is no quick wait: the next sleeps at once
+            assert _waiting.SPIN_S < 0.2
+            t.cancel()
+    run(main())
+
+
 def test_a_cancelled_get_takes_nothing(backend: str, name: str) -> None:
     async def main() -> None:
         with aio.Queue(name, 4096, backend=backend) as q:

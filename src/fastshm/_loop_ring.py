@@ -231,6 +231,9 @@ class Ring:
 # as a socket's waiters are.
 _rings: "weakref.WeakKeyDictionary[Any, weakref.ref[Ring]]" = weakref.WeakKeyDictionary()
 _rings_lock = threading.Lock()
+# The last loop asked for and its ring, weakly (each is collected with the
+# other).
+_last: Tuple[Callable[[], Any], Callable[[], Optional[Ring]]] = (lambda: None, lambda: None)
 
 
 def ring_supported() -> bool:
@@ -252,6 +255,11 @@ def ring_here(peek_s: float) -> Optional[Ring]:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
+    last_loop, last_ring = _last
+    if last_loop() is loop:  # the loop of the last call: no dictionary
+        ring = last_ring()
+        if ring is not None:
+            return ring
     ref = _rings.get(loop)
     ring = None if ref is None else ref()
     if ring is not None:
@@ -268,12 +276,19 @@ def ring_here(peek_s: float) -> Optional[Ring]:
             except (NotImplementedError, TypeError):
                 return None  # a loop without add_reader, or no weakref to it
             _rings[loop] = weakref.ref(ring)
+    _remember(loop, ring)
     return ring
+
+
+def _remember(loop: Any, ring: Ring) -> None:
+    global _last
+    _last = (weakref.ref(loop), weakref.ref(ring))
 
 
 def forget() -> None:
     """A forked child: its loops are its own (the parent's rings stay the
     parent's)."""
-    global _rings, _rings_lock
+    global _rings, _rings_lock, _last
     _rings = weakref.WeakKeyDictionary()
+    _last = (lambda: None, lambda: None)
     _rings_lock = threading.Lock()

@@ -61,12 +61,16 @@ def counted(obj: Any) -> bool:
 
 
 def watch(obj: Any, mapping: Mapping, *, room: bool = False,
-          peek: Optional[Callable[[], bool]] = None) -> Watch:
-    """A watch on obj's messages (room: a publisher's free slots)."""
+          peek: Optional[Callable[[], bool]] = None,
+          is_counted: Optional[bool] = None) -> Watch:
+    """A watch on obj's messages (room: a publisher's free slots);
+    ``is_counted``: ``counted(obj)``, when the caller knows it already."""
+    if is_counted is None:
+        is_counted = counted(obj)
     if room:
-        return Watch(mapping, ROOM, ROOM_WAITERS, counted=counted(obj), peek=peek,
+        return Watch(mapping, ROOM, ROOM_WAITERS, counted=is_counted, peek=peek,
                      tick=ROOM_TICK_S)
-    return Watch(mapping, NOTIFY, WAITERS, counted=counted(obj), peek=peek)
+    return Watch(mapping, NOTIFY, WAITERS, counted=is_counted, peek=peek)
 
 
 def watches_of(objs: List[Any], into: List[Watch]) -> None:

@@ -13,6 +13,10 @@ from .._hub import Mapping, Watch
 
 #: What a ``check`` returns while what it waits for is not there.
 NOT_YET: Any = object()
+#: How long a wait looks again at each turn of the loop before it sleeps,
+#: when the object's last wait ended within this time (a request answered
+#: at once, a stream that keeps up): a sleep and its wake-up cost more.
+SPIN_S = 50e-6
 
 
 def _wake(fut: "asyncio.Future[None]") -> None:
@@ -53,7 +57,8 @@ class Waiting:
     """Base of the aio classes: ``sync`` is the synchronous object, shared
     (closing either closes both); attributes not defined here are its."""
 
-    __slots__ = ("sync", "_mapping", "_watches", "_release", "__weakref__")
+    __slots__ = ("sync", "_mapping", "_counted", "_quick", "_watches", "_release",
+                 "__weakref__")
 
     @classmethod
     def _sync_class(cls) -> Type[Any]:
@@ -63,6 +68,8 @@ class Waiting:
         self.sync = sync
         mapping = _watched.mapping_of(sync)
         self._mapping: Optional[Mapping] = mapping
+        self._counted = _watched.counted(sync)
+        self._quick = False  # whether its last wait ended within SPIN_S
         self._watches: Set[Watch] = set()
         # Its reference to the mapping goes at close(), or with it if it is
         # never closed (waits still running keep theirs).
@@ -140,8 +147,23 @@ class Waiting:
         if mapping is None:
             return self._after_close(check)
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + max(timeout, 0.0)
-        w = _watched.watch(self.sync, mapping, room=room, peek=peek)
+        start = loop.time()
+        deadline = None if timeout is None else start + max(timeout, 0.0)
+        if self._quick and (deadline is None or deadline > start):
+            # The last wait of this object ended within SPIN_S: look again
+            # each time the loop comes round (its other tasks run between
+            # the looks), for SPIN_S, before the cost of a sleep and a
+            # wake-up.  A peer that answers in microseconds is caught here.
+            end = start + SPIN_S
+            while True:
+                await asyncio.sleep(0)
+                got = check()
+                if got is not NOT_YET:
+                    return got
+                if loop.time() >= end or self._mapping is None:
+                    break
+        w = _watched.watch(self.sync, mapping, room=room, peek=peek,
+                           is_counted=self._counted)
         self._watches.add(w)
         try:
             w.arm()
@@ -149,11 +171,14 @@ class Waiting:
                 # After arming: a change from now on alters the word.
                 got = check()
                 if got is not NOT_YET:
+                    # Quick enough to have been caught by looking again?
+                    self._quick = loop.time() - start <= SPIN_S
                     return got
                 if self._mapping is None:
                     return self._after_close(check)
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
+                    self._quick = False
                     raise expired()
                 await sleep_on(loop, [w], left)
                 w.arm()
