@@ -12,6 +12,7 @@ import asyncio
 import os
 import queue as stdqueue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from conftest import backend_name, run_python
 import fastshm
 
 aio = pytest.importorskip("fastshm.aio", reason="needs fastshm's C core")
-from fastshm import _hub  # noqa: E402
+from fastshm import _hub, _watched  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") and sys.platform != "darwin",
@@ -682,6 +683,54 @@ def test_wait_any_on_subscribers(backend: str, shm_name: Callable[..., str]) -> 
             s.close()
         for pub in pubs:
             pub.delete()
+
+
+CTRL_C = r"""
+import asyncio, sys
+import fastshm, fastshm.aio as aio
+name, how = sys.argv[1], sys.argv[2]
+q = fastshm.Queue(name)
+async def main():
+    a = aio.Queue.from_sync(q)
+    print("ready", flush=True)
+    await a.get()
+try:
+    if how == "wait_any":
+        print("ready", flush=True)
+        fastshm.wait_any([q])
+    else:
+        asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["wait_any", "asyncio.run"])
+def test_ctrl_c_ends_a_wait_cleanly(name: str, how: str) -> None:
+    """SIGINT to a process blocked in wait_any, or in asyncio.run awaiting a
+    get: KeyboardInterrupt at once, and no sleeper left counted."""
+    with fastshm.Queue(name, 4096, create=True) as q:
+        p = subprocess.Popen([sys.executable, "-c", PRELUDE + CTRL_C, name, how],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert p.stdout is not None
+            assert p.stdout.readline() == b"ready\n"
+            time.sleep(0.3)  # into its sleep
+            assert p.poll() is None
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=30)
+            assert out == b"interrupted\n", err.decode(errors="replace")[-3000:]
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate(timeout=30)
+        raw = fastshm.SharedMemory(name)
+        try:
+            assert raw.buf[_watched.WAITERS:_watched.WAITERS + 4] == bytes(4)
+        finally:
+            raw.close()
+        q.put(b"after")
+        assert q.get(timeout=5) == b"after"
 
 
 def test_the_helper_thread_survives_a_closed_loop(name: str) -> None:
