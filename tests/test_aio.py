@@ -150,7 +150,11 @@ def test_segment_messages_iterates_as_they_come(name: str) -> None:
         seg = aio.Segment(name, 64)
         p = later("import fastshm, sys, time\ns = fastshm.Segment(sys.argv[1])\n"
                   "for i in range(3):\n    s.store(b'm%d' % i)\n    time.sleep(0.2)\n", name)
-        got = [m async for m in seg.messages(timeout=5)]
+        got = []
+        async for m in seg.messages(timeout=30):
+            got.append(m)
+            if m == b"m2":
+                break
         finish(p)
         seg.close()
         return got
@@ -209,22 +213,24 @@ def test_a_loan_ended_by_an_exception_is_discarded(name: str) -> None:
     run(main())
 
 
-def test_object_queue_round_trip(backend: str, name: str) -> None:
+def test_object_queue_round_trip(backend: str, shm_name: Callable[..., str]) -> None:
+    there, back = shm_name(), shm_name()
+
     async def main() -> None:
-        with aio.ObjectQueue(name, 4096, backend=backend) as q:
-            p = later("import fastshm, sys\nq = fastshm.ObjectQueue(sys.argv[1], "
-                      "backend=sys.argv[2])\nq.put({'n': q.get(timeout=30)['n'] + 1})\n",
-                      name, backend, delay=0)
+        with aio.ObjectQueue(there, 4096, backend=backend) as q, \
+                aio.ObjectQueue(back, 4096, backend=backend) as r:
+            p = later("import fastshm, sys\n"
+                      "q = fastshm.ObjectQueue(sys.argv[1], backend=sys.argv[3])\n"
+                      "r = fastshm.ObjectQueue(sys.argv[2], backend=sys.argv[3])\n"
+                      "r.put({'n': q.get(timeout=30)['n'] + 1})\n",
+                      there, back, backend, delay=0)
             try:
                 await q.put({"n": 41})
-                await asyncio.sleep(0)
-                for _ in range(200):  # until the other process has taken it
-                    if q.qsize() == 0:
-                        break
-                    await asyncio.sleep(0.01)
-                assert (await q.get(timeout=30)) == {"n": 42}
+                assert (await r.get(timeout=30)) == {"n": 42}
             finally:
                 finish(p)
+            q.delete()
+            r.delete()
     run(main())
 
 
