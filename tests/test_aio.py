@@ -47,8 +47,10 @@ from fastshm import _loop_ring  # noqa: E402
 # helper threads (elsewhere, and for polled words).  Every test runs on
 # each loop with the ring where this system has one, and on the helpers
 # with asyncio's loop.
-SETUPS = [(kind, "ring") for kind in LOOPS] if _loop_ring.ring_supported() else []
-SETUPS.append(("asyncio", "helper"))
+if _loop_ring.ring_supported():
+    SETUPS = [(kind, "ring") for kind in LOOPS] + [("asyncio", "helper")]
+else:
+    SETUPS = [(kind, "helper") for kind in LOOPS]
 # Child processes of these tests read it (see PRELUDE).
 SLEEPER_ENV = "FSHM_TEST_SLEEPER"
 PRELUDE = ("import os\n"
@@ -57,7 +59,16 @@ PRELUDE = ("import os\n"
            "    fastshm._loop_ring.usable = False\n")
 
 
-@pytest.fixture(params=SETUPS, ids=[f"{k}-{s}" for k, s in SETUPS], autouse=True)
+def _ids(setups: List[Any]) -> List[str]:
+    return [f"{k}-{s}" for k, s in setups]
+
+
+# Tests in which nothing sleeps (or only until a timer) run once per loop.
+each_loop = pytest.mark.parametrize("loop_kind", SETUPS[:len(LOOPS)],
+                                    ids=_ids(SETUPS[:len(LOOPS)]), indirect=True)
+
+
+@pytest.fixture(params=SETUPS, ids=_ids(SETUPS), autouse=True)
 def loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The event loop each test runs on (asyncio's own, uvloop's when it is
     installed), and where it sleeps."""
@@ -200,6 +211,7 @@ def test_channel_publish_receive_and_loan(backend: str, name: str) -> None:
     run(main())
 
 
+@each_loop
 def test_a_loan_ended_by_an_exception_is_discarded(name: str) -> None:
     async def main() -> None:
         with aio.Publisher(name, 16, 2) as pub, aio.Subscriber(name) as sub:
@@ -237,6 +249,7 @@ def test_object_queue_round_trip(backend: str, shm_name: Callable[..., str]) -> 
 # ---- what an asyncio user relies on ----
 
 
+@each_loop
 def test_the_first_look_needs_no_helper_thread(name: str) -> None:
     """A call that finds its message returns without a thread hop: no
     helper is started for it."""
@@ -345,6 +358,7 @@ def test_closing_wakes_its_awaiters_with_a_clear_error(name: str) -> None:
     run(main())
 
 
+@each_loop
 def test_from_sync_shares_the_handle(name: str) -> None:
     q = fastshm.Queue(name, 4096)
     aq = aio.Queue.from_sync(q)
@@ -641,6 +655,7 @@ def test_wait_any_returns_the_ready_ones(backend: str, shm_name: Callable[..., s
         seg.delete()
 
 
+@each_loop
 def test_wait_any_refuses_what_it_cannot_wait_on(name: str) -> None:
     with pytest.raises(ValueError, match="at least one"):
         fastshm.wait_any([])
@@ -760,6 +775,7 @@ def test_the_helper_thread_survives_a_closed_loop(name: str) -> None:
     q.delete()
 
 
+@each_loop
 def test_get_timeout_raises_queue_empty_and_put_queue_full(name: str) -> None:
     async def main() -> None:
         with aio.Queue(name, 64) as q:

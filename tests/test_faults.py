@@ -1,7 +1,7 @@
 """Faults: a writer killed with SIGKILL in the middle of its stores, and
 calls with bad input, must cost nothing that was published.
 
-The killed-writer test kills 30 writers per backend in the quick form and
+The killed-writer test kills 20 writers per backend in the quick form and
 200 with ``FASTSHM_LONG=1``.
 """
 
@@ -21,7 +21,7 @@ from test_stress import HDR, LONG, TESTS_DIR, check_message, make_message, repor
 
 import fastshm
 
-KILLS = 200 if LONG else 30
+KILLS = 200 if LONG else 20
 BIG = 4 * 1024 * 1024
 
 

@@ -274,7 +274,7 @@ def test_python_queue_put_interrupted_before_commit(handle: Any,
     assert h.put_many([b"c"], 0) and h.take(5, 0) == [b"c"]
 
 
-@pytest.mark.skipif(not _pure_queue._futex_waits, reason="sleeps on a futex only where there is one")
+@pytest.mark.skipif(not _pure_queue._futex_waits, reason="sleeps on a futex only where one is")
 def test_python_queue_interrupt_inside_the_uncount(handle: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal's handler that raises inside the call counting the thread
