@@ -125,6 +125,17 @@ def _run(coro: Awaitable[Any], limit: float, kind: str = "aio") -> Any:
 _why: Optional[Dict[str, str]] = None
 
 
+def _unimportable(module: str) -> str:
+    """Why ``module`` cannot be imported ("" when it can)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return "not installed"
+    except Exception as e:  # noqa: BLE001 -- said in the report
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
 def _probe() -> Dict[str, str]:
     """Why fastshm.aio, zmq and uvloop cannot run ("" when they can)."""
     global _why
@@ -137,18 +148,9 @@ def _probe() -> Dict[str, str]:
         out["aio"] = ""
     except Exception as e:  # noqa: BLE001 -- said in the report
         out["aio"] = f"{type(e).__name__}: {e}"
-    try:
-        importlib.import_module("zmq.asyncio")
-    except ImportError:
-        out["zmq"] = "not installed"
-    except Exception as e:  # noqa: BLE001 -- said in the report
-        out["zmq"] = f"{type(e).__name__}: {e}"
-    try:
-        importlib.import_module("uvloop")
-    except ImportError:
-        out["uvloop"] = "uvloop not installed"
-    except Exception as e:  # noqa: BLE001 -- said in the report
-        out["uvloop"] = f"uvloop: {type(e).__name__}: {e}"
+    out["zmq"] = _unimportable("zmq.asyncio")
+    why = _unimportable("uvloop")
+    out["uvloop"] = f"uvloop: {why}" if why else ""
     _why = out
     return out
 

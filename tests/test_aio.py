@@ -13,6 +13,7 @@ import os
 import queue as stdqueue
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -319,6 +320,25 @@ def test_only_quick_waits_look_again_before_sleeping(name: str) -> None:
             assert not q._quick  # 0.2 s is no quick wait: the next sleeps at once
             assert _waiting.SPIN_S < 0.2
             t.cancel()
+    run(main())
+
+
+def test_a_change_without_its_wake_up_is_seen_all_the_same(name: str) -> None:
+    """A writer killed between its change and its wake-up wakes nobody: the
+    ring's or the helper's look every second finds the change."""
+    async def main() -> None:
+        with aio.Segment(name, 64) as seg:
+            task = asyncio.ensure_future(seg.wait(timeout=30))
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            raw = fastshm.SharedMemory(name)
+            try:  # the message counter moves; no wake-up word, no wake-up
+                seq = struct.unpack_from("<Q", raw.buf, _watched.C.H_SEQ)[0]
+                struct.pack_into("<Q", raw.buf, _watched.C.H_SEQ, seq + 2)
+            finally:
+                raw.close()
+            assert await task > 0  # by the look, or TimeoutError after 30 s
+            seg.delete()
     run(main())
 
 

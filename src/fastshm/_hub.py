@@ -274,18 +274,8 @@ class _Shard:
                                      -1 if timeout is None else int(timeout * 1e9))
             if rc == ETIMEOUT and asleep and time.monotonic() >= peeked + PEEK_S:
                 peeked = time.monotonic()
-                self._peek()
+                _loop_ring.peek_all(self)
 
-    def _peek(self) -> None:
-        with self.lock:
-            looks = [w for w in self.asleep if w.peek is not None]
-        for w in looks:
-            try:
-                there = w.peek()  # type: ignore[misc]
-            except Exception:
-                there = True  # closed, say: the waiter finds out when it looks
-            if there:
-                self.fire(w)
 
 
 _lock = threading.Lock()

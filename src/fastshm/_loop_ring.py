@@ -171,18 +171,8 @@ class Ring:
             self._peeking = loop.call_later(self.peek_s, self._peek)
 
     def _peek(self) -> None:
-        # Whether what each waits for is there all the same (a writer
-        # killed between its change and its wake-up).
         self._peeking = None
-        with self.lock:
-            looks = [w for w in self.asleep if w.peek is not None]
-        for w in looks:
-            try:
-                there = w.peek()  # type: ignore[misc]
-            except Exception:
-                there = True  # closed, say: the waiter finds out when it looks
-            if there:
-                self.fire(w)
+        peek_all(self)
         if self.asleep:
             self._schedule_peek()
 
@@ -224,6 +214,22 @@ class Ring:
             if not sleepers:
                 del self.sleepers[w.key]
         return callback
+
+
+def peek_all(sleeper: Any) -> None:
+    """Ask each watch asleep on ``sleeper`` (a Ring, or a helper thread's
+    shard: ``lock``, ``asleep``, ``fire``) whether what it waits for is
+    there all the same (a writer killed between its change and its
+    wake-up), and wake those for which it is."""
+    with sleeper.lock:
+        looks = [w for w in sleeper.asleep if w.peek is not None]
+    for w in looks:
+        try:
+            there = w.peek()
+        except Exception:
+            there = True  # closed, say: the waiter finds out when it looks
+        if there:
+            sleeper.fire(w)
 
 
 # Each loop's ring, weakly: the loop itself holds it (by its reader), so
