@@ -75,15 +75,16 @@ class Ring:
             self.close()
             raise
 
-    def close(self) -> None:
+    def close(self, _close: Callable[[Any], None] = lib.fshm_futex_ring_close) -> None:
         """Close the ring (its queued waits end with it); harmless twice.
         Run when it is collected, with its closed loop: a task collected in
         the same cycle may still leave it afterwards, which then does
-        nothing."""
+        nothing.  (``_close`` is bound early: at exit, module globals may be
+        gone before the last ring.)"""
         with self.lock:
             ring, self.ring = self.ring, None
         if ring is not None:
-            lib.fshm_futex_ring_close(ring)
+            _close(ring)
 
     __del__ = close
 
