@@ -379,6 +379,20 @@ def test_closing_wakes_its_awaiters_with_a_clear_error(name: str) -> None:
 
 
 @each_loop
+def test_closing_while_a_wait_looks_again(name: str) -> None:
+    """close() from another task while a quick wait looks again: the wait
+    ends with the closed object's error, not a stale mapping's."""
+    async def main() -> None:
+        q = aio.Queue(name, 4096)
+        q._quick = True
+        task = asyncio.ensure_future(q.get(timeout=10))
+        await asyncio.sleep(0)  # it looked once, and looks again next turn
+        q.delete()
+        with pytest.raises(ValueError, match="closed"):
+            await task
+    run(main())
+
+
 def test_from_sync_shares_the_handle(name: str) -> None:
     q = fastshm.Queue(name, 4096)
     aq = aio.Queue.from_sync(q)

@@ -36,8 +36,8 @@ def _waker(loop: asyncio.AbstractEventLoop, fut: "asyncio.Future[None]") -> Call
 
 async def sleep_on(loop: asyncio.AbstractEventLoop, watches: List[Watch],
                    left: Optional[float]) -> None:
-    """Until the loop's ring or a helper sees one of the armed ``watches`` change, or
-    ``left`` seconds (None: no limit).  Watches not woken sleep on with a
+    """Until the loop's ring or a helper sees one of the armed ``watches``
+    change, or ``left`` seconds (None: no limit).  Watches not woken sleep on with a
     callback that finds the future done, until armed and put to sleep
     again (or disarmed)."""
     fut: "asyncio.Future[None]" = loop.create_future()
@@ -162,6 +162,8 @@ class Waiting:
                     return got
                 if loop.time() >= end or self._mapping is None:
                     break
+            if self._mapping is None:  # closed meanwhile: its mapping is gone
+                return self._after_close(check)
         w = _watched.watch(self.sync, mapping, room=room, peek=peek,
                            is_counted=self._counted)
         self._watches.add(w)
