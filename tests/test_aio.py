@@ -285,6 +285,36 @@ def test_a_loop_sleeps_on_its_own_ring_where_there_is_one(name: str) -> None:
     assert run_python(code, name, timeout=60).stdout.strip() == (b"0" if ring else b"1")
 
 
+@pytest.mark.skipif(not _loop_ring.ring_supported(), reason="needs a ring")
+@each_loop
+def test_a_ring_that_gives_up_hands_its_waiters_to_a_helper(name: str, loop_kind: str) -> None:
+    """If the kernel stops taking a ring's waits, the waiters asleep there
+    move to a helper thread at their next look and are woken there."""
+    code = (
+        "import asyncio, sys, fastshm, fastshm.aio as aio\n"
+        "from fastshm import _hub, _loop_ring\n"
+        "async def main():\n"
+        "    q = aio.Queue(sys.argv[1], 4096)\n"
+        "    task = asyncio.ensure_future(q.get(timeout=30))\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    ring = _loop_ring.ring_here(1.0)\n"
+        "    assert _hub.threads() == 0 and ring is not None and ring.asleep\n"
+        "    ring.working = False  # as after _FAILURES_MAX refused waits\n"
+        "    for w in list(ring.asleep):\n"
+        "        ring.fire(w)  # it looks again, then sleeps on a helper\n"
+        "    await asyncio.sleep(0.1)\n"
+        "    assert not ring.asleep and _hub.threads() == 1\n"
+        "    fastshm.Queue(sys.argv[1]).put(b'x')\n"
+        "    assert await task == b'x'\n"
+        "    print('ok')\n"
+        "    q.delete()\n"
+        "if sys.argv[2] == 'uvloop':\n"
+        "    import uvloop\n"
+        "    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
+        "asyncio.run(main())\n")
+    assert run_python(code, name, loop_kind, timeout=60).stdout.strip() == b"ok"
+
+
 def test_only_quick_waits_look_again_before_sleeping(name: str) -> None:
     """A wait whose object's last wait ended within SPIN_S looks again at
     each turn of the loop before it sleeps (other tasks run meanwhile, and a

@@ -139,6 +139,10 @@ class Watch:
             if self.counted:
                 lib.fshm_waiters_add(self.waiters, 1)
             self.armed = True
+        elif self.shard is not None and not self.shard.working:
+            # Its loop's ring gave up: a helper thread from now on.
+            self.shard.leave(self)
+            self.shard = _shard_for(self)
         self.value = lib.fshm_word_load(self.word)
 
     @property
@@ -181,6 +185,7 @@ class _Shard:
 
     #: Callbacks given to ``add`` run on the helper's thread.
     local = False
+    working = True
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

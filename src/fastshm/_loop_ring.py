@@ -44,6 +44,9 @@ class Ring:
 
     #: Callbacks given to ``add`` run on the loop's thread.
     local = True
+    #: False once it gave up (the kernel refused its waits, or it closed):
+    #: its watches move to the helper threads when they are armed again.
+    working = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, peek_s: float) -> None:
         self.lock = threading.Lock()
@@ -83,6 +86,7 @@ class Ring:
         gone before the last ring.)"""
         with self.lock:
             ring, self.ring = self.ring, None
+            self.working = False
         if ring is not None:
             _close(ring)
 
@@ -117,7 +121,8 @@ class Ring:
             self._failures += 1
             if self._failures >= _FAILURES_MAX:
                 global usable
-                usable = False
+                usable = False  # new watches go to the helpers at once
+                self.working = False
             return False
         self._failures = 0
         old = self.queued.pop(w.key, None)
