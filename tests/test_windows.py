@@ -78,6 +78,17 @@ def parse(out: str) -> dict[str, str]:
     return result
 
 
+class Said(dict):  # type: ignore[type-arg]
+    """What a Wine process printed (its key=value lines, with returncode,
+    stdout and stderr): a key it did not print fails with all of them, so a
+    process that died early says how."""
+
+    def __missing__(self, key: str) -> str:
+        raise AssertionError(
+            f"the Wine process printed no {key!r} (exit {self.get('returncode')})\n"
+            f"stdout: {self.get('stdout')!r}\nstderr: {str(self.get('stderr', ''))[-3000:]}")
+
+
 def parse_lines(out: str) -> dict[str, str]:
     """key=value per line, the value being the rest of the line (text with
     spaces); a key seen twice keeps every value, joined by '|'."""
@@ -203,7 +214,7 @@ class Wine:
             [WINE, str(exe), *args], env=self.env, stdin=subprocess.DEVNULL,
             capture_output=True, text=True, timeout=timeout, check=False,
         )
-        out = parse_lines(proc.stdout)
+        out = Said(parse_lines(proc.stdout))
         out["returncode"] = str(proc.returncode)
         out["stdout"] = proc.stdout
         out["stderr"] = proc.stderr
