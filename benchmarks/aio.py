@@ -58,7 +58,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 import fastshm
 
 from .channels import _cpu
-from .crossproc import TIMEOUT, _join, _stop
+from .crossproc import TIMEOUT, _clean_up, _join, _stop
 from .names import Names
 from .timing import Progress, summarize
 
@@ -838,12 +838,7 @@ class _Pair:
                 if p.is_alive():
                     p.terminate()
         _join(started)
-        for c in reversed(self.cleanup):
-            try:
-                c()
-            except Exception as e:  # noqa: BLE001 -- the sweep removes what is left
-                sys.stderr.write(f"benchmarks: cleanup failed: {type(e).__name__}: {e}\n")
-        self.cleanup = []
+        _clean_up(self.cleanup)
 
 
 def ping_pong(

@@ -63,7 +63,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import fastshm
 
 from . import cfloor
-from .crossproc import FRAME_SHAPE, TIMEOUT, _join
+from .crossproc import FRAME_SHAPE, TIMEOUT, _clean_up, _join
 from .names import Names
 from .timing import Progress, summarize
 
@@ -567,12 +567,7 @@ class _Transport:
             self.consumer_specs = [self.producer_spec] * subs
 
     def close(self) -> None:
-        for c in reversed(self.cleanup):
-            try:
-                c()
-            except Exception as e:  # noqa: BLE001 -- the sweep removes what is left
-                sys.stderr.write(f"benchmarks: cleanup failed: {type(e).__name__}: {e}\n")
-        self.cleanup = []
+        _clean_up(self.cleanup)
         self.held = None
 
 

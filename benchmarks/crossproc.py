@@ -31,9 +31,10 @@ import multiprocessing as mp
 import os
 import socket
 import struct
+import sys
 import time
 from multiprocessing import shared_memory
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from fastshm import Segment
 
@@ -429,6 +430,17 @@ def _stop(ctls: Iterable[Any]) -> None:
             c.send(None)
         except OSError:
             pass
+
+
+def _clean_up(cleanup: List[Callable[[], Any]]) -> None:
+    """Run ``cleanup``'s calls, last first, each whatever the others did
+    (a failure is said; the sweep removes what is left), and empty it."""
+    for c in reversed(cleanup):
+        try:
+            c()
+        except Exception as e:  # noqa: BLE001 -- the sweep removes what is left
+            sys.stderr.write(f"benchmarks: cleanup failed: {type(e).__name__}: {e}\n")
+    cleanup.clear()
 
 
 def _recv_ctl(conn: Any) -> Any:
