@@ -250,7 +250,11 @@ void fshm_futex_wake(uint32_t *addr, int all);
  * above FSHM_WAIT_WORDS_MAX.  A waiter counts itself in each object's
  * sleeper count first (fshm_waiters_add), then reads each word
  * (fshm_word_load), then looks at what it waits for, then sleeps here. */
-#define FSHM_WAIT_WORDS_MAX 128
+#ifdef _WIN32
+#define FSHM_WAIT_WORDS_MAX 64 /* WaitForMultipleObjects' MAXIMUM_WAIT_OBJECTS */
+#else
+#define FSHM_WAIT_WORDS_MAX 128 /* futex_waitv's FUTEX_WAITV_MAX */
+#endif
 /* Where the system cannot sleep on many words (fshm_wait_words_polls()
  * says 1), they are polled, a change seen at most this late. */
 #define FSHM_WAIT_WORDS_POLL_NS 2000000

@@ -76,4 +76,18 @@ void fshm__map_done(fshm_map *m, unsigned mode);
  * closed, the mapping unmapped. */
 void fshm__map_release(fshm_map *m);
 
+#ifdef _WIN32
+/* ---- sleeping on many words at once on Windows (map_win32.c, for
+ * wait_words.c) ----
+ *
+ * out[i]: a handle of its own (HANDLE, closed by fshm__close_wait_handles)
+ * on the kernel object a sleeper of words[i] waits for: the named semaphore
+ * of a mapped object's wake-up word, or an event of this process's for a
+ * word in its private memory (set by fshm__local_wake).  ENOENT, nothing
+ * left open, when some word has neither: its waiter must poll. */
+int fshm__wait_handles(uint32_t *const *words, size_t n, void **out);
+void fshm__close_wait_handles(void **handles, size_t n);
+void fshm__local_wake(uint32_t *word);
+#endif
+
 #endif

@@ -419,13 +419,14 @@ int fshm_sleep_ns(int64_t ns)
 #define ROOM_OFFSET 48
 #define LOCK_WAKE_OFFSET 72
 
-static HANDLE wake_semaphore(uint32_t *addr)
+/* Under views_lock: the semaphore of the wake-up word at addr, made on
+ * first use; NULL when addr is no such word (or the name is taken by
+ * another kind of object: waiting then falls back to polling). */
+static HANDLE wake_semaphore_locked(uint32_t *addr)
 {
     static const wchar_t *suffix[3] = {L".fastshm-wake", L".fastshm-lock", L".fastshm-room"};
     view_handle *v;
-    HANDLE sem = NULL;
 
-    AcquireSRWLockExclusive(&views_lock);
     for (v = views; v != NULL; v = v->next) {
         uintptr_t off = (uintptr_t)addr - (uintptr_t)v->base;
         int which;
@@ -446,18 +447,109 @@ static HANDLE wake_semaphore(uint32_t *addr)
             if (n != NULL) {
                 memcpy(n, v->wname, len * sizeof(wchar_t));
                 memcpy(n + len, suffix[which], (wcslen(suffix[which]) + 1) * sizeof(wchar_t));
-                /* Opens the semaphore when another process made it first.
-                 * NULL when the name is taken by another kind of object:
-                 * waiting then falls back to polling. */
+                /* Opens the semaphore when another process made it first. */
                 v->sem[which] = CreateSemaphoreW(NULL, 0, LONG_MAX, n);
                 free(n);
             }
         }
-        sem = v->sem[which];
-        break;
+        return v->sem[which];
     }
+    return NULL;
+}
+
+static HANDLE wake_semaphore(uint32_t *addr)
+{
+    HANDLE sem;
+    AcquireSRWLockExclusive(&views_lock);
+    sem = wake_semaphore_locked(addr);
     ReleaseSRWLockExclusive(&views_lock);
     return sem;
+}
+
+/* The events of this process's own wake-up words: words in its private
+ * memory, which no other process can change, such as the word by which one
+ * thread interrupts another's fshm_wait_words (fshm_word_bump).  Made on
+ * first use and kept (a process has a few); auto-reset, so a set nobody
+ * waited for ends one later wait early, for a look. */
+typedef struct local_event {
+    uint32_t *word;
+    HANDLE event;
+    struct local_event *next;
+} local_event;
+
+static local_event *local_events; /* under views_lock */
+
+/* Heap, stack or a module's own data (MEM_PRIVATE, MEM_IMAGE): not a view
+ * of a section (MEM_MAPPED), which other processes may share. */
+static int private_memory(const void *addr)
+{
+    MEMORY_BASIC_INFORMATION mbi;
+    return VirtualQuery(addr, &mbi, sizeof mbi) != 0 && mbi.State == MEM_COMMIT &&
+           mbi.Type != MEM_MAPPED;
+}
+
+static HANDLE local_event_locked(uint32_t *word)
+{
+    local_event *e;
+    for (e = local_events; e != NULL; e = e->next)
+        if (e->word == word)
+            return e->event;
+    e = (local_event *)malloc(sizeof *e);
+    if (e == NULL)
+        return NULL;
+    e->event = CreateEventW(NULL, FALSE, FALSE, NULL);
+    if (e->event == NULL) {
+        free(e);
+        return NULL;
+    }
+    e->word = word;
+    e->next = local_events;
+    local_events = e;
+    return e->event;
+}
+
+int fshm__wait_handles(uint32_t *const *words, size_t n, void **out)
+{
+    HANDLE self = GetCurrentProcess();
+    size_t i, made = 0;
+    int rc = 0;
+
+    AcquireSRWLockExclusive(&views_lock);
+    for (i = 0; i < n && rc == 0; i++) {
+        HANDLE h = wake_semaphore_locked(words[i]);
+        if (h == NULL && private_memory(words[i]))
+            h = local_event_locked(words[i]);
+        /* A copy: fshm_unmap closes a view's semaphores, maybe while
+         * another thread still sleeps here on them. */
+        if (h == NULL || !DuplicateHandle(self, h, self, (HANDLE *)&out[i], SYNCHRONIZE,
+                                          FALSE, 0))
+            rc = ENOENT;
+        else
+            made++;
+    }
+    ReleaseSRWLockExclusive(&views_lock);
+    if (rc != 0)
+        fshm__close_wait_handles(out, made);
+    return rc;
+}
+
+void fshm__close_wait_handles(void **handles, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        CloseHandle((HANDLE)handles[i]);
+}
+
+void fshm__local_wake(uint32_t *word)
+{
+    HANDLE h = NULL;
+    if (!private_memory(word))
+        return;
+    AcquireSRWLockExclusive(&views_lock);
+    h = local_event_locked(word);
+    if (h != NULL)
+        SetEvent(h);
+    ReleaseSRWLockExclusive(&views_lock);
 }
 
 int fshm_futex_wait(uint32_t *addr, uint32_t expected, int64_t timeout_ns)

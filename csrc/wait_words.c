@@ -12,16 +12,27 @@
  * then returns at once), or wakes it.
  *
  * Linux 5.16 and later sleep in futex_waitv(2), on the shared futexes the
- * single waits use.  Elsewhere (other POSIX systems, older kernels, Windows,
- * whose single waits sleep on semaphores one object at a time) the words are
- * polled with a growing sleep, 20 us doubling up to FSHM_WAIT_WORDS_POLL_NS:
+ * single waits use.  Windows sleeps in WaitForMultipleObjects on the named
+ * semaphores the single waits use (one per object and word, released once
+ * per counted sleeper), up to its 64 handles at a time, with an event for
+ * the interrupt word in the process's own memory.  Elsewhere (other POSIX
+ * systems, older kernels, a word without a semaphore) the words are polled
+ * with a growing sleep, 20 us doubling up to FSHM_WAIT_WORDS_POLL_NS:
  * correct, but each change is seen up to that late.
  */
 
 #include "atomics.h"
 #include "fastshm.h"
+#include "internal.h"
 
 #include <errno.h>
+
+#ifdef _WIN32
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#endif
 
 #ifdef __linux__
 #include <sys/syscall.h>
@@ -75,6 +86,43 @@ static int poll_words(uint32_t *const *words, const uint32_t *values, size_t n,
     }
 }
 
+#ifdef _WIN32
+/* A release of a semaphore this thread counted itself a sleeper of, or the
+ * set of its interrupt word's event, ends the wait.  WaitForMultipleObjects
+ * takes one count, of the first signalled: a count left on another is this
+ * thread's too, and only ends a later wait early, for a look (as a timed-out
+ * single wait's count does). */
+static int wait_handles(uint32_t *const *words, const uint32_t *values, size_t n,
+                        int64_t timeout_ns)
+{
+    void *handles[FSHM_WAIT_WORDS_MAX];
+    DWORD ms, got;
+    size_t i;
+    int rc;
+
+    if (fshm__wait_handles(words, n, handles) != 0)
+        return poll_words(words, values, n, timeout_ns);
+    rc = 0;
+    for (i = 0; i < n; i++) {
+        if (fshm_load32(words[i], FSHM_SEQ_CST) != values[i])
+            break; /* changed already */
+    }
+    if (i == n) {
+        if (timeout_ns < 0 || timeout_ns / 1000000 >= (int64_t)INFINITE)
+            ms = INFINITE;
+        else
+            ms = (DWORD)((timeout_ns + 999999) / 1000000);
+        got = WaitForMultipleObjects((DWORD)n, (const HANDLE *)handles, FALSE, ms);
+        if (got == WAIT_TIMEOUT)
+            rc = FSHM_ETIMEOUT;
+        else if (got == WAIT_FAILED)
+            rc = EINVAL;
+    }
+    fshm__close_wait_handles(handles, n);
+    return rc;
+}
+#endif
+
 int fshm_wait_words(uint32_t *const *words, const uint32_t *values, size_t n,
                     int64_t timeout_ns)
 {
@@ -123,6 +171,8 @@ int fshm_wait_words(uint32_t *const *words, const uint32_t *values, size_t n,
     default:
         return errno;
     }
+#elif defined(_WIN32)
+    return wait_handles(words, values, n, timeout_ns);
 #else
     return poll_words(words, values, n, timeout_ns);
 #endif
@@ -136,6 +186,8 @@ int fshm_wait_words_polls(void)
         (errno == ENOSYS || errno == EPERM))
         fshm_store32(&no_waitv, 1, FSHM_RELAXED);
     return fshm_load32(&no_waitv, FSHM_RELAXED) != 0;
+#elif defined(_WIN32)
+    return 0;
 #else
     return 1;
 #endif
@@ -156,5 +208,7 @@ void fshm_word_bump(uint32_t *word)
     fshm_add32(word, 1);
 #ifdef __linux__
     fshm_futex_wake(word, 1);
+#elif defined(_WIN32)
+    fshm__local_wake(word);
 #endif
 }

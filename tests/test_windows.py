@@ -30,7 +30,7 @@ from conftest import make_name, unlink_quietly
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 WIN32_TESTS = CSRC / "tests" / "win32"
-CORE = [CSRC / "slot.c", CSRC / "queue.c", CSRC / "map_win32.c"]
+CORE = [CSRC / "slot.c", CSRC / "queue.c", CSRC / "wait_words.c", CSRC / "map_win32.c"]
 
 MINGW = os.environ.get("FSHM_MINGW_CC") or shutil.which("x86_64-w64-mingw32-gcc")
 # Debian's wine64 package installs its loader outside PATH; the wine package
@@ -155,7 +155,8 @@ def msvc_atomics(build_dir: Path) -> dict[str, Path]:
         pytest.skip(f"this MinGW cannot build atomics.h's MSVC branch: {proc.stderr[-500:]}")
     return {
         "check": compile_c(MINGW, build_dir / "fshm_check_msvc_atomics.exe",
-                           [obj, CSRC / "map_win32.c", WIN32_TESTS / "fshm_check.c"], "-static"),
+                           [obj, CSRC / "wait_words.c", CSRC / "map_win32.c",
+                            WIN32_TESTS / "fshm_check.c"], "-static"),
         "queue": compile_c(MINGW, build_dir / "queue_check_msvc_atomics.exe",
                            [obj, CSRC / "map_win32.c", WIN32_TESTS / "queue_check.c"], "-static"),
     }
@@ -178,7 +179,8 @@ def _native_cc() -> tuple[str, list[str]]:
 def posix_check(build_dir: Path) -> Path:
     cc, libs = _native_cc()
     return compile_c(cc, build_dir / "fshm_check",
-                     [CSRC / "slot.c", CSRC / "map_posix.c", WIN32_TESTS / "fshm_check.c"],
+                     [CSRC / "slot.c", CSRC / "wait_words.c", CSRC / "map_posix.c",
+                      WIN32_TESTS / "fshm_check.c"], "-pthread",
                      *libs)
 
 
@@ -517,6 +519,73 @@ def test_a_store_wakes_a_sleeper_in_another_process(
     assert (woke["woke_seq"], woke["semaphore"]) == ("2", "OK")
     assert sleeper.finish()["returncode"] == "0"
     assert holder.finish()["returncode"] == "0"
+
+
+# ---- waiting on many at once (fastshm.aio's helper thread, wait_any) ----
+
+
+def _two_held(wine: Wine, exe: Path, held: list[Held], tag: str) -> list[str]:
+    names = [make_name(f"{tag}{i}") for i in range(2)]
+    for name in names:
+        holder = wine.start(exe, "hold", name, "64", "first")
+        held.append(holder)
+        assert holder.wait_for("ready")["store"] == "OK"
+    return names
+
+
+@needs_wine
+def test_wait_any_sleeps_on_the_semaphores_until_a_store(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """fshm_wait_words on Windows sleeps in WaitForMultipleObjects on the
+    segments' named semaphores (it no longer polls), with no timeout at
+    all: the store of another Wine process to the second segment ends it,
+    and that word alone changed."""
+    exe = win_exes["check"]
+    names = _two_held(wine, exe, held, "wany")
+    waiter = wine.start(exe, "wait-any", *names, "-1")
+    held.append(waiter)
+    assert waiter.wait_for("sleeping")["polls"] == "0"
+    assert wine.run(exe, "store", names[1], "second")["returncode"] == "0"
+    woke = waiter.wait_for("changed")
+    assert (woke["wait"], woke["changed"]) == ("OK", "1"), woke
+
+
+@needs_wine
+def test_wait_any_is_interrupted_by_its_own_word(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """The word in the process's own memory (how fastshm.aio tells its
+    helper thread to look again): fshm_word_bump from another thread sets
+    its event and ends the sleep, which has no timeout."""
+    exe = win_exes["check"]
+    names = _two_held(wine, exe, held, "wown")
+    waiter = wine.start(exe, "wait-any", *names, "-1")
+    held.append(waiter)
+    waiter.wait_for("sleeping")
+    assert waiter.proc.stdin is not None
+    waiter.proc.stdin.write("\n")
+    waiter.proc.stdin.flush()
+    woke = waiter.wait_for("changed")
+    assert (woke["wait"], woke["changed"]) == ("OK", "2"), woke
+
+
+@needs_wine
+def test_wait_any_sleeps_in_the_kernel_not_polling(
+    wine: Wine, win_exes: dict[str, Path], held: list[Held]
+) -> None:
+    """A word changed by hand, with no semaphore released, while the wait
+    sleeps: the sleep goes on to its timeout (a poll would have ended it at
+    the change), and the change is there to see afterwards."""
+    exe = win_exes["check"]
+    names = _two_held(wine, exe, held, "wquiet")
+    waiter = wine.start(exe, "wait-any", *names, "3000")
+    held.append(waiter)
+    waiter.wait_for("sleeping")
+    time.sleep(0.5)  # into WaitForMultipleObjects
+    assert wine.run(exe, "bump-quietly", names[0])["returncode"] == "0"
+    woke = waiter.wait_for("changed")
+    assert (woke["wait"], woke["changed"]) == ("FSHM_ETIMEOUT", "0"), woke
 
 
 @needs_wine

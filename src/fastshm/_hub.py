@@ -14,13 +14,16 @@ helper with a callback.  The helper calls it when the word differs from the
 remembered value: something changed, look again.  So the helper never takes
 a message, and a waiter that is cancelled loses nothing.
 
-A helper thread sleeps on at most ``PER_THREAD`` words (the kernel's limit
-for one futex_waitv is 128, one of them the helper's own), however many
-tasks wait on each: a process waiting on more objects than that gets one
-more thread for each ``PER_THREAD`` of them.  Words the helper cannot be woken on (objects of the
+A helper thread sleeps on at most ``PER_THREAD`` words (one futex_waitv
+takes 128 on Linux, one WaitForMultipleObjects 64 handles on Windows, one
+of them the helper's own), however many tasks wait on each: a process
+waiting on more objects than that gets one more thread for each
+``PER_THREAD`` of them.  Words the helper cannot be woken on (objects of the
 python backend's queue and channel, whose sleeper counts change under their
-file lock; read-only mappings; systems without futex_waitv) are polled, at
-most ``POLL_MAX_S`` apart.  Every ``PEEK_S`` an idle helper also asks each
+file lock; read-only mappings; systems with neither call) are polled, at
+most ``POLL_MAX_S`` apart.  On Windows, where stores of the python backend
+release no semaphore, a helper also looks at its words every
+``POLL_MAX_S``, as the blocking waits there do.  Every ``PEEK_S`` an idle helper also asks each
 watch's ``peek`` whether what it waits for is there all the same (a writer
 killed between its change and its wake-up), as the blocking waits look again
 every 100 ms.
@@ -29,6 +32,7 @@ every 100 ms.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -52,6 +56,11 @@ POLL_MAX_S = 0.05
 _POLL_MIN_S = 0.001
 #: How often an idle helper asks the watches' peek.
 PEEK_S = 1.0
+
+# Windows: the longest a helper sleeps with watches, so that a store of the
+# python backend (which releases no semaphore) is seen as soon as a blocking
+# wait sees it.
+_SLICE_S: Optional[float] = POLL_MAX_S if sys.platform == "win32" else None
 
 # Where the kernel cannot sleep on many words, every word is polled by the
 # C core itself, and counting in sleeper counts would only cost writers a
@@ -274,6 +283,8 @@ class _Shard:
             if asleep:
                 peek_in = max(peeked + PEEK_S - time.monotonic(), 0.0)
                 timeout = peek_in if timeout is None else min(timeout, peek_in)
+                if _SLICE_S is not None:
+                    timeout = min(timeout, _SLICE_S)
             # The GIL is released for the sleep (cffi does so for every call).
             rc = lib.fshm_wait_words(words, values, n,
                                      -1 if timeout is None else int(timeout * 1e9))

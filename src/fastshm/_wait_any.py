@@ -34,8 +34,10 @@ def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[An
     with a message it has not received.  Nothing is taken: get, load or
     receive from those returned.  TimeoutError after
     ``timeout`` seconds (None: none).  Sleeps on all of them at once, in
-    this thread (Linux 5.16 and later; elsewhere it polls, a change seen
-    within a few milliseconds); Ctrl-C interrupts it."""
+    this thread (Linux 5.16 and later, and Windows; elsewhere it polls, a
+    change seen within a few milliseconds); Ctrl-C interrupts it.  At most
+    128 objects (64 on Windows); ``await fastshm.aio.wait_any()`` takes any
+    number."""
     given, objs, peeks, ready = look(objects)
     if ready:
         return ready

@@ -20,6 +20,12 @@
  *   sleeper NAME             register as a waiter and sleep on the notify
  *                            word with no timeout until a store wakes it;
  *                            report whether the wake semaphore exists
+ *   wait-any NAME1 NAME2 MS  count itself a sleeper of both segments' notify
+ *                            words and sleep in fshm_wait_words on them and
+ *                            on a word of its own, which a thread bumps
+ *                            (fshm_word_bump) when a line comes on stdin; MS
+ *                            the timeout (-1: none); then which changed
+ *   bump-quietly NAME        add one to the notify word and wake nobody
  */
 #include "fastshm.h"
 #include "atomics.h"
@@ -27,6 +33,8 @@
 #include <errno.h>
 #ifdef _WIN32
 #include <windows.h>
+#else
+#include <pthread.h>
 #endif
 #include <stdint.h>
 #include <stdio.h>
@@ -298,6 +306,92 @@ static int cmd_sleeper(const char *name)
     return 0;
 }
 
+/* ---- waiting on many words: fastshm.aio's helper thread and wait_any ---- */
+
+static uint32_t own_word; /* in this process's private memory */
+
+#ifdef _WIN32
+static DWORD WINAPI bump_on_stdin(LPVOID arg)
+#else
+static void *bump_on_stdin(void *arg)
+#endif
+{
+    (void)arg;
+    wait_for_stdin();
+    fshm_word_bump(&own_word);
+    return 0;
+}
+
+/* As the helper thread does it: count in, read the words, sleep on them
+ * all.  A wait with a timeout that ends with nothing changed prints
+ * FSHM_ETIMEOUT; one whose word changed without a wake-up (bump-quietly)
+ * while it slept in the kernel ends by its timeout too, where polling
+ * would have seen the change. */
+static int cmd_wait_any(const char *name1, const char *name2, long long ms)
+{
+    fshm_seg s[2];
+    fshm_map m[2];
+    uint32_t *words[3], values[3];
+    const char *names[2] = {name1, name2};
+    char changed[16] = "";
+    int i, rc;
+#ifdef _WIN32
+    HANDLE thread;
+#else
+    pthread_t thread;
+#endif
+
+    for (i = 0; i < 2; i++) {
+        rc = fshm_seg_open(&s[i], &m[i], names[i], FSHM_ATTACH, 0, 0);
+        if (rc != 0) {
+            say("attach", code_name(rc));
+            return 1;
+        }
+        words[i] = (uint32_t *)(s[i].base + 24);
+        fshm_add32((uint32_t *)(s[i].base + 28), 1);
+    }
+    say("attach", "OK");
+    words[2] = &own_word;
+    for (i = 0; i < 3; i++)
+        values[i] = fshm_word_load(words[i]);
+#ifdef _WIN32
+    thread = CreateThread(NULL, 0, bump_on_stdin, NULL, 0, NULL);
+#else
+    pthread_create(&thread, NULL, bump_on_stdin, NULL);
+#endif
+    printf("polls=%d\n", fshm_wait_words_polls());
+    say("sleeping", "1");
+    rc = fshm_wait_words(words, values, 3, ms < 0 ? -1 : ms * 1000000LL);
+    say("wait", code_name(rc));
+    for (i = 0; i < 3; i++) {
+        if (fshm_word_load(words[i]) != values[i]) {
+            size_t len = strlen(changed);
+            snprintf(changed + len, sizeof changed - len, "%s%d", len ? "," : "", i);
+        }
+    }
+    say("changed", changed[0] ? changed : "none");
+    for (i = 0; i < 2; i++) {
+        fshm_add32((uint32_t *)(s[i].base + 28), (uint32_t)-1);
+        fshm_unmap(m[i].base, m[i].size);
+    }
+    /* The stdin thread ends with the process (the driver closes stdin). */
+    (void)thread;
+    return rc != 0 && rc != FSHM_ETIMEOUT;
+}
+
+static int cmd_bump_quietly(const char *name)
+{
+    fshm_seg s;
+    fshm_map m;
+    int rc = fshm_seg_open(&s, &m, name, FSHM_ATTACH, 0, 0);
+    say("attach", code_name(rc));
+    if (rc != 0)
+        return 1;
+    fshm_add32((uint32_t *)(s.base + 24), 1);
+    fshm_unmap(m.base, m.size);
+    return 0;
+}
+
 /* ---- stress: self-checking messages ----
  * [store number u64][length u64][payload...][FNV-1a of all before, u32];
  * payload byte i is a function of the number and i, so a message mixed from
@@ -445,6 +539,10 @@ int main(int argc, char **argv)
         return cmd_reader(argv[2], atof(argv[3]));
     if (strcmp(cmd, "sleeper") == 0 && argc == 3)
         return cmd_sleeper(argv[2]);
+    if (strcmp(cmd, "wait-any") == 0 && argc == 5)
+        return cmd_wait_any(argv[2], argv[3], strtoll(argv[4], NULL, 10));
+    if (strcmp(cmd, "bump-quietly") == 0 && argc == 3)
+        return cmd_bump_quietly(argv[2]);
     fprintf(stderr, "usage: see the comment at the top of fshm_check.c\n");
     return 2;
 }
