@@ -29,7 +29,7 @@ from test_stress import TESTS_DIR, check_message, make_message
 
 import fastshm
 from fastshm import _common as C
-from fastshm import _pure, _pure_segment
+from fastshm import _pure, _pure_open, _pure_segment
 
 posix_only = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
 needs_root = pytest.mark.skipif(
@@ -700,7 +700,7 @@ def test_dead_creator_is_refused_at_once(backend: str, name: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # A deadline longer than the bound below: only an opener that sees the
     # creator dead can finish in time.
-    monkeypatch.setattr(_pure, "_READY_WAIT_S", 3600.0)
+    monkeypatch.setattr(_pure_open, "_READY_WAIT_S", 3600.0)
     p = _creator(name, 3600)
     try:
         assert _line(p, 30) == "ready"
@@ -728,13 +728,14 @@ def test_creator_names_itself_while_creating(name: str, monkeypatch: pytest.Monk
     """The protocol, seen from the inside: the lock word holds the creator's
     id while the magic is 0, and is 0 once the magic is there."""
     seen: list[tuple[int, int]] = []
-    real = _pure._put
+    real = _pure_open._put
 
     def spy(mm: Any, offset: int, st: Any, value: int) -> None:
         seen.append((struct.unpack_from("<I", mm, 0)[0], struct.unpack_from("<Q", mm, 64)[0]))
         real(mm, offset, st, value)
 
-    monkeypatch.setattr(_pure, "_put", spy)
+    # Where _publish (which writes the header) looks it up.
+    monkeypatch.setattr(_pure_open, "_put", spy)
     monkeypatch.setattr(_pure_segment, "_put", spy)
     with fastshm.Segment(name, 64, create=True, backend="python") as seg:
         assert seg._lock_owner() == 0

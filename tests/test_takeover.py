@@ -225,11 +225,11 @@ def test_an_opener_that_mapped_the_leftover_before_it_grew(name: str, kind: str,
     grows it and publishes it, and only then does the first read the
     header, which now asks for more than it mapped.  It opens the object
     again and gets the new one, not a FormatError."""
-    from fastshm import _pure as P
+    from fastshm import _pure_open
 
     _leave(name, "dead-mark-only")
     cls = fastshm.Queue if kind == "Queue" else fastshm.Segment
-    real_map = P._map
+    real_map = _pure_open._map
     taker: List[Any] = []
 
     def map_then_lose_the_race(*args: Any, **kw: Any) -> Any:
@@ -240,7 +240,8 @@ def test_an_opener_that_mapped_the_leftover_before_it_grew(name: str, kind: str,
             assert taker[0].created and got[1] < (1 << 16)
         return got
 
-    monkeypatch.setattr(P, "_map", map_then_lose_the_race)
+    # Where _open_object looks it up.
+    monkeypatch.setattr(_pure_open, "_map", map_then_lose_the_race)
     try:
         with cls(name, 4096, backend="python") as late:
             assert not late.created and late.capacity == 1 << 16

@@ -246,7 +246,7 @@ class QueueHandle(_Mapped):
             ops = [t.noop, t.unflock]
             rel = map(_pcall, ops)
         wake = False
-        # From here until the release, see "what a signal may interrupt".
+        # From here until the release, see "what a signal may interrupt" (_pure_lock).
         busy[key] = sys._getframe()
         try:
             # (A queue is never opened without flock: fd is a descriptor.)

@@ -204,7 +204,7 @@ class SegmentHandle(_Mapped):
         if not _INLINE_RELEASE:
             ops = [t.noop, t.unflock]
             rel = map(_pcall, ops)
-        # From here until the release, see "what a signal may interrupt".
+        # From here until the release, see "what a signal may interrupt" (_pure_lock).
         busy[key] = sys._getframe()
         try:
             while True:
