@@ -26,7 +26,7 @@ import pytest
 
 import fastshm
 from fastshm import _backend
-from fastshm import _pure_channel as PC
+from fastshm import _pure_channel_layout as PCL
 
 pytestmark = pytest.mark.skipif(
     "file_lock" not in _backend.resolve("python").features or sys.platform == "win32",
@@ -156,25 +156,25 @@ def lock_holder(name):
     # Dies inside the lock, in the middle of a commit: the slot popped off
     # the free stack and lent, its word and the index written, head not yet;
     # and a pin of an entry nobody owns set.
-    from fastshm import _pure, _pure_channel as PC
+    from fastshm import _pure, _pure_channel_layout as PCL
     p = fastshm.Publisher(name, create=False, backend="python")
     h = p._handle()
     u32 = lambda v: v.to_bytes(4, "little")
     u64 = lambda v: v.to_bytes(8, "little")
 
     def die(mm, a, b):
-        mm[PC._H_DIRTY : PC._H_DIRTY + 4] = u32(1)
-        count = int.from_bytes(mm[PC._H_FREE_COUNT : PC._H_FREE_COUNT + 4], "little") - 1
-        mm[PC._H_FREE_COUNT : PC._H_FREE_COUNT + 4] = u32(count)
+        mm[PCL._H_DIRTY : PCL._H_DIRTY + 4] = u32(1)
+        count = int.from_bytes(mm[PCL._H_FREE_COUNT : PCL._H_FREE_COUNT + 4], "little") - 1
+        mm[PCL._H_FREE_COUNT : PCL._H_FREE_COUNT + 4] = u32(count)
         s = int.from_bytes(mm[h._free + 4 * count : h._free + 4 * count + 4], "little")
-        e = PC.HEADER + s * 64
+        e = PCL.HEADER + s * 64
         k = h.head() + 1
         mm[e + 24 : e + 32] = u64(_pure.self_id())  # loaner
         mm[e + 8 : e + 16] = u64(5)  # length
         mm[e : e + 8] = u64(k << 1)  # word
         at = h._index + (k % h.slots) * 4
         mm[at : at + 4] = u32(s)
-        other = PC.HEADER + ((s + 1) % h.slots) * 64
+        other = PCL.HEADER + ((s + 1) % h.slots) * 64
         mm[other + 16 : other + 24] = u64(1 << 5)  # pins: entry 5 has no owner
         print("inside", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -320,7 +320,7 @@ def test_python_killed_holder_does_not_hold_a_block_publisher(name: str,
         assert pub.subscribers == 0
         h = pub._handle()
         assert h.subscriber_info(0) is None
-        assert all(h._mm[PC.HEADER + s * 64 + 16 : PC.HEADER + s * 64 + 24] == bytes(8)
+        assert all(h._mm[PCL.HEADER + s * 64 + 16 : PCL.HEADER + s * 64 + 24] == bytes(8)
                    for s in range(pub.slots))  # no pin of it left
         for n in range(3 * pub.slots):  # nobody subscribed: never waits
             pub.publish(b"%d" % n, timeout=0)
@@ -361,12 +361,12 @@ def test_python_killed_inside_the_lock_is_repaired(name: str, children: Children
         h = pub._handle()
         # The lock word names the dead holder, and dirty says it was changing.
         assert h.lock_owner() & 0xFFFFFFFF == p.pid
-        assert h._mm[PC._H_DIRTY : PC._H_DIRTY + 4] != bytes(4)
+        assert h._mm[PCL._H_DIRTY : PCL._H_DIRTY + 4] != bytes(4)
         # Its message never existed (head did not move); the next holder
         # repairs: the slot and the stray pin are freed, every slot usable.
         with sub.receive(1) as s:
             assert bytes(s) == b"one" and s.seq == 1
-        assert h.lock_owner() == 0 and h._mm[PC._H_DIRTY : PC._H_DIRTY + 4] == bytes(4)
+        assert h.lock_owner() == 0 and h._mm[PCL._H_DIRTY : PCL._H_DIRTY + 4] == bytes(4)
         for n in range(3 * pub.slots):
             seq = pub.publish(b"m%d" % n, timeout=0)
             with sub.receive(0) as s:
@@ -396,8 +396,8 @@ def test_python_ctrl_c_ends_a_blocked_call(what: str, name: str, children: Child
             p.wait(WAIT)
             h = pub._handle()
             # It counted itself out of the sleepers again.
-            assert h._mm[PC._H_WAITERS : PC._H_WAITERS + 4] == bytes(4)
-            assert h._mm[PC._H_ROOM_WAITERS : PC._H_ROOM_WAITERS + 4] == bytes(4)
+            assert h._mm[PCL._H_WAITERS : PCL._H_WAITERS + 4] == bytes(4)
+            assert h._mm[PCL._H_ROOM_WAITERS : PCL._H_ROOM_WAITERS + 4] == bytes(4)
             assert pub.last_seq == (2 if what == "publish" else 0) and h.head() == pub.last_seq
         finally:
             if sub is not None:
@@ -413,12 +413,12 @@ def test_python_channel_layout(name: str) -> None:
         mm = h._mm
         magic, version, header_size, slot_size = struct.unpack_from("<IHHQ", mm, 0)
         assert (magic, version, header_size, slot_size) == (0x43485346, 1, 256, 100)
-        assert struct.unpack_from("<IIII", mm, 32) == (5, 3, 2, PC.PYLOCK)
+        assert struct.unpack_from("<IIII", mm, 32) == (5, 3, 2, PCL.PYLOCK)
         # index ring at 256 + 64*5 = 576, free stack at 640, subscribers at 704.
         assert struct.unpack_from("<Q", mm, 56)[0] == 4096 == h._payload
         assert struct.unpack_from("<5I", mm, 640) == (4, 3, 2, 1, 0)
         assert struct.unpack_from("<I", mm, 92)[0] == 5  # free_count
-        assert h.size == 4096 + 5 * 128 == PC.size_for(100, 5, 3)
+        assert h.size == 4096 + 5 * 128 == PCL.size_for(100, 5, 3)
         with fastshm.Subscriber(name, backend="python") as sub:
             assert struct.unpack_from("<QQ", mm, 704) == (fastshm._backend.resolve(
                 "python").self_id(), 1)  # owner, cursor
@@ -442,7 +442,7 @@ def test_python_calls_from_inside_a_call_on_the_channel(name: str) -> None:
         pub.publish(b"a")
         s = sub.receive(1)
         h = sub._handle()
-        pins = slice(PC.HEADER + 16, PC.HEADER + 24)  # slot 0's
+        pins = slice(PCL.HEADER + 16, PCL.HEADER + 24)  # slot 0's
 
         def inside(mm: Any, a: Any, b: Any) -> Any:
             s.release()  # as a finalizer of a forgotten sample would
