@@ -1,5 +1,5 @@
 /*
- * The handful of atomic operations slot.c, queue.c and channel.c need, on
+ * The handful of atomic operations slot.c, queue.c and the channel's files need, on
  * GCC/Clang builtins or MSVC intrinsics.  Internal to the C core; not part
  * of the public API.
  */

@@ -489,7 +489,7 @@ uint64_t fshm_queue_used(const fshm_queue *q);
 uint64_t fshm_queue_lock_owner(const fshm_queue *q);
 int fshm_queue_break_lock(const fshm_queue *q, uint64_t owner);
 
-/* ---- channel layer (channel.c) ---- */
+/* ---- channel layer (channel.c, channel_lend.c, channel_receive.c, channel_repair.c) ---- */
 
 /* Mapping bytes for a channel of `slots` slots of `slot_size` bytes and
  * `max_subscribers` subscriber entries; 0 when out of range (slot_size 0,

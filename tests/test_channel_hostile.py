@@ -42,7 +42,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 U64MAX = (1 << 64) - 1
 SEQ_MAX = U64MAX >> 2  # the largest message number: (k << 1) | 1 must not wrap
 
-# docs/FORMAT.md, "Channels" (csrc/channel.c's C_*, S_*, SUB_* defines).
+# docs/FORMAT.md, "Channels" (csrc/channel_internal.h's C_*, S_*, SUB_* defines).
 C_MAGIC, C_VERSION, C_HEADER_SIZE, C_SLOT_SIZE, C_HEAD = 0, 4, 6, 8, 16
 C_NOTIFY, C_WAITERS, C_SLOTS, C_MAX_SUBS, C_HISTORY, C_FLAGS = 24, 28, 32, 36, 40, 44
 C_ROOM, C_ROOM_WAITERS, C_PAYLOAD, C_LOCK, C_LOCK_NEXT = 48, 52, 56, 64, 80

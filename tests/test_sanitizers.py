@@ -51,6 +51,9 @@ from test_stress import LONG, report
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 HARNESS = CSRC / "tests" / "posix"
+# The channel's C files (src/fastshm/_build.py lists the same).
+CHANNEL = [CSRC / "channel.c", CSRC / "channel_lend.c", CSRC / "channel_receive.c",
+           CSRC / "channel_repair.c"]
 CC = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc") or shutil.which("clang")
 
 pytestmark = [
@@ -101,7 +104,7 @@ def _build(tmp: Path, harness: str, flags: list[str]) -> Path:
     if why:
         pytest.skip(why)
     exe = tmp / harness
-    built = _compile(exe, [CSRC / "slot.c", CSRC / "queue.c", CSRC / "channel.c",
+    built = _compile(exe, [CSRC / "slot.c", CSRC / "queue.c", *CHANNEL,
                            CSRC / "map_posix.c", HARNESS / f"{harness}.c"], flags)
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     return exe
@@ -546,7 +549,7 @@ def test_capi_binding_under_asan_ubsan(tmp_path: Path, shm_name: Callable[..., s
     binding = ROOT / "src" / "fastshm"
     # The module and each type's file (_build.py lists the same).
     built = _compile(ext, [*sorted(binding.glob("_cext*.c")), CSRC / "slot.c",
-                           CSRC / "queue.c", CSRC / "channel.c", CSRC / "map_posix.c"],
+                           CSRC / "queue.c", *CHANNEL, CSRC / "map_posix.c"],
                      [*ASAN_UBSAN, "-shared", "-fPIC", f"-I{include}", f"-I{binding}"])
     assert built.returncode == 0, built.stderr.decode(errors="replace")
     # main, big, hostile, raw, absent (never made), spare (a create that

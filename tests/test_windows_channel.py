@@ -34,7 +34,10 @@ from test_windows import (  # noqa: F401  (fixtures: build_dir, held, win_exes, 
     wine,
 )
 
-CHANNEL_CORE = [CSRC / "slot.c", CSRC / "queue.c", CSRC / "channel.c"]
+# slot.c and queue.c, then the channel's files (src/fastshm/_build.py lists
+# the same).
+CHANNEL_CORE = [CSRC / "slot.c", CSRC / "queue.c", CSRC / "channel.c", CSRC / "channel_lend.c",
+                CSRC / "channel_receive.c", CSRC / "channel_repair.c"]
 WAIT_MS = "60000"
 MESSAGES = 1000  # per publisher
 
@@ -42,7 +45,7 @@ MESSAGES = 1000  # per publisher
 @pytest.fixture(scope="module")
 def channel_exes(build_dir: Path) -> dict[str, Path]:  # noqa: F811
     """channel_check.exe on atomics.h's GCC branch, and on its MSVC branch
-    (the three core files as one translation unit, as test_windows.py's
+    (the core files as one translation unit, as test_windows.py's
     msvc_atomics does, since MinGW's headers told they are MSVC define
     their inline helpers in every object)."""
     assert MINGW is not None, "FSHM_REQUIRE_WINE=1 but x86_64-w64-mingw32-gcc is missing"

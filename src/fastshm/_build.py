@@ -34,12 +34,19 @@ _CEXT_SOURCES = [
     "_cext_sample.c", "_cext_publisher.c", "_cext_subscriber.c",
 ]
 
+# The core: the channel's files by concern (channel_internal.h holds what
+# they share; tests/test_sanitizers.py and tests/test_windows_channel.py list
+# the same).
+_CHANNEL_SOURCES = ["channel.c", "channel_lend.c", "channel_receive.c", "channel_repair.c"]
+
 if sys.platform == "win32":
-    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "futex_ring.c", "map_win32.c"]
+    _SOURCES = ["slot.c", "queue.c", *_CHANNEL_SOURCES, "wait_words.c", "futex_ring.c",
+                "map_win32.c"]
     _LIBRARIES: list = []
     _ARGS: list = []
 else:
-    _SOURCES = ["slot.c", "queue.c", "channel.c", "wait_words.c", "futex_ring.c", "map_posix.c"]
+    _SOURCES = ["slot.c", "queue.c", *_CHANNEL_SOURCES, "wait_words.c", "futex_ring.c",
+                "map_posix.c"]
     # glibc before 2.34 keeps shm_open in librt; macOS has no librt.
     _LIBRARIES = ["rt", "pthread"] if sys.platform.startswith("linux") else ["pthread"]
     _ARGS = ["-O2"]

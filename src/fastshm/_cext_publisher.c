@@ -1,5 +1,5 @@
 /*
- * PublisherCore of fastshm._cext, over csrc/channel.c: publish, and the
+ * PublisherCore of fastshm._cext, over csrc/channel_lend.c: publish, and the
  * halves of a loan (_loan, _commit, _discard) that fastshm.Publisher.loan
  * puts together.
  */

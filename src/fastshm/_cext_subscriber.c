@@ -1,7 +1,7 @@
 /*
- * SubscriberCore of fastshm._cext, over csrc/channel.c: receive, the next
- * message as a SampleCore in place; receive_into, a copy of it in the
- * caller's buffer.
+ * SubscriberCore of fastshm._cext, over csrc/channel_receive.c: receive,
+ * the next message as a SampleCore in place; receive_into, a copy of it in
+ * the caller's buffer.
  */
 #include "_cext_channel.h"
 

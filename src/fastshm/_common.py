@@ -52,7 +52,7 @@ Q_LOCK = 64
 Q_DIRTY = 88
 U64_MASK = (1 << 64) - 1
 
-# A channel's header (docs/FORMAT.md, "Channels"; csrc/channel.c).
+# A channel's header (docs/FORMAT.md, "Channels"; csrc/channel_internal.h).
 CHANNEL_MAGIC = 0x43485346  # the bytes "FSHC" read little-endian
 CH_SLOT_SIZE = 8
 CH_HEAD = 16

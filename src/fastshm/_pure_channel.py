@@ -42,9 +42,10 @@ and a waker killed before its wake-up all end a wait promptly.
 This file holds ``ChannelHandle``'s public face: creating, attaching and
 opening a channel, the lock (``_run``), subscribing, and the calls that
 ``fastshm.channel`` makes.  The rest it inherits, one concern a file, as
-the C core splits csrc/channel.c: the layout in ``_pure_channel_layout``,
-lending (loan, commit, publish, discard) and the sweeps and reclaims in
-``_pure_channel_lend``, receiving and the waits in
+the C core splits its channel (csrc/channel.c, channel_lend.c,
+channel_repair.c, channel_receive.c): the layout in
+``_pure_channel_layout``, lending (loan, commit, publish, discard) and the
+sweeps and reclaims in ``_pure_channel_lend``, receiving and the waits in
 ``_pure_channel_receive``.
 """
 

@@ -1,5 +1,5 @@
 """The python backend's channel layout (docs/FORMAT.md, "Channels"), as
-csrc/channel.c lays it out, and what every part of ``ChannelHandle`` shares:
+csrc/channel_internal.h lays it out, and what every part of ``ChannelHandle`` shares:
 the header's and the tables' offsets, the timings of waits and of liveness
 checks, and the codes an operation under the lock returns."""
 

@@ -1,4 +1,5 @@
-"""The lending half of the python backend's channel (as csrc/channel_lend.c):
+"""The lending half of the python backend's channel (as csrc/channel_lend.c
+and channel_repair.c):
 under the lock, a slot taken for a loan (off the free stack, or the oldest
 message that may go), the loan committed, published in one go or
 discarded; and the sweeps and reclaims that find the slots and the
@@ -125,12 +126,13 @@ class _ChannelLend(P._Mapped):
         return dropped
 
     def _sweep(self, mm: mmap.mmap, live: bool) -> bool:
-        """Put every slot in order and rebuild the free stack, as channel.c's
-        sweep: a loan of a dead process is reclaimed (``live``, or once it
-        has been out for N messages) unless all its commit missed was
-        clearing ``loaner``; a slot empty, or holding a message nobody can
-        reach and nobody pins, goes on the stack; with ``live``, pins of
-        entries nobody owns are cleared.  True when it freed anything."""
+        """Put every slot in order and rebuild the free stack, as
+        channel_repair.c's sweep: a loan of a dead process is reclaimed
+        (``live``, or once it has been out for N messages) unless all its
+        commit missed was clearing ``loaner``; a slot empty, or holding a
+        message nobody can reach and nobody pins, goes on the stack; with
+        ``live``, pins of entries nobody owns are cleared.  True when it
+        freed anything."""
         n = self.slots
         head: int = _u64(mm, _H_HEAD)[0]
         me = P.self_id()

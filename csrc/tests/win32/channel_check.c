@@ -237,7 +237,8 @@ static int cmd_stat(const char *name)
 
 /* The sleeping half of a blocked receive (word "notify") or loan ("room"),
  * done by hand so that nothing but another process's wake-up ends it
- * (channel.c looks again every 100 ms on its own). */
+ * (channel_receive.c and channel_lend.c look again every 100 ms on their
+ * own). */
 static int cmd_sleeper(const char *name, const char *which, const char *timeout)
 {
     fshm_channel c;
