@@ -51,12 +51,16 @@ else:
     _LIBRARIES = ["rt", "pthread"] if sys.platform.startswith("linux") else ["pthread"]
     _ARGS = ["-O2"]
 
+# The core's headers: a change to one alone rebuilds both bindings.
+_HEADERS = ["fastshm.h", "internal.h", "atomics.h", "poll_wait.h", "channel_internal.h"]
+
 ffibuilder = FFI()
 ffibuilder.cdef(_CDEF)
 ffibuilder.set_source(
     "fastshm._fastshm",
     '#include "fastshm.h"',
     sources=[_rel(s) for s in _SOURCES],
+    depends=[_rel(h) for h in _HEADERS],
     include_dirs=[_rel()],
     libraries=_LIBRARIES,
     extra_compile_args=_ARGS,
@@ -74,7 +78,8 @@ def ext_modules() -> List[Extension]:
         Extension(
             "fastshm._cext",
             sources=[os.path.join(here, s) for s in _CEXT_SOURCES] + [_rel(s) for s in _SOURCES],
-            depends=[os.path.join(here, "_cext.h"), os.path.join(here, "_cext_channel.h")],
+            depends=[os.path.join(here, "_cext.h"), os.path.join(here, "_cext_channel.h")]
+            + [_rel(h) for h in _HEADERS],
             include_dirs=[_rel()],
             libraries=_LIBRARIES,
             extra_compile_args=_ARGS,
