@@ -390,6 +390,47 @@ def test_a_cancelled_get_takes_nothing(backend: str, name: str) -> None:
     run(main())
 
 
+@each_loop
+def test_under_anyio_on_its_asyncio_backend(backend: str, name: str, loop_kind: str) -> None:
+    """anyio's asyncio backend is an asyncio loop: a get woken by another
+    process, a get cancelled by a cancel scope having taken nothing, and
+    fail_after's timeout."""
+    anyio = pytest.importorskip("anyio")
+
+    async def main() -> None:
+        with aio.Queue(name, 4096, backend=backend) as q:
+            p = later("import fastshm, sys\n"
+                      "fastshm.Queue(sys.argv[1], backend=sys.argv[2]).put(b'from afar')\n",
+                      name, backend)
+            try:
+                with anyio.fail_after(30):
+                    assert await q.get() == b"from afar"
+            finally:
+                finish(p)
+            with anyio.move_on_after(0.05) as scope:
+                await q.get()
+            assert scope.cancelled_caught
+            q.put_nowait(b"still here")
+            assert await q.get(timeout=5) == b"still here"
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.05):
+                    await q.get()
+
+    anyio.run(main, backend="asyncio",
+              backend_options={"use_uvloop": loop_kind == "uvloop"})
+
+
+def test_awaited_without_an_event_loop_says_what_it_needs(name: str) -> None:
+    """Driven by something that is no asyncio loop (trio, a hand-made
+    send()), a wait that would sleep says so, and takes nothing."""
+    with aio.Queue(name, 4096) as q:
+        coro = q.get()
+        with pytest.raises(RuntimeError, match="asyncio event loop.*blocking call"):
+            coro.send(None)
+        q.put_nowait(b"untouched")
+        assert q.get_nowait() == b"untouched"
+
+
 def test_closing_wakes_its_awaiters_with_a_clear_error(name: str) -> None:
     async def main() -> None:
         q = aio.Queue(name, 4096)

@@ -19,6 +19,19 @@ NOT_YET: Any = object()
 SPIN_S = 50e-6
 
 
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The asyncio event loop this coroutine runs on, or a RuntimeError
+    that says what fastshm.aio needs."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "fastshm.aio waits on an asyncio event loop (asyncio's own, uvloop, or "
+            "anyio's asyncio backend) and none runs in this thread: await it under "
+            "asyncio.run(), or use the blocking call of the synchronous object "
+            "(trio has no asyncio loop)") from None
+
+
 def _wake(fut: "asyncio.Future[None]") -> None:
     if not fut.done():
         fut.set_result(None)
@@ -146,7 +159,7 @@ class Waiting:
         mapping = self._mapping
         if mapping is None:
             return self._after_close(check)
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         start = loop.time()
         deadline = None if timeout is None else start + max(timeout, 0.0)
         if self._quick and (deadline is None or deadline > start):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Iterable, List, Optional
 
 from .. import _watched
 from .._hub import Watch
 from .._wait_any import look
-from ._waiting import sleep_on
+from ._waiting import running_loop, sleep_on
 
 
 async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> List[Any]:
@@ -19,7 +18,7 @@ async def wait_any(objects: Iterable[Any], timeout: Optional[float] = None) -> L
     given, objs, peeks, ready = look(objects)
     if ready:
         return ready
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     watches: List[Watch] = []
     try:
