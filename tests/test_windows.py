@@ -524,13 +524,18 @@ def test_a_store_wakes_a_sleeper_in_another_process(
 # ---- waiting on many at once (fastshm.aio's helper thread, wait_any) ----
 
 
-def _two_held(wine: Wine, exe: Path, held: list[Held], tag: str) -> list[str]:
+def _waiting_on_two(wine: Wine, exe: Path, held: list[Held], tag: str,
+                    timeout_ms: str) -> tuple[list[str], Held, dict[str, str]]:
+    """Two segments held open and a `wait-any` on them asleep: their names,
+    the waiter, and what it printed up to `sleeping=`."""
     names = [make_name(f"{tag}{i}") for i in range(2)]
     for name in names:
         holder = wine.start(exe, "hold", name, "64", "first")
         held.append(holder)
         assert holder.wait_for("ready")["store"] == "OK"
-    return names
+    waiter = wine.start(exe, "wait-any", *names, timeout_ms)
+    held.append(waiter)
+    return names, waiter, waiter.wait_for("sleeping")
 
 
 @needs_wine
@@ -542,10 +547,8 @@ def test_wait_any_sleeps_on_the_semaphores_until_a_store(
     all: the store of another Wine process to the second segment ends it,
     and that word alone changed."""
     exe = win_exes["check"]
-    names = _two_held(wine, exe, held, "wany")
-    waiter = wine.start(exe, "wait-any", *names, "-1")
-    held.append(waiter)
-    assert waiter.wait_for("sleeping")["polls"] == "0"
+    names, waiter, sleeping = _waiting_on_two(wine, exe, held, "wany", "-1")
+    assert sleeping["polls"] == "0"
     assert wine.run(exe, "store", names[1], "second")["returncode"] == "0"
     woke = waiter.wait_for("changed")
     assert (woke["wait"], woke["changed"]) == ("OK", "1"), woke
@@ -559,10 +562,7 @@ def test_wait_any_is_interrupted_by_its_own_word(
     helper thread to look again): fshm_word_bump from another thread sets
     its event and ends the sleep, which has no timeout."""
     exe = win_exes["check"]
-    names = _two_held(wine, exe, held, "wown")
-    waiter = wine.start(exe, "wait-any", *names, "-1")
-    held.append(waiter)
-    waiter.wait_for("sleeping")
+    _, waiter, _ = _waiting_on_two(wine, exe, held, "wown", "-1")
     assert waiter.proc.stdin is not None
     waiter.proc.stdin.write("\n")
     waiter.proc.stdin.flush()
@@ -578,10 +578,7 @@ def test_wait_any_sleeps_in_the_kernel_not_polling(
     sleeps: the sleep goes on to its timeout (a poll would have ended it at
     the change), and the change is there to see afterwards."""
     exe = win_exes["check"]
-    names = _two_held(wine, exe, held, "wquiet")
-    waiter = wine.start(exe, "wait-any", *names, "3000")
-    held.append(waiter)
-    waiter.wait_for("sleeping")
+    names, waiter, _ = _waiting_on_two(wine, exe, held, "wquiet", "3000")
     time.sleep(0.5)  # into WaitForMultipleObjects
     assert wine.run(exe, "bump-quietly", names[0])["returncode"] == "0"
     woke = waiter.wait_for("changed")
