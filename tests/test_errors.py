@@ -70,9 +70,11 @@ def assert_unchanged(seg: fastshm.Segment) -> None:
 @posix_only
 def test_bad_names(backend: str, bad: str, match: str) -> None:
     def others() -> set[str]:
-        # Every test process (this run's parallel workers too) names its
-        # objects fshmtest<pid>_...: those come and go meanwhile.
-        return {n for n in os.listdir(SHM_DIR) if not n.startswith("fshmtest")}
+        # Other test processes (this run's parallel workers too) make objects
+        # meanwhile: named fshmtest<pid>_..., or psm_... by SharedMemory with
+        # no name. No bad name below can turn into either.
+        return {n for n in os.listdir(SHM_DIR)
+                if not n.startswith(("fshmtest", "psm_"))}
 
     before = others()
     for create in (None, True, False):
