@@ -176,7 +176,10 @@ static int lend_locked(const fshm_channel *c, uint64_t head, uint32_t *slot, int
         *freed |= fshm__channel_sweep(c, 0);
         fshm_store64(U64(c->base, C_SWEEP_AT), head + c->slots, FSHM_RELAXED);
     }
-    if (take_free(c, slot) || take_read(c, head, slot))
+    /* The slot read last before a free one: a free slot was last written
+     * longest ago (a sweep frees the slots of messages that fell out of
+     * reach), so taking it first would cycle through all N slots. */
+    if (take_read(c, head, slot) || take_free(c, slot))
         return 1;
     /* Taking the newest read first leaves older slots holding messages that
      * fell out of reach: a sweep frees them before an unread message is
