@@ -345,13 +345,112 @@ static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin
     return rc;
 }
 
-/* lend_once until it finds a slot: waiting for room as the timeout allows. */
+/* ---- pacing ---- */
+
+/* A block-mode publisher of large messages lets its slowest subscriber
+ * fall behind by at most this many bytes of unread messages while the
+ * subscriber keeps reading.  The slots a stream cycles through are then
+ * those unread, the one being read and the one being written: within the
+ * last-level cache for frames of a few MB, where a full ring of them is
+ * not, and a reader that finds each message cold copies it at DRAM speed.
+ * Once a ring of such messages is full, the reader falls behind for good
+ * (each message it reads is cold, so it stays the slower side): pacing
+ * keeps it from filling, and drains it again.  Slots larger than this are
+ * not paced: however few of them a stream cycles through, they do not fit
+ * in the cache, and a publisher held to lockstep with its reader would
+ * wait for each wake-up. */
+#define PACE_BYTES (8LL << 20)
+
+/* How long a pacing publisher waits for a subscriber that lets go of no
+ * message meanwhile before it stops waiting for it (the subscriber is
+ * working on what it holds, stopped or dead): 100 us, and 1 ns a byte of
+ * a slot (copying at 1 GB/s). */
+#define PACE_STALL_NS 100000LL
+
+/* How many unread messages pacing allows; the ring's own depth when
+ * nothing is paced (overwrite mode, slots larger than PACE_BYTES, or a
+ * ring too shallow for pacing ever to hold a publisher back). */
+static uint64_t pace_allowance(const fshm_channel *c)
+{
+    uint64_t allow = (uint64_t)PACE_BYTES / c->stride;
+    return overwrite(c) || allow == 0 || allow + 2 >= c->slots ? c->slots : allow;
+}
+
+/* Whether the slowest live subscriber has at most `allow` messages unread
+ * (seq_cst loads: the sleeper half of maybe_notify_room's pair). */
+static int caught_up(const fshm_channel *c, uint64_t allow)
+{
+    uint64_t head = fshm_load64(U64(c->base, C_HEAD), FSHM_SEQ_CST);
+    uint64_t least = min_cursor(c, head);
+    if (least == 0)
+        least = 1; /* a fresh subscriber's next message is 1 */
+    return least > head || head + 1 - least <= allow;
+}
+
+/* Until caught_up, as long as the subscribers keep letting go of messages
+ * (each release wakes room waiters) and the deadline allows: a publisher
+ * never fails for pacing, and never waits long for a reader that holds its
+ * messages.  EINTR on a signal, else 0. */
+static int pace(const fshm_channel *c, uint64_t allow, int64_t deadline)
+{
+    uint32_t *word = U32(c->base, C_ROOM);
+    uint32_t *waiters = U32(c->base, C_ROOM_WAITERS);
+    int64_t stall = PACE_STALL_NS + (int64_t)c->stride;
+    int64_t start = fshm_monotonic_ns();
+    unsigned spins = 0;
+    int rc = 0;
+    /* Spin first: a reader about to let go of a message does it within a
+     * copy's time, and a sleeper's wake-up costs more than that here. */
+    for (;;) {
+        if (caught_up(c, allow))
+            return 0;
+        if ((++spins & 63) == 0) {
+            int64_t now = fshm_monotonic_ns();
+            if (now >= deadline || now - start >= SPIN_NS)
+                break;
+            fshm_sleep_ns(0);
+        }
+        fshm_cpu_relax();
+    }
+    fshm_add32(waiters, 1);
+    for (;;) {
+        int64_t now;
+        /* Seq_cst, after registering: as wait_room_until. */
+        uint32_t v = fshm_load32(word, FSHM_SEQ_CST);
+        if (caught_up(c, allow))
+            break;
+        now = fshm_monotonic_ns();
+        if (now >= deadline)
+            break;
+        rc = fshm_futex_wait(word, v, deadline - now < stall ? deadline - now : stall);
+        if (rc == EINTR)
+            break;
+        rc = 0;
+        if (fshm_load32(word, FSHM_SEQ_CST) == v)
+            break; /* nothing let go of within `stall` */
+    }
+    fshm_add32(waiters, -1);
+    return rc;
+}
+
+/* lend_once until it finds a slot: waiting for room as the timeout allows,
+ * and first (a waiting loan of a large message) for the subscribers to
+ * catch up, as pace allows. */
 static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_loan *loan,
                 const void *src, size_t n, uint64_t *seq)
 {
     int64_t deadline = FSHM__NOW; /* the first try spins for the lock, no more */
+    uint64_t allow = nonblock || timeout_ns == 0 ? c->slots : pace_allowance(c);
     int rc, spun = 0, timed = nonblock;
     for (;;) {
+        if (allow < c->slots && !caught_up(c, allow)) {
+            if (!timed) {
+                deadline = channel_deadline(timeout_ns);
+                timed = 1;
+            }
+            if ((rc = pace(c, allow, deadline)) != 0)
+                return rc;
+        }
         rc = lend_once(c, deadline, loan, src, n, seq);
         if (rc == FSHM_EBUSY && !timed) {
             deadline = channel_deadline(timeout_ns);

@@ -219,6 +219,34 @@ def test_held_samples_hold_the_ring_back_in_block_mode(pub: fastshm.Publisher) -
             s.release()
 
 
+def test_a_paced_publisher_takes_every_free_slot_of_a_subscriber_not_reading(
+        route: str, name: str) -> None:
+    """The native backend paces publishers of large messages (a subscriber
+    may fall behind by about 8 MiB while it keeps reading); one that reads
+    nothing holds no publish or loan back while a slot is free, even with no
+    timeout, and block mode still waits once the ring is full."""
+    size, slots = 2 << 20, 8  # four messages unread before pacing starts
+    with fastshm.Publisher(name, size, slots, create=True, backend=route) as pub, \
+            fastshm.Subscriber(name, backend=route) as sub:
+
+        def fill() -> None:
+            for i in range(slots - 1):
+                pub.publish(bytes([i]) * size)
+            with pub.loan(size) as buf:
+                buf[:] = bytes([slots - 1]) * size
+
+        t, box = in_thread(fill)
+        t.join(60)
+        assert not t.is_alive() and box == [None]
+        with pytest.raises(TimeoutError, match="no free slot"):
+            pub.publish(b"more", timeout=0.05)
+        for i in range(slots):
+            with sub.receive(0) as s:
+                assert (s.seq, len(s), bytes(s)[:1], bytes(s)[-1:]) == (
+                    i + 1, size, bytes([i]), bytes([i]))
+        assert pub.publish(b"more", timeout=0) == slots + 1
+
+
 def test_closing_the_subscriber_releases_its_samples(pub: fastshm.Publisher) -> None:
     sub = subscribe(pub)
     pub.publish(b"a")
