@@ -27,6 +27,7 @@ import fastshm
 
 aio = pytest.importorskip("fastshm.aio", reason="needs fastshm's C core")
 from fastshm import _hub, _watched  # noqa: E402
+from fastshm.aio import _waiting  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") and sys.platform != "darwin",
@@ -316,15 +317,15 @@ def test_a_ring_that_gives_up_hands_its_waiters_to_a_helper(name: str, loop_kind
 
 
 def test_only_quick_waits_look_again_before_sleeping(name: str) -> None:
-    """A wait whose object's last wait ended within SPIN_S looks again at
-    each turn of the loop before it sleeps (other tasks run meanwhile, and a
-    cancel there takes nothing); a wait that lasted longer turns that off."""
-    from fastshm.aio import _waiting
+    """A wait whose object's last wait ended within SPIN_MAX_S looks again
+    at each turn of the loop before it sleeps (other tasks run meanwhile,
+    and a cancel there takes nothing); a wait that lasted longer turns that
+    off."""
 
     async def main() -> None:
         with aio.Queue(name, 4096) as q:
-            assert not q._quick  # a new object sleeps at once
-            q._quick = True
+            assert q._look == 0  # a new object sleeps at once
+            q._look = _waiting.SPIN_S
             ticks = 0
 
             async def ticker() -> None:
@@ -347,8 +348,8 @@ def test_only_quick_waits_look_again_before_sleeping(name: str) -> None:
             assert ticks > before  # the loop ran on while it looked and slept
             q.put_nowait(b"late")
             assert await got == b"late"
-            assert not q._quick  # 0.2 s is no quick wait: the next sleeps at once
-            assert _waiting.SPIN_S < 0.2
+            assert q._look == 0  # 0.2 s is no quick wait: the next sleeps at once
+            assert _waiting.SPIN_MAX_S < 0.2
             t.cancel()
     run(main())
 
@@ -455,7 +456,7 @@ def test_closing_while_a_wait_looks_again(name: str) -> None:
     ends with the closed object's error, not a stale mapping's."""
     async def main() -> None:
         q = aio.Queue(name, 4096)
-        q._quick = True
+        q._look = _waiting.SPIN_S
         task = asyncio.ensure_future(q.get(timeout=10))
         await asyncio.sleep(0)  # it looked once, and looks again next turn
         q.delete()

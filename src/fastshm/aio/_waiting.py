@@ -14,9 +14,17 @@ from .._hub import Mapping, Watch
 #: What a ``check`` returns while what it waits for is not there.
 NOT_YET: Any = object()
 #: How long a wait looks again at each turn of the loop before it sleeps,
-#: when the object's last wait ended within this time (a request answered
-#: at once, a stream that keeps up): a sleep and its wake-up cost more.
+#: at least, when the object's last wait ended within SPIN_MAX_S (a request
+#: answered at once, a stream that keeps up): a sleep and its wake-up cost
+#: more.  It looks for twice the time the last wait took, within these two.
 SPIN_S = 50e-6
+SPIN_MAX_S = 500e-6
+
+
+def look_for(waited: float) -> float:
+    """How long the next wait looks again before it sleeps, after a wait
+    that took ``waited`` seconds: 0 (sleep at once) past SPIN_MAX_S."""
+    return 0.0 if waited > SPIN_MAX_S else min(SPIN_MAX_S, max(SPIN_S, 2 * waited))
 
 
 def running_loop() -> asyncio.AbstractEventLoop:
@@ -70,7 +78,7 @@ class Waiting:
     """Base of the aio classes: ``sync`` is the synchronous object, shared
     (closing either closes both); attributes not defined here are its."""
 
-    __slots__ = ("sync", "_mapping", "_counted", "_quick", "_watches", "_release",
+    __slots__ = ("sync", "_mapping", "_counted", "_look", "_watches", "_release",
                  "__weakref__")
 
     @classmethod
@@ -82,7 +90,7 @@ class Waiting:
         mapping = _watched.mapping_of(sync)
         self._mapping: Optional[Mapping] = mapping
         self._counted = _watched.counted(sync)
-        self._quick = False  # whether its last wait ended within SPIN_S
+        self._look = 0.0  # how long its next wait looks again (look_for)
         self._watches: Set[Watch] = set()
         # Its reference to the mapping goes at close(), or with it if it is
         # never closed (waits still running keep theirs).
@@ -162,16 +170,17 @@ class Waiting:
         loop = running_loop()
         start = loop.time()
         deadline = None if timeout is None else start + max(timeout, 0.0)
-        if self._quick and (deadline is None or deadline > start):
-            # The last wait of this object ended within SPIN_S: look again
-            # each time the loop comes round (its other tasks run between
-            # the looks), for SPIN_S, before the cost of a sleep and a
-            # wake-up.  A peer that answers in microseconds is caught here.
-            end = start + SPIN_S
+        if self._look and (deadline is None or deadline > start):
+            # The last wait of this object was quick: look again each time
+            # the loop comes round (its other tasks run between the looks),
+            # for twice as long as it took, before the cost of a sleep and a
+            # wake-up.  A peer that answers within that is caught here.
+            end = start + self._look
             while True:
                 await asyncio.sleep(0)
                 got = check()
                 if got is not NOT_YET:
+                    self._look = look_for(loop.time() - start)
                     return got
                 if loop.time() >= end or self._mapping is None:
                     break
@@ -186,14 +195,14 @@ class Waiting:
                 # After arming: a change from now on alters the word.
                 got = check()
                 if got is not NOT_YET:
-                    # Quick enough to have been caught by looking again?
-                    self._quick = loop.time() - start <= SPIN_S
+                    # Quick enough to be caught by looking again next time?
+                    self._look = look_for(loop.time() - start)
                     return got
                 if self._mapping is None:
                     return self._after_close(check)
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0:
-                    self._quick = False
+                    self._look = 0.0
                     raise expired()
                 await sleep_on(loop, [w], left)
                 w.arm()
