@@ -258,93 +258,6 @@ static int lend_once(const fshm_channel *c, int64_t deadline, fshm_loan *loan, c
     return 0;
 }
 
-/* Whether a loan may find a slot, looked at without the lock: a slot
- * neither lent nor pinned that is free, unreachable, or (block mode)
- * received by every live subscriber.  May say yes wrongly (the loan then
- * finds nothing and waits again), never no wrongly but for slots a dead
- * process holds, which wait_room reclaims.  Seq_cst loads: the other half
- * of maybe_notify_room's Dekker pair. */
-static int room_ready(const fshm_channel *c)
-{
-    uint64_t head = fshm_load64(U64(c->base, C_HEAD), FSHM_SEQ_CST), least = head + 1;
-    uint32_t s;
-    if (fshm_load32(U32(c->base, C_FREE_COUNT), FSHM_SEQ_CST) != 0)
-        return 1;
-    if (!overwrite(c))
-        least = min_cursor(c, head);
-    for (s = 0; s < c->slots; s++) {
-        unsigned char *e = slot_entry(c, s);
-        uint64_t word;
-        if (fshm_load64(U64(e, S_LOANER), FSHM_SEQ_CST) != 0 ||
-            fshm_load64(U64(e, S_PINS), FSHM_SEQ_CST) != 0)
-            continue;
-        word = fshm_load64(U64(e, S_WORD), FSHM_SEQ_CST);
-        if (word == 0)
-            return 1;
-        if (word & 1)
-            continue;
-        if ((word >> 1) > head || head - (word >> 1) >= c->slots ||
-            fshm_load32(index_at(c, word >> 1), FSHM_SEQ_CST) != s)
-            return 1; /* unreachable: a sweep frees it */
-        if ((word >> 1) < least)
-            return 1;
-    }
-    return 0;
-}
-
-/* Until room_ready: spin for spin_ns, then sleep on the room word, looking
- * for dead processes' slots every SLEEP_MAX_NS.  FSHM_ETIMEOUT at the
- * deadline, EINTR on a signal. */
-static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin_ns)
-{
-    uint32_t *word = U32(c->base, C_ROOM);
-    uint32_t *waiters = U32(c->base, C_ROOM_WAITERS);
-    int64_t start = fshm_monotonic_ns(), checked = start;
-    unsigned spins = 0;
-    int rc = 0;
-
-    while (spin_ns > 0) {
-        if (room_ready(c))
-            return 0;
-        if ((++spins & 63) == 0) {
-            int64_t now = fshm_monotonic_ns();
-            if (now >= deadline)
-                return FSHM_ETIMEOUT;
-            if (now - start >= spin_ns)
-                break;
-            fshm_sleep_ns(0);
-        }
-        fshm_cpu_relax();
-    }
-    fshm__channel_reclaim_if_due(c);
-    fshm_add32(waiters, 1);
-    for (;;) {
-        int64_t now;
-        /* Seq_cst, after registering: the sleeper half of the Dekker pairs
-         * with maybe_notify_room and notify_room. */
-        uint32_t v = fshm_load32(word, FSHM_SEQ_CST);
-        if (room_ready(c))
-            break;
-        now = fshm_monotonic_ns();
-        if (now >= deadline) {
-            rc = FSHM_ETIMEOUT;
-            break;
-        }
-        if (now - checked >= SLEEP_MAX_NS) {
-            checked = now;
-            fshm__channel_reclaim_if_due(c);
-            continue;
-        }
-        rc = fshm_futex_wait(word, v, deadline - now < SLEEP_MAX_NS ? deadline - now
-                                                                   : SLEEP_MAX_NS);
-        if (rc == EINTR)
-            break;
-        rc = 0;
-    }
-    fshm_add32(waiters, -1);
-    return rc;
-}
-
 /* ---- pacing ---- */
 
 /* A block-mode publisher of large messages lets its slowest subscriber
@@ -387,47 +300,102 @@ static int caught_up(const fshm_channel *c, uint64_t allow)
     return least > head || head + 1 - least <= allow;
 }
 
-/* Until caught_up, as long as the subscribers keep letting go of messages
- * (each release wakes room waiters) and the deadline allows: a publisher
- * never fails for pacing, and never waits long for a reader that holds its
- * messages.  EINTR on a signal, else 0. */
-static int pace(const fshm_channel *c, uint64_t allow, int64_t deadline)
+/* Whether a loan may find a slot, looked at without the lock: a slot
+ * neither lent nor pinned that is free, unreachable, or (block mode)
+ * received by every live subscriber.  May say yes wrongly (the loan then
+ * finds nothing and waits again), never no wrongly but for slots a dead
+ * process holds, which wait_room reclaims.  Seq_cst loads: the other half
+ * of maybe_notify_room's Dekker pair. */
+static int room_ready(const fshm_channel *c)
+{
+    uint64_t head = fshm_load64(U64(c->base, C_HEAD), FSHM_SEQ_CST), least = head + 1;
+    uint32_t s;
+    if (fshm_load32(U32(c->base, C_FREE_COUNT), FSHM_SEQ_CST) != 0)
+        return 1;
+    if (!overwrite(c))
+        least = min_cursor(c, head);
+    for (s = 0; s < c->slots; s++) {
+        unsigned char *e = slot_entry(c, s);
+        uint64_t word;
+        if (fshm_load64(U64(e, S_LOANER), FSHM_SEQ_CST) != 0 ||
+            fshm_load64(U64(e, S_PINS), FSHM_SEQ_CST) != 0)
+            continue;
+        word = fshm_load64(U64(e, S_WORD), FSHM_SEQ_CST);
+        if (word == 0)
+            return 1;
+        if (word & 1)
+            continue;
+        if ((word >> 1) > head || head - (word >> 1) >= c->slots ||
+            fshm_load32(index_at(c, word >> 1), FSHM_SEQ_CST) != s)
+            return 1; /* unreachable: a sweep frees it */
+        if ((word >> 1) < least)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether a waiting publisher may go on: room_ready, or when pacing
+ * (allow < N) caught_up. */
+static int may_go_on(const fshm_channel *c, uint64_t allow)
+{
+    return allow < c->slots ? caught_up(c, allow) : room_ready(c);
+}
+
+/* Until may_go_on: spin for spin_ns, then sleep on the room word, looking
+ * for dead processes' slots every SLEEP_MAX_NS.  FSHM_ETIMEOUT at the
+ * deadline, EINTR on a signal.  Pacing also ends, with 0, once the word
+ * has not changed for the stall time: every slot a reader lets go of
+ * changes it while someone waits, so a reader that lets go of none is
+ * working on what it holds, stopped or dead, and is not waited for. */
+static int wait_room_until(const fshm_channel *c, int64_t deadline, int64_t spin_ns,
+                           uint64_t allow)
 {
     uint32_t *word = U32(c->base, C_ROOM);
     uint32_t *waiters = U32(c->base, C_ROOM_WAITERS);
-    int64_t stall = PACE_STALL_NS + (int64_t)c->stride;
-    int64_t start = fshm_monotonic_ns();
+    int64_t start = fshm_monotonic_ns(), checked = start;
+    int pacing = allow < c->slots;
+    int64_t nap = pacing ? PACE_STALL_NS + (int64_t)c->stride : SLEEP_MAX_NS;
     unsigned spins = 0;
     int rc = 0;
-    /* Spin first: a reader about to let go of a message does it within a
-     * copy's time, and a sleeper's wake-up costs more than that here. */
-    for (;;) {
-        if (caught_up(c, allow))
+
+    while (spin_ns > 0) {
+        if (may_go_on(c, allow))
             return 0;
         if ((++spins & 63) == 0) {
             int64_t now = fshm_monotonic_ns();
-            if (now >= deadline || now - start >= SPIN_NS)
+            if (now >= deadline)
+                return FSHM_ETIMEOUT;
+            if (now - start >= spin_ns)
                 break;
             fshm_sleep_ns(0);
         }
         fshm_cpu_relax();
     }
+    fshm__channel_reclaim_if_due(c);
     fshm_add32(waiters, 1);
     for (;;) {
         int64_t now;
-        /* Seq_cst, after registering: as wait_room_until. */
+        /* Seq_cst, after registering: the sleeper half of the Dekker pairs
+         * with maybe_notify_room and notify_room. */
         uint32_t v = fshm_load32(word, FSHM_SEQ_CST);
-        if (caught_up(c, allow))
+        if (may_go_on(c, allow))
             break;
         now = fshm_monotonic_ns();
-        if (now >= deadline)
+        if (now >= deadline) {
+            rc = FSHM_ETIMEOUT;
             break;
-        rc = fshm_futex_wait(word, v, deadline - now < stall ? deadline - now : stall);
+        }
+        if (now - checked >= SLEEP_MAX_NS) {
+            checked = now;
+            fshm__channel_reclaim_if_due(c);
+            continue;
+        }
+        rc = fshm_futex_wait(word, v, deadline - now < nap ? deadline - now : nap);
         if (rc == EINTR)
             break;
         rc = 0;
-        if (fshm_load32(word, FSHM_SEQ_CST) == v)
-            break; /* nothing let go of within `stall` */
+        if (pacing && fshm_load32(word, FSHM_SEQ_CST) == v)
+            break; /* no reader let go of a message within the stall time */
     }
     fshm_add32(waiters, -1);
     return rc;
@@ -435,7 +403,7 @@ static int pace(const fshm_channel *c, uint64_t allow, int64_t deadline)
 
 /* lend_once until it finds a slot: waiting for room as the timeout allows,
  * and first (a waiting loan of a large message) for the subscribers to
- * catch up, as pace allows. */
+ * catch up, as pacing allows (wait_room_until with the allowance). */
 static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_loan *loan,
                 const void *src, size_t n, uint64_t *seq)
 {
@@ -448,7 +416,9 @@ static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_lo
                 deadline = channel_deadline(timeout_ns);
                 timed = 1;
             }
-            if ((rc = pace(c, allow, deadline)) != 0)
+            /* Never fails the call: at the deadline the loan goes on. */
+            rc = wait_room_until(c, deadline, SPIN_NS, allow);
+            if (rc != 0 && rc != FSHM_ETIMEOUT)
                 return rc;
         }
         rc = lend_once(c, deadline, loan, src, n, seq);
@@ -463,7 +433,7 @@ static int lend(const fshm_channel *c, int64_t timeout_ns, int nonblock, fshm_lo
             deadline = channel_deadline(timeout_ns);
             timed = 1;
         }
-        rc = wait_room_until(c, deadline, spun ? 0 : SPIN_NS);
+        rc = wait_room_until(c, deadline, spun ? 0 : SPIN_NS, c->slots);
         if (rc == FSHM_ETIMEOUT)
             return FSHM_EFULL;
         if (rc != 0)
@@ -620,5 +590,5 @@ int fshm_channel_wait_room(const fshm_channel *c, int64_t timeout_ns)
         return EACCES;
     if (timeout_ns == 0)
         return room_ready(c) ? 0 : FSHM_ETIMEOUT;
-    return wait_room_until(c, fshm__deadline(timeout_ns), 0);
+    return wait_room_until(c, fshm__deadline(timeout_ns), 0, c->slots);
 }
