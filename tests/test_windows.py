@@ -760,11 +760,14 @@ def test_queue_producers_and_consumer_across_wine_processes(
     held.extend(producers)
     results = [p.finish() for p in producers]
     got = consumer.finish()
+    # Every side's report in each message: a producer that timed out waiting
+    # for room says little without the consumer's and the other producer's.
+    everyone = {"producers": results, "consumer": got}
     for r in results:
         assert (r["put"], r["puts"], r["returncode"]) == (
-            "OK", str(QUEUE_MESSAGES // 2), "0"), r
+            "OK", str(QUEUE_MESSAGES // 2), "0"), everyone
     assert (got["get"], got["taken"], got["bad"], got["left"], got["returncode"]) == (
-        "OK", str(QUEUE_MESSAGES), "0", "0", "0"), got
+        "OK", str(QUEUE_MESSAGES), "0", "0", "0"), everyone
     assert int(got["wraps"]) > 100, got
     # The consumer started first, so it found the queue empty at least once;
     # the producers, two against one, found it full.
