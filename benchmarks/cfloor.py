@@ -17,6 +17,12 @@ the loop, so no interpreter cost is in the figure:
   ``c-spin-yield``: every 256 spins, which loses at small sizes but wins on
   a machine with more runnable work than cores, where the peer may not be
   running; the floor is the faster of the two).
+- ``frames``: a stream of large messages between two C processes, each
+  copied into a slot of a shared mapping by the producer and out of it by
+  the consumer, the slots taken in turn and handed over by two counters
+  (``c-turns``: two slots, one written while the other is read;
+  ``c-ring``: as many as the contenders' rings, either side running ahead
+  through the other's stalls; the floor is the faster of the two).
 
 - ``queue``: messages through fastshm's own queue between C processes,
   producers putting as fast as they can and consumers taking one message a
@@ -169,6 +175,121 @@ int floor_pingpong(const void *msg, long size, long warm, long n, double *out_ns
     waitpid(pid, &status, 0);
     munmap(m, total);
     if (!rc && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) rc = -ECHILD;
+    return rc;
+}
+
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Frames from this process to a forked child through `slots` slots of a
+   shared anonymous mapping, taken in turn: the producer copies its frame (a
+   private buffer, its number in its first and last 8 bytes) into the next
+   slot and bumps `head`; the consumer, spinning on `head`, copies the slot
+   into its own buffer, checks the two numbers and bumps `tail`; the
+   producer waits while `slots` frames are not yet copied out.  Two slots
+   take turns (one written while the other is read: the fewest bytes in
+   the caches); more let either side run ahead through the other's
+   stalls.  Spinners yield as in floor_pingpong.  This is the copy-in,
+   copy-out stream with nothing between the copies but two counters: the
+   floor of C1.  out[0]: frames sent by the deadline; out[1]: seconds;
+   out[2]: the producer's CPU seconds; out[3]: the consumer's; out[4]:
+   frames received with wrong numbers. */
+typedef struct {
+    uint64_t head;
+    char pad0[LINE - 8];
+    uint64_t tail;
+    char pad1[LINE - 8];
+    int done;
+    double consumer_cpu_s;
+    uint64_t bad;
+} ff_ctl;
+
+int floor_frames(long size, long slots, double seconds, double yield_after_ns, double *out) {
+    if (size < 16 || slots < 2 || slots > 64) return -EINVAL;
+    size_t area = ((size_t)size + 4095) & ~(size_t)4095;
+    size_t total = 4096 + (size_t)slots * area;
+    unsigned char *m = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return -errno;
+    memset(m, 0, total);
+    ff_ctl *c = (ff_ctl *)m;
+    unsigned char *slot0 = m + 4096;
+    pid_t pid = fork();
+    if (pid < 0) { int e = errno; munmap(m, total); return -e; }
+    if (pid == 0) {
+        unsigned char *dst = malloc((size_t)size);
+        if (dst == NULL) _exit(4);
+        memset(dst, 0, (size_t)size);
+        double cpu0 = thread_cpu_s();
+        uint64_t got = 0, bad = 0;
+        for (;;) {
+            double start = now_ns();
+            unsigned spins = 0;
+            while (__atomic_load_n(&c->head, __ATOMIC_ACQUIRE) == got) {
+                if (__atomic_load_n(&c->done, __ATOMIC_ACQUIRE)
+                    && __atomic_load_n(&c->head, __ATOMIC_ACQUIRE) == got)
+                    goto finished;
+                if ((++spins & 255u) == 0) {
+                    double waited = now_ns() - start;
+                    if (waited > yield_after_ns) sched_yield();
+                    if (waited > 10e9) _exit(3);
+                }
+            }
+            memcpy(dst, slot0 + (got % (uint64_t)slots) * area, (size_t)size);
+            uint64_t first, last;
+            memcpy(&first, dst, 8);
+            memcpy(&last, dst + size - 8, 8);
+            got++;
+            if (first != got || last != got) bad++;
+            __atomic_store_n(&c->tail, got, __ATOMIC_RELEASE);
+        }
+    finished:
+        c->consumer_cpu_s = thread_cpu_s() - cpu0;
+        c->bad = bad;
+        _exit(0);
+    }
+    unsigned char *src = malloc((size_t)size);
+    int rc = 0;
+    if (src == NULL) rc = -ENOMEM;
+    else memset(src, 1, (size_t)size);
+    double t0 = now_ns(), deadline = t0 + seconds * 1e9, cpu0 = thread_cpu_s();
+    uint64_t sent = 0;
+    while (rc == 0 && now_ns() < deadline) {
+        double start = now_ns();
+        unsigned spins = 0;
+        while (sent - __atomic_load_n(&c->tail, __ATOMIC_ACQUIRE) >= (uint64_t)slots) {
+            if ((++spins & 255u) == 0) {
+                double waited = now_ns() - start;
+                if (waited > yield_after_ns) sched_yield();
+                if (waited > 10e9) { rc = -ETIMEDOUT; break; }
+            }
+        }
+        if (rc) break;
+        uint64_t seq = sent + 1;
+        memcpy(src, &seq, 8);
+        memcpy(src + size - 8, &seq, 8);
+        memcpy(slot0 + (sent % (uint64_t)slots) * area, src, (size_t)size);
+        __atomic_store_n(&c->head, seq, __ATOMIC_RELEASE);
+        sent = seq;
+    }
+    double elapsed = (now_ns() - t0) / 1e9, cpu = thread_cpu_s() - cpu0;
+    __atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+    if (rc) kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!rc && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) rc = -ECHILD;
+    if (!rc) {
+        out[0] = (double)sent;
+        out[1] = elapsed;
+        out[2] = cpu;
+        out[3] = c->consumer_cpu_s;
+        out[4] = (double)c->bad;
+    }
+    free(src);
+    munmap(m, total);
     return rc;
 }
 """
@@ -438,6 +559,14 @@ def load() -> Any:
         ctypes.POINTER(ctypes.c_double),
         ctypes.c_double,
     ]
+    lib.floor_frames.restype = ctypes.c_int
+    lib.floor_frames.argtypes = [
+        ctypes.c_long,
+        ctypes.c_long,
+        ctypes.c_double,
+        ctypes.c_double,
+        ctypes.POINTER(ctypes.c_double),
+    ]
     _lib = lib
     return lib
 
@@ -561,6 +690,29 @@ def pingpong(msg: bytes, warm: int, n: int, yield_after_ns: float = 1e6) -> Opti
     if rc != 0:
         raise OSError(-rc, f"C ping-pong floor failed: {os.strerror(-rc)}")
     return list(out)
+
+
+def frames_run(
+    size: int, slots: int, seconds: float, yield_after_ns: float = 1e6
+) -> Optional[Dict[str, float]]:
+    """Frames of ``size`` bytes from this process to a forked C child for
+    ``seconds``, through ``slots`` slots taken in turn, copied in and out:
+    what was sent, how long it took, each side's CPU seconds and the frames
+    that came out wrong."""
+    lib = load()
+    if lib is None:
+        return None
+    out = (ctypes.c_double * 5)()
+    rc = lib.floor_frames(size, slots, seconds, yield_after_ns, out)
+    if rc != 0:
+        raise OSError(-rc, f"C frames floor failed: {os.strerror(-rc)}")
+    return {
+        "sent": out[0],
+        "seconds": out[1],
+        "producer_cpu_s": out[2],
+        "consumer_cpu_s": out[3],
+        "bad": out[4],
+    }
 
 
 def queue_run(

@@ -38,6 +38,11 @@ Contenders, each built explicitly:
 - ``fastshm-queue``: ``fastshm.Queue`` (native): ``put`` / ``get_into``;
 - ``socket``: ``socket.socketpair``, ``sendall`` / ``recv_into`` of the
   whole message (the size is known: no framing);
+- ``c-turns`` / ``c-ring`` (C1): the same stream between two C processes,
+  each frame copied into a slot of a shared mapping and out of it, handed
+  over by two counters, through two slots taking turns or a ring as deep as
+  the contenders' (``cfloor``): the floor of the whole stream, the faster
+  of the two;
 - ``memcpy-c``: one C memcpy of the message between two ready buffers in one
   process (``cfloor``): the floor of each copy.
 
@@ -83,7 +88,17 @@ HDR = struct.Struct("<Q")  # the message number, at both ends of each message
 
 # The channel's two native routes: the C-API binding (the default) and cffi.
 CHANNELS = {"channel": "native", "channel-cffi": "native-cffi"}
-FRAMES_KINDS = ("channel", "channel-cffi", "iceoryx2", "iceoryx2-yield", "segment", "fastshm-queue")
+# C1's floor: the same stream between two C processes (cfloor.frames_run),
+# through this many slots taken in turn.
+C_FRAMES = {"c-turns": 2, "c-ring": SLOTS}
+FRAMES_KINDS = (
+    "channel",
+    "channel-cffi",
+    "iceoryx2",
+    "iceoryx2-yield",
+    "segment",
+    "fastshm-queue",
+) + tuple(C_FRAMES)
 BIG_RUNS = (  # (contender, how the producer makes it, how the consumer takes it)
     ("channel", "copy", "bytes"),
     ("channel-cffi", "copy", "bytes"),
@@ -193,7 +208,7 @@ def why_not(kind: str) -> str:
         return _probe()[RT_LABELS[kind]]
     if kind in IOX:
         return _probe()[kind]
-    if kind in ("c-spin", "c-spin-yield"):
+    if kind in ("c-spin", "c-spin-yield") or kind in C_FRAMES:
         return "" if cfloor.load() is not None else f"n/a: {cfloor.why()}"
     if kind == "native-cffi":
         from .crossproc import _seg_routes
@@ -571,6 +586,25 @@ class _Transport:
         self.held = None
 
 
+def _c_stream_run(size: int, slots: int, seconds: float) -> Dict[str, Any]:
+    """The C stream (cfloor.frames_run) for ``seconds``, as _stream_run
+    reports a run."""
+    f = cfloor.frames_run(size, slots, seconds)
+    if f is None:
+        raise RuntimeError(f"the C floors are not available: {cfloor.why()}")
+    n = f["sent"]
+    return {
+        "sent": n,
+        "producer_cpu_s": f["producer_cpu_s"],
+        "received": n,
+        "received_min": n,
+        "consumer_cpu_s": f["consumer_cpu_s"],
+        "bad": int(f["bad"]),
+        "first_bad": f"{int(f['bad'])} frames with wrong numbers" if f["bad"] else "",
+        "rate": n / f["seconds"],
+    }
+
+
 def _stream_run(
     kind: str,
     names: Names,
@@ -582,6 +616,8 @@ def _stream_run(
     seconds: float,
 ) -> Dict[str, Any]:
     """One producer and ``subs`` consumers for ``seconds``; what each did."""
+    if kind in C_FRAMES:
+        return _c_stream_run(size, C_FRAMES[kind], seconds)
     tr = _Transport(kind, names, size, subs, depth)
     procs: List[Any] = []
     pctl = None
@@ -653,7 +689,9 @@ def _streams(
     progress: Progress,
 ) -> List[Dict[str, Any]]:
     """Every (contender, make, take) of ``plan`` ``repeats`` times, in turns;
-    one row each, from its median run."""
+    one row each, from its median run, with every run's rate and CPU by
+    repeat (``per_run``: runs of one repeat were close in time, so their
+    ratios are paired, free of the machine's slower drifts)."""
     left_out = {p: why_not(p[0]) for p in plan if why_not(p[0])}
     plan = [p for p in plan if p not in left_out]
     if not plan:
@@ -670,7 +708,9 @@ def _streams(
             if p in errors:
                 continue
             try:
-                runs[p].append(_stream_run(p[0], names, size, subs, depth, p[1], p[2], seconds))
+                run = _stream_run(p[0], names, size, subs, depth, p[1], p[2], seconds)
+                run["repeat"] = r
+                runs[p].append(run)
             except Exception as e:  # noqa: BLE001 -- reported in the row, the suite goes on
                 errors[p] = f"{type(e).__name__}: {e}"
                 sys.stderr.write(f"benchmarks: {case} {p[0]} {OPS[p[1:]]} failed: {errors[p]}\n")
@@ -722,6 +762,16 @@ def _streams(
                 / max(med["received"], 1),
                 "bad": sum(x["bad"] for x in rs),
                 "runs": len(rs),
+                "per_run": [
+                    {
+                        "repeat": x["repeat"],
+                        "msgs_per_s": x["rate"],
+                        "cpu_ms_per_delivered": 1e3
+                        * (x["producer_cpu_s"] + x["consumer_cpu_s"])
+                        / max(x["received"], 1),
+                    }
+                    for x in runs[p]
+                ],
             }
         )
         if p in errors:
@@ -776,7 +826,8 @@ def _plan(runs: List[Tuple[str, str, str]], cffi: bool) -> List[Tuple[str, str, 
 def frames(
     names: Names, seconds: float, repeats: int, progress: Progress, cffi: bool = True
 ) -> List[Dict[str, Any]]:
-    """C1: frames copied in and out, one producer to one consumer."""
+    """C1: frames copied in and out, one producer to one consumer, beside
+    the same stream in C."""
     if why_not("channel"):
         return _no_channel("channel frames", FRAME)
     plan = _plan([(k, "copy", "copy") for k in FRAMES_KINDS], cffi)
@@ -1047,7 +1098,7 @@ def steps(rt_sizes: List[int]) -> int:
 def run(names: Names, cfg: Dict[str, Any], progress: Progress) -> List[Dict[str, Any]]:
     """Every channel case with the run's settings (run.CONFIGS)."""
     seconds, repeats, cffi = cfg["chan_seconds"], cfg["chan_repeats"], cfg["chan_cffi"]
-    rows = frames(names, seconds, repeats, progress, cffi)
+    rows = frames(names, cfg["chan_frames_seconds"], cfg["chan_frames_repeats"], progress, cffi)
     rows += big(names, seconds, repeats, progress, cffi)
     rows += fan_out(names, seconds, repeats, progress, cffi)
     rows += round_trip(

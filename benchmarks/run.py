@@ -63,6 +63,8 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         # The channel cases (channels.py): seconds of each stream run, and so on.
         "chan_seconds": 1.0,
         "chan_repeats": 1,
+        "chan_frames_seconds": 1.0,
+        "chan_frames_repeats": 1,
         "chan_cffi": False,  # the channel's cffi route in C1-C3 too (C4, C5 always)
         "chan_rt_sizes": [64],
         "chan_rt_block_s": 0.02,
@@ -110,6 +112,11 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
         "queue_rt_blocks": 12,
         "chan_seconds": 2.0,
         "chan_repeats": 5,  # large messages vary with the memory traffic of the moment
+        # C1 compares runs of one repeat, paired: more and shorter runs see
+        # more of the machine's moods (the vCPUs' placement moves the copy
+        # rate of a frame by up to 4x within seconds).
+        "chan_frames_seconds": 1.5,
+        "chan_frames_repeats": 9,
         "chan_cffi": True,
         "chan_rt_sizes": [64],
         "chan_rt_block_s": 0.06,
