@@ -140,6 +140,28 @@ static __inline int overwrite(const fshm_channel *c)
     return (c->flags & FSHM_CHANNEL_OVERWRITE) != 0;
 }
 
+/* A block-mode publisher of large messages holds the slots its stream
+ * cycles through (the unread ones, the one being read and the one being
+ * written) to at most PACE_BYTES while its slowest subscriber keeps reading
+ * (channel_lend.c paces).  They then stay within the last-level cache for
+ * frames of a few MB, where a full ring of them does not, and a reader that
+ * finds each message cold copies it at DRAM speed.  Once a ring of such
+ * messages is full, the reader falls behind for good (each message it
+ * reads is cold, so it stays the slower side): pacing keeps it from
+ * filling, and drains it again.  Frames over 5.3 MiB, up to 8, go in lockstep:
+ * the publisher writes one while the reader reads the one before, two
+ * slots taking turns.  Slots larger than half of PACE_BYTES are not paced:
+ * they do not fit in the cache even two at a time, and a publisher held to
+ * lockstep with its reader would wait for each wake-up; nor are rings
+ * whose N slots fit (pacing would never hold a publisher back). */
+#define PACE_BYTES (16LL << 20)
+
+static __inline int paced(const fshm_channel *c)
+{
+    return !overwrite(c) && 2 * c->stride <= (uint64_t)PACE_BYTES &&
+           (uint64_t)c->slots * c->stride > (uint64_t)PACE_BYTES;
+}
+
 /* ---- wake-ups ---- */
 
 /* After a slot may have come free: tell sleeping publishers

@@ -260,33 +260,18 @@ static int lend_once(const fshm_channel *c, int64_t deadline, fshm_loan *loan, c
 
 /* ---- pacing ---- */
 
-/* A block-mode publisher of large messages lets its slowest subscriber
- * fall behind by at most this many bytes of unread messages while the
- * subscriber keeps reading.  The slots a stream cycles through are then
- * those unread, the one being read and the one being written: within the
- * last-level cache for frames of a few MB, where a full ring of them is
- * not, and a reader that finds each message cold copies it at DRAM speed.
- * Once a ring of such messages is full, the reader falls behind for good
- * (each message it reads is cold, so it stays the slower side): pacing
- * keeps it from filling, and drains it again.  Slots larger than this are
- * not paced: however few of them a stream cycles through, they do not fit
- * in the cache, and a publisher held to lockstep with its reader would
- * wait for each wake-up. */
-#define PACE_BYTES (8LL << 20)
-
 /* How long a pacing publisher waits for a subscriber that lets go of no
  * message meanwhile before it stops waiting for it (the subscriber is
  * working on what it holds, stopped or dead): 100 us, and 1 ns a byte of
  * a slot (copying at 1 GB/s). */
 #define PACE_STALL_NS 100000LL
 
-/* How many unread messages pacing allows; the ring's own depth when
- * nothing is paced (overwrite mode, slots larger than PACE_BYTES, or a
- * ring too shallow for pacing ever to hold a publisher back). */
+/* How many unread messages pacing allows (paced, channel_internal.h): the
+ * slots that fit in PACE_BYTES but for the one being read and the one being
+ * written; the ring's own depth when nothing is paced. */
 static uint64_t pace_allowance(const fshm_channel *c)
 {
-    uint64_t allow = (uint64_t)PACE_BYTES / c->stride;
-    return overwrite(c) || allow == 0 || allow + 2 >= c->slots ? c->slots : allow;
+    return paced(c) ? (uint64_t)PACE_BYTES / c->stride - 2 : c->slots;
 }
 
 /* Whether the slowest live subscriber has at most `allow` messages unread

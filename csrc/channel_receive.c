@@ -114,6 +114,11 @@ static int receive_once(const fshm_channel *c, const fshm_sub *sub, fshm_sample 
         /* Release: a publisher that loads the cursor with acquire and finds
          * it past k sees the pin set above (claim then leaves the slot). */
         fshm_store64(U64(sub_e, SUB_CURSOR), k + 1, FSHM_RELEASE);
+        /* A pacing publisher waits for the cursor to move (caught_up): tell
+         * it now rather than at unpin, a whole read later.  No fence: a
+         * sleeper this misses is told at unpin. */
+        if (paced(c))
+            maybe_notify_room(c);
         gone = k - first + fshm_load64(U64(sub_e, SUB_PENDING), FSHM_RELAXED);
         if (gone != 0) {
             fshm_store64(U64(sub_e, SUB_MISSED),

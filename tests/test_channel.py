@@ -219,13 +219,17 @@ def test_held_samples_hold_the_ring_back_in_block_mode(pub: fastshm.Publisher) -
             s.release()
 
 
+@pytest.mark.parametrize("size, slots", [
+    (4 << 20, 6),  # two messages unread before pacing starts
+    (6 << 20, 4),  # lockstep: none
+])
 def test_a_paced_publisher_takes_every_free_slot_of_a_subscriber_not_reading(
-        route: str, name: str) -> None:
-    """The native backend paces publishers of large messages (a subscriber
-    may fall behind by about 8 MiB while it keeps reading); one that reads
-    nothing holds no publish or loan back while a slot is free, even with no
-    timeout, and block mode still waits once the ring is full."""
-    size, slots = 2 << 20, 8  # four messages unread before pacing starts
+        route: str, name: str, size: int, slots: int) -> None:
+    """The native backend paces publishers of large messages (the slots a
+    stream cycles through hold about 16 MiB while its subscriber keeps
+    reading); a subscriber that reads nothing holds no publish or loan back
+    while a slot is free, even with no timeout, and block mode still waits
+    once the ring is full."""
     with fastshm.Publisher(name, size, slots, create=True, backend=route) as pub, \
             fastshm.Subscriber(name, backend=route) as sub:
 

@@ -46,6 +46,7 @@ pytestmark = [
 
 LONG = os.environ.get("FASTSHM_LONG") == "1"
 FANOUT = 30000 if LONG else 3000  # messages of the one-publisher fan-out
+FRAMES_FANOUT = 1000 if LONG else 120  # the same with frame-sized slots
 PER_PUBLISHER = 10000 if LONG else 1500  # each of the two publishers at once
 KILLS = 200 if LONG else 20  # publisher kills per route
 HOLDER_ROUNDS = 10 if LONG else 1  # rounds of subscribers killed holding samples
@@ -506,19 +507,25 @@ def _until(cond: Any, timeout: float, what: str) -> float:
 # ---- 1. one publisher, four subscribers, block mode ----
 
 
+@pytest.mark.parametrize("geometry", ["small", "frames"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_fan_out_block(route: str, name: str, tmp_path: Path) -> None:
+def test_fan_out_block(route: str, geometry: str, name: str, tmp_path: Path) -> None:
     """Four subscribers, joined before the first message, each get every one
-    of FANOUT messages (random sizes up to the slot size), whole and in
-    order, through a ring of 8 slots: the publisher waits for the slowest."""
-    probe = fastshm.Publisher(name, 4096, 8, create=True, backend=route)
+    of the messages (random sizes up to the slot size), whole and in order:
+    FANOUT through a ring of 8 slots of 4 KiB, where the publisher waits for
+    the slowest, and FRAMES_FANOUT through 4 slots of 6 MiB, where the
+    native backend's publisher also paces itself to the slowest reader, in
+    lockstep (it writes one message while that reader reads the one before,
+    and sleeps between)."""
+    slot, slots, count = (4096, 8, FANOUT) if geometry == "small" else (6 << 20, 4, FRAMES_FANOUT)
+    probe = fastshm.Publisher(name, slot, slots, create=True, backend=route)
     children: List[Child] = []
     try:
         subs = _subscribers(4, name, route, tmp_path, ["fast", "slow", "hold", "copy"],
                             children)
         assert probe.subscribers == 4
         log = tmp_path / "p.seqs"
-        pub = Child("publisher", name, route, 0, FANOUT, random.randrange(1 << 30), "-",
+        pub = Child("publisher", name, route, 0, count, random.randrange(1 << 30), "-",
                     str(log))
         children.append(pub)
         stats = pub.result(300 if LONG else 60)
@@ -527,20 +534,21 @@ def test_fan_out_block(route: str, name: str, tmp_path: Path) -> None:
     finally:
         _cleanup(children)
     seqs = _seqs(log)
-    assert seqs == list(range(1, FANOUT + 1)), "the publisher's numbers are not 1, 2, ..."
-    want = [(0, n, n + 1, 0) for n in range(FANOUT)]
+    assert seqs == list(range(1, count + 1)), "the publisher's numbers are not 1, 2, ..."
+    want = [(0, n, n + 1, 0) for n in range(count)]
     for i, ((_, out), summary) in enumerate(zip(subs, summaries)):
         _good(summary, f"subscriber {i}")
         got = _records(out)
-        assert len(got) == FANOUT, f"subscriber {i} got {len(got)} of {FANOUT} messages"
+        assert len(got) == count, f"subscriber {i} got {len(got)} of {count} messages"
         assert got == want, f"subscriber {i}: first difference at {_first_diff(got, want)}"
-        assert summary["received"] == FANOUT + 1 and summary["missed"] == 0
+        assert summary["received"] == count + 1 and summary["missed"] == 0
     # The copying subscriber's buffers too small received nothing.
     assert summaries[3]["refused"] > 0, summaries[3]
-    # The ring is far smaller than the run: the publisher had to wait.
-    assert stats["waits"] > 0, stats
+    if geometry == "small":
+        # The ring is far smaller than the run: the publisher had to wait.
+        assert stats["waits"] > 0, stats
     probe.close()
-    print(f"[channel fan-out {route}] messages={FANOUT} waits={stats['waits']} "
+    print(f"[channel fan-out {route} {geometry}] messages={count} waits={stats['waits']} "
           f"loans={stats['loans']}")
 
 
