@@ -77,22 +77,14 @@ def _median(xs: List[float]) -> float:
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def _paired(ch: Row, others: List[Row], key: str, lowest: bool) -> Optional[Tuple[float, int]]:
-    """The median over repeats of the channel's ``key`` divided by the
-    better of ``others``' in the same repeat, and how many repeats had
-    both; None without per-run figures (a results.json of an older run)."""
-    if "per_run" not in ch or not all("per_run" in o for o in others):
+def _paired(ch: Row, other: Row, key: str) -> Optional[Tuple[float, int]]:
+    """The median over repeats of the channel's ``key`` divided by
+    ``other``'s in the same repeat, and how many repeats had both; None
+    without per-run figures (a results.json of an older run)."""
+    if "per_run" not in ch or "per_run" not in other:
         return None
-    ratios = []
-    for run in ch["per_run"]:
-        peers = [
-            x[key]
-            for o in others
-            for x in o["per_run"]
-            if x["repeat"] == run["repeat"] and x[key] > 0
-        ]
-        if peers:
-            ratios.append(run[key] / (min(peers) if lowest else max(peers)))
+    theirs = {x["repeat"]: x[key] for x in other["per_run"] if x[key] > 0}
+    ratios = [x[key] / theirs[x["repeat"]] for x in ch["per_run"] if x["repeat"] in theirs]
     return (_median(ratios), len(ratios)) if ratios else None
 
 
@@ -130,26 +122,25 @@ def channel_targets(rows: List[Row]) -> List[Dict[str, Any]]:
         out.append(_verdict("C1", goal, None, f"n/a ({_iox_why(fr)})", detail))
     else:
         assert ch is not None
-        ioxs = [r for r in fr if r["contender"] in IOX and _ok(r)]
-        # Runs of one repeat were close in time: their ratios are paired,
-        # and the median of those is the verdict; the medians' ratio where
-        # the run has no per-run figures.
-        p_fps = _paired(ch, ioxs, "msgs_per_s", lowest=False)
-        p_cpu = _paired(ch, ioxs, "cpu_ms_per_delivered", lowest=True)
+        # Against the better iceoryx2 contender (by its median): runs of one
+        # repeat were close in time, so their ratios are paired, and the
+        # median of those is the verdict; the medians' ratio where the run
+        # has no per-run figures.
+        p_fps = _paired(ch, fast, "msgs_per_s")
+        p_cpu = _paired(ch, frugal, "cpu_ms_per_delivered")
         m_fps = ch["msgs_per_s"] / max(fast["msgs_per_s"], 1e-9)
         m_cpu = ch["cpu_ms_per_delivered"] / max(frugal["cpu_ms_per_delivered"], 1e-9)
         r_fps = p_fps[0] if p_fps else m_fps
         r_cpu = p_cpu[0] if p_cpu else m_cpu
         how = (
-            f"median of {p_fps[1]} repeats' ratios to the better iceoryx2 run of the "
-            f"repeat; medians {ch['msgs_per_s']:,.0f} against {fast['msgs_per_s']:,.0f}, "
-            f"{fast['contender']}: {m_fps:.2f}x"
+            f"median of {p_fps[1]} repeats' ratios to {fast['contender']}; medians "
+            f"{ch['msgs_per_s']:,.0f} against {fast['msgs_per_s']:,.0f}: {m_fps:.2f}x"
             if p_fps
             else f"{ch['msgs_per_s']:,.0f} against {fast['msgs_per_s']:,.0f}, {fast['contender']}"
         )
         cpu_how = (
-            f"medians {ch['cpu_ms_per_delivered']:.3f} ms against "
-            f"{frugal['cpu_ms_per_delivered']:.3f} ms, {frugal['contender']}: {m_cpu:.2f}x"
+            f"paired, against {frugal['contender']}; medians {ch['cpu_ms_per_delivered']:.3f} "
+            f"ms against {frugal['cpu_ms_per_delivered']:.3f} ms: {m_cpu:.2f}x"
             if p_cpu
             else f"{ch['cpu_ms_per_delivered']:.3f} ms against "
             f"{frugal['cpu_ms_per_delivered']:.3f} ms, {frugal['contender']}"
