@@ -560,13 +560,8 @@ def load() -> Any:
         ctypes.c_double,
     ]
     lib.floor_frames.restype = ctypes.c_int
-    lib.floor_frames.argtypes = [
-        ctypes.c_long,
-        ctypes.c_long,
-        ctypes.c_double,
-        ctypes.c_double,
-        ctypes.POINTER(ctypes.c_double),
-    ]
+    long_, double = ctypes.c_long, ctypes.c_double  # size, slots, seconds, yield after, out
+    lib.floor_frames.argtypes = [long_, long_, double, double, ctypes.POINTER(double)]
     _lib = lib
     return lib
 

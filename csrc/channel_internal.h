@@ -148,12 +148,12 @@ static __inline int overwrite(const fshm_channel *c)
  * finds each message cold copies it at DRAM speed.  Once a ring of such
  * messages is full, the reader falls behind for good (each message it
  * reads is cold, so it stays the slower side): pacing keeps it from
- * filling, and drains it again.  Frames over 5.3 MiB, up to 8, go in lockstep:
- * the publisher writes one while the reader reads the one before, two
- * slots taking turns.  Slots larger than half of PACE_BYTES are not paced:
- * they do not fit in the cache even two at a time, and a publisher held to
- * lockstep with its reader would wait for each wake-up; nor are rings
- * whose N slots fit (pacing would never hold a publisher back). */
+ * filling, and drains it again.  Slots over 5.3 MiB (and up to 8) go in
+ * lockstep: the publisher writes one while the reader reads the one before,
+ * two slots taking turns.  Slots larger than half of PACE_BYTES are not
+ * paced: they do not fit in the cache even two at a time, and a publisher
+ * held to lockstep with its reader would wait for each wake-up; nor are
+ * rings whose N slots fit (pacing would never hold a publisher back). */
 #define PACE_BYTES (16LL << 20)
 
 static __inline int paced(const fshm_channel *c)
