@@ -47,6 +47,7 @@ pytestmark = [
 LONG = os.environ.get("FASTSHM_LONG") == "1"
 FANOUT = 30000 if LONG else 3000  # messages of the one-publisher fan-out
 FRAMES_FANOUT = 1000 if LONG else 120  # the same with frame-sized slots
+FRAMES_LARGEST = 256 << 10  # their largest message (PyPy checks 3 MiB in a second)
 PER_PUBLISHER = 10000 if LONG else 1500  # each of the two publishers at once
 KILLS = 200 if LONG else 20  # publisher kills per route
 HOLDER_ROUNDS = 10 if LONG else 1  # rounds of subscribers killed holding samples
@@ -214,15 +215,16 @@ def holder(name, backend, k):
     sys.exit("the holder was not killed")
 
 
-def publisher(name, backend, ident, count, seed, go_path, log_path):
+def publisher(name, backend, ident, count, seed, go_path, log_path, largest=0):
     # Publishes count messages, by copy or through a loan, after the go file
     # appears ("-": at once); each first without waiting, then with a
     # timeout, counted in "waits" when no slot was free and in "busy" when
     # the lock was (its holder preempted on a loaded machine: the python
     # backend's subscribers take it too).  Writes the seq of each message.
+    # Messages are of random sizes up to `largest` (0: the slot size).
     p = fastshm.Publisher(name, create=False, backend=backend)
     rnd = random.Random(seed)
-    slot = p.slot_size
+    slot = largest or p.slot_size
     pool = os.urandom(slot + (1 << 16))
     size = sizes(rnd, slot)
     seqs = array.array("Q")
@@ -516,8 +518,11 @@ def test_fan_out_block(route: str, geometry: str, name: str, tmp_path: Path) -> 
     the slowest, and FRAMES_FANOUT through 4 slots of 6 MiB, where the
     native backend's publisher also paces itself to the slowest reader, in
     lockstep (it writes one message while that reader reads the one before,
-    and sleeps between)."""
-    slot, slots, count = (4096, 8, FANOUT) if geometry == "small" else (6 << 20, 4, FRAMES_FANOUT)
+    and sleeps between).  Pacing goes by the slot size, so the messages of
+    the frames geometry are up to FRAMES_LARGEST: checking every byte of
+    each costs a subscriber less."""
+    slot, slots, count, largest = ((4096, 8, FANOUT, 0) if geometry == "small"
+                                   else (6 << 20, 4, FRAMES_FANOUT, FRAMES_LARGEST))
     probe = fastshm.Publisher(name, slot, slots, create=True, backend=route)
     children: List[Child] = []
     try:
@@ -526,7 +531,7 @@ def test_fan_out_block(route: str, geometry: str, name: str, tmp_path: Path) -> 
         assert probe.subscribers == 4
         log = tmp_path / "p.seqs"
         pub = Child("publisher", name, route, 0, count, random.randrange(1 << 30), "-",
-                    str(log))
+                    str(log), largest)
         children.append(pub)
         stats = pub.result(300 if LONG else 60)
         probe.publish(STOP, timeout=WAIT)
