@@ -3,6 +3,7 @@ section and channels.png (``report`` calls these)."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Dict, List, Optional, Tuple
 
 from .report import (
@@ -71,12 +72,6 @@ def _broken(r: Optional[Row]) -> Optional[str]:
     return None
 
 
-def _median(xs: List[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
 def _paired(ch: Row, other: Row, key: str) -> Optional[Tuple[float, int]]:
     """The median over repeats of the channel's ``key`` divided by
     ``other``'s in the same repeat, and how many repeats had both; None
@@ -85,7 +80,7 @@ def _paired(ch: Row, other: Row, key: str) -> Optional[Tuple[float, int]]:
         return None
     theirs = {x["repeat"]: x[key] for x in other["per_run"] if x[key] > 0}
     ratios = [x[key] / theirs[x["repeat"]] for x in ch["per_run"] if x["repeat"] in theirs]
-    return (_median(ratios), len(ratios)) if ratios else None
+    return (statistics.median(ratios), len(ratios)) if ratios else None
 
 
 def _iox_why(rows: List[Row]) -> str:
