@@ -227,28 +227,35 @@ def sigint_worker(name, backend, stop_path, count_path):
     while not os.path.exists(stop_path):
         # How many calls were interrupted so far, for the parent to see.
         os.pwrite(counter, b"%8d" % (len(put_intr) + get_intr), 0)
+        # The flag is cleared in a finally inside the try that catches the
+        # KeyboardInterrupt: a signal landing as Full or Empty is being
+        # raised, or as the flag is cleared, is then still caught.
         try:
-            state["inside"] = True
-            q.put(b"%d." % i + bytes(rnd.randrange(2000)), timeout=1)
-            state["inside"] = False
+            try:
+                state["inside"] = True
+                q.put(b"%d." % i + bytes(rnd.randrange(2000)), timeout=1)
+            finally:
+                state["inside"] = False
             put_ok.append(i)
         except KeyboardInterrupt:
             put_intr.append(i)
         except queue.Full:
-            state["inside"] = False
+            pass
         i += 1
         try:
-            state["inside"] = True
-            if rnd.random() < 0.5:
-                ms = q.get_many(rnd.randint(1, 3), timeout=0.01)
-            else:
-                ms = [q.get(timeout=0.01)]
-            state["inside"] = False
+            try:
+                state["inside"] = True
+                if rnd.random() < 0.5:
+                    ms = q.get_many(rnd.randint(1, 3), timeout=0.01)
+                else:
+                    ms = [q.get(timeout=0.01)]
+            finally:
+                state["inside"] = False
             got.extend(int(m.split(b".")[0]) for m in ms)
         except KeyboardInterrupt:
             get_intr += 1
         except queue.Empty:
-            state["inside"] = False
+            pass
     state["inside"] = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     left = q.get_many(None, block=False) if q.qsize() else []

@@ -20,7 +20,7 @@ import pytest
 
 import fastshm
 from fastshm import _common as C
-from fastshm import _pure, _pure_queue
+from fastshm import _pure, _pure_futex, _pure_queue
 from fastshm._errors import FormatError, ProtocolMismatch
 
 pytestmark = pytest.mark.skipif(C.WINDOWS, reason="the python backend's queue locks with flock")
@@ -555,3 +555,27 @@ def test_python_queue_waits_poll_without_the_futex(handle: Any,
         assert _word(h, C.Q_WAITERS, 4) == 0
         assert not _pure_queue._futex_waits and len(calls) == 1
     assert h.take(1, 0.05) == [] and len(calls) == 1
+
+
+@pytest.mark.skipif(_pure_futex._futex_ffi is None,
+                    reason="the futex is called through cffi's ABI mode on PyPy only")
+def test_python_queue_timed_wait_parses_no_c_type(handle: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timed wait names no C type by a string.  cffi parses such a type
+    in pure Python at its first use; a KeyboardInterrupt that landed inside
+    that parse left the parser broken, and every wait after it raised
+    CDefError ("invalid #line directive") out of a get."""
+    import errno
+
+    class Refused:
+        def __getattr__(self, attr: str) -> Any:
+            raise AssertionError(f"a wait went to cffi's parser ({attr})")
+
+    h = handle
+    monkeypatch.setattr(_pure_futex._futex_ffi, "_parsed_types", {})
+    monkeypatch.setattr(_pure_futex._futex_ffi, "_parser", Refused())
+    seen = _word(h, C.Q_NOTIFY, 4)
+    wait = _pure_futex._futex_wait
+    assert wait(h._anchor, C.Q_NOTIFY, seen + 1, 0.01) == errno.EAGAIN
+    assert wait(h._anchor, C.Q_NOTIFY, seen, 0.01) == errno.ETIMEDOUT
+    assert h.take(1, 0.05) == []  # a get's own timed sleep

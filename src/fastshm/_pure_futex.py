@@ -30,6 +30,7 @@ _SYS_futex = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 0)
 _FUTEX_SIG = "long syscall(long, void *, int, unsigned int, void *, void *, int);"
 
 _futex_ffi: Any = None
+_TIMESPEC: Any = None  # cffi's type of the timeout, on PyPy
 _ct: Any = None  # ctypes, on CPython
 if sys.platform.startswith("linux") and _SYS_futex:
     try:
@@ -39,6 +40,12 @@ if sys.platform.startswith("linux") and _SYS_futex:
             _futex_ffi = cffi.FFI()
             _futex_ffi.cdef(_FUTEX_SIG)
             _futex_lib = _futex_ffi.dlopen(None)
+            # The timespec's type, parsed here once: cffi parses a type
+            # named by a string in pure Python (pycparser) at its first use,
+            # and a KeyboardInterrupt landing inside that parse leaves the
+            # parser broken for every later parse ("invalid #line
+            # directive"), so a wait must never be the first to name it.
+            _TIMESPEC = _futex_ffi.typeof("long[2]")
         else:
             import ctypes
 
@@ -107,7 +114,7 @@ def _futex_wait(anchor: Any, offset: int, expected: int, timeout_s: float) -> in
     if _futex_ffi is not None:
         ffi = _futex_ffi
         r = _futex_lib.syscall(_SYS_futex, anchor + offset, _FUTEX_WAIT,
-                               expected & 0xFFFFFFFF, ffi.new("long[2]", (sec, nsec)),
+                               expected & 0xFFFFFFFF, ffi.new(_TIMESPEC, (sec, nsec)),
                                ffi.NULL, 0)
         return 0 if r == 0 else int(ffi.errno)
     r = _syscall(_SYS_futex, anchor[0] + offset, _FUTEX_WAIT, expected & 0xFFFFFFFF,
