@@ -12,10 +12,13 @@
  *       sequence numbers 1, 2, 3, ...  Overwrite mode: publishers never get
  *       FSHM_EFULL (they never wait for readers); subscriber 0 holds a
  *       message pinned while the publishers lap the ring, and its bytes
- *       must not change; for every subscriber, messages received plus
- *       messages reported missed is every message published.  Subscribers
- *       receive in place and as copies (fshm_channel_receive_into), now and
- *       then into a buffer too small, which must change nothing.
+ *       must not change (publisher 1 asks for such a hold every four
+ *       laps and waits until one has begun, so that the laps are made
+ *       however the processes are scheduled); for every subscriber,
+ *       messages received plus messages reported missed is every message
+ *       published.  Subscribers receive in place and as copies
+ *       (fshm_channel_receive_into), now and then into a buffer too small,
+ *       which must change nothing.
  *   channel_stress procs PUBS SUBS PER_PUB SLOTS SLOT_SIZE block|overwrite NAME
  *       the same with forked processes, each opening the named channel.
  *   channel_stress history ROUNDS
@@ -207,7 +210,14 @@ static struct totals {
     uint64_t subscribed, received, missed, publishes, try_publishes, loans, try_loans,
         discards, full_waits, busy, empty_waits, held, pinned_checks, laps, copies, refused,
         failures;
+    /* Overwrite mode: holds publisher 1 has asked subscriber 0 for, and
+     * holds subscriber 0 has begun. */
+    uint64_t hold_asks, hold_starts;
 } *totals;
+
+/* Overwrite mode: publisher 1 asks for a hold every HOLD_LAPS laps; each
+ * hold lasts 3 laps (or until the publishers finish). */
+#define HOLD_LAPS 4
 
 static void wait_for_subscribers(void)
 {
@@ -229,10 +239,18 @@ static void publisher_loop(uint32_t id)
     wait_for_subscribers();
     while (n <= per_pub) {
         size_t len = make_msg(buf, id, n, max_len);
+        /* Asked before message n goes out, so that subscriber 0 has a
+         * message published after the ask to hold, and never at the last
+         * one (a hold begins only at a message before the last). */
+        uint64_t ask = overwrite_mode && id == 1 && n % (HOLD_LAPS * ch.slots) == 0 &&
+                               n < per_pub
+                           ? n / (HOLD_LAPS * ch.slots) : 0;
         unsigned how = (unsigned)(rnd(&state) % 5);
         uint64_t seq = 0;
         fshm_loan l;
         int rc;
+        if (ask)
+            __atomic_store_n(&totals->hold_asks, ask, __ATOMIC_RELEASE);
         if (how == 0) {
             rc = fshm_channel_publish(&ch, buf, len, WAIT_NS, &seq);
             if (rc == 0)
@@ -287,6 +305,16 @@ static void publisher_loop(uint32_t id)
             die("publisher %u: sequence %llu after %llu", id, (unsigned long long)seq,
                 (unsigned long long)last_seq);
         last_seq = seq;
+        if (ask) {
+            /* Waits (as the harness, not the channel: full_waits stays 0)
+             * until subscriber 0 holds a message, so that the laps below
+             * run under its pin even when it was not scheduled for a while. */
+            while (__atomic_load_n(&totals->hold_starts, __ATOMIC_ACQUIRE) < ask) {
+                if (fshm_monotonic_ns() - last > STALL_NS)
+                    die("publisher %u: subscriber 0 never held a message", id);
+                sched_yield();
+            }
+        }
         last = fshm_monotonic_ns();
         n++;
     }
@@ -312,7 +340,7 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
     uint64_t last_seq = 0, received = 0, missed = 0, *last_n;
     held_msg *held = malloc(sizeof *held);
     unsigned char *into = malloc(max_len);
-    int holding = 0;
+    int holding = 0, refused_yet = 0;
     int64_t last = fshm_monotonic_ns();
     last_n = calloc(pubs + 1, sizeof *last_n);
     if (held == NULL || into == NULL || last_n == NULL)
@@ -329,8 +357,11 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
         if (how >= 4 && !(overwrite_mode && s == 0)) {
             /* A copy, into a buffer of max_len bytes, or now and then into
              * one that may be too small: refused, the message stays next
-             * (the order checks below see it again). */
-            size_t cap = rnd(&state) % 8 == 0 ? (size_t)(rnd(&state) % (max_len + 1)) : max_len;
+             * (the order checks below see it again).  The first is into
+             * none at all, so that every run sees a refusal. */
+            size_t cap = !refused_yet ? 0
+                         : rnd(&state) % 8 == 0 ? (size_t)(rnd(&state) % (max_len + 1))
+                                                : max_len;
             rc = how == 4 && !holding
                      ? fshm_channel_receive_into(&ch, sub, into, cap, &smp, &gone, WAIT_NS)
                      : fshm_channel_try_receive_into(&ch, sub, into, cap, &smp, &gone);
@@ -338,6 +369,7 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
                 if (smp.length <= cap || smp.length > max_len || gone != 0)
                     die("subscriber %u: %zu bytes refused for %zu", s, smp.length, cap);
                 add(&totals->refused, 1);
+                refused_yet = 1;
                 continue;
             }
             if (rc == 0) {
@@ -409,13 +441,17 @@ static void subscriber_loop(unsigned s, const fshm_sub *sub)
                 break;
             continue;
         }
-        if (overwrite_mode && s == 0 && received % 8 == 1 && smp.seq < total) {
-            /* The slow reader: keeps this one pinned while the publishers
-             * lap the ring three times (or finish), then checks its bytes. */
+        if (overwrite_mode && s == 0 && smp.seq < total &&
+            __atomic_load_n(&totals->hold_starts, __ATOMIC_RELAXED) <
+                __atomic_load_n(&totals->hold_asks, __ATOMIC_ACQUIRE)) {
+            /* The slow reader, when publisher 1 asks: keeps this one pinned
+             * while the publishers lap the ring three times (or finish),
+             * then checks its bytes. */
             uint64_t from = fshm_channel_head(&ch), now;
             int64_t t0 = fshm_monotonic_ns();
             memcpy(held->copy, smp.data, smp.length);
             held->s = smp;
+            __atomic_add_fetch(&totals->hold_starts, 1, __ATOMIC_RELEASE);
             while ((now = fshm_channel_head(&ch)) < from + 3 * ch.slots && now < total) {
                 if (fshm_monotonic_ns() - t0 > STALL_NS)
                     die("the publishers stopped while a reader held a slot");
