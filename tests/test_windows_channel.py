@@ -256,7 +256,9 @@ def test_channel_publishers_and_subscribers_across_wine_processes(
     self-checking messages each (half written into loans, half copied),
     and two subscriber processes receive all 2000: every message whole,
     exactly once, numbered 1, 2, 3, ..., each publisher's in order; the
-    ring wrapped hundreds of times and the publishers waited for room.
+    ring wrapped hundreds of times and the publishers waited for room (each
+    subscriber, after its first message, reads on once a publisher sleeps
+    for room).
     Once with each branch of atomics.h."""
     if atomics not in channel_exes:
         pytest.skip("this MinGW cannot build atomics.h's MSVC branch")

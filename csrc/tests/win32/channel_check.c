@@ -25,7 +25,9 @@
  *                              publisher ID, one after another
  *   subscriber NAME TOTAL NPUB subscribe, print ready, receive TOTAL messages
  *                              of publishers 1..NPUB: each whole, each once,
- *                              each publisher's in order, numbers 1, 2, ...
+ *                              each publisher's in order, numbers 1, 2, ...;
+ *                              after the first, wait until a publisher
+ *                              sleeps for room
  *   errors NAME                the error cases, one line each
  */
 #include "fastshm.h"
@@ -397,6 +399,16 @@ static int cmd_subscriber(const char *name, unsigned long total, uint32_t pubs)
         last_seq = s.seq;
         got++;
         fshm_channel_release(&c, &sub, s.slot);
+        if (got == 1) {
+            /* After the first message, this subscriber leaves the rest
+             * unread until a publisher sleeps for room (the room waiters
+             * word): one found the ring full, however the processes were
+             * scheduled.  Bounded: after 10 s it goes on. */
+            int64_t until = fshm_monotonic_ns() + 10000000000LL;
+            while (fshm_load32((uint32_t *)(c.base + C_ROOM_WAITERS), FSHM_SEQ_CST) == 0 &&
+                   fshm_monotonic_ns() < until)
+                fshm_sleep_ns(1000000);
+        }
     }
     say("receive", code_name(rc));
     say_n("received", got);

@@ -20,7 +20,8 @@
  *                              ID, one after another
  *   consumer NAME TOTAL NPROD  get TOTAL messages of producers 1..NPROD:
  *                              each whole, each once, each producer's in
- *                              order
+ *                              order; after the first, wait until a
+ *                              producer sleeps for room
  *   errors NAME                the error cases, one line each
  */
 #include "fastshm.h"
@@ -315,6 +316,16 @@ static int cmd_consumer(const char *name, unsigned long total, uint32_t producer
             bad++;
         else
             last[p] = seq;
+        if (got == 0) {
+            /* After the first message, the ring is left to the producers
+             * until one of them sleeps for room (the waiters word; this
+             * consumer is in no get): one found the queue full, however the
+             * processes were scheduled.  Bounded: after 10 s it goes on. */
+            int64_t until = fshm_monotonic_ns() + 10000000000LL;
+            while (fshm_load32((uint32_t *)(q.base + Q_WAITERS), FSHM_SEQ_CST) == 0 &&
+                   fshm_monotonic_ns() < until)
+                fshm_sleep_ns(1000000);
+        }
     }
     say("get", code_name(rc));
     say_n("taken", got);
