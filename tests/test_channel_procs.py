@@ -487,14 +487,29 @@ def _subscribers(n: int, name: str, route: str, tmp_path: Path, modes: Sequence[
     return subs
 
 
-def _head(name: str) -> int:
-    """The channel's ``head`` (the last message's number), read from its
-    header (docs/FORMAT.md, offset 16) whichever binding made it."""
+def _header_word(name: str, fmt: str, offset: int) -> int:
+    """A word of the channel's header (docs/FORMAT.md), read through
+    /dev/shm whichever binding made it."""
     if not os.path.isdir("/dev/shm"):
         pytest.skip("reads the channel's header through /dev/shm")
     with open(f"/dev/shm/{name}", "rb") as f:
-        with mmap.mmap(f.fileno(), 24, prot=mmap.PROT_READ) as m:
-            return struct.unpack_from("<Q", m, 16)[0]  # type: ignore[no-any-return]
+        with mmap.mmap(f.fileno(), 64, prot=mmap.PROT_READ) as m:
+            return struct.unpack_from(fmt, m, offset)[0]  # type: ignore[no-any-return]
+
+
+def _head(name: str) -> int:
+    """The channel's ``head``: the last message's number."""
+    return _header_word(name, "<Q", 16)
+
+
+def _waiters(name: str) -> int:
+    """How many subscribers sleep for a message (``waiters``)."""
+    return _header_word(name, "<I", 28)
+
+
+def _room_waiters(name: str) -> int:
+    """How many publishers sleep for a free slot (``room_waiters``)."""
+    return _header_word(name, "<I", 52)
 
 
 def _until(cond: Any, timeout: float, what: str) -> float:
@@ -784,7 +799,8 @@ def test_killed_holders_unblock_publisher(route: str, name: str, tmp_path: Path)
                             "-", str(log))
             children.append(blocked)
             blocked.expect(b"ready")
-            time.sleep(0.5)
+            # Asleep for room, after its publish that did not wait was refused.
+            _until(lambda: _room_waiters(name) >= 1, WAIT, "the publisher asleep for room")
             blocked.alive()
             assert _head(name) == head, "published past subscribers that hold"
             for h in holders:
@@ -1041,7 +1057,7 @@ def test_blocked_receive_wakes(route: str, how: str, name: str) -> None:
     ch = Child("waiting_subscriber", name, route, how)
     try:
         ch.expect(b"ready")
-        time.sleep(0.5)  # past the spin: asleep
+        _until(lambda: _waiters(name) == 1, WAIT, "the subscriber asleep")
         ch.alive()
         probe.publish(b"wake up", timeout=0)
         got = json.loads(ch.line(PROMPT))
@@ -1062,7 +1078,7 @@ def test_ctrl_c_ends_blocked_receive(route: str, how: str, name: str) -> None:
     ch = Child("waiting_subscriber", name, route, how)
     try:
         ch.expect(b"ready")
-        time.sleep(0.5)
+        _until(lambda: _waiters(name) == 1, WAIT, "the subscriber asleep")
         ch.alive()
         ch.proc.send_signal(signal.SIGINT)
         ch.expect(b"interrupted", PROMPT)
@@ -1090,7 +1106,7 @@ def test_ctrl_c_ends_blocked_publish(route: str, how: str, name: str) -> None:
     ch = Child("blocked_publisher", name, route, how)
     try:
         ch.expect(b"ready")
-        time.sleep(0.5)
+        _until(lambda: _room_waiters(name) == 1, WAIT, "the publisher asleep for room")
         ch.alive()
         ch.proc.send_signal(signal.SIGINT)
         start = time.monotonic()

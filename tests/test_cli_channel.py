@@ -16,6 +16,7 @@ from test_cli import assert_clean_error
 from test_cli_queue import finish, popen, run
 
 import fastshm
+from fastshm._pure_channel_layout import _H_ROOM_WAITERS
 
 ROUTES = [b for b in BACKENDS if b != "python"]
 
@@ -30,6 +31,13 @@ def wait_until(check: "object", limit: float = 30) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "the condition never came"
         time.sleep(0.02)
+
+
+def room_waiters(name: str) -> int:
+    """How many publishers sleep for a free slot of channel ``name``."""
+    with open(f"/dev/shm/{name}", "rb") as f:
+        f.seek(_H_ROOM_WAITERS)
+        return int.from_bytes(f.read(4), "little")
 
 
 def test_publish_then_subscribe(route: str, name: str) -> None:
@@ -93,8 +101,10 @@ def test_ctrl_c_while_waiting_is_exit_130_with_nothing_done(route: str, name: st
         pub.publish(b"2")
         blocked = popen("publish", name, "3", backend=route)
         try:
-            time.sleep(0.5)
-            assert blocked.poll() is None  # waiting for a slot
+            # Asleep for a slot (counted in the room waiters word), so inside
+            # the command, whatever its start-up took.
+            wait_until(lambda: room_waiters(name) == 1)
+            assert blocked.poll() is None
             blocked.send_signal(signal.SIGINT)
             blocked.wait(timeout=30)
             assert blocked.returncode == 130

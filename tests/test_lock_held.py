@@ -397,6 +397,24 @@ def test_cli_keeps_nowait_and_timeout(backend: str, name: str, args: "tuple[str,
         q.close()
 
 
+def _wait_mapped(proc: "subprocess.Popen[bytes]", name: str) -> None:
+    """Until ``proc`` has mapped the object ``name`` (Linux: its
+    /proc/PID/maps; elsewhere a fixed 2 s), or 30 s have passed."""
+    maps = f"/proc/{proc.pid}/maps"
+    if not os.path.exists(maps):
+        time.sleep(2.0)
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(maps) as f:
+                if f"/dev/shm/{name}" in f.read():
+                    return
+        except OSError:  # it ended: the caller's poll() says how
+            return
+        time.sleep(0.01)
+
+
 def test_cli_ctrl_c_ends_untimed_get(backend: str, name: str) -> None:
     """`fastshm get NAME` waits as long as it takes; one Ctrl-C ends it with
     exit status 130, nothing taken."""
@@ -407,7 +425,8 @@ def test_cli_ctrl_c_ends_untimed_get(backend: str, name: str) -> None:
             proc = subprocess.Popen(_cli(backend, "get", name), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
             try:
-                time.sleep(2.0)  # started, imported, and waiting for the lock
+                # Started, imported, and inside the command: the queue mapped.
+                _wait_mapped(proc, name)
                 assert proc.poll() is None, _finish(proc, 5)
                 proc.send_signal(signal.SIGINT)
                 rc, out, err = _finish(proc, 5)

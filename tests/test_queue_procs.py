@@ -30,6 +30,7 @@ import pytest
 from conftest import BACKENDS, drain
 
 import fastshm
+from fastshm import _common as C
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="POSIX signals, and select() on pipes"
@@ -724,6 +725,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _queue_word(name: str, offset: int) -> int:
+    """The u32 at ``offset`` of queue ``name``'s header (docs/FORMAT.md)."""
+    with open(f"/dev/shm/{name}", "rb") as f:
+        f.seek(offset)
+        return int.from_bytes(f.read(4), "little")
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/<pid>/stat")
 def test_blocked_get_is_idle(backend: str, name: str) -> None:
     """A get with nothing to get sleeps: under 1% of a core over 3 s."""
@@ -732,8 +740,13 @@ def test_blocked_get_is_idle(backend: str, name: str) -> None:
     ch = Child("getter", "idle_getter", name, backend)
     try:
         assert ch.poll_ready(30), ch.failure("no ready")
-        time.sleep(0.5)  # past the spin, and the interpreter's start-up
-        assert ch.proc.poll() is None, ch.failure("exited")
+        # Asleep (counted in the waiters word): past the spin, and the
+        # interpreter's start-up, however long they took.
+        deadline = time.monotonic() + 30
+        while _queue_word(name, C.Q_WAITERS) != 1:
+            assert ch.proc.poll() is None, ch.failure("exited")
+            assert time.monotonic() < deadline, ch.failure("never asleep")
+            time.sleep(0.01)
         before = _cpu_seconds(ch.proc.pid)
         time.sleep(window)
         used = _cpu_seconds(ch.proc.pid) - before

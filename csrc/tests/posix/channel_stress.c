@@ -1388,8 +1388,11 @@ static void *hand_sleeper(void *arg)
 {
     size_t off = (size_t)(uintptr_t)arg;
     uint32_t *word = (uint32_t *)(wc.base + off), *waiters = word + 1, v;
-    __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+    /* The word first, then the count: the test waits for the count
+     * (await_sleepers) before it publishes or releases, so the word moves
+     * after this load, however long this thread was preempted. */
     v = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(word, __ATOMIC_SEQ_CST) == v) {
         int64_t t0 = fshm_monotonic_ns();
         fshm_futex_wait(word, v, 10000000000LL);

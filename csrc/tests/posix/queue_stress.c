@@ -1157,8 +1157,11 @@ static void *hand_sleeper(void *arg)
     uint32_t *waiters = (uint32_t *)(q.base + Q_WAITERS);
     uint32_t v;
     (void)arg;
-    __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+    /* The word first, then the count: the test's put waits for the count
+     * (await_sleepers), so it bumps the word after this load, and the
+     * sleep below cannot miss it however long this thread was preempted. */
     v = __atomic_load_n(notify, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(notify, __ATOMIC_SEQ_CST) == v) {
         /* The wake-up comes within milliseconds of the commit, or never: a
          * sleep that runs to its 10 s bound was not woken. */
