@@ -909,11 +909,18 @@ loop = asyncio.new_event_loop()
 loop.run_until_complete(abandon())
 loop.close()
 fastshm.Queue(name).put(b"x")  # the helper wakes them: their loop is gone
-time.sleep(0.3)
 del q, loop
-gc.collect()  # the tasks' coroutines close in a cycle with the mapping
 raw = fastshm.SharedMemory(name)
-print(struct.unpack_from("<I", raw.buf, 28)[0])  # the queue's sleeper count
+deadline = time.monotonic() + 30
+while True:
+    # The tasks' coroutines close in a cycle with the mapping, once the
+    # helper thread has dropped them (however long it takes to run).
+    gc.collect()
+    sleepers = struct.unpack_from("<I", raw.buf, 28)[0]  # the queue's sleeper count
+    if sleepers == 0 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+print(sleepers)
 raw.close()
 fastshm.Queue(name).delete()
 """

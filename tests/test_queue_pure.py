@@ -111,7 +111,7 @@ def test_python_queue_timeouts(handle: Any) -> None:
     h = handle
     t = time.monotonic()
     assert h.take(1, 0) == [] and h.take_into(memoryview(bytearray(8)), 0) == -1
-    assert time.monotonic() - t < 0.05
+    assert time.monotonic() - t < 1.0  # no wait (a loaded machine may preempt it)
     t = time.monotonic()
     assert h.take(1, 0.1) == []
     assert 0.09 <= time.monotonic() - t < 1.0
@@ -137,8 +137,8 @@ def test_python_queue_timeouts(handle: Any) -> None:
     buf = bytearray(16)
     for timeout in (5.0, None):
         th = threading.Thread(target=later, args=(lambda: h.put_many([b"into"], 0),))
+        t = time.monotonic()  # before the thread starts its 50 ms
         th.start()
-        t = time.monotonic()
         assert h.take_into(memoryview(buf), timeout) == 4 and buf[:4] == b"into"
         assert time.monotonic() - t >= 0.04  # it waited for the put
         th.join()

@@ -240,8 +240,9 @@ def test_channel_dead_subscriber_frees_a_blocked_publisher(
     elapsed = time.monotonic() - killed
     assert (put["publish"], put["seq"]) == ("OK", "5"), put
     # About a second: the dead are looked for every 100 ms, and Wine takes
-    # its time telling the wineserver a process has gone.
-    assert elapsed < 3.0, elapsed
+    # its time telling the wineserver a process has gone (seconds, on a
+    # loaded machine): freed, not hung.
+    assert elapsed < 10.0, elapsed
     assert publisher.finish()["returncode"] == "0"
     assert wine.run(exe, "stat", name)["subscribers"] == "0"
     assert holder.finish()["returncode"] == "0"
