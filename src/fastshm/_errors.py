@@ -200,8 +200,18 @@ def channel_locked_error(name: str, timeout: Optional[float], owner: int,
                          undone: str = "received") -> TimeoutError:
     """A call whose timeout ran out while another process held the channel's
     lock (``owner``: the lock word as last seen); nothing was ``undone``."""
-    within = "at once" if timeout == 0 else f"within {timeout} s" if timeout else ""
     who = f"process {owner & 0xFFFFFFFF}" if owner else "another process"
+    if timeout == 0:
+        # A call that does not wait gives a held lock about a millisecond:
+        # a holder the system preempted can keep it longer than that.
+        return TimeoutError(
+            f"channel {name!r} stayed locked by {who} at once, so nothing was {undone}: a "
+            "call that does not wait gives a held lock about a millisecond, and a holder "
+            "the system preempted can keep it longer; try again, or pass a timeout (a "
+            "holder that keeps it beyond a timeout is stopped, or paused in a debugger: "
+            "resume it with kill -CONT)"
+        )
+    within = f"within {timeout} s" if timeout else ""
     return TimeoutError(
         f"channel {name!r} stayed locked by {who} {within}, so nothing was {undone}; a "
         "holder that keeps the lock this long is alive but not running (stopped with "
