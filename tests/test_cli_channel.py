@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import time
 
 import pytest
@@ -35,9 +36,11 @@ def wait_until(check: "object", limit: float = 30) -> None:
 
 def room_waiters(name: str) -> int:
     """How many publishers sleep for a free slot of channel ``name``."""
-    with open(f"/dev/shm/{name}", "rb") as f:
-        f.seek(_H_ROOM_WAITERS)
-        return int.from_bytes(f.read(4), "little")
+    raw = fastshm.SharedMemory(name)
+    try:
+        return struct.unpack_from("<I", raw.buf, _H_ROOM_WAITERS)[0]  # type: ignore[no-any-return]
+    finally:
+        raw.close()
 
 
 def test_publish_then_subscribe(route: str, name: str) -> None:

@@ -727,9 +727,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _queue_word(name: str, offset: int) -> int:
     """The u32 at ``offset`` of queue ``name``'s header (docs/FORMAT.md)."""
-    with open(f"/dev/shm/{name}", "rb") as f:
-        f.seek(offset)
-        return int.from_bytes(f.read(4), "little")
+    raw = fastshm.SharedMemory(name)
+    try:
+        return struct.unpack_from("<I", raw.buf, offset)[0]  # type: ignore[no-any-return]
+    finally:
+        raw.close()
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/<pid>/stat")
