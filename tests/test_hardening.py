@@ -473,7 +473,8 @@ def test_python_writer_leaves_the_lock_to_its_turn(name: str) -> None:
     # have looked at the turn just before; a few more for a machine that
     # slows this process down.  Rounds that took this process half the
     # writer's 10 ms of patience or more are not counted; a writer that
-    # ignored the turn would make nearly every round such a one.
+    # ignored the turn fails all the same: its rounds come late, or count
+    # many stores.
     print(f"[turn taken from a python writer] stores meanwhile: {counts}, late rounds: {late}")
     assert len(counts) == 20, f"{len(counts)} of {len(counts) + late} rounds took the turn in time"
     assert max(counts) <= 6, f"stores the writer made before the turn was taken: {counts}"
