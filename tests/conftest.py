@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import secrets
+import struct
 import subprocess
 import sys
 import threading
@@ -113,6 +114,14 @@ def run_python(code: str, *args: str, timeout: float = 60, env: dict | None = No
             f"stderr: {proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+def header_word(name: str, offset: int, fmt: str = "<I") -> int:
+    """A word of the header of the object called ``name`` (docs/FORMAT.md):
+    a waiters count, say, read through a raw mapping of it whichever binding
+    made it."""
+    with fastshm.SharedMemory(name) as raw:
+        return struct.unpack_from(fmt, raw.buf, offset)[0]  # type: ignore[no-any-return]
 
 
 def drain(q: fastshm.Queue) -> List[bytes]:

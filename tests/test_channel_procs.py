@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, header_word
 
 import fastshm
 
@@ -486,29 +486,19 @@ def _subscribers(n: int, name: str, route: str, tmp_path: Path, modes: Sequence[
     return subs
 
 
-def _header_word(name: str, fmt: str, offset: int) -> int:
-    """A word of the channel's header (docs/FORMAT.md), read through a raw
-    mapping of it whichever binding made it."""
-    raw = fastshm.SharedMemory(name)
-    try:
-        return struct.unpack_from(fmt, raw.buf, offset)[0]  # type: ignore[no-any-return]
-    finally:
-        raw.close()
-
-
 def _head(name: str) -> int:
     """The channel's ``head``: the last message's number."""
-    return _header_word(name, "<Q", 16)
+    return header_word(name, 16, "<Q")
 
 
 def _waiters(name: str) -> int:
     """How many subscribers sleep for a message (``waiters``)."""
-    return _header_word(name, "<I", 28)
+    return header_word(name, 28)
 
 
 def _room_waiters(name: str) -> int:
     """How many publishers sleep for a free slot (``room_waiters``)."""
-    return _header_word(name, "<I", 52)
+    return header_word(name, 52)
 
 
 def _until(cond: Any, timeout: float, what: str) -> float:

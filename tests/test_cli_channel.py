@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import time
 
 import pytest
-from conftest import BACKENDS
+from conftest import BACKENDS, header_word
 from test_cli import assert_clean_error
 from test_cli_queue import finish, popen, run
 
@@ -32,15 +31,6 @@ def wait_until(check: "object", limit: float = 30) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "the condition never came"
         time.sleep(0.02)
-
-
-def room_waiters(name: str) -> int:
-    """How many publishers sleep for a free slot of channel ``name``."""
-    raw = fastshm.SharedMemory(name)
-    try:
-        return struct.unpack_from("<I", raw.buf, _H_ROOM_WAITERS)[0]  # type: ignore[no-any-return]
-    finally:
-        raw.close()
 
 
 def test_publish_then_subscribe(route: str, name: str) -> None:
@@ -106,7 +96,7 @@ def test_ctrl_c_while_waiting_is_exit_130_with_nothing_done(route: str, name: st
         try:
             # Asleep for a slot (counted in the room waiters word), so inside
             # the command, whatever its start-up took.
-            wait_until(lambda: room_waiters(name) == 1)
+            wait_until(lambda: header_word(name, _H_ROOM_WAITERS) == 1)
             assert blocked.poll() is None
             blocked.send_signal(signal.SIGINT)
             blocked.wait(timeout=30)

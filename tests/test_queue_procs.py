@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
-from conftest import BACKENDS, drain
+from conftest import BACKENDS, drain, header_word
 
 import fastshm
 from fastshm import _common as C
@@ -725,15 +725,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _queue_word(name: str, offset: int) -> int:
-    """The u32 at ``offset`` of queue ``name``'s header (docs/FORMAT.md)."""
-    raw = fastshm.SharedMemory(name)
-    try:
-        return struct.unpack_from("<I", raw.buf, offset)[0]  # type: ignore[no-any-return]
-    finally:
-        raw.close()
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/<pid>/stat")
 def test_blocked_get_is_idle(backend: str, name: str) -> None:
     """A get with nothing to get sleeps: under 1% of a core over 3 s."""
@@ -745,7 +736,7 @@ def test_blocked_get_is_idle(backend: str, name: str) -> None:
         # Asleep (counted in the waiters word): past the spin, and the
         # interpreter's start-up, however long they took.
         deadline = time.monotonic() + 30
-        while _queue_word(name, C.Q_WAITERS) != 1:
+        while header_word(name, C.Q_WAITERS) != 1:
             assert ch.proc.poll() is None, ch.failure("exited")
             assert time.monotonic() < deadline, ch.failure("never asleep")
             time.sleep(0.01)
